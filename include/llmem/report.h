@@ -1,0 +1,33 @@
+// Copyright 2026 The llmem Authors.
+// Rendering results as text or JSON. No arithmetic beyond formatting.
+
+#ifndef LLMEM_REPORT_H_
+#define LLMEM_REPORT_H_
+
+#include <string>
+
+#include "llmem/model.h"
+
+namespace llmem {
+
+/// Version of the JSON documents llmem writes; bumped on incompatible change.
+inline constexpr int kSchemaVersion = 1;
+
+/// `llmem inspect --format json`. Contract: top-level "params" (unique
+/// parameters), "model_type", "vocab_size", "hidden_size", "layers" (integer)
+/// and "tensors" (objects with "name", "shape", "params", and "tied_to" for
+/// tied ones); more keys may be added, none removed.
+std::string inspect_json(const ModelSpec& spec);
+/// Human-readable summary; `tensors` adds one line per tensor.
+std::string inspect_table(const ModelSpec& spec, bool tensors);
+
+/// `llmem models`: every catalog entry with family and parameter count.
+std::string models_table();
+std::string models_json();
+
+/// 1234567 -> "1,234,567".
+std::string with_commas(int64_t value);
+
+}  // namespace llmem
+
+#endif  // LLMEM_REPORT_H_
