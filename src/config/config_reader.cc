@@ -65,7 +65,8 @@ nlohmann::json parse_json(std::string_view text, const std::string& source) {
     // Numbers beyond double's range ("1e505") and similar.
     std::string what = e.what();
     size_t bracket = what.find("] ");
-    if (bracket != std::string::npos) what = what.substr(bracket + 2);
+    if (bracket != std::string::npos)
+      what = what.substr(bracket + 2);
     throw Error(source, "", "malformed JSON: " + what);
   }
 }
