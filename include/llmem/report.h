@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "llmem/estimate.h"
 #include "llmem/model.h"
 
 namespace llmem {
@@ -24,6 +25,20 @@ std::string inspect_table(const ModelSpec& spec, bool tensors);
 /// `llmem models`: every catalog entry with family and parameter count.
 std::string models_table();
 std::string models_json();
+
+/// `llmem estimate` renderings. Contract of the JSON: "peak" with
+/// "allocated_bytes", "reserved_bytes", "device_bytes" and "phase";
+/// "components" (name -> bytes at the peak instant, summing to
+/// peak.allocated_bytes); "fits"; "gpu" with "capacity_bytes"; "model" with
+/// "params" and "trainable_params".
+std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                          const Estimate& e);
+std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                           const Estimate& e);
+/// The timeline: one row per sample (event, step, phase, layer, allocated, reserved).
+std::string estimate_csv(const Estimate& e);
+/// The timeline as an SVG chart with phase bands and the capacity line.
+std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estimate& e);
 
 /// 1234567 -> "1,234,567".
 std::string with_commas(int64_t value);

@@ -15,6 +15,8 @@ struct EmbeddedFile {
 };
 
 const std::vector<EmbeddedFile>& embedded_catalog();
+/// data/gpus.json.
+const std::vector<EmbeddedFile>& embedded_gpus();
 
 }  // namespace llmem::model
 

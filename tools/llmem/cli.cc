@@ -8,6 +8,8 @@
 #include <CLI/CLI.hpp>
 
 #include "llmem/error.h"
+#include "llmem/estimate.h"
+#include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
 
@@ -18,6 +20,29 @@ struct InspectOptions {
   std::string model;
   std::string format = "table";
   bool tensors = false;
+};
+
+struct EstimateOptions {
+  std::string model;
+  std::string gpu = "A100-80GB";
+  double gpu_mem = 0;
+  std::string device = "cuda";
+  int64_t batch = 1;
+  int64_t seq = 512;
+  int64_t grad_accum = 1;
+  std::string precision = "bf16-mixed";
+  std::string optimizer = "adamw";
+  std::string attention = "eager";
+  bool grad_ckpt = false;
+  std::string ckpt_mode = "reentrant";
+  int64_t lora_rank = 0;
+  double lora_alpha = 16;
+  double lora_dropout = 0;
+  std::vector<std::string> lora_targets;
+  double dropout = -1;
+  bool expandable_segments = false;
+  double max_split_size_mb = 0;
+  std::string format = "table";
 };
 
 struct ModelsOptions {
@@ -32,6 +57,44 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
       err << "warning: " << w << "\n";
   } else {
     out << inspect_table(spec, o.tensors);
+  }
+  return kExitOk;
+}
+
+int run_estimate(const EstimateOptions& o, std::ostream& out) {
+  ModelSpec model = load_model(o.model);
+  TrainingSetup setup;
+  setup.batch = o.batch;
+  setup.seq = o.seq;
+  setup.grad_accum = o.grad_accum;
+  setup.precision = parse_precision(o.precision, "--precision");
+  setup.optimizer = parse_optimizer(o.optimizer, "--optimizer");
+  setup.attention = parse_attention(o.attention, "--attention");
+  setup.checkpointing =
+      o.grad_ckpt ? parse_checkpointing(o.ckpt_mode, "--ckpt-mode") : CheckpointMode::kOff;
+  setup.device = o.device == "cpu" ? Device::kCpu : Device::kCuda;
+  setup.dropout = o.dropout;
+  if (o.lora_rank > 0) {
+    setup.finetune = FinetuneMode::kLora;
+    setup.lora.rank = o.lora_rank;
+    setup.lora.alpha = o.lora_alpha;
+    setup.lora.dropout = o.lora_dropout;
+    setup.lora.targets = o.lora_targets;
+  }
+  setup.allocator.expandable_segments = o.expandable_segments;
+  if (o.max_split_size_mb > 0) {
+    setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
+  }
+  GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
+  Estimate e = estimate(model, setup, gpu);
+  if (o.format == "json") {
+    out << estimate_json(model, setup, gpu, e);
+  } else if (o.format == "csv") {
+    out << estimate_csv(e);
+  } else if (o.format == "svg") {
+    out << estimate_svg(model, gpu, e);
+  } else {
+    out << estimate_table(model, setup, gpu, e);
   }
   return kExitOk;
 }
@@ -69,6 +132,39 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->check(CLI::IsMember({"table", "json"}));
   inspect_cmd->add_flag("--tensors", inspect.tensors, "List every tensor (table format)");
 
+  EstimateOptions est;
+  CLI::App* est_cmd = app.add_subcommand(
+      "estimate",
+      "Peak memory of one fine-tuning step (simulated op by op and through the allocator)");
+  est_cmd->add_option("--model,-m", est.model, "Catalog name, config.json or checkpoint directory")
+      ->required();
+  est_cmd->add_option("--gpu", est.gpu, "GPU name (A100-80GB, H100-80GB, RTX4090, ...)");
+  est_cmd->add_option("--gpu-mem", est.gpu_mem, "GPU memory in GiB (instead of --gpu)");
+  est_cmd->add_option("--device", est.device, "cuda, or cpu (exact-size allocations)")
+      ->check(CLI::IsMember({"cuda", "cpu"}));
+  est_cmd->add_option("--batch,-b", est.batch, "Micro-batch size per GPU");
+  est_cmd->add_option("--seq,-s", est.seq, "Sequence length in tokens");
+  est_cmd->add_option("--grad-accum", est.grad_accum, "Gradient accumulation steps");
+  est_cmd->add_option("--precision", est.precision, "fp32, fp16-mixed, bf16-mixed, bf16, fp16");
+  est_cmd->add_option("--optimizer", est.optimizer,
+                      "adamw, adamw-foreach, adamw-fused, adamw-forloop, sgd, sgd-momentum, "
+                      "adafactor, adamw-8bit, paged-adamw-8bit");
+  est_cmd->add_option("--attention", est.attention, "eager, sdpa, flash_attention_2");
+  est_cmd->add_flag("--grad-ckpt", est.grad_ckpt, "Gradient checkpointing per decoder layer");
+  est_cmd->add_option("--ckpt-mode", est.ckpt_mode, "reentrant or non-reentrant");
+  est_cmd->add_option("--lora-rank", est.lora_rank, "LoRA rank (0: full fine-tuning)");
+  est_cmd->add_option("--lora-alpha", est.lora_alpha, "LoRA alpha");
+  est_cmd->add_option("--lora-dropout", est.lora_dropout, "LoRA dropout");
+  est_cmd->add_option("--lora-targets", est.lora_targets, "Module names, e.g. q_proj,v_proj")
+      ->delimiter(',');
+  est_cmd->add_option("--dropout", est.dropout, "Override every dropout probability");
+  est_cmd->add_flag("--expandable-segments", est.expandable_segments,
+                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
+  est_cmd->add_option("--max-split-size-mb", est.max_split_size_mb,
+                      "PYTORCH_CUDA_ALLOC_CONF max_split_size_mb");
+  est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
+      ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
+
   ModelsOptions models;
   CLI::App* models_cmd = app.add_subcommand("models", "List the built-in model catalog");
   models_cmd->add_option("--format", models.format, "table or json")
@@ -93,6 +189,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       return run_inspect(inspect, out, err);
     if (models_cmd->parsed())
       return run_models(models, out);
+    if (est_cmd->parsed())
+      return run_estimate(est, out);
     if (arch_cmd->parsed())
       return run_architectures(out);
   } catch (const Error& e) {

@@ -1,0 +1,82 @@
+// Copyright 2026 The llmem Authors.
+// The training setup: everything about a fine-tuning step except the model.
+
+#ifndef LLMEM_JOB_H_
+#define LLMEM_JOB_H_
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "llmem/allocator.h"
+
+namespace llmem {
+
+/// How weights are stored and math is done.
+enum class Precision {
+  kFp32,       ///< fp32 weights and math
+  kFp16Mixed,  ///< fp32 weights, torch.autocast(float16)
+  kBf16Mixed,  ///< fp32 weights, torch.autocast(bfloat16)
+  kBf16,       ///< model.to(bfloat16): weights, grads and optimizer states in bf16
+  kFp16,       ///< model.to(float16)
+};
+
+enum class OptimizerKind {
+  kAdamW,         ///< torch.optim.AdamW with the device default (foreach on CUDA, for-loop on CPU)
+  kAdamWForeach,  ///< foreach=True: whole-list temporaries
+  kAdamWFused,    ///< fused=True: no temporaries
+  kAdamWForLoop,  ///< foreach=False: one parameter at a time
+  kSgd,           ///< plain SGD (no state)
+  kSgdMomentum,   ///< SGD with momentum: one buffer per parameter
+  kAdafactor,     ///< transformers Adafactor: factored second moments
+  kAdamW8bit,     ///< bitsandbytes AdamW8bit: two 1-byte states + block scales
+  kPagedAdamW8bit,  ///< bitsandbytes PagedAdamW8bit: states in unified memory
+};
+
+enum class AttentionImpl { kEager, kSdpa, kFlashAttention2 };
+
+enum class CheckpointMode { kOff, kReentrant, kNonReentrant };
+
+enum class Device { kCuda, kCpu };
+
+enum class FinetuneMode { kFull, kLora, kQlora };
+
+struct LoraSetup {
+  int64_t rank = 8;
+  double alpha = 16;
+  double dropout = 0.0;
+  /// Hugging Face module names ("q_proj", "v_proj", "c_attn", ...); empty = PEFT's default for the
+  /// family.
+  std::vector<std::string> targets;
+};
+
+struct TrainingSetup {
+  int64_t batch = 1;       ///< micro-batch per GPU
+  int64_t seq = 512;       ///< tokens per sample (padded length)
+  int64_t grad_accum = 1;  ///< micro-batches per optimizer step
+  Precision precision = Precision::kBf16Mixed;
+  OptimizerKind optimizer = OptimizerKind::kAdamW;
+  AttentionImpl attention = AttentionImpl::kEager;
+  CheckpointMode checkpointing = CheckpointMode::kOff;
+  FinetuneMode finetune = FinetuneMode::kFull;
+  LoraSetup lora;
+  double dropout = -1;     ///< < 0: the config's dropouts; otherwise overrides all of them
+  bool use_cache = false;  ///< HF use_cache during training (DynamicCache keeps K/V until the loss)
+  Device device = Device::kCuda;
+  AllocatorOptions allocator;
+  uint64_t workspace_bytes = 0;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
+};
+
+/// Parsers for option values; each throws llmem::Error naming `option` and the accepted values.
+Precision parse_precision(std::string_view text, const std::string& option);
+OptimizerKind parse_optimizer(std::string_view text, const std::string& option);
+AttentionImpl parse_attention(std::string_view text, const std::string& option);
+CheckpointMode parse_checkpointing(std::string_view text, const std::string& option);
+std::string_view precision_name(Precision p);
+std::string_view optimizer_name(OptimizerKind o);
+std::string_view attention_name(AttentionImpl a);
+
+}  // namespace llmem
+
+#endif  // LLMEM_JOB_H_

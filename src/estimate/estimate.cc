@@ -1,0 +1,205 @@
+// Copyright 2026 The llmem Authors.
+// Replays the step's events through the allocator model and reports peaks.
+
+#include "llmem/estimate.h"
+
+#include <algorithm>
+
+#include "llmem/allocator.h"
+#include "llmem/error.h"
+
+#include "trace/program.h"
+
+namespace llmem {
+
+std::string_view component_name(Component c) {
+  switch (c) {
+    case Component::kParameters:
+      return "parameters";
+    case Component::kGradients:
+      return "gradients";
+    case Component::kOptimizerStates:
+      return "optimizer_states";
+    case Component::kWeightCopies:
+      return "weight_copies";
+    case Component::kActivations:
+      return "activations";
+    case Component::kLogitsLoss:
+      return "logits_loss";
+    case Component::kTemporaries:
+      return "temporaries";
+    case Component::kInputs:
+      return "inputs";
+    case Component::kWorkspace:
+      return "workspace";
+    case Component::kCount:
+      break;
+  }
+  return "other";
+}
+
+std::string_view phase_name(Phase p) {
+  switch (p) {
+    case Phase::kSetup:
+      return "setup";
+    case Phase::kForward:
+      return "forward";
+    case Phase::kLoss:
+      return "loss";
+    case Phase::kBackward:
+      return "backward";
+    case Phase::kOptimizer:
+      return "optimizer";
+  }
+  return "";
+}
+
+namespace {
+
+constexpr size_t kComponents = static_cast<size_t>(Component::kCount);
+
+struct Replay {
+  PeakInfo peak;
+  uint64_t reserved_peak = 0;
+  uint64_t step_peak[3] = {0, 0, 0};
+  std::array<uint64_t, 5> phase_peaks{};
+  std::vector<TimelinePoint> timeline;
+  bool oom = false;
+};
+
+// Exact-size accounting (CPU tensors: the storage's nbytes).
+struct ExactAllocator {
+  uint64_t allocated = 0;
+  uint64_t allocate(uint64_t bytes) {
+    allocated += bytes;
+    return bytes;
+  }
+};
+
+Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
+              bool record_timeline) {
+  Replay r;
+  CachingAllocator caching(options);
+  uint64_t exact_allocated = 0;
+  std::vector<uint32_t> handle;
+  std::vector<uint64_t> size;
+  std::array<uint64_t, kComponents> live{};
+  uint64_t thin = 0;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const trace::Event& e = events[i];
+    auto t = static_cast<size_t>(e.tensor);
+    if (t >= handle.size()) {
+      handle.resize(t + 1, CachingAllocator::kOutOfMemory);
+      size.resize(t + 1, 0);
+    }
+    auto c = static_cast<size_t>(e.component);
+    if (e.alloc) {
+      auto bytes = static_cast<uint64_t>(e.bytes);
+      if (cuda) {
+        CachingAllocator::Handle h = caching.allocate(bytes);
+        if (h == CachingAllocator::kOutOfMemory) {
+          r.oom = true;
+          return r;
+        }
+        handle[t] = h;
+        size[t] = caching.block_size(h);
+      } else {
+        size[t] = bytes;
+        exact_allocated += bytes;
+      }
+      live[c] += size[t];
+    } else {
+      live[c] -= size[t];
+      if (cuda) {
+        caching.release(handle[t]);
+      } else {
+        exact_allocated -= size[t];
+      }
+    }
+    uint64_t allocated = cuda ? caching.stats().allocated : exact_allocated;
+    uint64_t reserved = cuda ? caching.stats().reserved : exact_allocated;
+    r.reserved_peak = std::max(r.reserved_peak, reserved);
+    if (allocated > r.peak.allocated_bytes) {
+      r.peak.allocated_bytes = allocated;
+      r.peak.components = live;
+      r.peak.phase = e.phase;
+      r.peak.layer = e.layer;
+      r.peak.step = e.step;
+    }
+    r.step_peak[std::min<size_t>(e.step, 2)] =
+        std::max(r.step_peak[std::min<size_t>(e.step, 2)], allocated);
+    if (e.step == 2) {
+      auto p = static_cast<size_t>(e.phase);
+      r.phase_peaks[p] = std::max(r.phase_peaks[p], allocated);
+    }
+    if (record_timeline) {
+      // Keep a point when memory moved by more than ~0.2 % of the running peak.
+      uint64_t last = r.timeline.empty() ? 0 : r.timeline.back().allocated;
+      uint64_t delta = allocated > last ? allocated - last : last - allocated;
+      if (r.timeline.empty() || delta * 500 > r.peak.allocated_bytes ||
+          r.timeline.back().phase != e.phase || ++thin % 64 == 0) {
+        r.timeline.push_back(
+            {static_cast<uint32_t>(i), e.step, e.phase, e.layer, allocated, reserved});
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+Estimate estimate(const ModelSpec& model, const TrainingSetup& setup_in, const GpuSpec& gpu) {
+  if (setup_in.batch < 1 || setup_in.batch > (1 << 20)) {
+    throw Error("--batch", "", "expected a micro-batch between 1 and 2^20");
+  }
+  if (setup_in.seq < 2 || setup_in.seq > (1 << 24)) {
+    throw Error("--seq", "", "expected a sequence length between 2 and 2^24");
+  }
+  if (setup_in.grad_accum < 1 || setup_in.grad_accum > 1024) {
+    throw Error("--grad-accum", "", "expected between 1 and 1024 micro-batches per step");
+  }
+  TrainingSetup setup = setup_in;
+  bool cuda = setup.device == Device::kCuda;
+  setup.workspace_bytes = cuda ? gpu.cublas_workspace_bytes : 0;
+  trace::TraceResult trace = trace::build_trace(model, setup);
+
+  Estimate est;
+  est.params = trace.params;
+  est.trainable_params = trace.trainable_params;
+  est.events = trace.events.size();
+  est.notes = trace.notes;
+  AllocatorOptions unlimited = setup.allocator;
+  unlimited.capacity = UINT64_MAX;
+  Replay r = replay(trace.events, cuda, unlimited, true);
+  est.peak = r.peak;
+  est.peak.reserved_bytes = r.reserved_peak;
+  est.first_step_peak = r.step_peak[1];
+  est.steady_step_peak = r.step_peak[2];
+  est.phase_peaks = r.phase_peaks;
+  est.timeline = std::move(r.timeline);
+  if (cuda) {
+    est.context_bytes = gpu.context_bytes;
+    est.workspace_bytes = gpu.cublas_workspace_bytes;
+    est.capacity_bytes = gpu.capacity_bytes;
+    est.peak.device_bytes = est.peak.reserved_bytes + est.context_bytes;
+    // Does it fit? Replay against the memory the allocator can really get:
+    // the allocator frees its cache and retries before giving up, so this can
+    // fit even when the unlimited reserved peak exceeds the budget.
+    uint64_t budget =
+        gpu.capacity_bytes > gpu.context_bytes ? gpu.capacity_bytes - gpu.context_bytes : 0;
+    if (est.peak.device_bytes <= gpu.capacity_bytes) {
+      est.fits = true;
+    } else if (est.peak.allocated_bytes <= budget) {
+      AllocatorOptions limited = setup.allocator;
+      limited.capacity = budget;
+      limited.device_memory = gpu.capacity_bytes;
+      est.fits = !replay(trace.events, cuda, limited, false).oom;
+    }
+  } else {
+    est.peak.device_bytes = est.peak.allocated_bytes;
+    est.fits = true;
+  }
+  return est;
+}
+
+}  // namespace llmem

@@ -1,0 +1,220 @@
+// Copyright 2026 The llmem Authors.
+
+#include "trace/graph.h"
+
+#include <utility>
+
+namespace llmem::trace {
+
+Tid Graph::new_tensor(int64_t numel, int elem, Component c) {
+  Tensor t;
+  t.numel = numel;
+  t.elem = elem;
+  t.refs = 1;
+  t.live = true;
+  t.component = c;
+  tensors_.push_back(t);
+  auto id = static_cast<Tid>(tensors_.size() - 1);
+  emit(id, true);
+  return id;
+}
+
+void Graph::emit(Tid t, bool alloc) {
+  const Tensor& x = tensors_[static_cast<size_t>(t)];
+  if (x.storage != kNone)
+    return;  // aliases own no memory
+  events_->push_back({t, alloc, step_, x.component, phase_, layer_, x.numel * x.elem});
+}
+
+Tid Graph::leaf(int64_t numel, int elem, Component c, bool requires_grad) {
+  Tid t = new_tensor(numel, elem, c);
+  tensors_[static_cast<size_t>(t)].is_leaf = true;
+  tensors_[static_cast<size_t>(t)].requires_grad = requires_grad;
+  return t;
+}
+
+Tid Graph::alias(Tid base, bool requires_grad) {
+  Tensor t = tensors_[static_cast<size_t>(base)];
+  Tid storage = t.storage == kNone ? base : t.storage;
+  retain(storage);
+  t.storage = storage;
+  t.refs = 1;
+  t.grad = kNone;
+  t.requires_grad = requires_grad;
+  t.is_leaf = true;
+  tensors_.push_back(t);
+  return static_cast<Tid>(tensors_.size() - 1);
+}
+
+Tid Graph::buffer(int64_t bytes, Component c) {
+  return new_tensor(bytes, 1, c);
+}
+
+void Graph::release(Tid id) {
+  Tensor& t = tensors_[static_cast<size_t>(id)];
+  if (--t.refs > 0)
+    return;
+  t.live = false;
+  emit(id, false);
+  Tid storage = t.storage;
+  // A leaf's .grad dies with it; a non-leaf's pending gradient belongs to the
+  // engine's input buffer and is freed when its producer's backward runs.
+  Tid grad = t.is_leaf ? t.grad : kNone;
+  if (grad != kNone) {
+    t.grad = kNone;
+    release(grad);
+  }
+  if (storage != kNone)
+    release(storage);
+}
+
+Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
+              std::initializer_list<Tid> saved, Component c,
+              std::initializer_list<std::pair<int64_t, int>> saved_new, int64_t backward_temp,
+              bool save_output) {
+  bool needs_grad = false;
+  if (grad_enabled_) {
+    for (Tid i : inputs) {
+      if (i != kNone && requires_grad(i))
+        needs_grad = true;
+    }
+  }
+  // Buffers the op allocates for its own backward come first (mean/rstd are
+  // produced alongside the output).
+  std::vector<Tid> extra;
+  if (needs_grad) {
+    for (const auto& [n, e] : saved_new)
+      extra.push_back(new_tensor(n, e, c));
+  }
+  Tid out = new_tensor(numel, elem, c);
+  if (!needs_grad)
+    return out;
+  tensors_[static_cast<size_t>(out)].requires_grad = true;
+  Node node;
+  node.output = out;
+  node.layer = layer_;
+  node.backward_temp = backward_temp;
+  for (Tid i : inputs) {
+    if (i != kNone && requires_grad(i))
+      node.inputs.push_back(i);
+  }
+  for (Tid s : saved) {
+    if (s == kNone)
+      continue;
+    retain(s);
+    node.saved.push_back(s);
+  }
+  for (Tid e : extra)
+    node.saved.push_back(e);  // the node holds the only reference
+  if (save_output) {
+    retain(out);
+    node.saved.push_back(out);
+  }
+  nodes_.push_back(std::move(node));
+  return out;
+}
+
+Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
+  bool was = grad_enabled_;
+  grad_enabled_ = false;
+  Tid out = fn(input);
+  grad_enabled_ = was;
+  if (!was || !requires_grad(input))
+    return out;
+  tensors_[static_cast<size_t>(out)].requires_grad = true;
+  Node node;
+  node.output = out;
+  node.layer = layer_;
+  node.inputs.push_back(input);
+  retain(input);
+  node.saved.push_back(input);
+  checkpoints_.push_back(fn);
+  node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
+  nodes_.push_back(std::move(node));
+  return out;
+}
+
+void Graph::accumulate(Tid target, Tid g) {
+  Tensor& t = tensors_[static_cast<size_t>(target)];
+  if (t.storage != kNone && !t.is_leaf)
+    target = t.storage;
+  Tensor& dst = tensors_[static_cast<size_t>(target)];
+  if (dst.grad == kNone) {
+    dst.grad = g;  // AccumulateGrad / InputBuffer steal the first gradient
+    if (dst.is_leaf && dst.storage == kNone) {
+      // A parameter's .grad: relabel it (no copy is made).
+      Tensor& gt = tensors_[static_cast<size_t>(g)];
+      emit(g, false);
+      gt.component = Component::kGradients;
+      emit(g, true);
+    }
+  } else {
+    release(g);  // added in place into the existing buffer
+  }
+}
+
+void Graph::clear_grad(Tid param) {
+  Tensor& t = tensors_[static_cast<size_t>(param)];
+  if (t.grad != kNone) {
+    Tid g = t.grad;
+    t.grad = kNone;
+    release(g);
+  }
+}
+
+void Graph::run_backward(size_t begin) {
+  for (size_t k = nodes_.size(); k-- > begin;) {
+    Node node = std::move(nodes_[k]);
+    nodes_.pop_back();
+    Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
+    layer_ = node.layer;
+    if (out_grad != kNone) {
+      tensors_[static_cast<size_t>(node.output)].grad = kNone;
+      if (node.checkpoint >= 0) {
+        // Recompute the block with grad, then backpropagate through it.
+        Tid input = node.inputs.front();
+        Tid detached = alias(input, true);
+        size_t mark = nodes_.size();
+        bool was = grad_enabled_;
+        grad_enabled_ = true;
+        Tid sub_out = checkpoints_[static_cast<size_t>(node.checkpoint)](detached);
+        grad_enabled_ = was;
+        tensors_[static_cast<size_t>(sub_out)].grad = out_grad;
+        out_grad = kNone;
+        release(sub_out);
+        run_backward(mark);
+        layer_ = node.layer;
+        Tid g = tensors_[static_cast<size_t>(detached)].grad;
+        tensors_[static_cast<size_t>(detached)].grad = kNone;
+        release(detached);
+        if (g != kNone)
+          accumulate(input, g);
+      } else {
+        Tid temp =
+            node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
+        for (Tid in : node.inputs) {
+          const Tensor& t = tensors_[static_cast<size_t>(in)];
+          Tid g = new_tensor(t.numel, t.elem, Component::kTemporaries);
+          accumulate(in, g);
+        }
+        if (temp != kNone)
+          release(temp);
+        release(out_grad);
+      }
+    }
+    for (Tid s : node.saved)
+      release(s);
+  }
+}
+
+void Graph::backward(Tid loss) {
+  Phase was = phase_;
+  phase_ = Phase::kBackward;
+  Tid seed = new_tensor(1, elem(loss), Component::kTemporaries);
+  tensors_[static_cast<size_t>(loss)].grad = seed;
+  run_backward(0);
+  layer_ = -1;
+  phase_ = was == Phase::kBackward ? was : Phase::kBackward;
+}
+
+}  // namespace llmem::trace

@@ -1,0 +1,134 @@
+// Copyright 2026 The llmem Authors.
+// A symbolic autograd: tensors are sizes, ops record what they save, and
+// backward frees and allocates exactly as PyTorch's engine would. Every
+// allocation and free becomes an Event for the allocator replay.
+
+#ifndef LLMEM_SRC_TRACE_GRAPH_H_
+#define LLMEM_SRC_TRACE_GRAPH_H_
+
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <vector>
+
+#include "llmem/estimate.h"
+
+namespace llmem::trace {
+
+using Tid = int32_t;
+inline constexpr Tid kNone = -1;
+
+/// Memory layout of a [b, heads, s, d] activation, which decides whether a
+/// batched matmul must copy its operand (a "bshd" tensor cannot fold b and
+/// heads into one batch dimension as a view).
+enum class Layout : uint8_t { kContiguous, kBshd };
+
+struct Event {
+  int32_t tensor;
+  bool alloc;
+  uint8_t step;
+  Component component;
+  Phase phase;
+  int16_t layer;
+  int64_t bytes;
+};
+
+class Graph {
+ public:
+  explicit Graph(std::vector<Event>* events) : events_(events) {}
+
+  void set_phase(Phase p) { phase_ = p; }
+  void set_layer(int layer) { layer_ = static_cast<int16_t>(layer); }
+  void set_step(int step) { step_ = static_cast<uint8_t>(step); }
+  Phase phase() const { return phase_; }
+  bool grad_enabled() const { return grad_enabled_; }
+  void set_grad_enabled(bool on) { grad_enabled_ = on; }
+
+  /// A tensor that is not produced by a recorded op (parameter, input). The
+  /// caller holds one reference.
+  Tid leaf(int64_t numel, int elem, Component c, bool requires_grad);
+  /// A tensor sharing another's storage (a detached view): no memory of its own.
+  Tid alias(Tid base, bool requires_grad);
+
+  /// Runs an op: allocates the output (numel × elem bytes, caller holds one
+  /// reference), and when grad mode is on and any input requires grad,
+  /// records a node that keeps `saved` alive until its backward, plus
+  /// `saved_new` tensors the op allocates for itself (mean/rstd, masks,
+  /// logsumexp; each {numel, elem}). `backward_temp` bytes are allocated and
+  /// freed inside the node's backward.
+  Tid op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
+         std::initializer_list<Tid> saved, Component c = Component::kActivations,
+         std::initializer_list<std::pair<int64_t, int>> saved_new = {}, int64_t backward_temp = 0,
+         bool save_output = false);
+
+  /// Reentrant activation checkpointing: runs `fn` without grad now and again
+  /// with grad during backward.
+  Tid checkpoint(Tid input, const std::function<Tid(Tid)>& fn);
+
+  /// tensor.requires_grad_(True) on a tensor without history: it becomes a
+  /// leaf whose .grad lives as long as it does.
+  void mark_requires_grad(Tid t) {
+    tensors_[static_cast<size_t>(t)].requires_grad = true;
+    tensors_[static_cast<size_t>(t)].is_leaf = true;
+  }
+  void retain(Tid t) { ++tensors_[static_cast<size_t>(t)].refs; }
+  void release(Tid t);
+  /// Allocates a plain buffer (optimizer state, temporaries).
+  Tid buffer(int64_t bytes, Component c);
+  void free_now(Tid t) { release(t); }
+
+  /// Runs backward from `loss` (a scalar). Parameter gradients stay (or are
+  /// accumulated); everything else the graph held is freed.
+  void backward(Tid loss);
+
+  bool requires_grad(Tid t) const { return tensors_[static_cast<size_t>(t)].requires_grad; }
+  int64_t numel(Tid t) const { return tensors_[static_cast<size_t>(t)].numel; }
+  int elem(Tid t) const { return tensors_[static_cast<size_t>(t)].elem; }
+  int64_t bytes(Tid t) const { return numel(t) * elem(t); }
+  Layout layout(Tid t) const { return tensors_[static_cast<size_t>(t)].layout; }
+  void set_layout(Tid t, Layout l) { tensors_[static_cast<size_t>(t)].layout = l; }
+  Component component(Tid t) const { return tensors_[static_cast<size_t>(t)].component; }
+  Tid grad(Tid param) const { return tensors_[static_cast<size_t>(param)].grad; }
+  /// Drops a parameter's gradient (zero_grad(set_to_none=True)).
+  void clear_grad(Tid param);
+
+ private:
+  struct Tensor {
+    int64_t numel = 0;
+    int elem = 0;
+    int32_t refs = 0;
+    Tid grad = kNone;     // accumulated gradient (param .grad, or pending grad in backward)
+    Tid storage = kNone;  // the tensor whose memory this one uses (aliases)
+    bool requires_grad = false;
+    bool is_leaf = false;
+    bool live = false;
+    Layout layout = Layout::kContiguous;
+    Component component = Component::kActivations;
+  };
+  struct Node {
+    std::vector<Tid> inputs;  // those requiring grad
+    std::vector<Tid> saved;
+    Tid output = kNone;
+    int64_t backward_temp = 0;
+    int16_t layer = -1;
+    int32_t checkpoint = -1;  // index into checkpoints_
+  };
+
+  Tid new_tensor(int64_t numel, int elem, Component c);
+  void emit(Tid t, bool alloc);
+  void accumulate(Tid target, Tid g);
+  void run_backward(size_t begin);
+
+  std::vector<Event>* events_;
+  std::vector<Tensor> tensors_;
+  std::vector<Node> nodes_;
+  std::vector<std::function<Tid(Tid)>> checkpoints_;
+  Phase phase_ = Phase::kSetup;
+  int16_t layer_ = -1;
+  uint8_t step_ = 1;
+  bool grad_enabled_ = true;
+};
+
+}  // namespace llmem::trace
+
+#endif  // LLMEM_SRC_TRACE_GRAPH_H_

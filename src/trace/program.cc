@@ -1,0 +1,984 @@
+// Copyright 2026 The llmem Authors.
+// The `hf` framework profile: a training step of a Hugging Face Transformers
+// model (modeling code of transformers v4.57), with PEFT LoRA and the Trainer's
+// conventions (autocast around forward and loss, loss.backward(),
+// optimizer.step(), zero_grad(set_to_none=True)), expressed op by op.
+//
+// Each op records what autograd saves (tools/autograd/derivatives.yaml) and
+// Python names decide when outputs die. Where modeling code is cited below,
+// the file is src/transformers/models/<family>/modeling_<family>.py.
+
+#include "trace/program.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <unordered_map>
+
+#include "llmem/error.h"
+
+namespace llmem::trace {
+namespace {
+
+constexpr int kF32 = 4;
+constexpr int kI64 = 8;
+
+struct Param {
+  Tid id = kNone;
+  bool trainable = false;
+  Tid cast_cache = kNone;  // autocast's cached low-precision copy (trainable leaves only)
+};
+
+struct Lora {
+  Tid a = kNone;  // [r, in]
+  Tid b = kNone;  // [out, r]
+  int64_t rank = 0;
+  int elem = kF32;
+};
+
+enum class Style { kLlama, kGpt2, kOpt };
+
+class Program {
+ public:
+  Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, TraceResult* out)
+      : g_(g), m_(m), s_(s), out_(out) {
+    bool half_weights = s.precision == Precision::kBf16 || s.precision == Precision::kFp16;
+    pe_ = half_weights ? 2 : kF32;
+    autocast_ = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
+    ae_ = autocast_ ? 2 : pe_;
+    cuda_ = s.device == Device::kCuda;
+    tokens_ = s.batch * s.seq;
+    if (m.family == "gpt2") {
+      style_ = Style::kGpt2;
+    } else if (m.family == "opt") {
+      style_ = Style::kOpt;
+    } else if (m.family == "llama" || m.family == "mistral" || m.family == "qwen2" ||
+               m.family == "qwen3" || m.family == "gemma" || m.family == "gemma2" ||
+               m.family == "olmo") {
+      style_ = Style::kLlama;
+    } else {
+      throw Error(m.source, "model_type",
+                  "the training-step trace supports llama, mistral, qwen2, qwen3, gemma, gemma2, "
+                  "olmo, gpt2 and opt so far; \"" +
+                      m.family + "\" is not traced yet");
+    }
+    if (s.precision == Precision::kFp16Mixed && !cuda_) {
+      throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
+    }
+  }
+
+  void setup() {
+    g_.set_phase(Phase::kSetup);
+    bool full = s_.finetune == FinetuneMode::kFull;
+    for (const TensorSpec& t : m_.tensors) {
+      if (!t.tied_to.empty()) {
+        params_[t.name] = params_[t.tied_to];
+        continue;
+      }
+      Param p;
+      p.trainable = full;
+      p.id = g_.leaf(t.numel, pe_, Component::kParameters, full);
+      params_[t.name] = p;
+      out_->params += t.numel;
+      if (full) {
+        trainable_.push_back(p.id);
+        out_->trainable_params += t.numel;
+      }
+    }
+    if (s_.finetune == FinetuneMode::kQlora) {
+      throw Error("--quant", "", "QLoRA is not traced yet");
+    }
+    if (s_.finetune == FinetuneMode::kLora)
+      add_lora();
+    // Rotary tables (non-persistent buffers) are parameters of no one.
+    for (const TensorSpec& b : m_.buffers) {
+      if (b.dtype == DType::kFloat32 && b.name.find("inv_freq") != std::string::npos) {
+        g_.leaf(b.numel, kF32, Component::kInputs, false);
+      }
+    }
+  }
+
+  void micro_step() {
+    g_.set_phase(Phase::kForward);
+    g_.set_layer(-1);
+    if (cuda_ && workspace_ == kNone && s_.workspace_bytes > 0) {
+      // The first cuBLAS call allocates its workspace through the caching
+      // allocator and keeps it (CublasHandlePool.cpp).
+      workspace_ = g_.buffer(static_cast<int64_t>(s_.workspace_bytes), Component::kWorkspace);
+    }
+    // The batch on the device: input_ids, attention_mask, labels (int64).
+    Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
+    Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
+    Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
+    Tid logits = forward(ids);
+    g_.set_phase(Phase::kLoss);
+    g_.set_layer(-1);
+    Tid loss = causal_lm_loss(logits, labels);
+    g_.release(logits);  // the model output object dies with compute_loss
+    clear_autocast_cache();
+    g_.backward(loss);
+    release_shared();
+    g_.release(loss);
+    g_.release(ids);
+    g_.release(mask_in);
+    g_.release(labels);
+  }
+
+  void optimizer_step(bool first);
+  void zero_grad() {
+    for (Tid p : trainable_)
+      g_.clear_grad(p);
+  }
+
+ private:
+  // ------------------------------------------------------------ primitives
+  Param& param(const std::string& name) {
+    auto it = params_.find(name);
+    if (it == params_.end())
+      throw Error(m_.source, "", "internal: no parameter " + name);
+    return it->second;
+  }
+  Param* find_param(const std::string& name) {
+    auto it = params_.find(name);
+    return it == params_.end() ? nullptr : &it->second;
+  }
+
+  static int promote(int a, int b) { return std::max(a, b); }
+
+  /// x.to(dtype): a new tensor unless the dtype already matches (then x,
+  /// with one more reference).
+  Tid cast(Tid x, int elem) {
+    if (g_.elem(x) == elem) {
+      g_.retain(x);
+      return x;
+    }
+    Tid y = g_.op(g_.numel(x), elem, {x}, {});
+    g_.set_layout(y, g_.layout(x));  // _to_copy preserves strides
+    return y;
+  }
+
+  /// The low-precision copy autocast makes of a weight. Trainable leaves are
+  /// cached until the autocast context exits; frozen ones are cast anew.
+  Tid autocast_weight(Param& p) {
+    if (g_.elem(p.id) == ae_) {
+      g_.retain(p.id);
+      return p.id;
+    }
+    if (p.trainable) {
+      if (p.cast_cache == kNone) {
+        p.cast_cache = g_.op(g_.numel(p.id), ae_, {p.id}, {}, Component::kWeightCopies);
+        cache_.push_back(&p);
+      }
+      g_.retain(p.cast_cache);
+      return p.cast_cache;
+    }
+    return g_.op(g_.numel(p.id), ae_, {p.id}, {}, Component::kWeightCopies);
+  }
+
+  void clear_autocast_cache() {
+    for (Param* p : cache_) {
+      if (p->cast_cache != kNone)
+        g_.release(p->cast_cache);
+      p->cast_cache = kNone;
+    }
+    cache_.clear();
+  }
+
+  /// y = x W^T + b (aten::linear; addmm/matmul save x when W needs a gradient
+  /// and W when x does). Under autocast both are cast to the low precision.
+  Tid base_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
+    int64_t rows = g_.numel(x) / in;
+    if (autocast_) {
+      Tid xc = cast(x, ae_);
+      Tid wc = autocast_weight(w);
+      Tid bc = b != nullptr ? autocast_weight(*b) : kNone;
+      Tid y = g_.op(rows * out, ae_, {xc, wc, bc},
+                    {g_.requires_grad(wc) ? xc : kNone, g_.requires_grad(xc) ? wc : kNone});
+      g_.release(xc);
+      g_.release(wc);
+      if (bc != kNone)
+        g_.release(bc);
+      return y;
+    }
+    Tid y = g_.op(rows * out, promote(g_.elem(x), g_.elem(w.id)),
+                  {x, w.id, b != nullptr ? b->id : kNone},
+                  {w.trainable ? x : kNone, g_.requires_grad(x) ? w.id : kNone});
+    return y;
+  }
+
+  /// A Linear (or GPT-2 Conv1D) module by state-dict prefix, with its LoRA
+  /// adapter when the module is targeted (peft/tuners/lora/layer.py Linear.forward:
+  /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
+  /// base result's dtype).
+  Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
+    Tid y = base_linear(x, param(prefix + ".weight"), find_param(prefix + ".bias"), in, out);
+    auto it = lora_.find(prefix);
+    if (it == lora_.end())
+      return y;
+    const Lora& l = it->second;
+    Tid xl = cast(x, autocast_ ? g_.elem(x) : l.elem);
+    Tid xd = dropout(xl, s_.lora.dropout);
+    g_.release(xl);
+    Tid ha = lora_linear(xd, lora_params_[l.a], in, l.rank);
+    g_.release(xd);
+    Tid hb = lora_linear(ha, lora_params_[l.b], l.rank, out);
+    g_.release(ha);
+    Tid scaled = g_.op(g_.numel(hb), g_.elem(hb), {hb}, {});  // * scaling (a Python float)
+    g_.release(hb);
+    Tid sum = g_.op(g_.numel(y), promote(g_.elem(y), g_.elem(scaled)), {y, scaled}, {});
+    g_.release(y);
+    g_.release(scaled);
+    Tid result = cast(sum, g_.elem(y));
+    g_.release(sum);
+    return result;
+  }
+
+  Tid lora_linear(Tid x, Param& w, int64_t in, int64_t out) {
+    return base_linear(x, w, nullptr, in, out);
+  }
+
+  /// F.dropout in training mode: p == 0 returns the input itself. CUDA's fused
+  /// kernel saves a bool mask; the CPU path multiplies by a saved float noise
+  /// tensor of the input's dtype.
+  Tid dropout(Tid x, double p) {
+    if (p <= 0) {
+      g_.retain(x);
+      return x;
+    }
+    int mask_elem = cuda_ ? 1 : g_.elem(x);
+    return g_.op(g_.numel(x), g_.elem(x), {x}, {}, Component::kActivations,
+                 {{g_.numel(x), mask_elem}});
+  }
+
+  double hidden_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.hidden_dropout; }
+  double attention_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.attention_dropout; }
+  double embedding_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.embedding_dropout; }
+
+  /// Elementwise binary op whose backward needs the other operand (mul).
+  Tid mul(Tid a, Tid b) {
+    int64_t n = std::max(g_.numel(a), g_.numel(b));
+    Tid y = g_.op(n, promote(g_.elem(a), g_.elem(b)), {a, b},
+                  {g_.requires_grad(b) ? a : kNone, g_.requires_grad(a) ? b : kNone});
+    g_.set_layout(y, g_.layout(a));
+    return y;
+  }
+  /// Elementwise op whose backward needs nothing (add, scalar mul, neg).
+  Tid plain(Tid a, Tid b = kNone) {
+    int64_t n = g_.numel(a);
+    int e = g_.elem(a);
+    if (b != kNone) {
+      n = std::max(n, g_.numel(b));
+      e = promote(e, g_.elem(b));
+    }
+    Tid y = g_.op(n, e, {a, b}, {});
+    g_.set_layout(y, g_.layout(a));
+    return y;
+  }
+
+  /// aten::matmul on [b, h, m, k] x [b, h, k, n]: operands that cannot fold
+  /// their batch dimensions as a view ("bshd" layout) are copied first, and
+  /// bmm saves the (possibly copied) operands.
+  Tid batched_matmul(Tid a, Tid b, int64_t out_numel) {
+    Tid ac = autocast_ ? cast(a, ae_) : (g_.retain(a), a);
+    Tid bc = autocast_ ? cast(b, ae_) : (g_.retain(b), b);
+    Tid af = fold(ac);
+    Tid bf = fold(bc);
+    g_.release(ac);
+    g_.release(bc);
+    int e = promote(g_.elem(af), g_.elem(bf));
+    Tid y = g_.op(out_numel, e, {af, bf},
+                  {g_.requires_grad(bf) ? af : kNone, g_.requires_grad(af) ? bf : kNone});
+    g_.release(af);
+    g_.release(bf);
+    return y;
+  }
+  Tid fold(Tid x) {
+    if (g_.layout(x) == Layout::kContiguous) {
+      g_.retain(x);
+      return x;
+    }
+    return g_.op(g_.numel(x), g_.elem(x), {x}, {});  // reshape -> clone
+  }
+
+  Tid softmax_fp32(Tid x) {
+    // softmax(x, dtype=float32): the input is converted first when needed.
+    Tid x32 = cast(x, kF32);
+    Tid y = g_.op(g_.numel(x32), kF32, {x32}, {}, Component::kActivations, {}, 0, true);
+    g_.release(x32);
+    return y;
+  }
+
+  /// softmax without a dtype: CUDA autocast runs it in fp32; otherwise in the input dtype.
+  Tid softmax_plain(Tid x) {
+    int e = autocast_ && cuda_ ? kF32 : g_.elem(x);
+    Tid xc = cast(x, e);
+    Tid y = g_.op(g_.numel(xc), e, {xc}, {}, Component::kActivations, {}, 0, true);
+    g_.release(xc);
+    return y;
+  }
+
+  // ------------------------------------------------------------ norms
+  /// LlamaRMSNorm.forward: x.to(float32); variance = x.pow(2).mean(-1);
+  /// x * rsqrt(variance + eps); weight * x.to(input_dtype).
+  Tid rms_norm(Tid x, const std::string& name, bool gemma_style, int64_t dim) {
+    int64_t rows = g_.numel(x) / dim;
+    Tid h32 = cast(x, kF32);
+    Tid sq = g_.op(g_.numel(h32), kF32, {h32}, {h32});  // pow saves self
+    Tid var = g_.op(rows, kF32, {sq}, {});              // mean
+    g_.release(sq);
+    Tid ve = plain(var);
+    g_.release(var);
+    Tid r = g_.op(rows, kF32, {ve}, {}, Component::kActivations, {}, 0, true);  // rsqrt
+    g_.release(ve);
+    Tid hn = mul(h32, r);
+    g_.release(h32);
+    g_.release(r);
+    Param& w = param(name + ".weight");
+    Tid out;
+    if (gemma_style) {
+      // Gemma: output = x * (1.0 + weight.float()), then cast to the input dtype.
+      Tid w32 = cast(w.id, kF32);
+      Tid w1 = plain(w32);
+      g_.release(w32);
+      Tid o = mul(hn, w1);
+      g_.release(w1);
+      g_.release(hn);
+      out = cast(o, g_.elem(x));
+      g_.release(o);
+      return out;
+    }
+    Tid hc = cast(hn, g_.elem(x));
+    g_.release(hn);
+    out = mul(w.id, hc);
+    g_.release(hc);
+    return out;
+  }
+
+  /// nn.LayerNorm (native_layer_norm saves input, mean and rstd). CUDA autocast
+  /// runs layer_norm in fp32.
+  Tid layer_norm(Tid x, const std::string& name) {
+    int64_t rows = g_.numel(x) / m_.hidden_size;
+    int e = autocast_ && cuda_ ? kF32 : g_.elem(x);
+    Tid xc = cast(x, e);
+    Param* w = find_param(name + ".weight");
+    Param* b = find_param(name + ".bias");
+    Tid y = g_.op(g_.numel(xc), e, {xc, w ? w->id : kNone, b ? b->id : kNone}, {xc},
+                  Component::kActivations, {{rows, kF32}, {rows, kF32}});
+    g_.release(xc);
+    return y;
+  }
+
+  Tid norm(Tid x, const std::string& name, NormKind kind) {
+    if (kind == NormKind::kRMSNorm) {
+      return rms_norm(x, name, m_.family == "gemma" || m_.family == "gemma2", m_.hidden_size);
+    }
+    return layer_norm(x, name);
+  }
+
+  // ------------------------------------------------------------ activations
+  Tid activation(Tid x, const std::string& act) {
+    if (act == "gelu_new" || act == "gelu_fast") {
+      // NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
+      Tid cube = g_.op(g_.numel(x), g_.elem(x), {x}, {x});  // pow saves x
+      Tid c1 = plain(cube);
+      g_.release(cube);
+      Tid inner = plain(x, c1);
+      g_.release(c1);
+      Tid scaled = plain(inner);
+      g_.release(inner);
+      Tid th = g_.op(g_.numel(x), g_.elem(x), {scaled}, {}, Component::kActivations, {}, 0, true);
+      g_.release(scaled);
+      Tid one = plain(th);
+      g_.release(th);
+      Tid half = plain(x);
+      Tid y = mul(half, one);
+      g_.release(half);
+      g_.release(one);
+      return y;
+    }
+    if (act == "relu") {
+      return g_.op(g_.numel(x), g_.elem(x), {x}, {}, Component::kActivations, {}, 0, true);
+    }
+    // silu, gelu, gelu_pytorch_tanh, gelu_python...: one kernel saving its input.
+    return g_.op(g_.numel(x), g_.elem(x), {x}, {x});
+  }
+
+  void release_shared() {
+    for (Tid* t : {&cos_, &sin_, &mask_}) {
+      if (*t != kNone)
+        g_.release(*t);
+      *t = kNone;
+    }
+  }
+
+  // ------------------------------------------------------------ model
+  Tid forward(Tid ids);
+  Tid llama_layer(Tid x, int i);
+  Tid llama_attention(Tid x, int i, const LayerSpec& l);
+  Tid gpt2_layer(Tid x, int i);
+  Tid opt_layer(Tid x, int i);
+  Tid causal_lm_loss(Tid logits, Tid labels);
+  void add_lora();
+
+  Graph& g_;
+  const ModelSpec& m_;
+  const TrainingSetup& s_;
+  TraceResult* out_;
+  Style style_ = Style::kLlama;
+  int pe_ = kF32;
+  int ae_ = kF32;
+  bool autocast_ = false;
+  bool cuda_ = true;
+  int64_t tokens_ = 0;
+  std::unordered_map<std::string, Param> params_;
+  std::unordered_map<Tid, Param> lora_params_;
+  std::map<std::string, Lora> lora_;
+  std::vector<Tid> trainable_;
+  std::vector<Param*> cache_;
+  // Per-forward tensors shared by all layers.
+  Tid cos_ = kNone, sin_ = kNone, mask_ = kNone;
+  std::vector<Tid> opt_state_;
+  Tid workspace_ = kNone;
+};
+
+// PEFT's default targets per model_type (peft/utils/constants.py
+// TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
+std::vector<std::string> default_lora_targets(const std::string& family) {
+  if (family == "gpt2" || family == "gpt_bigcode")
+    return {"c_attn"};
+  if (family == "bloom" || family == "gpt_neox" || family == "falcon")
+    return {"query_key_value"};
+  if (family == "phi3")
+    return {"qkv_proj"};
+  if (family == "codegen")
+    return {"qkv_proj"};
+  if (family == "phi")
+    return {"q_proj", "v_proj", "fc1", "fc2"};
+  return {"q_proj", "v_proj"};
+}
+
+void Program::add_lora() {
+  std::vector<std::string> targets =
+      s_.lora.targets.empty() ? default_lora_targets(m_.family) : s_.lora.targets;
+  if (s_.lora.rank <= 0)
+    throw Error("--lora-rank", "", "expected a positive rank");
+  // PEFT (get_peft_model, autocast_adapter_dtype=True) keeps adapters in fp32
+  // when the base weights are fp16/bf16.
+  int elem = kF32;
+  bool conv1d = m_.family == "gpt2";
+  size_t matched = 0;
+  for (const TensorSpec& t : m_.tensors) {
+    const std::string suffix = ".weight";
+    if (t.layer < 0 || t.shape.size() != 2 || t.name.size() < suffix.size() ||
+        t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      continue;
+    }
+    std::string prefix = t.name.substr(0, t.name.size() - suffix.size());
+    std::string module = prefix.substr(prefix.rfind('.') + 1);
+    if (std::find(targets.begin(), targets.end(), module) == targets.end())
+      continue;
+    int64_t out = conv1d ? t.shape[1] : t.shape[0];
+    int64_t in = conv1d ? t.shape[0] : t.shape[1];
+    Lora l;
+    l.rank = s_.lora.rank;
+    l.elem = elem;
+    l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
+    l.b = g_.leaf(out * l.rank, elem, Component::kParameters, true);
+    lora_params_[l.a] = Param{l.a, true, kNone};
+    lora_params_[l.b] = Param{l.b, true, kNone};
+    trainable_.push_back(l.a);
+    trainable_.push_back(l.b);
+    out_->params += l.rank * (in + out);
+    out_->trainable_params += l.rank * (in + out);
+    lora_[prefix] = l;
+    ++matched;
+  }
+  if (matched == 0) {
+    throw Error("--lora-targets", "", "no module of this model matches the LoRA targets");
+  }
+}
+
+Tid Program::forward(Tid ids) {
+  int64_t h = m_.hidden_size;
+  int64_t b = s_.batch;
+  int64_t s = s_.seq;
+  std::string embed_name = style_ == Style::kGpt2  ? "transformer.wte.weight"
+                           : style_ == Style::kOpt ? "model.decoder.embed_tokens.weight"
+                                                   : "model.embed_tokens.weight";
+  Param& embed = param(embed_name);
+  int64_t ew = m_.embedding_size;
+  // nn.Embedding saves the indices; it is not an autocast op.
+  Tid x = g_.op(tokens_ * ew, pe_, {embed.id, ids}, {ids});
+  bool lora_ckpt = s_.finetune != FinetuneMode::kFull && s_.checkpointing != CheckpointMode::kOff;
+  if (lora_ckpt) {
+    // PEFT/Trainer enable_input_require_grads(): a forward hook calls
+    // output.requires_grad_(True) on the embedding output so reentrant
+    // checkpoints propagate gradients to the adapters.
+    g_.mark_requires_grad(x);
+  }
+  if (style_ == Style::kLlama) {
+    if (m_.family == "gemma" || m_.family == "gemma2") {
+      // hidden_states * normalizer (sqrt(hidden_size) as a tensor of the dtype).
+      Tid y = plain(x);
+      g_.release(x);
+      x = y;
+    }
+    // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
+    int64_t d = m_.layers.front().attention.head_dim;
+    cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
+    sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
+    if (s_.attention == AttentionImpl::kEager) {
+      // masking_utils eager mask: bool [b, 1, s, s], then float in the dtype.
+      Tid mb = g_.leaf(b * s * s, 1, Component::kInputs, false);
+      mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
+      g_.release(mb);
+    }
+  } else if (style_ == Style::kGpt2) {
+    Tid pos = g_.op(s * h, pe_, {param("transformer.wpe.weight").id}, {});
+    Tid y = plain(x, pos);
+    g_.release(x);
+    g_.release(pos);
+    Tid z = dropout(y, embedding_dropout());
+    g_.release(y);
+    x = z;
+  } else {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
+    Tid pos = g_.op(tokens_ * h, pe_, {param("model.decoder.embed_positions.weight").id}, {});
+    if (ew != h) {
+      Tid y = linear(x, "model.decoder.project_in", ew, h);
+      g_.release(x);
+      x = y;
+    }
+    Tid y = plain(x, pos);
+    g_.release(x);
+    g_.release(pos);
+    mask_ = g_.leaf(b * s * s, g_.elem(y), Component::kInputs, false);
+    x = y;
+  }
+  for (int i = 0; i < static_cast<int>(m_.num_layers); ++i) {
+    g_.set_layer(i);
+    auto body = [this, i](Tid in) {
+      bool recompute = g_.phase() == Phase::kBackward;
+      Tid y = style_ == Style::kLlama  ? llama_layer(in, i)
+              : style_ == Style::kGpt2 ? gpt2_layer(in, i)
+                                       : opt_layer(in, i);
+      if (recompute)
+        clear_autocast_cache();  // the checkpoint's own autocast context exits
+      return y;
+    };
+    Tid y = s_.checkpointing == CheckpointMode::kOff ? body(x) : g_.checkpoint(x, body);
+    g_.release(x);
+    x = y;
+  }
+  g_.set_layer(-1);
+  Tid hn;
+  if (style_ == Style::kLlama) {
+    hn = norm(x, "model.norm", m_.layers.front().norm);
+  } else if (style_ == Style::kGpt2) {
+    hn = layer_norm(x, "transformer.ln_f");
+  } else {
+    hn = m_.final_norm ? layer_norm(x, "model.decoder.final_layer_norm") : (g_.retain(x), x);
+    if (ew != h) {
+      Tid y = linear(hn, "model.decoder.project_out", h, ew);
+      g_.release(hn);
+      hn = y;
+    }
+  }
+  g_.release(x);
+  // Checkpointed layers keep the rotary tables and the mask (their kwargs)
+  // until their recomputation in backward.
+  if (s_.checkpointing == CheckpointMode::kOff)
+    release_shared();
+  g_.set_phase(Phase::kLoss);
+  // lm_head: a Linear (tied to the embedding when the config ties them).
+  Tid logits =
+      base_linear(hn, param("lm_head.weight"), find_param("lm_head.bias"), ew, m_.vocab_size);
+  g_.release(hn);
+  return logits;
+}
+
+Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
+  const AttentionSpec& a = l.attention;
+  std::string p = "model.layers." + std::to_string(i) + ".self_attn.";
+  int64_t h = m_.hidden_size;
+  int64_t b = s_.batch;
+  int64_t s = s_.seq;
+  int64_t d = a.head_dim;
+  int64_t heads = a.num_heads;
+  int64_t kv = a.num_kv_heads;
+  Tid q = linear(x, p + "q_proj", h, a.q_width());
+  Tid k = linear(x, p + "k_proj", h, a.k_width());
+  Tid v = linear(x, p + "v_proj", h, a.v_width());
+  for (Tid t : {q, k, v})
+    g_.set_layout(t, Layout::kBshd);  // view(...).transpose(1, 2)
+  if (a.qk_norm) {
+    // Qwen3: q_norm / k_norm over head_dim before the transpose (contiguous).
+    Tid qn = rms_norm(q, p + "q_norm", false, d);
+    g_.release(q);
+    q = qn;
+    Tid kn = rms_norm(k, p + "k_norm", false, d);
+    g_.release(k);
+    k = kn;
+    g_.set_layout(q, Layout::kBshd);
+    g_.set_layout(k, Layout::kBshd);
+  }
+  // apply_rotary_pos_emb: q * cos + rotate_half(q) * sin (rotate_half: neg, cat).
+  auto rope = [&](Tid t) {
+    Tid tc = mul(t, cos_);
+    Tid half = g_.op(g_.numel(t) / 2, g_.elem(t), {t}, {});   // -x2
+    Tid rot = g_.op(g_.numel(t), g_.elem(t), {half, t}, {});  // cat((-x2, x1))
+    g_.release(half);
+    Tid rs = mul(rot, sin_);
+    g_.release(rot);
+    Tid y = plain(tc, rs);
+    g_.release(tc);
+    g_.release(rs);
+    return y;
+  };
+  Tid qe = rope(q);
+  g_.release(q);
+  Tid ke = rope(k);
+  g_.release(k);
+  Tid out;
+  if (s_.attention == AttentionImpl::kEager) {
+    // eager_attention_forward: repeat_kv copies K/V when heads are grouped.
+    int64_t groups = heads / kv;
+    Tid kr = ke;
+    Tid vr = v;
+    g_.retain(kr);
+    g_.retain(vr);
+    if (groups > 1) {
+      g_.release(kr);
+      g_.release(vr);
+      kr = g_.op(b * heads * s * d, g_.elem(ke), {ke}, {});
+      vr = g_.op(b * heads * s * d, g_.elem(v), {v}, {});
+    }
+    Tid scores = batched_matmul(qe, kr, b * heads * s * s);
+    Tid scaled = plain(scores);  // * scaling
+    g_.release(scores);
+    Tid masked = plain(scaled, mask_);
+    g_.release(scaled);
+    Tid probs = softmax_fp32(masked);
+    g_.release(masked);
+    Tid probs_q = cast(probs, g_.elem(qe));
+    g_.release(probs);
+    Tid pd = dropout(probs_q, attention_dropout());
+    g_.release(probs_q);
+    Tid o = batched_matmul(pd, vr, b * heads * s * d);
+    g_.release(pd);
+    g_.release(kr);
+    g_.release(vr);
+    out = g_.op(g_.numel(o), g_.elem(o), {o}, {});  // transpose(1, 2).contiguous()
+    g_.release(o);
+  } else {
+    // SDPA (flash / memory-efficient kernels): saves q, k, v, the output and
+    // a float logsumexp [b, heads, s]; no s×s matrix.
+    Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
+    Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
+    Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
+    Tid o = g_.op(b * heads * s * d, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
+                  Component::kActivations, {{b * heads * s, kF32}}, 0, true);
+    g_.release(qc);
+    g_.release(kc);
+    g_.release(vc);
+    out = o;  // already [b, s, heads, d] in memory: .contiguous() is free
+  }
+  g_.release(qe);
+  g_.release(ke);
+  g_.release(v);
+  Tid y = linear(out, p + "o_proj", heads * d, h);
+  g_.release(out);
+  return y;
+}
+
+Tid Program::llama_layer(Tid x, int i) {
+  const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
+  std::string p = "model.layers." + std::to_string(i) + ".";
+  int64_t h = m_.hidden_size;
+  Tid n1 = norm(x, p + "input_layernorm", l.norm);
+  Tid attn = llama_attention(n1, i, l);
+  g_.release(n1);
+  if (l.norms == 4) {
+    Tid pa = norm(attn, p + "post_attention_layernorm", l.norm);
+    g_.release(attn);
+    attn = pa;
+  }
+  Tid h1 = plain(x, attn);
+  g_.release(attn);
+  Tid n2 = norm(h1, p + (l.norms == 4 ? "pre_feedforward_layernorm" : "post_attention_layernorm"),
+                l.norm);
+  int64_t inter = l.mlp.intermediate_size;
+  Tid gate = linear(n2, p + "mlp.gate_proj", h, inter);
+  Tid act = activation(gate, l.mlp.activation);
+  g_.release(gate);
+  Tid up = linear(n2, p + "mlp.up_proj", h, inter);
+  g_.release(n2);
+  Tid prod = mul(act, up);
+  g_.release(act);
+  g_.release(up);
+  Tid down = linear(prod, p + "mlp.down_proj", inter, h);
+  g_.release(prod);
+  if (l.norms == 4) {
+    Tid pf = norm(down, p + "post_feedforward_layernorm", l.norm);
+    g_.release(down);
+    down = pf;
+  }
+  Tid h2 = plain(h1, down);
+  g_.release(h1);
+  g_.release(down);
+  return h2;
+}
+
+Tid Program::gpt2_layer(Tid x, int i) {
+  const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
+  std::string p = "transformer.h." + std::to_string(i) + ".";
+  int64_t h = m_.hidden_size;
+  int64_t b = s_.batch;
+  int64_t s = s_.seq;
+  int64_t heads = l.attention.num_heads;
+  int64_t d = l.attention.head_dim;
+  Tid n1 = layer_norm(x, p + "ln_1");
+  Tid qkv = linear(n1, p + "attn.c_attn", h, 3 * h);
+  g_.release(n1);
+  // split(split_size, dim=2) then view + transpose: q, k and v are strided
+  // views of qkv that matmul cannot fold, so each is copied (and the copies saved).
+  int64_t part = b * heads * s * d;
+  int e = g_.elem(qkv);
+  Tid qc = g_.op(part, e, {qkv}, {});
+  Tid kc = g_.op(part, e, {qkv}, {});
+  Tid scores = g_.op(b * heads * s * s, e, {qc, kc}, {qc, kc});
+  g_.release(qc);
+  g_.release(kc);
+  Tid scaled = plain(scores);  // / torch.full([], sqrt(d))
+  g_.release(scores);
+  // torch.where(causal_mask, attn_weights, mask_value): saves only the bool mask (a buffer view)
+  Tid masked = g_.op(g_.numel(scaled), g_.elem(scaled), {scaled}, {});
+  g_.release(scaled);
+  Tid probs = softmax_plain(masked);
+  g_.release(masked);
+  Tid probs_v = cast(probs, e);  // .type(value.dtype)
+  g_.release(probs);
+  Tid pd = dropout(probs_v, attention_dropout());
+  g_.release(probs_v);
+  Tid vc = g_.op(part, e, {qkv}, {});
+  Tid o = g_.op(part, e, {pd, vc}, {pd, vc});
+  g_.release(pd);
+  g_.release(vc);
+  g_.release(qkv);
+  Tid oc = g_.op(g_.numel(o), g_.elem(o), {o}, {});  // transpose + reshape + contiguous
+  g_.release(o);
+  Tid proj = linear(oc, p + "attn.c_proj", h, h);
+  g_.release(oc);
+  Tid pr = dropout(proj, hidden_dropout());
+  g_.release(proj);
+  Tid h1 = plain(pr, x);
+  g_.release(pr);
+  Tid n2 = layer_norm(h1, p + "ln_2");
+  int64_t inner = l.mlp.intermediate_size;
+  Tid fc = linear(n2, p + "mlp.c_fc", h, inner);
+  g_.release(n2);
+  Tid act = activation(fc, l.mlp.activation);
+  g_.release(fc);
+  Tid down = linear(act, p + "mlp.c_proj", inner, h);
+  g_.release(act);
+  Tid dd = dropout(down, hidden_dropout());
+  g_.release(down);
+  Tid h2 = plain(h1, dd);
+  g_.release(h1);
+  g_.release(dd);
+  return h2;
+}
+
+Tid Program::opt_layer(Tid x, int i) {
+  const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
+  std::string p = "model.decoder.layers." + std::to_string(i) + ".";
+  int64_t h = m_.hidden_size;
+  int64_t b = s_.batch;
+  int64_t s = s_.seq;
+  int64_t heads = l.attention.num_heads;
+  int64_t d = l.attention.head_dim;
+  bool pre = m_.final_norm;  // do_layer_norm_before
+  Tid hs = x;
+  g_.retain(hs);
+  if (pre) {
+    Tid n = layer_norm(x, p + "self_attn_layer_norm");
+    g_.release(hs);
+    hs = n;
+  }
+  // OPTAttention: q = q_proj(x) * scaling; k, v projections; eager attention.
+  Tid q0 = linear(hs, p + "self_attn.q_proj", h, h);
+  Tid q = plain(q0);
+  g_.release(q0);
+  Tid k = linear(hs, p + "self_attn.k_proj", h, h);
+  Tid v = linear(hs, p + "self_attn.v_proj", h, h);
+  g_.release(hs);
+  for (Tid t : {q, k, v})
+    g_.set_layout(t, Layout::kBshd);
+  Tid scores = batched_matmul(q, k, b * heads * s * s);
+  Tid scaled = plain(scores);  // eager_attention_forward: * scaling (1.0: q is pre-scaled)
+  g_.release(scores);
+  Tid masked = plain(scaled, mask_);
+  g_.release(scaled);
+  Tid probs = softmax_fp32(masked);
+  g_.release(masked);
+  Tid probs_q = cast(probs, g_.elem(q));
+  g_.release(probs);
+  Tid pd = dropout(probs_q, attention_dropout());
+  g_.release(probs_q);
+  Tid o = batched_matmul(pd, v, b * heads * s * d);
+  g_.release(pd);
+  g_.release(q);
+  g_.release(k);
+  g_.release(v);
+  Tid oc = g_.op(g_.numel(o), g_.elem(o), {o}, {});
+  g_.release(o);
+  Tid proj = linear(oc, p + "self_attn.out_proj", h, h);
+  g_.release(oc);
+  Tid pr = dropout(proj, hidden_dropout());
+  g_.release(proj);
+  Tid h1 = plain(x, pr);
+  g_.release(pr);
+  if (!pre) {
+    Tid n = layer_norm(h1, p + "self_attn_layer_norm");
+    g_.release(h1);
+    h1 = n;
+  }
+  Tid f = h1;
+  g_.retain(f);
+  if (pre) {
+    Tid n = layer_norm(h1, p + "final_layer_norm");
+    g_.release(f);
+    f = n;
+  }
+  int64_t inter = l.mlp.intermediate_size;
+  Tid fc1 = linear(f, p + "fc1", h, inter);
+  g_.release(f);
+  Tid act = activation(fc1, l.mlp.activation);
+  g_.release(fc1);
+  Tid fc2 = linear(act, p + "fc2", inter, h);
+  g_.release(act);
+  Tid dd = dropout(fc2, hidden_dropout());
+  g_.release(fc2);
+  Tid h2 = plain(h1, dd);
+  g_.release(h1);
+  g_.release(dd);
+  if (!pre) {
+    Tid n = layer_norm(h2, p + "final_layer_norm");
+    g_.release(h2);
+    h2 = n;
+  }
+  return h2;
+}
+
+// transformers loss/loss_utils.py ForCausalLMLoss (v4.46+): logits.float(),
+// labels padded with -100 and shifted (a contiguous int64 copy),
+// F.cross_entropy = log_softmax (saves its fp32 output) + nll_loss.
+Tid Program::causal_lm_loss(Tid logits, Tid labels) {
+  Tid l32 = cast(logits, kF32);
+  Tid padded = g_.leaf(s_.batch * (s_.seq + 1), kI64, Component::kLogitsLoss, false);
+  Tid shifted = g_.leaf(tokens_, kI64, Component::kLogitsLoss, false);
+  g_.release(padded);
+  (void)labels;
+  Tid lsm = g_.op(g_.numel(l32), kF32, {l32}, {}, Component::kLogitsLoss, {}, 0, true);
+  g_.release(l32);
+  Tid loss = g_.op(1, kF32, {lsm}, {shifted}, Component::kLogitsLoss);
+  g_.release(lsm);
+  g_.release(shifted);
+  // reduction="sum" / num_items_in_batch: a scalar op.
+  Tid scaled = plain(loss);
+  g_.release(loss);
+  return scaled;
+}
+
+// torch/optim/adamw.py (_single_tensor_adamw, _multi_tensor_adamw,
+// _fused_adamw), torch/optim/sgd.py, transformers Adafactor, bitsandbytes 8-bit.
+void Program::optimizer_step(bool first) {
+  g_.set_phase(Phase::kOptimizer);
+  g_.set_layer(-1);
+  OptimizerKind kind = s_.optimizer;
+  if (kind == OptimizerKind::kAdamW) {
+    kind = cuda_ ? OptimizerKind::kAdamWForeach : OptimizerKind::kAdamWForLoop;
+  }
+  bool adam = kind == OptimizerKind::kAdamWForeach || kind == OptimizerKind::kAdamWFused ||
+              kind == OptimizerKind::kAdamWForLoop;
+  if (first) {
+    for (Tid p : trainable_) {
+      int64_t n = g_.numel(p);
+      int e = g_.elem(p);
+      switch (kind) {
+        case OptimizerKind::kAdamWForeach:
+        case OptimizerKind::kAdamWFused:
+        case OptimizerKind::kAdamWForLoop:
+          // step: a CPU tensor on CUDA unless fused/capturable; on a CPU it is real memory.
+          if (!cuda_ || kind == OptimizerKind::kAdamWFused) {
+            opt_state_.push_back(g_.leaf(1, kF32, Component::kOptimizerStates, false));
+          }
+          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+          break;
+        case OptimizerKind::kSgdMomentum:
+          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+          break;
+        case OptimizerKind::kAdafactor:
+          // factored second moment for matrices (row and column vectors, fp32)
+          opt_state_.push_back(
+              g_.leaf(std::max<int64_t>(1, n / 1024), kF32, Component::kOptimizerStates, false));
+          break;
+        case OptimizerKind::kAdamW8bit:
+        case OptimizerKind::kPagedAdamW8bit:
+          if (n < 4096) {  // bnb min_8bit_size: small tensors keep 32-bit states
+            opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
+          } else {
+            opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
+            opt_state_.push_back(
+                g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
+          }
+          break;
+        default:
+          break;
+      }
+    }
+  }
+  if (adam && kind == OptimizerKind::kAdamWForeach) {
+    // exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs): one temporary per parameter, all alive.
+    std::vector<Tid> temps;
+    for (Tid p : trainable_)
+      temps.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+    for (Tid t : temps)
+      g_.release(t);
+  } else if (adam && kind == OptimizerKind::kAdamWForLoop) {
+    // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    for (Tid p : trainable_) {
+      Tid sq = g_.buffer(g_.bytes(p), Component::kTemporaries);
+      Tid denom = g_.buffer(g_.bytes(p), Component::kTemporaries);
+      g_.release(sq);
+      g_.release(denom);
+    }
+  } else if (kind == OptimizerKind::kAdafactor) {
+    for (Tid p : trainable_) {
+      Tid a = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
+      Tid b2 = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
+      g_.release(a);
+      g_.release(b2);
+    }
+  }
+  zero_grad();
+}
+
+}  // namespace
+
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup) {
+  TraceResult result;
+  Graph g(&result.events);
+  Program program(g, model, setup, &result);
+  program.setup();
+  for (int step = 1; step <= 2; ++step) {
+    g.set_step(step);
+    for (int64_t micro = 0; micro < setup.grad_accum; ++micro)
+      program.micro_step();
+    program.optimizer_step(step == 1);
+  }
+  return result;
+}
+
+}  // namespace llmem::trace

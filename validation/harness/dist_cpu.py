@@ -1,0 +1,170 @@
+#!/usr/bin/python3
+"""Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), gloo backend,
+2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
+measure_cpu.py does (baseline taken in the rank before the model is built).
+
+    /usr/bin/python3 validation/harness/dist_cpu.py --config validation/configs/tiny-llama.json \
+        --method ddp --precision fp32 --optimizer adamw
+
+Prints one JSON object per rank. Only mallinfo is measured here (the storage run is single-process only:
+gloo allocates on its own threads, so the single-thread alloc/free ordering does not hold).
+"""
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import measure_cpu as mc  # noqa: E402  (sets mallopt before torch is imported)
+import models  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as tmp  # noqa: E402
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def _worker(rank, world, argv, port, outdir):
+    args = parser().parse_args(argv)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    import gc
+    gc.collect()
+    baseline = mc.malloc_used()
+    sampler = mc.MallocSampler(baseline)
+    a = mc.parser().parse_args(["--config", args.config, "--batch", str(args.batch), "--seq", str(args.seq),
+                                "--precision", args.precision, "--optimizer", "sgd", "--seed", str(args.seed)]
+                               + (["--grad-ckpt"] if args.grad_ckpt else [])
+                               + (["--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha)]
+                                  if args.lora_rank else []))
+    with open(args.config) as f:
+        cfg = json.load(f)
+    model, _, batch, hook = mc.build(a, cfg)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    params = [p for p in ddp.parameters() if p.requires_grad]
+    if args.method == "ddp":
+        opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    else:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        opt = ZeroRedundancyOptimizer(params, optimizer_class=torch.optim.AdamW, lr=1e-4, foreach=False)
+    # different data per rank, as a DistributedSampler would give
+    g = torch.Generator().manual_seed(args.seed + 1 + rank)
+    ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), generator=g)
+    batch = (ids, torch.ones_like(ids), ids.clone())
+
+    def mark_phase(key):
+        sampler.set_phase(key)
+        models.PHASE_HOOK = (lambda name: sampler.set_phase((key[0], name))) if key[1] == "forward" else None
+
+    a.steps = args.steps
+    with sampler:
+        mc.train_steps(ddp, opt, batch, a, mark_phase)
+    res = mc._summ(sampler.peaks, args.steps)
+    res.update(rank=rank, torch_version=torch.__version__,
+               param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+    with open(os.path.join(outdir, "rank%d.json" % rank), "w") as f:
+        json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def command_line(args):
+    parts = ["/usr/bin/python3", "validation/harness/dist_cpu.py", "--config", args.config, "--method", args.method,
+             "--batch", str(args.batch), "--seq", str(args.seq), "--precision", args.precision,
+             "--seed", str(args.seed), "--steps", str(args.steps)]
+    if args.grad_ckpt:
+        parts.append("--grad-ckpt")
+    if args.lora_rank:
+        parts += ["--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha)]
+    return " ".join(parts)
+
+
+def run(argv):
+    args = parser().parse_args(argv)
+    with tempfile.TemporaryDirectory() as d:
+        tmp.spawn(_worker, args=(2, argv, _free_port(), d), nprocs=2, join=True)
+        out = []
+        for r in range(2):
+            with open(os.path.join(d, "rank%d.json" % r)) as f:
+                out.append(json.load(f))
+    for o in out:
+        o["command"] = command_line(args)
+        o["date"] = datetime.date.today().isoformat()
+    return args, out
+
+
+def parser():
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", required=True)
+    p.add_argument("--method", choices=["ddp", "zero1"], default="ddp")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"], default="fp32")
+    p.add_argument("--grad-ckpt", action="store_true")
+    p.add_argument("--lora-rank", type=int, default=0)
+    p.add_argument("--lora-alpha", type=float, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=2)
+    return p
+
+
+DIST_RUNS = [
+    ["--config", "validation/configs/tiny-llama.json", "--method", "ddp", "--precision", "fp32"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "zero1", "--precision", "fp32"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "ddp", "--precision", "bf16-mixed"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "zero1", "--precision", "bf16-mixed"],
+    ["--config", "validation/configs/tiny-gpt2.json", "--method", "ddp", "--precision", "fp32"],
+    ["--config", "validation/configs/tiny-gpt2.json", "--method", "zero1", "--precision", "fp32"],
+]
+
+
+def matrix_rows():
+    rows = []
+    cwd = os.getcwd()
+    os.chdir(mc.REPO)
+    try:
+        for argv in DIST_RUNS:
+            args, outs = run(argv)
+            with open(args.config) as f:
+                cfg = json.load(f)
+            torch.manual_seed(0)
+            m = models.build_model(cfg)
+            nparams = sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
+            del m
+            for o in outs:
+                rows.append({
+                    "source_url": "", "model": args.config, "params_b": "%.6f" % (nparams / 1e9), "gpus": 2,
+                    "gpu_type": "cpu", "method": args.method, "world_size": 2, "tp": 1,
+                    "precision": args.precision, "optimizer": "adamw", "micro_batch": args.batch,
+                    "seq_len": args.seq, "grad_ckpt": "on" if args.grad_ckpt else "off",
+                    "finetune": "lora" if args.lora_rank else "full", "lora_rank": args.lora_rank or "",
+                    "attention_impl": "eager", "measured_what": "cpu_peak_live_bytes",
+                    "peak_gib": "%.6f" % (o["peak_bytes"] / 2 ** 30),
+                    "notes": "rank=%d of 2; gloo; mallinfo2 only (no storage count); "
+                             "DDP default buckets (gradient_as_bucket_view=False)" % o["rank"],
+                    "peak_bytes": o["peak_bytes"], "peak_forward_bytes": o["peak_forward_bytes"],
+                    "peak_loss_bytes": o["peak_loss_bytes"], "peak_backward_bytes": o["peak_backward_bytes"],
+                    "peak_optimizer_bytes": o["peak_optimizer_bytes"],
+                    "first_step_peak_bytes": o["first_step_peak_bytes"], "storage_peak_bytes": "",
+                    "lora_alpha": "", "lora_dropout": "", "lora_targets": "",
+                    "torch_version": o["torch_version"], "command": o["command"], "date": o["date"],
+                })
+    finally:
+        os.chdir(cwd)
+    return rows
+
+
+if __name__ == "__main__":
+    args, outs = run(sys.argv[1:])
+    for o in outs:
+        print(json.dumps(o))
