@@ -589,7 +589,6 @@ Tid Program::forward(Tid ids) {
   // until their recomputation in backward.
   if (s_.checkpointing == CheckpointMode::kOff)
     release_shared();
-  g_.set_phase(Phase::kLoss);
   // lm_head: a Linear (tied to the embedding when the config ties them).
   Tid logits =
       base_linear(hn, param("lm_head.weight"), find_param("lm_head.bias"), ew, m_.vocab_size);

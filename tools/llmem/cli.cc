@@ -2,7 +2,9 @@
 
 #include "cli.h"
 
+#include <fstream>
 #include <ostream>
+#include <sstream>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +14,7 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
+#include "llmem/validate.h"
 
 namespace llmem::cli {
 namespace {
@@ -43,6 +46,13 @@ struct EstimateOptions {
   bool expandable_segments = false;
   double max_split_size_mb = 0;
   std::string format = "table";
+};
+
+struct ValidateOptions {
+  std::vector<std::string> files;
+  std::string format = "table";
+  double max_median = -1;
+  double max_error = -1;
 };
 
 struct ModelsOptions {
@@ -95,6 +105,28 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     out << estimate_svg(model, gpu, e);
   } else {
     out << estimate_table(model, setup, gpu, e);
+  }
+  return kExitOk;
+}
+
+int run_validate(const ValidateOptions& o, std::ostream& out) {
+  ValidationReport all;
+  for (const std::string& f : o.files) {
+    std::ifstream in(f, std::ios::binary);
+    if (!in)
+      throw Error(f, "", "cannot open the file for reading");
+    std::ostringstream text;
+    text << in.rdbuf();
+    ValidationReport r = validate_csv(text.str(), f);
+    for (ValidationRow& row : r.rows)
+      all.rows.push_back(std::move(row));
+  }
+  all.summary = summarize(all.rows);
+  out << (o.format == "json" ? validation_json(all) : validation_table(all));
+  const ValidationSummary& s = all.summary;
+  if ((o.max_median >= 0 && s.median_abs_pct > o.max_median) ||
+      (o.max_error >= 0 && s.max_abs_pct > o.max_error)) {
+    return kExitDoesNotFit;
   }
   return kExitOk;
 }
@@ -165,6 +197,17 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
 
+  ValidateOptions val;
+  CLI::App* val_cmd =
+      app.add_subcommand("validate", "Compare estimates with measured peaks (CSV rows)");
+  val_cmd->add_option("files", val.files, "CSV files in the columns of published.csv")->required();
+  val_cmd->add_option("--format", val.format, "table or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  val_cmd->add_option("--max-median", val.max_median,
+                      "Exit 1 when the median |error| exceeds this many percent");
+  val_cmd->add_option("--max-error", val.max_error,
+                      "Exit 1 when any |error| exceeds this many percent");
+
   ModelsOptions models;
   CLI::App* models_cmd = app.add_subcommand("models", "List the built-in model catalog");
   models_cmd->add_option("--format", models.format, "table or json")
@@ -189,6 +232,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       return run_inspect(inspect, out, err);
     if (models_cmd->parsed())
       return run_models(models, out);
+    if (val_cmd->parsed())
+      return run_validate(val, out);
     if (est_cmd->parsed())
       return run_estimate(est, out);
     if (arch_cmd->parsed())

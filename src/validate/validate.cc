@@ -1,0 +1,405 @@
+// Copyright 2026 The llmem Authors.
+
+#include "llmem/validate.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "llmem/error.h"
+#include "llmem/estimate.h"
+#include "llmem/gpu.h"
+#include "llmem/model.h"
+
+namespace llmem {
+namespace {
+
+// RFC 4180 CSV: quoted fields may hold commas, quotes ("") and newlines.
+std::vector<std::vector<std::string>> parse_csv(const std::string& text, const std::string& file,
+                                                std::vector<int>* lines) {
+  std::vector<std::vector<std::string>> rows;
+  std::vector<std::string> row;
+  std::string field;
+  bool quoted = false;
+  int line = 1;
+  int row_line = 1;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (quoted) {
+      if (c == '"') {
+        if (i + 1 < text.size() && text[i + 1] == '"') {
+          field.push_back('"');
+          ++i;
+        } else {
+          quoted = false;
+        }
+      } else {
+        if (c == '\n')
+          ++line;
+        field.push_back(c);
+      }
+      continue;
+    }
+    if (c == '"' && field.empty()) {
+      quoted = true;
+    } else if (c == ',') {
+      row.push_back(std::move(field));
+      field.clear();
+    } else if (c == '\n' || c == '\r') {
+      if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n')
+        ++i;
+      row.push_back(std::move(field));
+      field.clear();
+      if (!(row.size() == 1 && row[0].empty())) {
+        rows.push_back(std::move(row));
+        lines->push_back(row_line);
+      }
+      row.clear();
+      ++line;
+      row_line = line;
+    } else {
+      field.push_back(c);
+    }
+  }
+  if (quoted)
+    throw Error(file, "", "unterminated quoted field starting on line " + std::to_string(row_line));
+  if (!field.empty() || !row.empty()) {
+    row.push_back(std::move(field));
+    rows.push_back(std::move(row));
+    lines->push_back(row_line);
+  }
+  return rows;
+}
+
+std::string lower(std::string s) {
+  for (char& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+bool has(const std::string& haystack, const char* needle) {
+  return lower(haystack).find(needle) != std::string::npos;
+}
+
+struct Skip {
+  std::string reason;
+};
+
+const GpuSpec* match_gpu(const std::string& text) {
+  std::string t = lower(text);
+  // Longest catalog name or alias contained in the text.
+  const GpuSpec* best = nullptr;
+  size_t best_len = 0;
+  auto norm = [](std::string s) {
+    std::string out;
+    for (char c : lower(std::move(s))) {
+      if (std::isalnum(static_cast<unsigned char>(c)))
+        out.push_back(c);
+    }
+    return out;
+  };
+  std::string tn = norm(t);
+  for (const GpuSpec& g : gpu_catalog()) {
+    std::vector<std::string> names = g.aliases;
+    names.push_back(g.name);
+    for (const std::string& n : names) {
+      std::string nn = norm(n);
+      if (!nn.empty() && tn.find(nn) != std::string::npos && nn.size() > best_len) {
+        best = &g;
+        best_len = nn.size();
+      }
+    }
+  }
+  return best;
+}
+
+// Turns one row into a setup, or explains why it cannot be expressed.
+void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std::string* counter,
+             GpuSpec* gpu) {
+  auto get = [&](const char* key) {
+    auto it = r.find(key);
+    return it == r.end() ? std::string() : it->second;
+  };
+  std::string url = get("source_url");
+  std::string notes = get("notes");
+  if (has(url, "torchtune"))
+    throw Skip{"torchtune framework profile not modelled yet"};
+  if (has(url, "litgpt"))
+    throw Skip{"LitGPT framework profile not modelled yet"};
+  if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
+    throw Skip{"ColossalAI Gemini profile not modelled yet"};
+  }
+  std::string method = lower(get("method"));
+  if (!method.empty() && method != "single") {
+    throw Skip{"distributed method \"" + get("method") + "\" not modelled yet"};
+  }
+  std::string gpu_type = get("gpu_type");
+  s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
+  if (s->device == Device::kCuda) {
+    const GpuSpec* g = match_gpu(gpu_type);
+    if (g == nullptr)
+      throw Skip{"GPU type \"" + gpu_type + "\" not in the catalog"};
+    *gpu = *g;
+  }
+  std::string precision = lower(get("precision"));
+  if (has(precision, "nf4") || lower(get("finetune")) == "qlora") {
+    throw Skip{"QLoRA not traced yet"};
+  }
+  if (precision == "fp32") {
+    s->precision = Precision::kFp32;
+  } else if (has(precision, "bf16-mixed") || has(precision, "autocast") ||
+             has(precision, "bf16 mixed")) {
+    s->precision = Precision::kBf16Mixed;
+  } else if (has(precision, "fp16") && (has(precision, "amp") || has(precision, "mixed"))) {
+    s->precision = Precision::kFp16Mixed;
+  } else if (has(precision, "bf16")) {
+    if (has(precision, "?"))
+      throw Skip{"precision not stated clearly: " + get("precision")};
+    s->precision = Precision::kBf16;
+  } else if (precision == "fp16") {
+    s->precision = Precision::kFp16;
+  } else {
+    throw Skip{"precision \"" + get("precision") + "\" not understood"};
+  }
+  std::string opt = lower(get("optimizer"));
+  if (has(opt, "backward") || has(opt, "in_bwd"))
+    throw Skip{"optimizer in backward not modelled"};
+  if (has(opt, "paged"))
+    throw Skip{"paged optimizer states not modelled"};
+  if (has(opt, "adam8bit") || has(opt, "adamw8bit")) {
+    s->optimizer = OptimizerKind::kAdamW8bit;
+  } else if (has(opt, "adafactor")) {
+    s->optimizer = OptimizerKind::kAdafactor;
+  } else if (has(opt, "sgd")) {
+    s->optimizer = has(opt, "momentum") ? OptimizerKind::kSgdMomentum : OptimizerKind::kSgd;
+  } else if (opt.empty() || has(opt, "adamw")) {
+    s->optimizer = OptimizerKind::kAdamW;
+  } else {
+    throw Skip{"optimizer \"" + get("optimizer") + "\" not modelled"};
+  }
+  std::string ckpt = lower(get("grad_ckpt"));
+  if (has(ckpt, "offload"))
+    throw Skip{"activation offloading not modelled"};
+  if (ckpt.rfind("on", 0) == 0) {
+    s->checkpointing =
+        has(ckpt, "non-reentrant") ? CheckpointMode::kNonReentrant : CheckpointMode::kReentrant;
+  }
+  std::string finetune = lower(get("finetune"));
+  if (finetune == "lora") {
+    s->finetune = FinetuneMode::kLora;
+    std::string rank = get("lora_rank");
+    if (rank.empty())
+      throw Skip{"LoRA rank not given"};
+    s->lora.rank = std::stoll(rank);
+    std::string targets = get("lora_targets");
+    std::stringstream ss(targets);
+    std::string t;
+    while (std::getline(ss, t, ',')) {
+      t.erase(std::remove_if(t.begin(), t.end(), ::isspace), t.end());
+      if (!t.empty())
+        s->lora.targets.push_back(t);
+    }
+    if (!get("lora_dropout").empty())
+      s->lora.dropout = std::stod(get("lora_dropout"));
+  } else if (finetune != "full") {
+    throw Skip{"fine-tuning mode \"" + get("finetune") + "\" not modelled"};
+  }
+  std::string attn = lower(get("attention_impl"));
+  s->attention = has(attn, "eager")   ? AttentionImpl::kEager
+                 : has(attn, "flash") ? AttentionImpl::kFlashAttention2
+                                      : AttentionImpl::kSdpa;
+  std::string mb = get("micro_batch");
+  std::string seq = get("seq_len");
+  if (mb.empty() || seq.empty())
+    throw Skip{"micro-batch or sequence length not given"};
+  s->batch = std::stoll(mb);
+  s->seq = std::stoll(seq);
+  std::string what = lower(get("measured_what"));
+  if (what == "oom")
+    throw Skip{"row records an OOM, not a peak"};
+  if (what == "cpu_peak_live_bytes" || has(what, "max_memory_allocated") || has(what, "active")) {
+    *counter = "allocated";
+  } else if (has(what, "reserved")) {
+    *counter = "reserved";
+  } else if (has(what, "nvidia-smi") || has(what, "gputil")) {
+    *counter = "device";
+  } else {
+    throw Skip{"counter not named (" + get("measured_what") + ")"};
+  }
+  if (has(notes, "dropout") && !get("lora_dropout").empty()) {
+    // lora dropout already applied above
+  }
+}
+
+uint64_t measured_bytes(const std::map<std::string, std::string>& r) {
+  auto get = [&](const char* key) {
+    auto it = r.find(key);
+    return it == r.end() ? std::string() : it->second;
+  };
+  // The CPU tier's exact live-storage count is what the CPU estimate models.
+  if (!get("storage_peak_bytes").empty())
+    return std::stoull(get("storage_peak_bytes"));
+  if (!get("peak_bytes").empty())
+    return std::stoull(get("peak_bytes"));
+  std::string gib = get("peak_gib");
+  if (gib.empty())
+    throw Skip{"no measured value"};
+  return static_cast<uint64_t>(std::llround(std::stod(gib) * 1073741824.0));
+}
+
+}  // namespace
+
+ValidationSummary summarize(const std::vector<ValidationRow>& rows) {
+  ValidationSummary s;
+  std::vector<double> errors;
+  for (const ValidationRow& r : rows) {
+    if (!r.skipped_reason.empty()) {
+      ++s.skipped;
+      continue;
+    }
+    ++s.compared;
+    errors.push_back(std::fabs(r.error_pct));
+    if (r.error_pct < 0)
+      ++s.under_predictions;
+    if (r.error_pct < -1.0)
+      ++s.under_predictions_beyond_1pct;
+  }
+  if (!errors.empty()) {
+    std::sort(errors.begin(), errors.end());
+    size_t n = errors.size();
+    s.median_abs_pct = n % 2 == 1 ? errors[n / 2] : (errors[n / 2 - 1] + errors[n / 2]) / 2;
+    s.p90_abs_pct =
+        errors[std::min(n - 1, static_cast<size_t>(std::ceil(0.9 * static_cast<double>(n))) - 1)];
+    s.max_abs_pct = errors.back();
+  }
+  return s;
+}
+
+ValidationReport validate_csv(const std::string& text, const std::string& file) {
+  std::vector<int> lines;
+  std::vector<std::vector<std::string>> table = parse_csv(text, file, &lines);
+  if (table.empty())
+    throw Error(file, "", "empty file: expected a header row");
+  const std::vector<std::string>& header = table[0];
+  for (const char* required : {"model", "micro_batch", "seq_len", "measured_what"}) {
+    if (std::find(header.begin(), header.end(), required) == header.end()) {
+      throw Error(file, required, "missing column (expected the columns of published.csv)");
+    }
+  }
+  ValidationReport report;
+  for (size_t i = 1; i < table.size(); ++i) {
+    std::map<std::string, std::string> r;
+    for (size_t c = 0; c < header.size() && c < table[i].size(); ++c)
+      r[header[c]] = table[i][c];
+    ValidationRow row;
+    row.file = file;
+    row.line = lines[i];
+    row.source_url = r["source_url"];
+    row.model = r["model"];
+    row.measured_what = r["measured_what"];
+    try {
+      TrainingSetup setup;
+      GpuSpec gpu = find_gpu("A100-80GB");
+      express(r, &setup, &row.counter, &gpu);
+      row.measured_bytes = measured_bytes(r);
+      ModelSpec model;
+      try {
+        model = load_model(row.model);
+      } catch (const Error& e) {
+        throw Skip{std::string("model: ") + e.what()};
+      }
+      Estimate e;
+      try {
+        e = estimate(model, setup, gpu);
+      } catch (const Error& err) {
+        throw Skip{err.what()};
+      }
+      row.estimated_bytes = row.counter == "reserved" ? e.peak.reserved_bytes
+                            : row.counter == "device" ? e.peak.device_bytes
+                                                      : e.peak.allocated_bytes;
+      row.setting = std::string(precision_name(setup.precision)) + " b" +
+                    std::to_string(setup.batch) + " s" + std::to_string(setup.seq) +
+                    (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
+                    (setup.finetune == FinetuneMode::kLora ? " lora" : "");
+      row.error_pct =
+          100.0 *
+          (static_cast<double>(row.estimated_bytes) - static_cast<double>(row.measured_bytes)) /
+          static_cast<double>(row.measured_bytes);
+    } catch (const Skip& s) {
+      row.skipped_reason = s.reason;
+    } catch (const std::invalid_argument&) {
+      row.skipped_reason = "a numeric column does not hold a number";
+    } catch (const std::out_of_range&) {
+      row.skipped_reason = "a numeric column is out of range";
+    }
+    report.rows.push_back(std::move(row));
+  }
+  report.summary = summarize(report.rows);
+  return report;
+}
+
+std::string validation_table(const ValidationReport& report) {
+  std::ostringstream out;
+  char line[512];
+  for (const ValidationRow& r : report.rows) {
+    if (r.skipped_reason.empty()) {
+      std::snprintf(line, sizeof(line),
+                    "%s:%-4d %-40.40s %-24.24s %-9s meas %9.3f GiB est %9.3f GiB %+7.2f%%\n",
+                    r.file.c_str(), r.line, r.model.c_str(), r.setting.c_str(), r.counter.c_str(),
+                    static_cast<double>(r.measured_bytes) / 1073741824.0,
+                    static_cast<double>(r.estimated_bytes) / 1073741824.0, r.error_pct);
+    } else {
+      std::snprintf(line, sizeof(line), "%s:%-4d %-40.40s skipped: %s\n", r.file.c_str(), r.line,
+                    r.model.c_str(), r.skipped_reason.c_str());
+    }
+    out << line;
+  }
+  const ValidationSummary& s = report.summary;
+  std::snprintf(line, sizeof(line),
+                "\ncompared %d, skipped %d; |error| median %.2f%%, p90 %.2f%%, max %.2f%%; "
+                "under-predictions %d (beyond 1%%: %d)\n",
+                s.compared, s.skipped, s.median_abs_pct, s.p90_abs_pct, s.max_abs_pct,
+                s.under_predictions, s.under_predictions_beyond_1pct);
+  out << line;
+  return out.str();
+}
+
+std::string validation_json(const ValidationReport& report) {
+  nlohmann::ordered_json j;
+  const ValidationSummary& s = report.summary;
+  j["summary"] = {{"compared", s.compared},
+                  {"skipped", s.skipped},
+                  {"median_abs_pct", s.median_abs_pct},
+                  {"p90_abs_pct", s.p90_abs_pct},
+                  {"max_abs_pct", s.max_abs_pct},
+                  {"under_predictions", s.under_predictions},
+                  {"under_predictions_beyond_1pct", s.under_predictions_beyond_1pct}};
+  nlohmann::ordered_json rows = nlohmann::ordered_json::array();
+  for (const ValidationRow& r : report.rows) {
+    nlohmann::ordered_json o;
+    o["file"] = r.file;
+    o["line"] = r.line;
+    if (!r.source_url.empty())
+      o["source_url"] = r.source_url;
+    o["model"] = r.model;
+    o["measured_what"] = r.measured_what;
+    if (r.skipped_reason.empty()) {
+      o["counter"] = r.counter;
+      o["setting"] = r.setting;
+      o["measured_bytes"] = r.measured_bytes;
+      o["estimated_bytes"] = r.estimated_bytes;
+      o["error_pct"] = r.error_pct;
+    } else {
+      o["skipped_reason"] = r.skipped_reason;
+    }
+    rows.push_back(o);
+  }
+  j["rows"] = rows;
+  return j.dump(2) + "\n";
+}
+
+}  // namespace llmem
