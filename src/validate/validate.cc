@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <sstream>
 
@@ -251,6 +252,26 @@ uint64_t measured_bytes(const std::map<std::string, std::string>& r) {
   return static_cast<uint64_t>(std::llround(std::stod(gib) * 1073741824.0));
 }
 
+// A relative config path in a measurement file is relative to the repository
+// root the file lives in: try the file's directory and each of its parents.
+std::string resolve_model(const std::string& model, const std::string& file) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (model.empty() || fs::path(model).is_absolute() || fs::exists(model, ec))
+    return model;
+  if (model.find(".json") == std::string::npos && model.find("./") == std::string::npos) {
+    return model;  // a catalog name
+  }
+  for (fs::path dir = fs::absolute(fs::path(file), ec).parent_path(); !dir.empty();
+       dir = dir.parent_path()) {
+    if (fs::exists(dir / model, ec))
+      return (dir / model).string();
+    if (dir == dir.parent_path())
+      break;
+  }
+  return model;
+}
+
 }  // namespace
 
 ValidationSummary summarize(const std::vector<ValidationRow>& rows) {
@@ -308,7 +329,7 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
       row.measured_bytes = measured_bytes(r);
       ModelSpec model;
       try {
-        model = load_model(row.model);
+        model = load_model(resolve_model(row.model, file));
       } catch (const Error& e) {
         throw Skip{std::string("model: ") + e.what()};
       }

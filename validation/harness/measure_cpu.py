@@ -88,6 +88,10 @@ class MallocSampler(TorchDispatchMode):
         self.sample()          # start of the new one
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.detach.default and not isinstance(args[0], torch.Tensor):
+            # torch 1.13 bug: with a Python dispatch mode, non-reentrant checkpointing unpacks a saved
+            # wrapped-number (0-dim) tensor as a Python float; rebuild the 0-dim tensor (<=8 bytes).
+            args = (torch.tensor(args[0]),) + tuple(args[1:])
         out = func(*args, **(kwargs or {}))
         self.n_ops += 1
         self.sample()
@@ -181,17 +185,22 @@ def build(args, cfg_dict):
     return model, opt, (input_ids, attention_mask, labels), hook
 
 
-def train_steps(model, opt, batch, args, marker):
+def train_steps(model, opt, batch, args, marker, before_step=None):
     """HF Trainer-shaped steps: outputs dropped before backward (compute_loss returns only the loss)."""
     input_ids, attention_mask, labels = batch
     autocast = args.precision == "bf16-mixed"
+    use_cache = {"config": None, "on": True, "off": False}[getattr(args, "use_cache", "config")]
     for step in range(1, args.steps + 1):
+        if before_step is not None:
+            before_step(step)
         marker((step, "forward"))
         if autocast:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)["loss"]
+                loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                             use_cache=use_cache)["loss"]
         else:
-            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)["loss"]
+            loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels,
+                         use_cache=use_cache)["loss"]
         marker((step, "backward"))
         loss.backward()
         del loss
@@ -246,16 +255,24 @@ def measure(args):
     if not args.no_storage:
         model, opt, batch, hook = build(args, cfg_dict)
         counter = StorageCounter()
+        on = [False]
 
         def mark_phase2(key):
-            counter.set_phase(key)
-            models.PHASE_HOOK = (lambda name: counter.set_phase((key[0], name))) if key[1] == "forward" else None
+            if on[0]:
+                counter.set_phase(key)
+            models.PHASE_HOOK = ((lambda name: counter.set_phase((key[0], name)))
+                                 if key[1] == "forward" and on[0] else None)
 
-        counter.start()
-        storage_base = counter.base
-        train_steps(model, opt, batch, args, mark_phase2)
+        def before_step(step):
+            if step == args.steps:  # record the steady-state step only (faster; step 1 is in the mallinfo run)
+                counter.start()
+                on[0] = True
+
+        train_steps(model, opt, batch, args, mark_phase2, before_step)
         models.PHASE_HOOK = None
+        storage_base = counter.base
         storage_res = _summ(counter.stop(), args.steps)
+        storage_res.pop("first_step_peak_bytes")
         del model, opt, batch, hook
 
     res = dict(malloc_res)
@@ -286,6 +303,8 @@ def command_line(args):
             parts += ["--lora-targets", args.lora_targets]
         if args.lora_dtype != "base":
             parts += ["--lora-dtype", args.lora_dtype]
+    if args.use_cache != "config":
+        parts += ["--use-cache", args.use_cache]
     if args.threads != 1:
         parts += ["--threads", str(args.threads)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -307,6 +326,8 @@ def parser():
                                                        "gpt2 c_attn)")
     p.add_argument("--lora-dtype", choices=["base", "fp32"], default="base",
                    help="adapter dtype: same as base weights (default) or fp32 (PEFT autocast_adapter_dtype)")
+    p.add_argument("--use-cache", choices=["config", "on", "off"], default="config",
+                   help="KV cache during the training forward: config.use_cache (HF default behaviour), or forced")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2, help="measured steady-state step is the last one")
     p.add_argument("--threads", type=int, default=1)

@@ -1,0 +1,133 @@
+// Copyright 2026 The llmem Authors.
+// The symbolic autograd against hand-computed allocation sequences.
+
+#include "trace/graph.h"
+
+#include <gtest/gtest.h>
+
+namespace llmem::trace {
+namespace {
+
+// Live bytes after replaying `events` exactly.
+int64_t live_bytes(const std::vector<Event>& events) {
+  int64_t live = 0;
+  for (const Event& e : events)
+    live += e.alloc ? e.bytes : -e.bytes;
+  return live;
+}
+
+int64_t peak_bytes(const std::vector<Event>& events) {
+  int64_t live = 0;
+  int64_t peak = 0;
+  for (const Event& e : events) {
+    live += e.alloc ? e.bytes : -e.bytes;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+TEST(Graph, LinearKeepsItsInputOnlyWhenTheWeightNeedsAGradient) {
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(100, 4, Component::kParameters, true);  // 400 B
+  Tid x = g.leaf(10, 4, Component::kInputs, false);      // 40 B
+  Tid y = g.op(10, 4, {x, w}, {x});                      // 40 B, saves x
+  Tid loss = g.op(1, 4, {y}, {});                        // 4 B
+  g.release(x);                                          // still saved by the linear node
+  g.release(y);                                          // not saved by anyone
+  EXPECT_EQ(live_bytes(ev), 400 + 40 + 4);
+  g.backward(loss);
+  g.release(loss);
+  // Backward: the loss node turns the seed (4) into grad_y (40) and frees the
+  // seed; the linear node then allocates grad_w (400, kept as .grad) while
+  // grad_y and the saved x are alive. Peak: 400 + 40 + 4 + 40 + 400.
+  EXPECT_EQ(live_bytes(ev), 400 + 400);
+  EXPECT_EQ(peak_bytes(ev), 400 + 40 + 4 + 40 + 400);
+  EXPECT_NE(g.grad(w), kNone);
+  g.clear_grad(w);
+  EXPECT_EQ(live_bytes(ev), 400);
+}
+
+TEST(Graph, FrozenWeightSavesNothingWithoutInputGradient) {
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(100, 4, Component::kParameters, false);
+  Tid x = g.leaf(10, 4, Component::kInputs, false);
+  Tid y = g.op(10, 4, {x, w}, {x});
+  EXPECT_FALSE(g.requires_grad(y));
+  g.release(x);
+  EXPECT_EQ(live_bytes(ev), 400 + 40);  // x freed: no node was recorded
+  g.release(y);
+}
+
+TEST(Graph, GradientsAccumulateInPlaceAcrossMicroBatches) {
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(100, 4, Component::kParameters, true);
+  for (int micro = 0; micro < 3; ++micro) {
+    Tid x = g.leaf(10, 4, Component::kInputs, false);
+    Tid y = g.op(10, 4, {x, w}, {x});
+    g.release(x);
+    Tid loss = g.op(1, 4, {y}, {});
+    g.release(y);
+    g.backward(loss);
+    g.release(loss);
+  }
+  EXPECT_EQ(live_bytes(ev), 400 + 400);  // one .grad buffer, not three
+}
+
+TEST(Graph, CheckpointKeepsOnlyTheBlockInput) {
+  auto run = [](bool checkpoint) {
+    std::vector<Event> ev;
+    Graph g(&ev);
+    Tid w = g.leaf(1000, 4, Component::kParameters, true);
+    Tid x = g.leaf(1000, 4, Component::kInputs, false);
+    Tid h = g.op(1000, 4, {x, w}, {x});  // requires grad from here on
+    auto block = [&g](Tid in) {
+      Tid a = g.op(1000, 4, {in}, {in});  // e.g. GELU saves its input
+      Tid b = g.op(1000, 4, {a}, {a});
+      g.release(a);
+      return b;
+    };
+    Tid out = checkpoint ? g.checkpoint(h, block) : block(h);
+    g.release(h);
+    Tid loss = g.op(1, 4, {out}, {});
+    g.release(out);
+    g.release(x);
+    int64_t forward_live = live_bytes(ev);
+    g.backward(loss);
+    g.release(loss);
+    g.clear_grad(w);
+    EXPECT_EQ(live_bytes(ev), 4000);  // only the parameter remains
+    return forward_live;
+  };
+  // After the forward (b is saved by no one and dies with its Python name):
+  // without checkpointing w, x, h and a stay saved; with it only w, x and h
+  // (the checkpoint's input). Plus the 4-byte loss.
+  EXPECT_EQ(run(false), 4000 + 4000 + 4000 + 4000 + 4);
+  EXPECT_EQ(run(true), 4000 + 4000 + 4000 + 4);
+}
+
+TEST(Graph, SavedOutputsAndExtraBuffersLiveUntilBackward) {
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(8, 4, Component::kParameters, true);
+  Tid x = g.leaf(8, 4, Component::kInputs, false);
+  Tid h = g.op(8, 4, {x, w}, {x});
+  // A layer norm: saves its input and mean/rstd (2 × 2 rows × 4 B).
+  Tid n = g.op(8, 4, {h}, {h}, Component::kActivations, {{2, 4}, {2, 4}});
+  g.release(h);
+  // A softmax saving its output.
+  Tid s = g.op(8, 4, {n}, {}, Component::kActivations, {}, 0, true);
+  g.release(n);
+  g.release(x);
+  Tid loss = g.op(1, 4, {s}, {});
+  g.release(s);
+  EXPECT_EQ(live_bytes(ev), 32 + 32 + 32 + 16 + 32 + 4);  // w, x, h, mean/rstd, s, loss
+  g.backward(loss);
+  g.release(loss);
+  EXPECT_EQ(live_bytes(ev), 32 + 32);  // w and its .grad
+}
+
+}  // namespace
+}  // namespace llmem::trace
