@@ -78,6 +78,23 @@ struct Estimate {
 /// Throws llmem::Error for settings that cannot be simulated.
 Estimate estimate(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu);
 
+/// The LLMem paper's single-GPU equations (1)-(5) (arXiv 2404.10933 §3;
+/// docs/formulas.md). They model ColossalAI Gemini with fp16 chunks, fp32
+/// master weights, Adam and gradient checkpointing always on.
+struct PaperEstimate {
+  uint64_t m_base = 0;      ///< memory at initialization: the CUDA context (the paper measures it)
+  uint64_t m_p = 0;         ///< (2) fp16 + fp32 parameter chunks
+  uint64_t m_os = 0;        ///< (3) Adam momentum and variance of Embedding and Linear parameters
+  uint64_t m_out = 0;       ///< (4) kept layer outputs (checkpointing)
+  uint64_t m_lm = 0;        ///< (5) logits, shifted logits, loss temporary and lm_head
+  uint64_t peak = 0;        ///< (1) the sum
+  int64_t chunk_elems = 0;  ///< cs: chunk size in elements
+};
+/// `chunk_elems` 0 picks the smallest multiple of 1024 elements that holds the
+/// largest non-embedding tensor (Gemini gives larger tensors a chunk of their own).
+PaperEstimate paper_estimate(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                             int64_t chunk_elems = 0);
+
 }  // namespace llmem
 
 #endif  // LLMEM_ESTIMATE_H_

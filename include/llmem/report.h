@@ -40,6 +40,11 @@ std::string estimate_csv(const Estimate& e);
 /// The timeline as an SVG chart with phase bands and the capacity line.
 std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estimate& e);
 
+/// The paper's equations, alone or beside llmem's estimate (`llmem` may be null).
+std::string paper_table(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                        const PaperEstimate& p, const Estimate* llmem);
+std::string paper_json(const PaperEstimate& p, const Estimate* llmem);
+
 /// 1234567 -> "1,234,567".
 std::string with_commas(int64_t value);
 

@@ -215,3 +215,58 @@ std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estim
 }
 
 }  // namespace llmem
+
+namespace llmem {
+
+std::string paper_table(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                        const PaperEstimate& p, const Estimate* e) {
+  std::ostringstream out;
+  out << model.name << " — LLMem paper equations (1)-(5) (ColossalAI Gemini, fp16 chunks, "
+      << "checkpointing on)\n  " << setup_line(setup) << ", chunk " << with_commas(p.chunk_elems)
+      << " elements, on " << gpu.name << "\n\n";
+  auto row = [&](const char* name, uint64_t bytes, const char* what) {
+    char line[160];
+    std::snprintf(line, sizeof(line), "  %-7s %12s  %s\n", name, gib(bytes).c_str(), what);
+    out << line;
+  };
+  row("m_base", p.m_base, "CUDA context (the paper measures it)");
+  row("m_p", p.m_p, "(2) fp16 + fp32 parameter chunks");
+  row("m_os", p.m_os, "(3) Adam states of Embedding and Linear");
+  row("m_out", p.m_out, "(4) kept layer outputs");
+  row("m_lm", p.m_lm, "(5) logits, shifted copy, loss temporary, lm_head");
+  row("peak", p.peak, "(1) sum: the paper's device peak");
+  if (e != nullptr) {
+    out << "\n  llmem (hf profile simulation): device " << gib(e->peak.device_bytes)
+        << ", allocated " << gib(e->peak.allocated_bytes) << "\n";
+    double diff = 100.0 *
+                  (static_cast<double>(p.peak) - static_cast<double>(e->peak.device_bytes)) /
+                  static_cast<double>(std::max<uint64_t>(e->peak.device_bytes, 1));
+    char line[64];
+    std::snprintf(line, sizeof(line), "  paper vs llmem: %+.1f %%.", diff);
+    out << line
+        << " The paper assumes Gemini's fp16 weights with fp32 masters and checkpointing\n"
+           "  regardless of the options above; llmem follows the options and simulates each op "
+           "and the allocator.\n";
+  }
+  return out.str();
+}
+
+std::string paper_json(const PaperEstimate& p, const Estimate* e) {
+  nlohmann::ordered_json j;
+  j["schema_version"] = kSchemaVersion;
+  j["paper"] = {{"m_base", p.m_base},
+                {"m_p", p.m_p},
+                {"m_os", p.m_os},
+                {"m_out", p.m_out},
+                {"m_lm", p.m_lm},
+                {"peak_bytes", p.peak},
+                {"chunk_elems", p.chunk_elems}};
+  if (e != nullptr) {
+    j["llmem"] = {{"allocated_bytes", e->peak.allocated_bytes},
+                  {"reserved_bytes", e->peak.reserved_bytes},
+                  {"device_bytes", e->peak.device_bytes}};
+  }
+  return j.dump(2) + "\n";
+}
+
+}  // namespace llmem

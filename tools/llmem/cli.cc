@@ -46,6 +46,8 @@ struct EstimateOptions {
   bool expandable_segments = false;
   double max_split_size_mb = 0;
   std::string format = "table";
+  std::string estimator = "llmem";
+  int64_t chunk_elems = 0;
 };
 
 struct ValidateOptions {
@@ -96,6 +98,18 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
   }
   GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
+  if (o.estimator == "paper" || o.estimator == "both") {
+    PaperEstimate p = paper_estimate(model, setup, gpu, o.chunk_elems);
+    Estimate e;
+    if (o.estimator == "both")
+      e = estimate(model, setup, gpu);
+    if (o.format == "json") {
+      out << paper_json(p, o.estimator == "both" ? &e : nullptr);
+    } else {
+      out << paper_table(model, setup, gpu, p, o.estimator == "both" ? &e : nullptr);
+    }
+    return kExitOk;
+  }
   Estimate e = estimate(model, setup, gpu);
   if (o.format == "json") {
     out << estimate_json(model, setup, gpu, e);
@@ -194,6 +208,12 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
   est_cmd->add_option("--max-split-size-mb", est.max_split_size_mb,
                       "PYTORCH_CUDA_ALLOC_CONF max_split_size_mb");
+  est_cmd
+      ->add_option("--estimator", est.estimator,
+                   "llmem (simulation), paper (LLMem equations 1-5) or both")
+      ->check(CLI::IsMember({"llmem", "paper", "both"}));
+  est_cmd->add_option("--chunk-elems", est.chunk_elems,
+                      "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
 

@@ -86,3 +86,65 @@ TEST(Cli, HelpExitsZero) {
 
 }  // namespace
 }  // namespace llmem::cli
+
+namespace llmem::cli {
+namespace {
+
+TEST(Cli, EstimateJsonContract) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--batch", "2", "--seq",
+                      "512", "--gpu", "RTX4090", "--attention", "sdpa", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  uint64_t sum = 0;
+  for (const auto& [k, v] : j["components"].items())
+    sum += v.get<uint64_t>();
+  EXPECT_EQ(sum, j["peak"]["allocated_bytes"].get<uint64_t>());
+  EXPECT_GE(j["peak"]["reserved_bytes"].get<uint64_t>(), sum);
+  EXPECT_GT(j["peak"]["device_bytes"].get<uint64_t>(), j["peak"]["reserved_bytes"].get<uint64_t>());
+  EXPECT_TRUE(j["peak"]["phase"].is_string());
+  EXPECT_TRUE(j["fits"].is_boolean());
+  EXPECT_GT(j["gpu"]["capacity_bytes"].get<uint64_t>(), 20ull << 30);
+  EXPECT_EQ(j["model"]["params"].get<int64_t>(), j["model"]["trainable_params"].get<int64_t>());
+}
+
+TEST(Cli, EstimateOtherFormats) {
+  Result csv = run_cli({"estimate", "--model", "facebook/opt-125m", "--format", "csv"});
+  ASSERT_EQ(csv.code, kExitOk) << csv.err;
+  EXPECT_EQ(csv.out.rfind("event,step,phase,layer,allocated_bytes,reserved_bytes\n", 0), 0u);
+  Result svg = run_cli({"estimate", "--model", "facebook/opt-125m", "--format", "svg"});
+  ASSERT_EQ(svg.code, kExitOk);
+  EXPECT_EQ(svg.out.rfind("<svg", 0), 0u);
+  EXPECT_NE(svg.out.find("</svg>"), std::string::npos);
+  Result both = run_cli({"estimate", "--model", "facebook/opt-1.3b", "--estimator", "both",
+                         "--format", "json", "--grad-ckpt"});
+  ASSERT_EQ(both.code, kExitOk) << both.err;
+  nlohmann::json j = nlohmann::json::parse(both.out);
+  uint64_t parts = 0;
+  for (const char* k : {"m_base", "m_p", "m_os", "m_out", "m_lm"})
+    parts += j["paper"][k].get<uint64_t>();
+  EXPECT_EQ(parts, j["paper"]["peak_bytes"].get<uint64_t>());
+  EXPECT_TRUE(j["llmem"]["device_bytes"].is_number());
+}
+
+TEST(Cli, EstimateBadInput) {
+  Result r = run_cli({"estimate", "--model", "facebook/opt-125m", "--gpu", "A100-81GB"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("unknown GPU \"A100-81GB\""), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "facebook/opt-125m", "--precision", "bf17"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--precision: unknown value \"bf17\" (did you mean \"bf16\"?)"),
+            std::string::npos)
+      << r.err;
+  r = run_cli({"estimate", "--model", "facebook/opt-125m", "--batch", "0"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  r = run_cli({"estimate", "--model", "facebook/opt-125m", "--batch", "abc"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  r = run_cli({"estimate", "--model", "bigscience/bloom-560m"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("not traced yet"), std::string::npos);
+  r = run_cli({"validate", "/nonexistent.csv"});
+  EXPECT_EQ(r.code, kExitBadInput);
+}
+
+}  // namespace
+}  // namespace llmem::cli
