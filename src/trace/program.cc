@@ -37,7 +37,176 @@ struct Lora {
   int elem = kF32;
 };
 
-enum class Style { kLlama, kGpt2, kOpt };
+enum class Style { kLlama, kGpt2, kOpt, kGeneric };
+
+// Module names of the families traced by the generic GPT-style layer.
+struct Names {
+  std::string layers;           // "transformer.h"
+  std::string embed;            // token embedding weight
+  std::string position;         // learned position embedding weight ("" if none)
+  std::string embed_norm;       // BLOOM's word_embeddings_layernorm ("" if none)
+  std::string norm1, norm2;     // per-layer norms ("" if none)
+  std::string q, k, v, qkv, o;  // attention projections (qkv: fused)
+  std::string up, down;         // MLP
+  std::string final_norm;
+  std::string lm_head;
+};
+
+Names names_for(const std::string& f, const LayerSpec& l) {
+  if (f == "bloom") {
+    return {"transformer.h",
+            "transformer.word_embeddings.weight",
+            "",
+            "transformer.word_embeddings_layernorm",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "",
+            "",
+            "",
+            "self_attention.query_key_value",
+            "self_attention.dense",
+            "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  if (f == "gpt_neox") {
+    return {"gpt_neox.layers",
+            "gpt_neox.embed_in.weight",
+            "",
+            "",
+            "input_layernorm",
+            "post_attention_layernorm",
+            "",
+            "",
+            "",
+            "attention.query_key_value",
+            "attention.dense",
+            "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h",
+            "gpt_neox.final_layer_norm",
+            "embed_out"};
+  }
+  if (f == "falcon") {
+    bool two = l.norms == 2 && l.parallel_residual;
+    return {"transformer.h",
+            "transformer.word_embeddings.weight",
+            "",
+            "",
+            two ? "ln_attn" : "input_layernorm",
+            two ? "ln_mlp" : (l.parallel_residual ? "" : "post_attention_layernorm"),
+            "",
+            "",
+            "",
+            "self_attention.query_key_value",
+            "self_attention.dense",
+            "mlp.dense_h_to_4h",
+            "mlp.dense_4h_to_h",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  if (f == "gptj") {
+    return {"transformer.h",
+            "transformer.wte.weight",
+            "",
+            "",
+            "ln_1",
+            "",
+            "attn.q_proj",
+            "attn.k_proj",
+            "attn.v_proj",
+            "",
+            "attn.out_proj",
+            "mlp.fc_in",
+            "mlp.fc_out",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  if (f == "codegen") {
+    return {"transformer.h",
+            "transformer.wte.weight",
+            "",
+            "",
+            "ln_1",
+            "",
+            "",
+            "",
+            "",
+            "attn.qkv_proj",
+            "attn.out_proj",
+            "mlp.fc_in",
+            "mlp.fc_out",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  if (f == "phi") {
+    return {"model.layers",
+            "model.embed_tokens.weight",
+            "",
+            "",
+            "input_layernorm",
+            "",
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "",
+            "self_attn.dense",
+            "mlp.fc1",
+            "mlp.fc2",
+            "model.final_layernorm",
+            "lm_head"};
+  }
+  if (f == "gpt_neo") {
+    return {"transformer.h",
+            "transformer.wte.weight",
+            "transformer.wpe.weight",
+            "",
+            "ln_1",
+            "ln_2",
+            "attn.attention.q_proj",
+            "attn.attention.k_proj",
+            "attn.attention.v_proj",
+            "",
+            "attn.attention.out_proj",
+            "mlp.c_fc",
+            "mlp.c_proj",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  if (f == "gpt_bigcode") {
+    return {"transformer.h",
+            "transformer.wte.weight",
+            "transformer.wpe.weight",
+            "",
+            "ln_1",
+            "ln_2",
+            "",
+            "",
+            "",
+            "attn.c_attn",
+            "attn.c_proj",
+            "mlp.c_fc",
+            "mlp.c_proj",
+            "transformer.ln_f",
+            "lm_head"};
+  }
+  // biogpt
+  return {"biogpt.layers",
+          "biogpt.embed_tokens.weight",
+          "biogpt.embed_positions.weight",
+          "",
+          "self_attn_layer_norm",
+          "final_layer_norm",
+          "self_attn.q_proj",
+          "self_attn.k_proj",
+          "self_attn.v_proj",
+          "",
+          "self_attn.out_proj",
+          "fc1",
+          "fc2",
+          "biogpt.layer_norm",
+          "output_projection"};
+}
 
 class Program {
  public:
@@ -55,13 +224,24 @@ class Program {
       style_ = Style::kOpt;
     } else if (m.family == "llama" || m.family == "mistral" || m.family == "qwen2" ||
                m.family == "qwen3" || m.family == "gemma" || m.family == "gemma2" ||
-               m.family == "olmo") {
+               m.family == "olmo" ||
+               (m.family == "stablelm" && !m.layers.front().attention.qk_norm &&
+                !m.layers.front().parallel_residual)) {
       style_ = Style::kLlama;
+    } else if (m.family == "bloom" || m.family == "gpt_neox" || m.family == "falcon" ||
+               m.family == "gptj" || m.family == "codegen" || m.family == "phi" ||
+               m.family == "gpt_neo" || m.family == "gpt_bigcode" || m.family == "biogpt") {
+      style_ = Style::kGeneric;
+      names_ = names_for(m.family, m.layers.front());
+      out->notes.push_back("the " + m.family +
+                           " trace follows the generic GPT-style layer; its op-level details "
+                           "are not yet checked against measurements");
     } else {
       throw Error(m.source, "model_type",
                   "the training-step trace supports llama, mistral, qwen2, qwen3, gemma, gemma2, "
-                  "olmo, gpt2 and opt so far; \"" +
-                      m.family + "\" is not traced yet");
+                  "olmo, stablelm, gpt2, opt, bloom, gpt_neox, falcon, gptj, codegen, phi, "
+                  "gpt_neo, gpt_bigcode and biogpt so far; \"" +
+                      m.family + "\" (or this variant of it) is not traced yet");
     }
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
@@ -405,15 +585,107 @@ class Program {
   }
 
   void release_shared() {
-    for (Tid* t : {&cos_, &sin_, &mask_}) {
+    for (Tid* t : {&cos_, &sin_, &mask_, &alibi_}) {
       if (*t != kNone)
         g_.release(*t);
       *t = kNone;
     }
   }
 
+  enum class AttnFlavor { kHf, kAlibi, kFalcon };
+
+  /// apply_rotary_pos_emb: t * cos + rotate_half(t) * sin (rotate_half: neg,
+  /// cat). With partial rotary (NeoX, Phi, StableLM) the rotated slice is
+  /// concatenated with the pass-through part, one more copy.
+  Tid rope(Tid t, const AttentionSpec& a) {
+    if (cos_ == kNone || a.rotary_fraction <= 0) {
+      g_.retain(t);
+      return t;
+    }
+    double f = a.rotary_fraction >= 1 ? 1.0 : a.rotary_fraction;
+    auto rot_numel = static_cast<int64_t>(static_cast<double>(g_.numel(t)) * f);
+    Tid tc = g_.op(rot_numel, promote(g_.elem(t), g_.elem(cos_)), {t, cos_}, {cos_});
+    g_.set_layout(tc, g_.layout(t));
+    Tid half = g_.op(rot_numel / 2, g_.elem(t), {t}, {});   // -x2
+    Tid rot = g_.op(rot_numel, g_.elem(t), {half, t}, {});  // cat((-x2, x1))
+    g_.release(half);
+    Tid rs = g_.op(rot_numel, promote(g_.elem(rot), g_.elem(sin_)), {rot, sin_}, {sin_});
+    g_.release(rot);
+    Tid y = plain(tc, rs);
+    g_.release(tc);
+    g_.release(rs);
+    if (f < 1) {
+      Tid full = g_.op(g_.numel(t), g_.elem(y), {y, t}, {});  // cat((rotated, pass))
+      g_.release(y);
+      y = full;
+    }
+    return y;
+  }
+
+  /// Attention on projected q (after rotary), k and v; returns the [T, H·d]
+  /// contiguous output that goes into the output projection.
+  Tid attention_core(Tid qe, Tid ke, Tid v, const AttentionSpec& a, AttnFlavor flavor) {
+    int64_t b = s_.batch;
+    int64_t s = s_.seq;
+    int64_t d = a.head_dim;
+    int64_t heads = a.num_heads;
+    int64_t kv = a.num_kv_heads;
+    int64_t vd = a.kind == AttentionKind::kMLA ? a.v_head_dim : d;
+    if (s_.attention != AttentionImpl::kEager) {
+      // SDPA (flash / memory-efficient kernels): saves q, k, v, the output
+      // and a float logsumexp [b, heads, s]; no s×s matrix.
+      Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
+      Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
+      Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
+      Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
+                    Component::kActivations, {{b * heads * s, kF32}}, 0, true);
+      g_.release(qc);
+      g_.release(kc);
+      g_.release(vc);
+      return o;  // already [b, s, heads, d] in memory: .contiguous() is free
+    }
+    // eager: repeat_kv copies K/V when heads are grouped.
+    Tid kr = ke;
+    Tid vr = v;
+    g_.retain(kr);
+    g_.retain(vr);
+    if (heads != kv) {
+      g_.release(kr);
+      g_.release(vr);
+      kr = g_.op(b * heads * s * d, g_.elem(ke), {ke}, {});
+      vr = g_.op(b * heads * s * vd, g_.elem(v), {v}, {});
+    }
+    Tid masked;
+    if (flavor == AttnFlavor::kAlibi) {
+      // BLOOM: baddbmm(alibi, q, k^T) with beta and alpha, then + causal mask.
+      Tid scores = batched_matmul(qe, kr, b * heads * s * s);
+      masked = plain(scores, mask_);
+      g_.release(scores);
+    } else {
+      Tid scores = batched_matmul(qe, kr, b * heads * s * s);
+      Tid scaled = plain(scores);  // * scaling (in place for Falcon: counted the same)
+      g_.release(scores);
+      masked = mask_ != kNone ? plain(scaled, mask_) : (g_.retain(scaled), scaled);
+      g_.release(scaled);
+    }
+    Tid probs = flavor == AttnFlavor::kFalcon ? softmax_plain(masked) : softmax_fp32(masked);
+    g_.release(masked);
+    Tid probs_q = cast(probs, g_.elem(qe));
+    g_.release(probs);
+    Tid pd = dropout(probs_q, attention_dropout());
+    g_.release(probs_q);
+    Tid o = batched_matmul(pd, vr, b * heads * s * vd);
+    g_.release(pd);
+    g_.release(kr);
+    g_.release(vr);
+    Tid out = g_.op(g_.numel(o), g_.elem(o), {o}, {});  // transpose(1, 2).contiguous()
+    g_.release(o);
+    return out;
+  }
+
   // ------------------------------------------------------------ model
   Tid forward(Tid ids);
+  Tid generic_layer(Tid x, int i);
   Tid llama_layer(Tid x, int i);
   Tid llama_attention(Tid x, int i, const LayerSpec& l);
   Tid gpt2_layer(Tid x, int i);
@@ -426,6 +698,7 @@ class Program {
   const TrainingSetup& s_;
   TraceResult* out_;
   Style style_ = Style::kLlama;
+  Names names_;
   int pe_ = kF32;
   int ae_ = kF32;
   bool autocast_ = false;
@@ -437,7 +710,7 @@ class Program {
   std::vector<Tid> trainable_;
   std::vector<Param*> cache_;
   // Per-forward tensors shared by all layers.
-  Tid cos_ = kNone, sin_ = kNone, mask_ = kNone;
+  Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
 };
@@ -503,9 +776,10 @@ Tid Program::forward(Tid ids) {
   int64_t h = m_.hidden_size;
   int64_t b = s_.batch;
   int64_t s = s_.seq;
-  std::string embed_name = style_ == Style::kGpt2  ? "transformer.wte.weight"
-                           : style_ == Style::kOpt ? "model.decoder.embed_tokens.weight"
-                                                   : "model.embed_tokens.weight";
+  std::string embed_name = style_ == Style::kGpt2      ? "transformer.wte.weight"
+                           : style_ == Style::kOpt     ? "model.decoder.embed_tokens.weight"
+                           : style_ == Style::kGeneric ? names_.embed
+                                                       : "model.embed_tokens.weight";
   Param& embed = param(embed_name);
   int64_t ew = m_.embedding_size;
   // nn.Embedding saves the indices; it is not an autocast op.
@@ -542,6 +816,40 @@ Tid Program::forward(Tid ids) {
     Tid z = dropout(y, embedding_dropout());
     g_.release(y);
     x = z;
+  } else if (style_ == Style::kGeneric) {
+    if (m_.family == "biogpt") {  // inputs_embeds * embed_scale
+      Tid y = plain(x);
+      g_.release(x);
+      x = y;
+    }
+    if (!names_.position.empty()) {
+      Tid pos =
+          g_.op(m_.family == "biogpt" ? tokens_ * h : s * h, pe_, {param(names_.position).id}, {});
+      Tid y = plain(x, pos);
+      g_.release(x);
+      g_.release(pos);
+      x = y;
+    }
+    if (!names_.embed_norm.empty()) {
+      Tid y = layer_norm(x, names_.embed_norm);
+      g_.release(x);
+      x = y;
+    }
+    Tid z = dropout(x, embedding_dropout());
+    g_.release(x);
+    x = z;
+    const AttentionSpec& a = m_.layers.front().attention;
+    if (a.rotary_fraction > 0 && m_.position == PositionKind::kRotary) {
+      auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
+      cos_ = g_.leaf(s * rot, g_.elem(x), Component::kInputs, false);
+      sin_ = g_.leaf(s * rot, g_.elem(x), Component::kInputs, false);
+    }
+    if (s_.attention == AttentionImpl::kEager) {
+      mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
+      if (m_.position == PositionKind::kAlibi) {
+        alibi_ = g_.leaf(b * a.num_heads * s, kF32, Component::kInputs, false);
+      }
+    }
   } else {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
     Tid pos = g_.op(tokens_ * h, pe_, {param("model.decoder.embed_positions.weight").id}, {});
     if (ew != h) {
@@ -559,9 +867,10 @@ Tid Program::forward(Tid ids) {
     g_.set_layer(i);
     auto body = [this, i](Tid in) {
       bool recompute = g_.phase() == Phase::kBackward;
-      Tid y = style_ == Style::kLlama  ? llama_layer(in, i)
-              : style_ == Style::kGpt2 ? gpt2_layer(in, i)
-                                       : opt_layer(in, i);
+      Tid y = style_ == Style::kLlama     ? llama_layer(in, i)
+              : style_ == Style::kGpt2    ? gpt2_layer(in, i)
+              : style_ == Style::kGeneric ? generic_layer(in, i)
+                                          : opt_layer(in, i);
       if (recompute)
         clear_autocast_cache();  // the checkpoint's own autocast context exits
       return y;
@@ -576,6 +885,8 @@ Tid Program::forward(Tid ids) {
     hn = norm(x, "model.norm", m_.layers.front().norm);
   } else if (style_ == Style::kGpt2) {
     hn = layer_norm(x, "transformer.ln_f");
+  } else if (style_ == Style::kGeneric) {
+    hn = layer_norm(x, names_.final_norm);
   } else {
     hn = m_.final_norm ? layer_norm(x, "model.decoder.final_layer_norm") : (g_.retain(x), x);
     if (ew != h) {
@@ -590,9 +901,16 @@ Tid Program::forward(Tid ids) {
   if (s_.checkpointing == CheckpointMode::kOff)
     release_shared();
   // lm_head: a Linear (tied to the embedding when the config ties them).
+  std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
   Tid logits =
-      base_linear(hn, param("lm_head.weight"), find_param("lm_head.bias"), ew, m_.vocab_size);
+      base_linear(hn, param(head + ".weight"), find_param(head + ".bias"), ew, m_.vocab_size);
   g_.release(hn);
+  if (m_.family == "codegen" || m_.family == "gpt_neo") {
+    // lm_logits = self.lm_head(hidden_states).to(torch.float32)
+    Tid l32 = cast(logits, kF32);
+    g_.release(logits);
+    logits = l32;
+  }
   return logits;
 }
 
@@ -600,11 +918,8 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   const AttentionSpec& a = l.attention;
   std::string p = "model.layers." + std::to_string(i) + ".self_attn.";
   int64_t h = m_.hidden_size;
-  int64_t b = s_.batch;
-  int64_t s = s_.seq;
   int64_t d = a.head_dim;
   int64_t heads = a.num_heads;
-  int64_t kv = a.num_kv_heads;
   Tid q = linear(x, p + "q_proj", h, a.q_width());
   Tid k = linear(x, p + "k_proj", h, a.k_width());
   Tid v = linear(x, p + "v_proj", h, a.v_width());
@@ -621,67 +936,11 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
     g_.set_layout(q, Layout::kBshd);
     g_.set_layout(k, Layout::kBshd);
   }
-  // apply_rotary_pos_emb: q * cos + rotate_half(q) * sin (rotate_half: neg, cat).
-  auto rope = [&](Tid t) {
-    Tid tc = mul(t, cos_);
-    Tid half = g_.op(g_.numel(t) / 2, g_.elem(t), {t}, {});   // -x2
-    Tid rot = g_.op(g_.numel(t), g_.elem(t), {half, t}, {});  // cat((-x2, x1))
-    g_.release(half);
-    Tid rs = mul(rot, sin_);
-    g_.release(rot);
-    Tid y = plain(tc, rs);
-    g_.release(tc);
-    g_.release(rs);
-    return y;
-  };
-  Tid qe = rope(q);
+  Tid qe = rope(q, a);
   g_.release(q);
-  Tid ke = rope(k);
+  Tid ke = rope(k, a);
   g_.release(k);
-  Tid out;
-  if (s_.attention == AttentionImpl::kEager) {
-    // eager_attention_forward: repeat_kv copies K/V when heads are grouped.
-    int64_t groups = heads / kv;
-    Tid kr = ke;
-    Tid vr = v;
-    g_.retain(kr);
-    g_.retain(vr);
-    if (groups > 1) {
-      g_.release(kr);
-      g_.release(vr);
-      kr = g_.op(b * heads * s * d, g_.elem(ke), {ke}, {});
-      vr = g_.op(b * heads * s * d, g_.elem(v), {v}, {});
-    }
-    Tid scores = batched_matmul(qe, kr, b * heads * s * s);
-    Tid scaled = plain(scores);  // * scaling
-    g_.release(scores);
-    Tid masked = plain(scaled, mask_);
-    g_.release(scaled);
-    Tid probs = softmax_fp32(masked);
-    g_.release(masked);
-    Tid probs_q = cast(probs, g_.elem(qe));
-    g_.release(probs);
-    Tid pd = dropout(probs_q, attention_dropout());
-    g_.release(probs_q);
-    Tid o = batched_matmul(pd, vr, b * heads * s * d);
-    g_.release(pd);
-    g_.release(kr);
-    g_.release(vr);
-    out = g_.op(g_.numel(o), g_.elem(o), {o}, {});  // transpose(1, 2).contiguous()
-    g_.release(o);
-  } else {
-    // SDPA (flash / memory-efficient kernels): saves q, k, v, the output and
-    // a float logsumexp [b, heads, s]; no s×s matrix.
-    Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
-    Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
-    Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
-    Tid o = g_.op(b * heads * s * d, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
-                  Component::kActivations, {{b * heads * s, kF32}}, 0, true);
-    g_.release(qc);
-    g_.release(kc);
-    g_.release(vc);
-    out = o;  // already [b, s, heads, d] in memory: .contiguous() is free
-  }
+  Tid out = attention_core(qe, ke, v, a, AttnFlavor::kHf);
   g_.release(qe);
   g_.release(ke);
   g_.release(v);
@@ -786,6 +1045,92 @@ Tid Program::gpt2_layer(Tid x, int i) {
   g_.release(h1);
   g_.release(dd);
   return h2;
+}
+
+// The GPT-style decoder layer of BLOOM, GPT-NeoX, Falcon, GPT-J, CodeGen,
+// Phi, GPT-Neo, GPTBigCode and BioGPT: LayerNorms, fused or separate q/k/v,
+// optional (partial) rotary or ALiBi, dense MLP, sequential or parallel
+// residual.
+Tid Program::generic_layer(Tid x, int i) {
+  const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
+  const AttentionSpec& a = l.attention;
+  const Names& n = names_;
+  std::string p = n.layers + "." + std::to_string(i) + ".";
+  int64_t h = m_.hidden_size;
+  Tid n1 = layer_norm(x, p + n.norm1);
+  Tid q, k, v, fused = kNone;
+  if (!n.qkv.empty()) {
+    // Fused projection; q, k, v are views of it (split/chunk), so it lives as
+    // long as any of them, and each view's backward needs a gradient of its size.
+    fused = linear(n1, p + n.qkv, h, a.q_width() + a.k_width() + a.v_width());
+    int e = g_.elem(fused);
+    q = g_.op(g_.numel(fused) * a.q_width() / (a.q_width() + a.k_width() + a.v_width()), e, {fused},
+              {});
+    k = g_.op(g_.numel(q) * a.k_width() / a.q_width(), e, {fused}, {});
+    v = g_.op(g_.numel(q) * a.v_width() / a.q_width(), e, {fused}, {});
+  } else {
+    q = linear(n1, p + n.q, h, a.q_width());
+    k = linear(n1, p + n.k, h, a.k_width());
+    v = linear(n1, p + n.v, h, a.v_width());
+  }
+  for (Tid t : {q, k, v})
+    g_.set_layout(t, Layout::kBshd);
+  if (m_.family == "biogpt") {  // q_proj(x) * scaling
+    Tid qs = plain(q);
+    g_.release(q);
+    q = qs;
+  }
+  Tid qe = rope(q, a);
+  g_.release(q);
+  Tid ke = rope(k, a);
+  g_.release(k);
+  AttnFlavor flavor = m_.position == PositionKind::kAlibi ? AttnFlavor::kAlibi
+                      : m_.family == "falcon"             ? AttnFlavor::kFalcon
+                                                          : AttnFlavor::kHf;
+  Tid attn = attention_core(qe, ke, v, a, flavor);
+  g_.release(qe);
+  g_.release(ke);
+  g_.release(v);
+  if (fused != kNone)
+    g_.release(fused);
+  Tid o = linear(attn, p + n.o, a.num_heads * a.head_dim, h);
+  g_.release(attn);
+  Tid od = dropout(o, hidden_dropout());
+  g_.release(o);
+  int64_t inner = l.mlp.intermediate_size;
+  auto mlp = [&](Tid in) {
+    Tid up = linear(in, p + n.up, h, inner);
+    Tid act = activation(up, l.mlp.activation);
+    g_.release(up);
+    Tid down = linear(act, p + n.down, inner, h);
+    g_.release(act);
+    Tid dd = dropout(down, hidden_dropout());
+    g_.release(down);
+    return dd;
+  };
+  if (l.parallel_residual) {
+    // x + attn(ln1(x)) + mlp(ln2(x) or ln1(x))
+    Tid n2 = n.norm2.empty() ? (g_.retain(n1), n1) : layer_norm(x, p + n.norm2);
+    g_.release(n1);
+    Tid m = mlp(n2);
+    g_.release(n2);
+    Tid s1 = plain(m, od);
+    g_.release(m);
+    g_.release(od);
+    Tid out = plain(s1, x);
+    g_.release(s1);
+    return out;
+  }
+  g_.release(n1);
+  Tid h1 = plain(od, x);
+  g_.release(od);
+  Tid n2 = layer_norm(h1, p + n.norm2);
+  Tid m = mlp(n2);
+  g_.release(n2);
+  Tid out = plain(m, h1);
+  g_.release(m);
+  g_.release(h1);
+  return out;
 }
 
 Tid Program::opt_layer(Tid x, int i) {

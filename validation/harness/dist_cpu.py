@@ -50,6 +50,9 @@ def _worker(rank, world, argv, port, outdir):
     with open(args.config) as f:
         cfg = json.load(f)
     model, _, batch, hook = mc.build(a, cfg)
+    # gloo cannot broadcast bool tensors (gpt2's causal `bias` buffer): leave bool buffers out of DDP's sync
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, [n for n, b in model.named_buffers() if b.dtype == torch.bool])
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     params = [p for p in ddp.parameters() if p.requires_grad]
     if args.method == "ddp":
