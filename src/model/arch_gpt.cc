@@ -381,6 +381,7 @@ void build_gpt2_like(ModelSpec& s, bool conv1d) {
       inv.conv1d(p + "mlp.c_fc", h, inner, TensorRole::kMlp, i);
       inv.conv1d(p + "mlp.c_proj", inner, h, TensorRole::kMlp, i);
       inv.causal_mask(p + "attn.bias", s.max_position_embeddings, i);
+      inv.buffer(p + "attn.masked_bias", {}, DType::kFloat32, false, i);  // torch.tensor(-1e4)
     } else {
       inv.linear(p + "mlp.c_fc", inner, h, true, TensorRole::kMlp, i);
       inv.linear(p + "mlp.c_proj", h, inner, true, TensorRole::kMlp, i);

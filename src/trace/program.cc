@@ -271,11 +271,9 @@ class Program {
     }
     if (s_.finetune == FinetuneMode::kLora)
       add_lora();
-    // Rotary tables (non-persistent buffers) are parameters of no one.
+    // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
-      if (b.dtype == DType::kFloat32 && b.name.find("inv_freq") != std::string::npos) {
-        g_.leaf(b.numel, kF32, Component::kInputs, false);
-      }
+      g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
   }
 
