@@ -4,7 +4,7 @@
 # UndefinedBehaviorSanitizer build, a short fuzzing run, and the format check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format
+bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch
 jobs=$(nproc)
 
 echo "== ci build (warnings as errors)"
@@ -26,6 +26,12 @@ for f in data/models/*.json; do cp "$f" "$corpus/$(basename "$f")"; done
 build/fuzz/fuzz/config_fuzzer -max_total_time=30 -max_len=8192 -rss_limit_mb=1024 \
   -artifact_prefix="$corpus/crash-" "$corpus" 2>&1 | tail -n 2
 rm -rf "$corpus"
+
+echo "== CPU tier: harness self-test, a fresh measurement matrix, and llmem validate on it"
+# Debian's interpreter has Debian's torch (the pyenv python3 on PATH may not).
+/usr/bin/python3 validation/harness/test_harness.py
+/usr/bin/python3 validation/harness/run_cpu_matrix.py --no-distributed --out build/cpu_tier_live.csv
+build/ci/tools/llmem/llmem validate build/cpu_tier_live.csv --max-median 1 --max-error 3 | tail -n 1
 
 echo "== clang-format"
 files=$(git ls-files '*.cc' '*.h' 2>/dev/null || find src include tools tests bench fuzz -name '*.cc' -o -name '*.h')

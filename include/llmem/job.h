@@ -65,6 +65,9 @@ struct TrainingSetup {
   bool use_cache = false;  ///< HF use_cache during training (DynamicCache keeps K/V until the loss)
   Device device = Device::kCuda;
   AllocatorOptions allocator;
+  /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
+  /// version-specific behaviour such as the foreach AdamW temporaries.
+  int torch_version = 204;
   uint64_t workspace_bytes = 0;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
 };
 

@@ -1282,10 +1282,20 @@ void Program::optimizer_step(bool first) {
     }
   }
   if (adam && kind == OptimizerKind::kAdamWForeach) {
-    // exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs): one temporary per parameter, all alive.
+    // exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs): one temporary per
+    // parameter, all alive. Before 2.0, denom = torch._foreach_add(sqrt, eps)
+    // was out of place: a second full list.
     std::vector<Tid> temps;
     for (Tid p : trainable_)
       temps.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+    if (s_.torch_version < 200) {
+      std::vector<Tid> denom;
+      for (Tid p : trainable_)
+        denom.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+      for (Tid t : temps)
+        g_.release(t);
+      temps = denom;
+    }
     for (Tid t : temps)
       g_.release(t);
   } else if (adam && kind == OptimizerKind::kAdamWForLoop) {

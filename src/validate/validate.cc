@@ -171,7 +171,10 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     throw Skip{"optimizer in backward not modelled"};
   if (has(opt, "paged"))
     throw Skip{"paged optimizer states not modelled"};
-  if (has(opt, "adam8bit") || has(opt, "adamw8bit")) {
+  if (opt == "adamw-foreach" || opt == "adamw-fused" || opt == "adamw-forloop" ||
+      opt == "sgd-momentum" || opt == "sgd") {
+    s->optimizer = parse_optimizer(opt, "optimizer");
+  } else if (has(opt, "adam8bit") || has(opt, "adamw8bit")) {
     s->optimizer = OptimizerKind::kAdamW8bit;
   } else if (has(opt, "adafactor")) {
     s->optimizer = OptimizerKind::kAdafactor;
@@ -181,6 +184,14 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     s->optimizer = OptimizerKind::kAdamW;
   } else {
     throw Skip{"optimizer \"" + get("optimizer") + "\" not modelled"};
+  }
+  std::string torch = get("torch_version");
+  if (!torch.empty()) {
+    int major = 0;
+    int minor = 0;
+    if (std::sscanf(torch.c_str(), "%d.%d", &major, &minor) == 2) {
+      s->torch_version = major * 100 + minor;
+    }
   }
   std::string ckpt = lower(get("grad_ckpt"));
   if (has(ckpt, "offload"))

@@ -180,11 +180,16 @@ TEST(Estimate, CpuTierAgreesWithMeasurements) {
   std::stringstream text;
   text << in.rdbuf();
   ValidationReport r = validate_csv(text.str(), path);
-  EXPECT_GE(r.summary.compared, 12);
+  EXPECT_GE(r.summary.compared, 60);
   EXPECT_LE(r.summary.median_abs_pct, 1.0);
   EXPECT_LE(r.summary.max_abs_pct, 3.0);
+  EXPECT_EQ(r.summary.under_predictions_beyond_1pct, 0);
   for (const ValidationRow& row : r.rows) {
-    EXPECT_TRUE(row.skipped_reason.empty()) << row.line << ": " << row.skipped_reason;
+    // Only the 2-process rows wait for the distributed methods (issue 5).
+    if (!row.skipped_reason.empty()) {
+      EXPECT_NE(row.skipped_reason.find("distributed method"), std::string::npos)
+          << row.line << ": " << row.skipped_reason;
+    }
   }
 }
 
