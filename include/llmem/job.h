@@ -42,6 +42,8 @@ enum class Device { kCuda, kCpu };
 
 enum class FinetuneMode { kFull, kLora, kQlora };
 
+enum class UseCache { kConfig, kOn, kOff };
+
 struct LoraSetup {
   int64_t rank = 8;
   double alpha = 16;
@@ -61,8 +63,10 @@ struct TrainingSetup {
   CheckpointMode checkpointing = CheckpointMode::kOff;
   FinetuneMode finetune = FinetuneMode::kFull;
   LoraSetup lora;
-  double dropout = -1;     ///< < 0: the config's dropouts; otherwise overrides all of them
-  bool use_cache = false;  ///< HF use_cache during training (DynamicCache keeps K/V until the loss)
+  double dropout = -1;  ///< < 0: the config's dropouts; otherwise overrides all of them
+  /// HF use_cache during training: a DynamicCache copies K/V and keeps them
+  /// until the loss is computed (kConfig: the config's use_cache, default true).
+  UseCache use_cache = UseCache::kConfig;
   Device device = Device::kCuda;
   AllocatorOptions allocator;
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides

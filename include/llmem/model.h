@@ -136,6 +136,7 @@ struct ModelSpec {
   int64_t max_position_embeddings = 0;
   int64_t embedding_size = 0;  ///< token-embedding width; differs from hidden_size in OPT-350m
   bool final_norm = true;      ///< a norm after the last layer
+  bool use_cache = true;       ///< config use_cache (PretrainedConfig default true)
   PositionKind position = PositionKind::kRotary;
   bool tie_word_embeddings = false;
   DType dtype = DType::kFloat32;  ///< torch_dtype of the published checkpoint

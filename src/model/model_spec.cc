@@ -299,6 +299,7 @@ ModelSpec parse_config(std::string_view json_text, const std::string& source) {
     throw Error(source, "model_type", message);
   }
   spec.family = arch->family;
+  spec.use_cache = reader.flag({"use_cache"}, true, "transformers PretrainedConfig");
   arch->read(reader, spec);
   if (spec.embedding_size == 0)
     spec.embedding_size = spec.hidden_size;

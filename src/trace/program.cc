@@ -243,6 +243,10 @@ class Program {
                   "gpt_neo, gpt_bigcode and biogpt so far; \"" +
                       m.family + "\" (or this variant of it) is not traced yet");
     }
+    // LlamaModel builds a DynamicCache in training when use_cache is on
+    // (config default true) and checkpointing does not force it off.
+    bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
+    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff;
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -294,6 +298,9 @@ class Program {
     g_.set_layer(-1);
     Tid loss = causal_lm_loss(logits, labels);
     g_.release(logits);  // the model output object dies with compute_loss
+    for (Tid t : cache_kv_)
+      g_.release(t);  // and with it past_key_values
+    cache_kv_.clear();
     clear_autocast_cache();
     g_.backward(loss);
     release_shared();
@@ -709,6 +716,8 @@ class Program {
   std::vector<Param*> cache_;
   // Per-forward tensors shared by all layers.
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
+  bool use_cache_ = false;
+  std::vector<Tid> cache_kv_;  // DynamicCache contents of this forward
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
 };
@@ -938,6 +947,22 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   g_.release(q);
   Tid ke = rope(k, a);
   g_.release(k);
+  if (use_cache_) {
+    // DynamicCache.update (cache_utils.py v4.57): keys/values start as empty
+    // tensors of the *key's* dtype and are torch.cat'ed with the new states,
+    // so K and V are copied (V promoted to the key's dtype) and the cache holds
+    // the copies until the model output dies after the loss.
+    Tid kc = g_.op(g_.numel(ke), g_.elem(ke), {ke}, {});
+    Tid vc = g_.op(g_.numel(v), promote(g_.elem(ke), g_.elem(v)), {v}, {});
+    g_.release(ke);
+    g_.release(v);
+    ke = kc;
+    v = vc;
+    g_.retain(kc);
+    g_.retain(vc);
+    cache_kv_.push_back(kc);
+    cache_kv_.push_back(vc);
+  }
   Tid out = attention_core(qe, ke, v, a, AttnFlavor::kHf);
   g_.release(qe);
   g_.release(ke);
