@@ -30,6 +30,7 @@ rm -rf "$corpus"
 echo "== CPU tier: harness self-test, a fresh measurement matrix, and llmem validate on it"
 # Debian's interpreter has Debian's torch (the pyenv python3 on PATH may not).
 /usr/bin/python3 validation/harness/test_harness.py
+/usr/bin/python3 validation/harness/test_gpu_dryrun.py   # the GPU tier's plumbing, on CPU
 /usr/bin/python3 validation/harness/run_cpu_matrix.py --no-distributed --out build/cpu_tier_live.csv
 build/ci/tools/llmem/llmem validate build/cpu_tier_live.csv --max-median 1 --max-error 3 | tail -n 1
 

@@ -53,6 +53,14 @@ struct LoraSetup {
   std::vector<std::string> targets;
 };
 
+/// bitsandbytes 4-bit quantization of the base weights (QLoRA).
+struct QuantSetup {
+  bool nf4 = true;           ///< NF4 (else FP4); the same storage either way
+  bool double_quant = true;  ///< bnb_4bit_use_double_quant
+  int64_t block = 64;        ///< quantization block size (elements per absmax)
+  bool prepare_kbit = true;  ///< peft prepare_model_for_kbit_training: other params to fp32
+};
+
 struct TrainingSetup {
   int64_t batch = 1;       ///< micro-batch per GPU
   int64_t seq = 512;       ///< tokens per sample (padded length)
@@ -63,7 +71,10 @@ struct TrainingSetup {
   CheckpointMode checkpointing = CheckpointMode::kOff;
   FinetuneMode finetune = FinetuneMode::kFull;
   LoraSetup lora;
-  double dropout = -1;  ///< < 0: the config's dropouts; otherwise overrides all of them
+  QuantSetup quant;
+  int64_t freeze_layers = 0;       ///< full fine-tuning: the first N decoder layers are frozen
+  bool freeze_embeddings = false;  ///< full fine-tuning: token/position embeddings frozen
+  double dropout = -1;             ///< < 0: the config's dropouts; otherwise overrides all of them
   /// HF use_cache during training: a DynamicCache copies K/V and keeps them
   /// until the loss is computed (kConfig: the config's use_cache, default true).
   UseCache use_cache = UseCache::kConfig;

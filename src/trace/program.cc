@@ -28,6 +28,7 @@ struct Param {
   Tid id = kNone;
   bool trainable = false;
   Tid cast_cache = kNone;  // autocast's cached low-precision copy (trainable leaves only)
+  int64_t quantized = 0;   // > 0: a bitsandbytes 4-bit weight of this many elements
 };
 
 struct Lora {
@@ -255,30 +256,53 @@ class Program {
   void setup() {
     g_.set_phase(Phase::kSetup);
     bool full = s_.finetune == FinetuneMode::kFull;
+    bool qlora = s_.finetune == FinetuneMode::kQlora;
+    // peft prepare_model_for_kbit_training casts every parameter that is not
+    // quantized to fp32 (peft/utils/other.py).
+    int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
     for (const TensorSpec& t : m_.tensors) {
       if (!t.tied_to.empty()) {
         params_[t.name] = params_[t.tied_to];
         continue;
       }
       Param p;
-      p.trainable = full;
-      p.id = g_.leaf(t.numel, pe_, Component::kParameters, full);
+      bool frozen_layer = t.layer >= 0 && t.layer < s_.freeze_layers;
+      bool frozen_embed = s_.freeze_embeddings && (t.role == TensorRole::kEmbedding ||
+                                                   t.role == TensorRole::kPositionEmbedding);
+      p.trainable = full && !frozen_layer && !frozen_embed;
+      if (qlora && quantizable(t)) {
+        // bitsandbytes Linear4bit (Params4bit): two 4-bit values per byte,
+        // one absmax per block (fp32, or uint8 plus a second-level fp32
+        // absmax per 256 blocks with double quantization).
+        p.quantized = t.numel;
+        int64_t blocks = (t.numel + s_.quant.block - 1) / s_.quant.block;
+        int64_t bytes =
+            (t.numel + 1) / 2 +
+            (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
+        p.id = g_.leaf(bytes, 1, Component::kParameters, false);
+      } else {
+        p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
+      }
       params_[t.name] = p;
       out_->params += t.numel;
-      if (full) {
+      if (p.trainable) {
         trainable_.push_back(p.id);
         out_->trainable_params += t.numel;
       }
     }
-    if (s_.finetune == FinetuneMode::kQlora) {
-      throw Error("--quant", "", "QLoRA is not traced yet");
-    }
-    if (s_.finetune == FinetuneMode::kLora)
+    if (s_.finetune != FinetuneMode::kFull)
       add_lora();
     // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
+  }
+
+  /// Modules bitsandbytes quantizes: every Linear inside the decoder layers
+  /// (lm_head is skipped by transformers' default llm_int8_skip_modules).
+  static bool quantizable(const TensorSpec& t) {
+    return t.layer >= 0 && t.shape.size() == 2 && t.role != TensorRole::kNorm &&
+           t.role != TensorRole::kRouter;
   }
 
   void micro_step() {
@@ -374,6 +398,21 @@ class Program {
   /// and W when x does). Under autocast both are cast to the low precision.
   Tid base_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
     int64_t rows = g_.numel(x) / in;
+    if (w.quantized > 0) {
+      // bnb Linear4bit.forward: x.to(compute_dtype); matmul_4bit dequantizes
+      // the weight to the compute dtype for the matmul (and again in
+      // backward, a temporary of the weight's size); out.to(input dtype).
+      int ce = 2;
+      Tid xc = cast(x, ce);
+      Tid deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
+      Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
+                    Component::kActivations, {}, w.quantized * ce);
+      g_.release(deq);
+      g_.release(xc);
+      Tid yo = cast(y, g_.elem(x));
+      g_.release(y);
+      return yo;
+    }
     if (autocast_) {
       Tid xc = cast(x, ae_);
       Tid wc = autocast_weight(w);
@@ -397,10 +436,17 @@ class Program {
   /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
   /// base result's dtype).
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
-    Tid y = base_linear(x, param(prefix + ".weight"), find_param(prefix + ".bias"), in, out);
+    Param& w = param(prefix + ".weight");
+    Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
     auto it = lora_.find(prefix);
     if (it == lora_.end())
       return y;
+    if (w.quantized > 0) {
+      // peft/tuners/lora/bnb.py Linear4bit.forward: result = result.clone()
+      Tid c = g_.op(g_.numel(y), g_.elem(y), {y}, {});
+      g_.release(y);
+      y = c;
+    }
     const Lora& l = it->second;
     Tid xl = cast(x, autocast_ ? g_.elem(x) : l.elem);
     Tid xd = dropout(xl, s_.lora.dropout);

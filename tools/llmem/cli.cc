@@ -43,6 +43,12 @@ struct EstimateOptions {
   double lora_dropout = 0;
   std::vector<std::string> lora_targets;
   double dropout = -1;
+  std::string quant;
+  bool no_double_quant = false;
+  int64_t quant_block = 64;
+  bool no_prepare_kbit = false;
+  int64_t freeze_layers = 0;
+  bool freeze_embeddings = false;
   bool expandable_segments = false;
   double max_split_size_mb = 0;
   std::string format = "table";
@@ -86,8 +92,26 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
       o.grad_ckpt ? parse_checkpointing(o.ckpt_mode, "--ckpt-mode") : CheckpointMode::kOff;
   setup.device = o.device == "cpu" ? Device::kCpu : Device::kCuda;
   setup.dropout = o.dropout;
+  if (!o.quant.empty()) {
+    if (o.lora_rank <= 0) {
+      throw Error("--quant", "", "QLoRA trains LoRA adapters: give --lora-rank too");
+    }
+    if (o.quant_block < 16 || o.quant_block > 4096) {
+      throw Error("--quant-block", "", "expected a block size between 16 and 4096");
+    }
+    setup.finetune = FinetuneMode::kQlora;
+    setup.quant.nf4 = o.quant == "nf4";
+    setup.quant.double_quant = !o.no_double_quant;
+    setup.quant.block = o.quant_block;
+    setup.quant.prepare_kbit = !o.no_prepare_kbit;
+  }
+  if (o.freeze_layers < 0)
+    throw Error("--freeze-layers", "", "expected a non-negative count");
+  setup.freeze_layers = o.freeze_layers;
+  setup.freeze_embeddings = o.freeze_embeddings;
   if (o.lora_rank > 0) {
-    setup.finetune = FinetuneMode::kLora;
+    if (setup.finetune != FinetuneMode::kQlora)
+      setup.finetune = FinetuneMode::kLora;
     setup.lora.rank = o.lora_rank;
     setup.lora.alpha = o.lora_alpha;
     setup.lora.dropout = o.lora_dropout;
@@ -204,6 +228,17 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_option("--lora-targets", est.lora_targets, "Module names, e.g. q_proj,v_proj")
       ->delimiter(',');
   est_cmd->add_option("--dropout", est.dropout, "Override every dropout probability");
+  est_cmd->add_option("--quant", est.quant, "QLoRA: 4-bit base weights, nf4 or fp4")
+      ->check(CLI::IsMember({"nf4", "fp4"}));
+  est_cmd->add_flag("--no-double-quant", est.no_double_quant,
+                    "QLoRA: without bnb_4bit_use_double_quant");
+  est_cmd->add_option("--quant-block", est.quant_block, "QLoRA: quantization block size");
+  est_cmd->add_flag("--no-prepare-kbit", est.no_prepare_kbit,
+                    "QLoRA: skip peft prepare_model_for_kbit_training (keeps other params' dtype)");
+  est_cmd->add_option("--freeze-layers", est.freeze_layers,
+                      "Full fine-tuning: freeze the first N decoder layers");
+  est_cmd->add_flag("--freeze-embeddings", est.freeze_embeddings,
+                    "Full fine-tuning: freeze the embeddings");
   est_cmd->add_flag("--expandable-segments", est.expandable_segments,
                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
   est_cmd->add_option("--max-split-size-mb", est.max_split_size_mb,

@@ -148,3 +148,27 @@ TEST(Cli, EstimateBadInput) {
 
 }  // namespace
 }  // namespace llmem::cli
+
+namespace llmem::cli {
+namespace {
+
+TEST(Cli, QloraOptions) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--quant", "nf4",
+                      "--lora-rank", "8", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["setup"]["finetune"], "qlora");
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--quant", "nf4"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("give --lora-rank too"), std::string::npos) << r.err;
+  r = run_cli(
+      {"estimate", "--model", "meta-llama/Llama-3.2-1B", "--quant", "int3", "--lora-rank", "8"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--quant", "nf4", "--lora-rank",
+               "8", "--quant-block", "3"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--freeze-layers", "-2"});
+  EXPECT_EQ(r.code, kExitBadInput);
+}
+
+}  // namespace
+}  // namespace llmem::cli

@@ -259,3 +259,67 @@ TEST(Estimate, GoldenJson) {
 
 }  // namespace
 }  // namespace llmem
+
+namespace llmem {
+namespace {
+
+TEST(Estimate, Nf4WeightsTakeAboutHalfAByteWithDoubleQuantization) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 128;
+  s.finetune = FinetuneMode::kQlora;
+  s.lora.rank = 8;
+  s.quant.prepare_kbit = false;
+  s.precision = Precision::kBf16;
+  Estimate e = estimate(m, s, find_gpu("A100-80GB"));
+  // Parameters at the peak: 4-bit decoder Linears + bf16 embeddings, norms and
+  // lm_head + fp32 adapters (peft autocast_adapter_dtype).
+  int64_t linear = 0;
+  int64_t other = 0;
+  for (const TensorSpec& t : m.tensors) {
+    bool quantized = t.layer >= 0 && t.shape.size() == 2;
+    (quantized ? linear : other) += t.numel;
+  }
+  double adapters = static_cast<double>(e.trainable_params) * 4;
+  double quantized_bytes = static_cast<double>(component(e, Component::kParameters)) -
+                           static_cast<double>(other) * 2 - adapters;
+  double per_param = quantized_bytes / static_cast<double>(linear);
+  EXPECT_NEAR(per_param, 0.516, 0.005);  // 0.5 + 1/64 + 4/(64·256)
+  s.quant.double_quant = false;
+  Estimate single = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_GT(component(single, Component::kParameters), component(e, Component::kParameters));
+}
+
+TEST(Estimate, QloraIsFarSmallerThanLora) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 512;
+  s.attention = AttentionImpl::kSdpa;
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 16;
+  Estimate lora = estimate(m, s, find_gpu("A100-80GB"));
+  s.finetune = FinetuneMode::kQlora;
+  Estimate qlora = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_LT(qlora.peak.allocated_bytes * 3, lora.peak.allocated_bytes);
+  EXPECT_EQ(qlora.trainable_params, lora.trainable_params);
+}
+
+TEST(Estimate, FrozenLayersHaveNoGradientsOrStates) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 128;
+  Estimate full = estimate(m, s, find_gpu("A100-80GB"));
+  s.freeze_layers = 8;
+  s.freeze_embeddings = true;
+  Estimate frozen = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_LT(frozen.trainable_params, full.trainable_params);
+  EXPECT_LT(component(frozen, Component::kOptimizerStates),
+            component(full, Component::kOptimizerStates));
+}
+
+}  // namespace
+}  // namespace llmem
