@@ -225,7 +225,8 @@ class Program {
       style_ = Style::kOpt;
     } else if (m.family == "llama" || m.family == "mistral" || m.family == "qwen2" ||
                m.family == "qwen3" || m.family == "gemma" || m.family == "gemma2" ||
-               m.family == "olmo" ||
+               m.family == "olmo" || m.family == "phi3" || m.family == "mixtral" ||
+               m.family == "qwen2_moe" || m.family == "deepseek_v2" ||
                (m.family == "stablelm" && !m.layers.front().attention.qk_norm &&
                 !m.layers.front().parallel_residual)) {
       style_ = Style::kLlama;
@@ -238,11 +239,12 @@ class Program {
                            " trace follows the generic GPT-style layer; its op-level details "
                            "are not yet checked against measurements");
     } else {
-      throw Error(m.source, "model_type",
-                  "the training-step trace supports llama, mistral, qwen2, qwen3, gemma, gemma2, "
-                  "olmo, stablelm, gpt2, opt, bloom, gpt_neox, falcon, gptj, codegen, phi, "
-                  "gpt_neo, gpt_bigcode and biogpt so far; \"" +
-                      m.family + "\" (or this variant of it) is not traced yet");
+      throw Error(
+          m.source, "model_type",
+          "the training-step trace supports llama, mistral, qwen2, qwen3, gemma, gemma2, "
+          "olmo, stablelm, phi3, mixtral, qwen2_moe, deepseek_v2, gpt2, opt, bloom, "
+          "gpt_neox, falcon, gptj, codegen, phi, gpt_neo, gpt_bigcode and biogpt so far; \"" +
+              m.family + "\" (or this variant of it) is not traced yet");
     }
     // LlamaModel builds a DynamicCache in training when use_cache is on
     // (config default true) and checkpointing does not force it off.
@@ -734,11 +736,111 @@ class Program {
     return out;
   }
 
+  /// LlamaMLP: down(act(gate(x)) * up(x)); Phi-3 fuses gate and up (chunked views).
+  Tid gated_mlp(Tid x, const std::string& p, const MlpSpec& mlp, int64_t width = 0,
+                const char* gate_name = "gate_proj", const char* up_name = "up_proj",
+                const char* down_name = "down_proj") {
+    int64_t h = m_.hidden_size;
+    int64_t inter = width > 0 ? width : mlp.intermediate_size;
+    if (find_param(p + "gate_up_proj.weight") != nullptr) {
+      Tid gu = linear(x, p + "gate_up_proj", h, 2 * inter);
+      Tid gate = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});  // chunk view (grad: full size)
+      Tid act = activation(gate, mlp.activation);
+      g_.release(gate);
+      Tid up = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});
+      g_.release(gu);
+      Tid prod = mul(up, act);
+      g_.release(act);
+      g_.release(up);
+      Tid down = linear(prod, p + down_name, inter, h);
+      g_.release(prod);
+      return down;
+    }
+    Tid gate = linear(x, p + gate_name, h, inter);
+    Tid act = activation(gate, mlp.activation);
+    g_.release(gate);
+    Tid up = linear(x, p + up_name, h, inter);
+    Tid prod = mul(act, up);
+    g_.release(act);
+    g_.release(up);
+    Tid down = linear(prod, p + down_name, inter, h);
+    g_.release(prod);
+    return down;
+  }
+
+  /// Sparse MoE block (MixtralSparseMoeBlock, Qwen2MoeSparseMoeBlock,
+  /// DeepseekV2MoE): router, fp32 softmax, top-k, then per expert a gather of
+  /// its tokens, the expert MLP, a weighting and index_add_ into the output.
+  /// Tokens are assumed spread evenly over the experts (T·k/E each).
+  Tid moe_block(Tid x, const std::string& p, const MlpSpec& mlp) {
+    int64_t h = m_.hidden_size;
+    int64_t experts = mlp.num_experts;
+    int64_t k = mlp.experts_per_token;
+    bool mixtral = m_.family == "mixtral";
+    std::string q = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    Tid logits = find_param(q + "gate.bias") != nullptr || find_param(q + "gate.weight") != nullptr
+                     ? linear(x, q + "gate", h, experts)
+                     : kNone;
+    Tid probs = softmax_fp32(logits);
+    Tid topw = g_.op(tokens_ * k, kF32, {probs}, {});  // topk values (+ int64 indices)
+    Tid topi = g_.leaf(tokens_ * k, kI64, Component::kActivations, false);
+    g_.release(probs);
+    Tid w = cast(topw, g_.elem(x));
+    g_.release(topw);
+    Tid mask = g_.leaf(experts * k * tokens_, kI64, Component::kTemporaries, false);  // one_hot
+    Tid out = g_.leaf(g_.numel(x), g_.elem(x), Component::kActivations, false);       // zeros
+    int64_t per_expert = (tokens_ * k + experts - 1) / experts;
+    for (int64_t e = 0; e < experts; ++e) {
+      std::string ep = q + "experts." + std::to_string(e) + ".";
+      Tid state = g_.op(per_expert * h, g_.elem(x), {x}, {});  // hidden_states[top_x]
+      MlpSpec one = mlp;
+      Tid y = mixtral ? gated_mlp_rows(state, ep, one, "w1", "w3", "w2")
+                      : gated_mlp_rows(state, ep, one, "gate_proj", "up_proj", "down_proj");
+      g_.release(state);
+      Tid wy = mul(y, w);  // * routing_weights[top_x, idx, None]
+      g_.release(y);
+      Tid acc = g_.op(g_.numel(out), g_.elem(out), {out, wy}, {});  // index_add_ (in place)
+      g_.release(out);
+      g_.release(wy);
+      out = acc;
+    }
+    g_.release(mask);
+    g_.release(topi);
+    g_.release(w);
+    if (mlp.shared_intermediate_size > 0) {
+      std::string sp = q + (m_.family == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+      Tid shared = gated_mlp(x, sp, mlp, mlp.shared_intermediate_size);
+      if (mlp.shared_expert_gate) {
+        Tid gl = linear(x, q + "shared_expert_gate", h, 1);
+        Tid gs = g_.op(g_.numel(gl), g_.elem(gl), {gl}, {}, Component::kActivations, {}, 0, true);
+        g_.release(gl);
+        Tid sg = mul(gs, shared);
+        g_.release(gs);
+        g_.release(shared);
+        shared = sg;
+      }
+      Tid sum = plain(out, shared);
+      g_.release(out);
+      g_.release(shared);
+      out = sum;
+    }
+    if (logits != kNone)
+      g_.release(logits);
+    return out;
+  }
+
+  /// An expert's gated MLP on its gathered rows (the row count comes from `x`).
+  Tid gated_mlp_rows(Tid x, const std::string& p, const MlpSpec& mlp, const char* gate_name,
+                     const char* up_name, const char* down_name) {
+    return gated_mlp(x, p, mlp, 0, gate_name, up_name, down_name);
+  }
+
   // ------------------------------------------------------------ model
   Tid forward(Tid ids);
   Tid generic_layer(Tid x, int i);
   Tid llama_layer(Tid x, int i);
   Tid llama_attention(Tid x, int i, const LayerSpec& l);
+  Tid mla_attention(Tid x, const std::string& p, const AttentionSpec& a);
   Tid gpt2_layer(Tid x, int i);
   Tid opt_layer(Tid x, int i);
   Tid causal_lm_loss(Tid logits, Tid labels);
@@ -973,9 +1075,22 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   int64_t h = m_.hidden_size;
   int64_t d = a.head_dim;
   int64_t heads = a.num_heads;
-  Tid q = linear(x, p + "q_proj", h, a.q_width());
-  Tid k = linear(x, p + "k_proj", h, a.k_width());
-  Tid v = linear(x, p + "v_proj", h, a.v_width());
+  if (a.kind == AttentionKind::kMLA)
+    return mla_attention(x, p, a);
+  Tid q, k, v, fused = kNone;
+  if (find_param(p + "qkv_proj.weight") != nullptr) {
+    // Phi-3: one qkv_proj; q, k and v are slices of it (views keeping it alive).
+    int64_t total = a.q_width() + a.k_width() + a.v_width();
+    fused = linear(x, p + "qkv_proj", h, total);
+    int64_t rows = g_.numel(fused) / total;
+    q = g_.op(rows * a.q_width(), g_.elem(fused), {fused}, {});
+    k = g_.op(rows * a.k_width(), g_.elem(fused), {fused}, {});
+    v = g_.op(rows * a.v_width(), g_.elem(fused), {fused}, {});
+  } else {
+    q = linear(x, p + "q_proj", h, a.q_width());
+    k = linear(x, p + "k_proj", h, a.k_width());
+    v = linear(x, p + "v_proj", h, a.v_width());
+  }
   for (Tid t : {q, k, v})
     g_.set_layout(t, Layout::kBshd);  // view(...).transpose(1, 2)
   if (a.qk_norm) {
@@ -1013,7 +1128,62 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   g_.release(qe);
   g_.release(ke);
   g_.release(v);
+  if (fused != kNone)
+    g_.release(fused);
   Tid y = linear(out, p + "o_proj", heads * d, h);
+  g_.release(out);
+  return y;
+}
+
+// DeepseekV2Attention (multi-head latent attention): queries through an
+// optional low-rank path, keys and values expanded from a shared latent, the
+// rotary part concatenated to each head.
+Tid Program::mla_attention(Tid x, const std::string& p, const AttentionSpec& a) {
+  int64_t h = m_.hidden_size;
+  int64_t rows = g_.numel(x) / h;
+  Tid q;
+  if (a.q_lora_rank > 0) {
+    Tid qa = linear(x, p + "q_a_proj", h, a.q_lora_rank);
+    Tid qn = rms_norm(qa, p + "q_a_layernorm", false, a.q_lora_rank);
+    g_.release(qa);
+    q = linear(qn, p + "q_b_proj", a.q_lora_rank, a.q_width());
+    g_.release(qn);
+  } else {
+    q = linear(x, p + "q_proj", h, a.q_width());
+  }
+  Tid ckv = linear(x, p + "kv_a_proj_with_mqa", h, a.kv_lora_rank + a.qk_rope_head_dim);
+  Tid latent = g_.op(rows * a.kv_lora_rank, g_.elem(ckv), {ckv}, {});  // split view
+  Tid ln = rms_norm(latent, p + "kv_a_layernorm", false, a.kv_lora_rank);
+  g_.release(latent);
+  Tid kv = linear(ln, p + "kv_b_proj", a.kv_lora_rank,
+                  a.num_heads * (a.qk_nope_head_dim + a.v_head_dim));
+  g_.release(ln);
+  // Rotary on the q_pe / k_pe slices, then cat((nope, pe)) for q and k.
+  AttentionSpec rope_spec = a;
+  rope_spec.head_dim = a.qk_rope_head_dim;
+  rope_spec.rotary_fraction = 1.0;
+  Tid q_pe = g_.op(rows * a.num_heads * a.qk_rope_head_dim, g_.elem(q), {q}, {});
+  Tid q_rot = rope(q_pe, rope_spec);
+  g_.release(q_pe);
+  Tid k_pe = g_.op(rows * a.qk_rope_head_dim, g_.elem(ckv), {ckv}, {});
+  g_.release(ckv);
+  Tid k_rot = rope(k_pe, rope_spec);
+  g_.release(k_pe);
+  Tid qs = g_.op(g_.numel(q), promote(g_.elem(q), g_.elem(q_rot)), {q, q_rot}, {});
+  g_.release(q);
+  g_.release(q_rot);
+  Tid ks = g_.op(rows * a.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim),
+                 promote(g_.elem(kv), g_.elem(k_rot)), {kv, k_rot}, {});
+  g_.release(k_rot);
+  Tid v = g_.op(rows * a.num_heads * a.v_head_dim, g_.elem(kv), {kv}, {});  // split view
+  g_.release(kv);
+  for (Tid t : {qs, ks, v})
+    g_.set_layout(t, Layout::kBshd);
+  Tid out = attention_core(qs, ks, v, a, AttnFlavor::kHf);
+  g_.release(qs);
+  g_.release(ks);
+  g_.release(v);
+  Tid y = linear(out, p + "o_proj", a.num_heads * a.v_head_dim, h);
   g_.release(out);
   return y;
 }
@@ -1021,7 +1191,6 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
 Tid Program::llama_layer(Tid x, int i) {
   const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
   std::string p = "model.layers." + std::to_string(i) + ".";
-  int64_t h = m_.hidden_size;
   Tid n1 = norm(x, p + "input_layernorm", l.norm);
   Tid attn = llama_attention(n1, i, l);
   g_.release(n1);
@@ -1034,17 +1203,8 @@ Tid Program::llama_layer(Tid x, int i) {
   g_.release(attn);
   Tid n2 = norm(h1, p + (l.norms == 4 ? "pre_feedforward_layernorm" : "post_attention_layernorm"),
                 l.norm);
-  int64_t inter = l.mlp.intermediate_size;
-  Tid gate = linear(n2, p + "mlp.gate_proj", h, inter);
-  Tid act = activation(gate, l.mlp.activation);
-  g_.release(gate);
-  Tid up = linear(n2, p + "mlp.up_proj", h, inter);
+  Tid down = l.mlp.is_moe() ? moe_block(n2, p, l.mlp) : gated_mlp(n2, p + "mlp.", l.mlp);
   g_.release(n2);
-  Tid prod = mul(act, up);
-  g_.release(act);
-  g_.release(up);
-  Tid down = linear(prod, p + "mlp.down_proj", inter, h);
-  g_.release(prod);
   if (l.norms == 4) {
     Tid pf = norm(down, p + "post_feedforward_layernorm", l.norm);
     g_.release(down);

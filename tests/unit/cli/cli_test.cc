@@ -139,7 +139,7 @@ TEST(Cli, EstimateBadInput) {
   EXPECT_EQ(r.code, kExitBadInput);
   r = run_cli({"estimate", "--model", "facebook/opt-125m", "--batch", "abc"});
   EXPECT_EQ(r.code, kExitBadInput);
-  r = run_cli({"estimate", "--model", "mistralai/Mixtral-8x7B-v0.1"});
+  r = run_cli({"estimate", "--model", LLMEM_TEST_DATA_DIR "/stablelm-parallel.json"});
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("not traced yet"), std::string::npos);
   r = run_cli({"validate", "/nonexistent.csv"});
