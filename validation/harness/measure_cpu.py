@@ -63,6 +63,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 DEFAULT_LORA_TARGETS = {
     "llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,v_proj",
     "gpt2": "c_attn", "opt": "q_proj,v_proj",
+    # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn", "codegen": "qkv_proj",
 }
 
 
@@ -322,8 +324,8 @@ def parser():
     p.add_argument("--lora-rank", type=int, default=0)
     p.add_argument("--lora-alpha", type=float, default=16)
     p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--lora-targets", default=None, help="comma list of module names (default q_proj,v_proj; "
-                                                       "gpt2 c_attn)")
+    p.add_argument("--lora-targets", default=None, help="comma list of module names (default: PEFT's "
+                                                       "per-family targets, e.g. q_proj,v_proj; gpt2 c_attn)")
     p.add_argument("--lora-dtype", choices=["base", "fp32"], default="base",
                    help="adapter dtype: same as base weights (default) or fp32 (PEFT autocast_adapter_dtype)")
     p.add_argument("--use-cache", choices=["config", "on", "off"], default="config",

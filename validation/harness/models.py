@@ -6,7 +6,8 @@ because which tensors a name keeps alive decides what autograd and the caller ho
 instant. Only the training path is kept: eager attention, no KV reuse across calls, no
 output_attentions / output_hidden_states. The KV cache *is* built during training when
 config.use_cache is true and gradient checkpointing is off, exactly as HF does (it copies K and
-V per layer with torch.cat). Families: llama, mistral, qwen2 (shared decoder), gpt2, opt.
+V per layer with torch.cat). Families: llama, mistral, qwen2 (shared decoder), gpt2, opt, bloom, gpt_neo,
+gpt_bigcode, codegen.
 
 Also: PEFT-style LoRA (peft.tuners.lora.layer.Linear forward), HF-style gradient checkpointing
 (GradientCheckpointingLayer + torch.utils.checkpoint), ForCausalLMLoss.
@@ -58,9 +59,31 @@ _DEFAULTS = {
                 word_embed_proj_dim=None, dropout=0.1, attention_dropout=0.0, num_attention_heads=12,
                 activation_function="relu", layerdrop=0.0, init_std=0.02, use_cache=True, pad_token_id=1,
                 enable_bias=True, layer_norm_elementwise_affine=True, tie_word_embeddings=True),
+    # BloomConfig (tie_word_embeddings: PretrainedConfig default True)
+    "bloom": dict(vocab_size=250880, hidden_size=64, n_layer=2, n_head=8, layer_norm_epsilon=1e-5,
+                  initializer_range=0.02, use_cache=True, apply_residual_connection_post_layernorm=False,
+                  hidden_dropout=0.0, attention_dropout=0.0, pretraining_tp=1, slow_but_exact=False,
+                  tie_word_embeddings=True),
+    "gpt_neo": dict(vocab_size=50257, max_position_embeddings=2048, hidden_size=2048, num_layers=24,
+                    attention_types=[[["global", "local"], 12]], num_heads=16, intermediate_size=None,
+                    window_size=256, activation_function="gelu_new", resid_dropout=0.0, embed_dropout=0.0,
+                    attention_dropout=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02, use_cache=True,
+                    tie_word_embeddings=True),
+    "gpt_bigcode": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                        activation_function="gelu_pytorch_tanh", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1,
+                        layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True, use_cache=True,
+                        attention_softmax_in_fp32=True, scale_attention_softmax_in_fp32=True, multi_query=True,
+                        add_cross_attention=False, tie_word_embeddings=True),
+    "codegen": dict(vocab_size=50400, n_positions=2048, n_ctx=2048, n_embd=4096, n_layer=28, n_head=16,
+                    rotary_dim=64, n_inner=None, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                    attn_pdrop=0.0, layer_norm_epsilon=1e-5, initializer_range=0.02, use_cache=True,
+                    tie_word_embeddings=False),
 }
-_ALIASES = {"gpt2": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
-                     "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}}
+_GPT2_STYLE = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+               "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
+_ALIASES = {"gpt2": _GPT2_STYLE, "gpt_bigcode": _GPT2_STYLE, "codegen": _GPT2_STYLE,  # config attribute_map
+            "bloom": {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+            "gpt_neo": {"num_attention_heads": "num_heads", "num_hidden_layers": "num_layers"}}
 
 
 class Config:
@@ -72,6 +95,8 @@ class Config:
             raise ValueError(f"unsupported model_type {mt!r}")
         merged = dict(_DEFAULTS[mt])
         merged.update(d)
+        if mt == "bloom" and "n_embed" in merged:  # BloomConfig pops n_embed as the old name of hidden_size
+            merged["hidden_size"] = merged.pop("n_embed")
         for k, v in merged.items():
             setattr(self, k, v)
         for alias, real in _ALIASES.get(mt, {}).items():
@@ -87,6 +112,10 @@ class Config:
                 self.layer_types = [
                     "sliding_attention" if self.sliding_window is not None and i >= self.max_window_layers
                     else "full_attention" for i in range(self.num_hidden_layers)]
+        if mt == "gpt_neo":  # GPTNeoConfig.expand_attention_types_params
+            self.attention_layers = [t for types, n in self.attention_types for _ in range(n) for t in types]
+            if len(self.attention_layers) != self.num_layers:
+                raise ValueError("len(attention_layers) != num_layers")
         self._attn_implementation = "eager"
 
 
@@ -107,9 +136,15 @@ class SiLUActivation(nn.Module):
         return F.silu(input)
 
 
+class GELUTanh(nn.Module):
+    """activations.GELUTanh ("gelu_pytorch_tanh"): functools.partial(F.gelu, approximate="tanh")."""
+    def forward(self, input):
+        return F.gelu(input, approximate="tanh")
+
+
 def act_fn(name):
     return {"gelu_new": NewGELUActivation, "gelu": GELUActivation, "silu": SiLUActivation,
-            "swish": nn.SiLU, "relu": nn.ReLU}[name]()
+            "swish": nn.SiLU, "relu": nn.ReLU, "gelu_pytorch_tanh": GELUTanh}[name]()
 
 
 # --------------------------------------------------------------------------------------------
@@ -833,8 +868,809 @@ class OPTForCausalLM(nn.Module):
 
 
 # ============================================================================================
+# shared by bloom / gpt_neo / codegen: GPTJModel._update_causal_mask (eager branch, no compilable cache)
+# + _prepare_4d_causal_attention_mask_with_cache_position (the same function OPT carries)
+def gptj_update_causal_mask(attention_mask, input_tensor, cache_position):
+    seq_len = input_tensor.shape[1]
+    target_length = attention_mask.shape[-1] if isinstance(attention_mask, torch.Tensor) else seq_len + 1
+    return OPTDecoder._prepare_4d(attention_mask, seq_len, target_length, input_tensor.dtype, cache_position,
+                                  input_tensor.shape[0])
+
+
+# ============================================================================================
+# bloom (models/bloom/modeling_bloom.py)
+def bloom_build_alibi_tensor(attention_mask, num_heads, dtype):
+    batch_size, seq_length = attention_mask.shape
+    dev = attention_mask.device
+    p2 = 2 ** math.floor(math.log2(num_heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(p2) - 3))), device=dev, dtype=torch.float32)
+    powers = torch.arange(1, 1 + p2, device=dev, dtype=torch.int32)
+    slopes = torch.pow(base, powers)
+    if p2 != num_heads:
+        extra_base = torch.tensor(2 ** (-(2 ** -(math.log2(2 * p2) - 3))), device=dev, dtype=torch.float32)
+        n_rest = min(p2, num_heads - p2)
+        extra_powers = torch.arange(1, 1 + 2 * n_rest, 2, device=dev, dtype=torch.int32)
+        slopes = torch.cat([slopes, torch.pow(extra_base, extra_powers)], dim=0)
+    arange_tensor = ((attention_mask.cumsum(dim=-1) - 1) * attention_mask)[:, None, :]
+    alibi = slopes[..., None] * arange_tensor
+    return alibi.reshape(batch_size * num_heads, 1, seq_length).to(dtype)
+
+
+def bloom_dropout_add(x, residual, prob, training):
+    out = F.dropout(x, p=prob, training=training)
+    out = residual + out
+    return out
+
+
+def _bloom_gelu_fwd(x):
+    return x * 0.5 * (1.0 + torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+def _bloom_gelu_bwd(g, x):
+    x = x[0]  # ctx.saved_tensors is a 1-tuple
+    tanh_out = torch.tanh(0.79788456 * x * (1 + 0.044715 * x * x))
+    ff = 0.5 * x * ((1 - tanh_out * tanh_out) * (0.79788456 + 0.1070322243 * x * x)) + 0.5 * (1 + tanh_out)
+    return ff * g
+
+
+class BloomGeLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input):
+        ctx.save_for_backward(input)
+        return _bloom_gelu_fwd(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input = ctx.saved_tensors
+        tmp = _bloom_gelu_bwd(grad_output, input)
+        return tmp
+
+
+class BloomGelu(nn.Module):
+    def forward(self, x):
+        if self.training:
+            return BloomGeLUFunction.apply(x)
+        return _bloom_gelu_fwd(x)
+
+
+class BloomAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.pretraining_tp = config.pretraining_tp
+        self.slow_but_exact = config.slow_but_exact
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.n_head
+        self.head_dim = self.hidden_size // self.num_heads
+        self.split_size = self.hidden_size
+        self.hidden_dropout = config.hidden_dropout
+        self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
+        self.beta = 1.0
+        self.layer_idx = layer_idx
+        self.query_key_value = nn.Linear(self.hidden_size, 3 * self.hidden_size, bias=True)
+        self.dense = nn.Linear(self.hidden_size, self.hidden_size)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+
+    def _reshape(self, fused_qkv):
+        b, s, _ = fused_qkv.shape
+        fused_qkv = fused_qkv.view(b, s, self.num_heads, 3, self.head_dim)
+        query_layer = fused_qkv[..., 0, :].transpose(1, 2)
+        key_layer = fused_qkv[..., 1, :].transpose(1, 2)
+        value_layer = fused_qkv[..., 2, :].transpose(1, 2)
+        return query_layer, key_layer, value_layer
+
+    def _merge_heads(self, x):
+        bh, s, _ = x.shape
+        b = bh // self.num_heads
+        x = x.view(b, self.num_heads, s, self.head_dim)
+        x = x.permute(0, 2, 1, 3)
+        return x.reshape(b, s, self.num_heads * self.head_dim)
+
+    def forward(self, hidden_states, residual, alibi, attention_mask, layer_past=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        batch_size, q_length, _ = hidden_states.shape
+        fused_qkv = self.query_key_value(hidden_states)
+        query_layer, key_layer, value_layer = self._reshape(fused_qkv)
+        if layer_past is not None:
+            key_layer, value_layer = layer_past.update(key_layer, value_layer, self.layer_idx)
+        query_layer = query_layer.reshape(batch_size * self.num_heads, -1, self.head_dim)
+        key_layer = key_layer.reshape(batch_size * self.num_heads, -1, self.head_dim).transpose(-1, -2)
+        value_layer = value_layer.reshape(batch_size * self.num_heads, -1, self.head_dim)
+        attention_scores = alibi.baddbmm(batch1=query_layer, batch2=key_layer, beta=self.beta,
+                                         alpha=self.inv_norm_factor)
+        attn_weights = attention_scores.view(batch_size, self.num_heads, q_length, -1)
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key_layer.shape[-1]]
+            attn_weights = attn_weights + causal_mask
+        attention_probs = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query_layer.dtype)
+        attention_probs = self.attention_dropout(attention_probs)
+        attention_probs_reshaped = attention_probs.view(batch_size * self.num_heads, q_length, -1)
+        context_layer = torch.bmm(attention_probs_reshaped, value_layer)
+        context_layer = self._merge_heads(context_layer)
+        if self.pretraining_tp > 1 and self.slow_but_exact:
+            raise NotImplementedError("pretraining_tp > 1 with slow_but_exact")
+        output_tensor = self.dense(context_layer)
+        output_tensor = bloom_dropout_add(output_tensor, residual, self.hidden_dropout, self.training)
+        return output_tensor, attention_probs
+
+
+class BloomMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        h = config.hidden_size
+        self.pretraining_tp = config.pretraining_tp
+        self.slow_but_exact = config.slow_but_exact
+        self.dense_h_to_4h = nn.Linear(h, 4 * h)
+        self.gelu_impl = BloomGelu()
+        self.dense_4h_to_h = nn.Linear(4 * h, h)
+        self.hidden_dropout = config.hidden_dropout
+
+    def forward(self, hidden_states, residual):
+        hidden_states = self.gelu_impl(self.dense_h_to_4h(hidden_states))
+        if self.pretraining_tp > 1 and self.slow_but_exact:
+            raise NotImplementedError("pretraining_tp > 1 with slow_but_exact")
+        intermediate_output = self.dense_4h_to_h(hidden_states)
+        output = bloom_dropout_add(intermediate_output, residual, self.hidden_dropout, self.training)
+        return output
+
+
+class BloomBlock(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        h = config.hidden_size
+        self.input_layernorm = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        self.num_heads = config.n_head
+        self.self_attention = BloomAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        self.mlp = BloomMLP(config)
+        self.apply_residual_connection_post_layernorm = config.apply_residual_connection_post_layernorm
+        self.hidden_dropout = config.hidden_dropout
+
+    def forward(self, hidden_states, alibi, attention_mask, layer_past=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        layernorm_output = self.input_layernorm(hidden_states)
+        residual = layernorm_output if self.apply_residual_connection_post_layernorm else hidden_states
+        attention_output, attn_weights = self.self_attention(
+            layernorm_output, residual, layer_past=layer_past, attention_mask=attention_mask, alibi=alibi,
+            use_cache=use_cache, output_attentions=output_attentions, cache_position=cache_position)
+        layernorm_output = self.post_attention_layernorm(attention_output)
+        residual = layernorm_output if self.apply_residual_connection_post_layernorm else attention_output
+        output = self.mlp(layernorm_output, residual)
+        return output, attn_weights
+
+
+class BloomModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.n_head
+        self.word_embeddings = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.word_embeddings_layernorm = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.h = nn.ModuleList([BloomBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.word_embeddings(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        batch_size, seq_length, _ = inputs_embeds.shape
+        past_length = 0
+        seq_length_with_past = seq_length + past_length
+        cache_position = torch.arange(past_length, past_length + seq_length, device=inputs_embeds.device)
+        hidden_states = self.word_embeddings_layernorm(inputs_embeds)
+        if attention_mask is None:
+            attention_mask = torch.ones((batch_size, seq_length_with_past), device=hidden_states.device)
+        else:
+            attention_mask = attention_mask.to(hidden_states.device)
+        alibi = bloom_build_alibi_tensor(attention_mask, self.num_heads, dtype=hidden_states.dtype)
+        causal_mask = gptj_update_causal_mask(attention_mask, inputs_embeds, cache_position)
+        for i, block in enumerate(self.h):
+            outputs = block(hidden_states, layer_past=past_key_values, attention_mask=causal_mask,
+                            use_cache=use_cache, output_attentions=False, alibi=alibi,
+                            cache_position=cache_position)
+            hidden_states = outputs[0]
+        hidden_states = self.ln_f(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class BloomForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = BloomModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.word_embeddings.weight
+
+    def get_input_embeddings(self):
+        return self.transformer.word_embeddings
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None):
+        transformer_outputs = self.transformer(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = transformer_outputs["last_hidden_state"]
+        lm_logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            labels = labels.to(lm_logits.device)
+            _mark("loss")
+            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+        return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
+
+
+# ============================================================================================
+# gpt_neo (models/gpt_neo/modeling_gpt_neo.py)
+class GPTNeoSelfAttention(nn.Module):
+    def __init__(self, config, attention_type, layer_id):
+        super().__init__()
+        self.config = config
+        mp = config.max_position_embeddings
+        bias = torch.tril(torch.ones((mp, mp), dtype=bool)).view(1, 1, mp, mp)
+        if attention_type == "local":
+            bias = torch.bitwise_xor(bias, torch.tril(bias, -config.window_size))
+        self.register_buffer("bias", bias, persistent=False)
+        self.register_buffer("masked_bias", torch.tensor(-1e9), persistent=False)
+        self.attn_dropout = nn.Dropout(float(config.attention_dropout))
+        self.resid_dropout = nn.Dropout(float(config.resid_dropout))
+        self.is_causal = True
+        self.layer_id = layer_id
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=True)
+
+    def _split_heads(self, tensor, num_heads, attn_head_size):
+        tensor = tensor.view(tensor.size()[:-1] + (num_heads, attn_head_size))
+        return tensor.permute(0, 2, 1, 3)
+
+    def _merge_heads(self, tensor, num_heads, attn_head_size):
+        tensor = tensor.permute(0, 2, 1, 3).contiguous()
+        return tensor.view(tensor.size()[:-2] + (num_heads * attn_head_size,))
+
+    def _attn(self, query, key, value, attention_mask=None):
+        # the v4.57 code keeps QK^T and the softmax in fp32
+        query = query.to(torch.float32)
+        key = key.to(torch.float32)
+        attn_weights = torch.matmul(query, key.transpose(-1, -2))
+        query_length, key_length = query.size(-2), key.size(-2)
+        causal_mask = self.bias[:, :, key_length - query_length: key_length, :key_length]
+        mask_value = torch.finfo(attn_weights.dtype).min
+        mask_value = torch.tensor(mask_value, dtype=attn_weights.dtype, device=attn_weights.device)
+        attn_weights = torch.where(causal_mask, attn_weights, mask_value)
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+            attn_weights = attn_weights + causal_mask
+        attn_weights = F.softmax(attn_weights, dim=-1)
+        attn_weights = attn_weights.to(value.dtype)
+        attn_weights = self.attn_dropout(attn_weights)
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output, attn_weights
+
+    def forward(self, hidden_states, attention_mask=None, layer_past=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        query = self.q_proj(hidden_states)
+        key = self.k_proj(hidden_states)
+        value = self.v_proj(hidden_states)
+        query = self._split_heads(query, self.num_heads, self.head_dim)
+        key = self._split_heads(key, self.num_heads, self.head_dim)
+        value = self._split_heads(value, self.num_heads, self.head_dim)
+        if layer_past is not None:
+            key, value = layer_past.update(key, value, self.layer_id)
+        attn_output, attn_weights = self._attn(query, key, value, attention_mask)
+        attn_output = self._merge_heads(attn_output, self.num_heads, self.head_dim)
+        attn_output = self.out_proj(attn_output)
+        attn_output = self.resid_dropout(attn_output)
+        return attn_output, attn_weights
+
+
+class GPTNeoAttention(nn.Module):
+    def __init__(self, config, layer_id=0):
+        super().__init__()
+        self.layer_id = layer_id
+        self.attention_layers = config.attention_layers
+        self.attention_type = self.attention_layers[layer_id]
+        if self.attention_type not in ("global", "local"):
+            raise NotImplementedError(self.attention_type)
+        self.attention = GPTNeoSelfAttention(config, self.attention_type, layer_id)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        return self.attention(hidden_states, attention_mask=attention_mask, layer_past=layer_past,
+                              use_cache=use_cache, output_attentions=output_attentions,
+                              cache_position=cache_position)
+
+
+class GPTNeoMLP(nn.Module):
+    def __init__(self, intermediate_size, config):
+        super().__init__()
+        embed_dim = config.hidden_size
+        self.c_fc = nn.Linear(embed_dim, intermediate_size)
+        self.c_proj = nn.Linear(intermediate_size, embed_dim)
+        self.act = act_fn(config.activation_function)
+        self.dropout = nn.Dropout(float(config.resid_dropout))
+
+    def forward(self, hidden_states):
+        hidden_states = self.c_fc(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.c_proj(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return hidden_states
+
+
+class GPTNeoBlock(GradientCheckpointingLayer):
+    def __init__(self, config, layer_id):
+        super().__init__()
+        h = config.hidden_size
+        inner_dim = config.intermediate_size if config.intermediate_size is not None else 4 * h
+        self.ln_1 = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        self.attn = GPTNeoAttention(config, layer_id)
+        self.ln_2 = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        self.mlp = GPTNeoMLP(inner_dim, config)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        residual = hidden_states
+        hidden_states = self.ln_1(hidden_states)
+        attn_output, attn_weights = self.attn(hidden_states, layer_past=layer_past, attention_mask=attention_mask,
+                                              use_cache=use_cache, output_attentions=output_attentions,
+                                              cache_position=cache_position)
+        hidden_states = attn_output + residual
+        residual = hidden_states
+        hidden_states = self.ln_2(hidden_states)
+        feed_forward_hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + feed_forward_hidden_states
+        return hidden_states, attn_weights
+
+
+class GPTNeoModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(float(config.embed_dropout))
+        self.h = nn.ModuleList([GPTNeoBlock(config, layer_id=i) for i in range(config.num_layers)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.wte(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        seq_length = inputs_embeds.shape[1]
+        cache_position = torch.arange(0, 0 + seq_length, device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = gptj_update_causal_mask(attention_mask, inputs_embeds, cache_position)
+        position_embeds = self.wpe(position_ids)
+        hidden_states = inputs_embeds + position_embeds
+        hidden_states = self.drop(hidden_states)
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        for i, block in enumerate(self.h):
+            outputs = block(hidden_states, layer_past=past_key_values, attention_mask=causal_mask,
+                            use_cache=use_cache, output_attentions=False, cache_position=cache_position)
+            hidden_states = outputs[0]
+        hidden_states = self.ln_f(hidden_states)
+        hidden_states = hidden_states.view(output_shape)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class GPTNeoForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = GPTNeoModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def get_input_embeddings(self):
+        return self.transformer.wte
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None):
+        transformer_outputs = self.transformer(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = transformer_outputs["last_hidden_state"]
+        lm_logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            labels = labels.to(lm_logits.device)
+            _mark("loss")
+            lm_logits = lm_logits.to(torch.float32)
+            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            lm_logits = lm_logits.to(hidden_states.dtype)
+            loss = loss.to(hidden_states.dtype)
+        return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
+
+
+# ============================================================================================
+# gpt_bigcode (models/gpt_bigcode/modeling_gpt_bigcode.py)
+# v4.57 note: GPTBigCodeBlock is a plain nn.Module (not GradientCheckpointingLayer) and GPTBigCodeModel.forward
+# never reads self.gradient_checkpointing, so gradient_checkpointing_enable() only sets flags: no layer is
+# checkpointed and use_cache is not forced off (fixed upstream after v4.57, PR #41818).
+def bigcode_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]
+        attn_weights = attn_weights + causal_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class GPTBigCodeAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.mask_value = None
+        self.multi_query = config.multi_query
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.kv_heads = 1 if self.multi_query else self.num_heads
+        self.kv_dim = self.kv_heads * self.head_dim
+        self.num_key_value_groups = self.num_heads // self.kv_heads
+        self.split_size = self.embed_dim
+        self.is_causal = True
+        self.scale_attn_weights = config.scale_attn_weights
+        self.scaling = self.head_dim ** -0.5 if config.scale_attn_weights else 1.0
+        self.layer_idx = layer_idx
+        self.c_attn = nn.Linear(self.embed_dim, self.embed_dim + 2 * self.kv_dim)
+        self.c_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.attn_dropout = config.attn_pdrop
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False,
+                output_attentions=False, cache_position=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        if self.multi_query:
+            query, key, value = (self.c_attn(hidden_states).unsqueeze(1)
+                                 .split((self.embed_dim, self.kv_dim, self.kv_dim), dim=3))
+            query = query.view(*input_shape, -1, self.head_dim).transpose(1, 2)
+        else:
+            query, key, value = (self.c_attn(hidden_states)
+                                 .view(*hidden_states.shape[:2], self.num_heads, 3 * self.head_dim)
+                                 .transpose(1, 2).split(3 * [self.head_dim], dim=3))
+        if layer_past is not None:
+            key, value = layer_past.update(key, value, self.layer_idx)
+        attn_output, attn_weights = bigcode_eager_attention_forward(
+            self, query, key, value, attention_mask,
+            dropout=0.0 if not self.training else self.attn_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.c_proj(attn_output)
+        attn_output = self.resid_dropout(attn_output)
+        return attn_output, attn_weights
+
+
+class GPTBigCodeMLP(nn.Module):
+    def __init__(self, intermediate_size, config):
+        super().__init__()
+        embed_dim = config.hidden_size
+        self.c_fc = nn.Linear(embed_dim, intermediate_size)
+        self.c_proj = nn.Linear(intermediate_size, embed_dim)
+        self.act = act_fn(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        hidden_states = self.c_fc(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.c_proj(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return hidden_states
+
+
+class GPTBigCodeBlock(nn.Module):  # sic: not a GradientCheckpointingLayer in v4.57
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        h = config.hidden_size
+        self.inner_dim = config.n_inner if config.n_inner is not None else 4 * h
+        self.ln_1 = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        self.attn = GPTBigCodeAttention(config, layer_idx=layer_idx)
+        self.ln_2 = nn.LayerNorm(h, eps=config.layer_norm_epsilon)
+        if config.add_cross_attention:
+            raise NotImplementedError("cross attention")
+        self.mlp = GPTBigCodeMLP(self.inner_dim, config)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, use_cache=False, output_attentions=False, cache_position=None,
+                **kwargs):
+        residual = hidden_states
+        hidden_states = self.ln_1(hidden_states)
+        attn_outputs = self.attn(hidden_states, layer_past=layer_past, attention_mask=attention_mask,
+                                 use_cache=use_cache, output_attentions=output_attentions,
+                                 cache_position=cache_position, **kwargs)
+        attn_output = attn_outputs[0]
+        outputs = attn_outputs[1:]
+        hidden_states = attn_output + residual
+        residual = hidden_states
+        hidden_states = self.ln_2(hidden_states)
+        feed_forward_hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + feed_forward_hidden_states
+        return (hidden_states,) + outputs
+
+
+class GPTBigCodeModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.multi_query = config.multi_query
+        self.embed_dim = config.hidden_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([GPTBigCodeBlock(config, layer_idx=i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        mp = config.max_position_embeddings
+        self.register_buffer("bias", torch.tril(torch.ones((mp, mp), dtype=torch.bool)), persistent=False)
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable, never read (v4.57)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        input_shape = input_ids.size()
+        input_ids = input_ids.view(-1, input_shape[-1])
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        inputs_embeds = self.wte(input_ids)
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position)  # create_causal_mask
+        encoder_attention_mask = None
+        position_embeds = self.wpe(position_ids)
+        hidden_states = inputs_embeds + position_embeds.to(inputs_embeds.device)
+        hidden_states = self.drop(hidden_states)
+        output_shape = input_shape + (hidden_states.size(-1),)
+        for i, block in enumerate(self.h):
+            outputs = block(hidden_states, past_key_values, causal_mask, None,
+                            encoder_attention_mask=encoder_attention_mask, use_cache=use_cache,
+                            output_attentions=False, cache_position=cache_position)
+            hidden_states = outputs[0]
+        hidden_states = self.ln_f(hidden_states)
+        hidden_states = hidden_states.view(output_shape)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class GPTBigCodeForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = GPTBigCodeModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def get_input_embeddings(self):
+        return self.transformer.wte
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None):
+        transformer_outputs = self.transformer(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = transformer_outputs["last_hidden_state"]
+        lm_logits = self.lm_head(hidden_states)
+        loss = None
+        if labels is not None:
+            _mark("loss")
+            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+        return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
+
+
+# ============================================================================================
+# codegen (models/codegen/modeling_codegen.py; rotary helpers are GPT-J's)
+def create_sinusoidal_positions(num_pos, dim):
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.int64) / dim))
+    sinusoid_inp = torch.einsum("i , j -> i j", torch.arange(num_pos, dtype=torch.int64).float(), inv_freq).float()
+    return torch.cat((torch.sin(sinusoid_inp), torch.cos(sinusoid_inp)), dim=1)
+
+
+def rotate_every_two(x):
+    x1 = x[:, :, :, ::2]
+    x2 = x[:, :, :, 1::2]
+    x = torch.stack((-x2, x1), dim=-1)
+    return x.flatten(-2)
+
+
+def gptj_apply_rotary_pos_emb(tensor, sin, cos):
+    sin = torch.repeat_interleave(sin[:, :, None, :], 2, 3)
+    cos = torch.repeat_interleave(cos[:, :, None, :], 2, 3)
+    return (tensor * cos) + (rotate_every_two(tensor) * sin)
+
+
+class CodeGenAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        max_positions = config.max_position_embeddings
+        self.attn_dropout = nn.Dropout(config.attn_pdrop)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+        self.layer_idx = layer_idx
+        self.embed_dim = config.hidden_size
+        self.num_attention_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_attention_heads
+        # plain tensor attributes (neither parameters nor buffers): model.to(dtype) leaves them in fp32
+        self.scale_attn = torch.sqrt(torch.tensor(self.head_dim, dtype=torch.float32)).to(torch.get_default_dtype())
+        self.qkv_proj = nn.Linear(self.embed_dim, self.embed_dim * 3, bias=False)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+        self.rotary_dim = config.rotary_dim
+        pos_embd_dim = self.rotary_dim or self.embed_dim
+        self.embed_positions = create_sinusoidal_positions(max_positions, pos_embd_dim)
+
+    def _split_heads(self, x, n_head, dim_head, mp_num):
+        reshaped = x.reshape(x.shape[:-1] + (n_head // mp_num, dim_head))
+        reshaped = reshaped.reshape(x.shape[:-2] + (-1,) + reshaped.shape[-1:])
+        return reshaped
+
+    def _merge_heads(self, tensor, num_attention_heads, attn_head_size):
+        if len(tensor.shape) == 5:
+            tensor = tensor.permute(0, 1, 3, 2, 4).contiguous()
+        elif len(tensor.shape) == 4:
+            tensor = tensor.permute(0, 2, 1, 3).contiguous()
+        else:
+            raise ValueError(len(tensor.shape))
+        return tensor.view(tensor.size()[:-2] + (num_attention_heads * attn_head_size,))
+
+    def _attn(self, query, key, value, attention_mask=None):
+        query = query.to(torch.float32)
+        key = key.to(torch.float32)
+        attn_weights = torch.matmul(query, key.transpose(-1, -2))
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+            attn_weights += causal_mask
+        attn_weights = attn_weights / self.scale_attn
+        attn_weights = nn.Softmax(dim=-1)(attn_weights)
+        attn_weights = attn_weights.to(value.dtype)
+        attn_weights = self.attn_dropout(attn_weights)
+        attn_output = torch.matmul(attn_weights, value)
+        return attn_output, attn_weights
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, position_ids=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        qkv = self.qkv_proj(hidden_states)
+        mp_num = 4  # logical TPU-v4 cores of the original checkpoints
+        qkv_split = qkv.reshape(qkv.shape[:-1] + (mp_num, -1))
+        local_dim = self.head_dim * self.num_attention_heads // mp_num
+        query, value, key = torch.split(qkv_split, local_dim, dim=-1)
+        query = self._split_heads(query, self.num_attention_heads, self.head_dim, mp_num=mp_num)
+        key = self._split_heads(key, self.num_attention_heads, self.head_dim, mp_num=mp_num)
+        value = self._split_heads(value, self.num_attention_heads, self.head_dim, mp_num=mp_num)
+        value = value.permute(0, 2, 1, 3)
+        embed_positions = self.embed_positions
+        if embed_positions.device != position_ids.device:
+            embed_positions = embed_positions.to(position_ids.device)
+            self.embed_positions = embed_positions
+        sincos = embed_positions[position_ids]
+        sin, cos = torch.split(sincos, sincos.shape[-1] // 2, dim=-1)
+        if self.rotary_dim is not None:
+            k_rot = key[:, :, :, : self.rotary_dim]
+            k_pass = key[:, :, :, self.rotary_dim:]
+            q_rot = query[:, :, :, : self.rotary_dim]
+            q_pass = query[:, :, :, self.rotary_dim:]
+            k_rot = gptj_apply_rotary_pos_emb(k_rot, sin, cos)
+            q_rot = gptj_apply_rotary_pos_emb(q_rot, sin, cos)
+            key = torch.cat([k_rot, k_pass], dim=-1)
+            query = torch.cat([q_rot, q_pass], dim=-1)
+        else:
+            key = gptj_apply_rotary_pos_emb(key, sin, cos)
+            query = gptj_apply_rotary_pos_emb(query, sin, cos)
+        key = key.permute(0, 2, 1, 3)
+        query = query.permute(0, 2, 1, 3)
+        if layer_past is not None:
+            key, value = layer_past.update(key.to(hidden_states.dtype), value, self.layer_idx)
+        attn_output, attn_weights = self._attn(query, key, value, attention_mask)
+        attn_output = self._merge_heads(attn_output, self.num_attention_heads, self.head_dim)
+        attn_output = self.out_proj(attn_output)
+        attn_output = self.resid_dropout(attn_output)
+        return attn_output, attn_weights
+
+
+class CodeGenMLP(nn.Module):
+    def __init__(self, intermediate_size, config):
+        super().__init__()
+        embed_dim = config.n_embd
+        self.fc_in = nn.Linear(embed_dim, intermediate_size)
+        self.fc_out = nn.Linear(intermediate_size, embed_dim)
+        self.act = act_fn(config.activation_function)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        hidden_states = self.fc_in(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.fc_out(hidden_states)
+        hidden_states = self.dropout(hidden_states)
+        return hidden_states
+
+
+class CodeGenBlock(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        inner_dim = config.n_inner if config.n_inner is not None else 4 * config.n_embd
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CodeGenAttention(config, layer_idx)
+        self.mlp = CodeGenMLP(inner_dim, config)
+
+    def forward(self, hidden_states, layer_past=None, attention_mask=None, position_ids=None, use_cache=False,
+                output_attentions=False, cache_position=None):
+        residual = hidden_states
+        hidden_states = self.ln_1(hidden_states)
+        attn_outputs, attn_weights = self.attn(hidden_states=hidden_states, layer_past=layer_past,
+                                               attention_mask=attention_mask, position_ids=position_ids,
+                                               use_cache=use_cache, output_attentions=output_attentions,
+                                               cache_position=cache_position)
+        feed_forward_hidden_states = self.mlp(hidden_states)
+        hidden_states = attn_outputs + feed_forward_hidden_states + residual
+        return hidden_states, attn_weights
+
+
+class CodeGenModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.n_embd
+        self.vocab_size = config.vocab_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList([CodeGenBlock(config, layer_idx=i) for i in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.rotary_dim = min(config.rotary_dim, config.n_ctx // config.num_attention_heads)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.wte(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        seq_length = inputs_embeds.shape[1]
+        cache_position = torch.arange(0, 0 + seq_length, device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = gptj_update_causal_mask(attention_mask, inputs_embeds, cache_position)
+        hidden_states = inputs_embeds
+        hidden_states = self.drop(hidden_states)
+        output_shape = (-1, seq_length, hidden_states.size(-1))
+        for i, block in enumerate(self.h):
+            outputs = block(hidden_states, layer_past=past_key_values, attention_mask=causal_mask,
+                            position_ids=position_ids, use_cache=use_cache, output_attentions=False,
+                            cache_position=cache_position)
+            hidden_states = outputs[0]
+        hidden_states = self.ln_f(hidden_states)
+        hidden_states = hidden_states.view(output_shape)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class CodeGenForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = CodeGenModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)  # with bias
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+
+    def get_input_embeddings(self):
+        return self.transformer.wte
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None):
+        transformer_outputs = self.transformer(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = transformer_outputs["last_hidden_state"]
+        lm_logits = self.lm_head(hidden_states).to(torch.float32)
+        loss = None
+        if labels is not None:
+            labels = labels.to(lm_logits.device)
+            _mark("loss")
+            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            loss = loss.to(hidden_states.dtype)
+        return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
+
+
+# ============================================================================================
 MODEL_CLASSES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
-                 "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM}
+                 "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "bloom": BloomForCausalLM,
+                 "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM}
 
 
 def _init_weights(model, config):

@@ -6,8 +6,11 @@
 1. pure-parameter case, in process: build tiny-llama under the exact storage counter; live storage bytes
    after the build must equal parameter + buffer bytes exactly; mallinfo2 must be within the glibc
    chunk/metadata allowance of it.
-2. one tiny configuration per family (subprocess, batch 1, seq 8, fp32 + one bf16-mixed LoRA + one grad-ckpt
-   run): phase peaks positive and ordered sensibly, mallinfo2 and exact storage counts agree.
+2. one tiny configuration per family (subprocess, batch 1, seq 8, fp32 + a few bf16-mixed LoRA / grad-ckpt
+   runs): phase peaks positive and ordered sensibly, mallinfo2 and exact storage counts agree.
+3. in process, bloom / gpt_neo / gpt_bigcode / codegen: the v4.57 details that decide memory (ALiBi shape,
+   fp32 attention of gpt_neo and codegen, logits dtypes, MQA c_attn width, gpt_bigcode's no-op gradient
+   checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init.
 """
 import json
 import os
@@ -19,6 +22,7 @@ sys.path.insert(0, HERE)
 import measure_cpu as mc  # noqa: E402  (mallopt before torch)
 import models  # noqa: E402
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 FAILS = []
 
@@ -80,8 +84,11 @@ def run(cfg, *extra):
 
 def family_cases():
     cases = [(f, ("--precision", "fp32")) for f in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2",
-                                                      "tiny-opt")]
-    cases += [("tiny-llama", ("--precision", "bf16-mixed", "--lora-rank", "4")),
+                                                      "tiny-opt", "tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode",
+                                                      "tiny-codegen")]
+    cases += [("tiny-bloom", ("--precision", "bf16-mixed", "--lora-rank", "4")),
+              ("tiny-codegen", ("--precision", "bf16", "--grad-ckpt", "--lora-rank", "4")),
+              ("tiny-llama", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-gpt2", ("--precision", "bf16", "--grad-ckpt")),
               ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd"))]
     for cfg, extra in cases:
@@ -105,8 +112,101 @@ def family_cases():
             check(r["peak_optimizer_bytes"] >= pb, name + ": optimizer peak includes states")
 
 
+def _load(name):
+    with open(os.path.join(mc.REPO, "validation/configs/%s.json" % name)) as f:
+        return json.load(f)
+
+
+def _fwd(model, seq=8, batch=1):
+    torch.manual_seed(1)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
+    return model(input_ids=ids, attention_mask=torch.ones(batch, seq, dtype=torch.long), labels=ids)
+
+
+class _OpDtypes(TorchDispatchMode):
+    """records (op name, output dtype) of every aten op"""
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.seen.append((str(func), out.dtype, tuple(out.shape)))
+        return out
+
+
+def new_family_details():
+    import math
+    torch.set_num_threads(1)
+    for name in ("tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode", "tiny-codegen"):
+        cfg = _load(name)
+        torch.manual_seed(0)
+        m = models.build_model(cfg).train()
+        out = _fwd(m)
+        lv = math.log(cfg["vocab_size"])
+        check(abs(out["loss"].item() - lv) < 0.5,
+              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
+        out["loss"].backward()
+        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+
+    # bloom: ALiBi (B*heads, 1, S) in the dtype of the embedding-layernorm output; fused qkv; tied head
+    m = models.build_model(_load("tiny-bloom")).train()
+    ali = models.bloom_build_alibi_tensor(torch.ones(2, 8, dtype=torch.long), 4, torch.float32)
+    check(tuple(ali.shape) == (8, 1, 8) and ali.dtype == torch.float32, "bloom: alibi shape %s" % (tuple(ali.shape),))
+    qkv = m.transformer.h[0].self_attention.query_key_value
+    check(qkv.out_features == 3 * 128 and qkv.bias is not None, "bloom: fused query_key_value 128 -> 384 with bias")
+    check(m.lm_head.weight is m.transformer.word_embeddings.weight, "bloom: lm_head tied to word_embeddings")
+    wrapped = models.apply_lora(m, 4, 8, 0.0, ["query_key_value"])
+    check(len(wrapped) == 2, "bloom: LoRA wraps query_key_value in both layers")
+
+    # gpt_neo: global/local layers, QK^T and softmax in fp32 on a bf16 model, logits cast back to bf16
+    m = models.build_model(_load("tiny-gpt-neo")).train()
+    check(m.config.attention_layers == ["global", "local"], "gpt_neo: attention_layers %s" % m.config.attention_layers)
+    b0, b1 = m.transformer.h[0].attn.attention.bias, m.transformer.h[1].attn.attention.bias
+    check(b0.dtype == torch.bool and tuple(b0.shape) == (1, 1, 2048, 2048) and not torch.equal(b0, b1),
+          "gpt_neo: per-layer bool bias buffer (1,1,2048,2048), local one windowed")
+    m.to(torch.bfloat16)
+    rec = _OpDtypes()
+    with rec:
+        out = _fwd(m)
+    bmm = [(d, sh) for op, d, sh in rec.seen if op.startswith("aten.bmm")]
+    check((torch.float32, (4, 8, 8)) in bmm, "gpt_neo bf16: QK^T bmm runs in fp32 %s" % bmm[:2])
+    check(out["logits"].dtype == torch.bfloat16 and out["loss"].dtype == torch.bfloat16,
+          "gpt_neo bf16: logits and loss cast back to the hidden dtype")
+
+    # gpt_bigcode: MQA c_attn width; gradient checkpointing is a no-op in v4.57 (cache still built)
+    m = models.build_model(_load("tiny-gpt-bigcode")).train()
+    check(m.transformer.h[0].attn.c_attn.out_features == 128 + 2 * 32, "gpt_bigcode: MQA c_attn 128 -> 192")
+    models.gradient_checkpointing_enable(m)
+    check(not any(isinstance(x, models.GradientCheckpointingLayer) for x in m.modules()),
+          "gpt_bigcode: no GradientCheckpointingLayer (v4.57)")
+    out = _fwd(m)
+    kv = out["past_key_values"]
+    check(kv is not None and tuple(kv.layers[0].keys.shape) == (1, 1, 8, 32),
+          "gpt_bigcode: with checkpointing enabled the KV cache is still built, keys (B,1,S,hd)")
+
+    # codegen: fp32 logits, embed_positions is a plain fp32 tensor (not a buffer), partial rotary
+    m = models.build_model(_load("tiny-codegen")).train()
+    att = m.transformer.h[0].attn
+    check(att.rotary_dim == 16 and tuple(att.embed_positions.shape) == (2048, 16), "codegen: rotary_dim 16 tables")
+    check(not any(b is att.embed_positions for b in m.buffers()), "codegen: embed_positions is not a buffer")
+    check(m.lm_head.bias is not None and m.lm_head.weight is not m.transformer.wte.weight,
+          "codegen: untied lm_head with bias")
+    m.to(torch.bfloat16)
+    check(att.embed_positions.dtype == torch.float32, "codegen: embed_positions stays fp32 under model.to(bf16)")
+    rec = _OpDtypes()
+    with rec:
+        out = _fwd(m)
+    bmm = [(d, sh) for op, d, sh in rec.seen if op.startswith("aten.bmm")]
+    check((torch.float32, (4, 8, 8)) in bmm, "codegen bf16: QK^T bmm runs in fp32")
+    check(out["logits"].dtype == torch.float32 and out["loss"].dtype == torch.bfloat16,
+          "codegen bf16: logits fp32, loss cast to bf16")
+
+
 if __name__ == "__main__":
     pure_parameter_case()
+    new_family_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)
