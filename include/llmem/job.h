@@ -83,7 +83,9 @@ struct TrainingSetup {
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
   /// version-specific behaviour such as the foreach AdamW temporaries.
   int torch_version = 204;
-  uint64_t workspace_bytes = 0;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
+  uint64_t workspace_bytes = 0;
+  /// PEFT's enable_input_require_grads hook without checkpointing (set internally).
+  bool lora_input_grads = false;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
 };
 
 /// Parsers for option values; each throws llmem::Error naming `option` and the accepted values.

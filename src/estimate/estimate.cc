@@ -93,6 +93,12 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
       size.resize(t + 1, 0);
     }
     auto c = static_cast<size_t>(e.component);
+    if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
+      // A phase begins at the level the previous one left (SGD's step frees only).
+      uint64_t level = cuda ? caching.stats().allocated : exact_allocated;
+      auto p = static_cast<size_t>(e.phase);
+      r.phase_peaks[p] = std::max(r.phase_peaks[p], level);
+    }
     if (e.alloc) {
       auto bytes = static_cast<uint64_t>(e.bytes);
       if (cuda) {

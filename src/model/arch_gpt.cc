@@ -545,7 +545,9 @@ void build_gptj_like(ModelSpec& s, bool codegen) {
     inv.linear(p + "attn.out_proj", h, h, false, TensorRole::kAttention, i);
     inv.linear(p + "mlp.fc_in", l.mlp.intermediate_size, h, true, TensorRole::kMlp, i);
     inv.linear(p + "mlp.fc_out", h, l.mlp.intermediate_size, true, TensorRole::kMlp, i);
-    inv.causal_mask(p + (codegen ? "attn.causal_mask" : "attn.bias"), s.max_position_embeddings, i);
+    // CodeGenAttention (v4.57) registers no causal-mask buffer; GPT-J keeps attn.bias.
+    if (!codegen)
+      inv.causal_mask(p + "attn.bias", s.max_position_embeddings, i);
   }
   inv.norm("transformer.ln_f", h, NormKind::kLayerNorm);
   inv.lm_head("lm_head", s.vocab_size, h, "transformer.wte.weight", true);

@@ -147,7 +147,17 @@ void Graph::accumulate(Tid target, Tid g) {
       emit(g, false);
       gt.component = Component::kGradients;
       emit(g, true);
+      dst.grad_this_pass = true;
+      touched_.push_back(target);
     }
+  } else if (out_of_place_leaf_ && dst.is_leaf && dst.grad_this_pass) {
+    // Both contributions are in the node's input buffer: old + new.
+    Tid old = dst.grad;
+    Tid sum = new_tensor(tensors_[static_cast<size_t>(old)].numel,
+                         tensors_[static_cast<size_t>(old)].elem, Component::kGradients);
+    tensors_[static_cast<size_t>(target)].grad = sum;
+    release(old);
+    release(g);
   } else {
     release(g);  // added in place into the existing buffer
   }
@@ -213,6 +223,9 @@ void Graph::backward(Tid loss) {
   Tid seed = new_tensor(1, elem(loss), Component::kTemporaries);
   tensors_[static_cast<size_t>(loss)].grad = seed;
   run_backward(0);
+  for (Tid t : touched_)
+    tensors_[static_cast<size_t>(t)].grad_this_pass = false;
+  touched_.clear();
   layer_ = -1;
   phase_ = was == Phase::kBackward ? was : Phase::kBackward;
 }

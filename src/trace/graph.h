@@ -43,6 +43,9 @@ class Graph {
   Phase phase() const { return phase_; }
   bool grad_enabled() const { return grad_enabled_; }
   void set_grad_enabled(bool on) { grad_enabled_ = on; }
+  /// PyTorch before 2.0 adds two gradients of the same leaf that arrive in
+  /// one backward (tied embeddings) out of place: old + new into a third tensor.
+  void set_out_of_place_leaf_accumulation(bool on) { out_of_place_leaf_ = on; }
 
   /// A tensor that is not produced by a recorded op (parameter, input). The
   /// caller holds one reference.
@@ -102,6 +105,7 @@ class Graph {
     bool requires_grad = false;
     bool is_leaf = false;
     bool live = false;
+    bool grad_this_pass = false;  // .grad was set during the current backward
     Layout layout = Layout::kContiguous;
     Component component = Component::kActivations;
   };
@@ -127,6 +131,8 @@ class Graph {
   int16_t layer_ = -1;
   uint8_t step_ = 1;
   bool grad_enabled_ = true;
+  bool out_of_place_leaf_ = false;
+  std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
 };
 
 }  // namespace llmem::trace

@@ -298,6 +298,16 @@ class Program {
     for (const TensorSpec& b : m_.buffers) {
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
+    if (m_.family == "codegen" || m_.family == "gptj") {
+      // attn.embed_positions: a plain fp32 attribute [max_positions, rotary_dim]
+      // per layer (not a buffer, so model.to() leaves it fp32), moved to the
+      // device with the first forward.
+      const AttentionSpec& a = m_.layers.front().attention;
+      auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
+      for (int64_t i = 0; i < m_.num_layers; ++i) {
+        g_.leaf(m_.max_position_embeddings * rot, kF32, Component::kInputs, false);
+      }
+    }
   }
 
   /// Modules bitsandbytes quantizes: every Linear inside the decoder layers
@@ -939,7 +949,8 @@ Tid Program::forward(Tid ids) {
   int64_t ew = m_.embedding_size;
   // nn.Embedding saves the indices; it is not an autocast op.
   Tid x = g_.op(tokens_ * ew, pe_, {embed.id, ids}, {ids});
-  bool lora_ckpt = s_.finetune != FinetuneMode::kFull && s_.checkpointing != CheckpointMode::kOff;
+  bool lora_ckpt = s_.finetune != FinetuneMode::kFull &&
+                   (s_.checkpointing != CheckpointMode::kOff || s_.lora_input_grads);
   if (lora_ckpt) {
     // PEFT/Trainer enable_input_require_grads(): a forward hook calls
     // output.requires_grad_(True) on the embedding output so reentrant
@@ -1550,9 +1561,19 @@ void Program::optimizer_step(bool first) {
 
 }  // namespace
 
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup) {
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
   TraceResult result;
+  TrainingSetup setup = setup_in;
+  if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
+    // transformers v4.57: GPTBigCodeBlock is not a GradientCheckpointingLayer and
+    // the model never reads gradient_checkpointing (fixed upstream later, PR
+    // #41818), so checkpointing does nothing; PEFT's input hook still runs.
+    result.notes.push_back("gpt_bigcode ignores gradient checkpointing in transformers v4.57");
+    setup.checkpointing = CheckpointMode::kOff;
+    setup.lora_input_grads = setup_in.finetune != FinetuneMode::kFull;
+  }
   Graph g(&result.events);
+  g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   Program program(g, model, setup, &result);
   program.setup();
   for (int step = 1; step <= 2; ++step) {

@@ -2,6 +2,7 @@
 
 #include "cli.h"
 
+#include <cstdio>
 #include <fstream>
 #include <ostream>
 #include <sstream>
@@ -51,6 +52,7 @@ struct EstimateOptions {
   bool freeze_embeddings = false;
   bool expandable_segments = false;
   double max_split_size_mb = 0;
+  std::string torch_version = "2.4";
   std::string format = "table";
   std::string estimator = "llmem";
   int64_t chunk_elems = 0;
@@ -117,6 +119,13 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     setup.lora.dropout = o.lora_dropout;
     setup.lora.targets = o.lora_targets;
   }
+  int major = 0;
+  int minor = 0;
+  if (std::sscanf(o.torch_version.c_str(), "%d.%d", &major, &minor) != 2 || major < 1 ||
+      major > 9 || minor < 0 || minor > 99) {
+    throw Error("--torch-version", "", "expected MAJOR.MINOR such as 2.4");
+  }
+  setup.torch_version = major * 100 + minor;
   setup.allocator.expandable_segments = o.expandable_segments;
   if (o.max_split_size_mb > 0) {
     setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
@@ -239,6 +248,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                       "Full fine-tuning: freeze the first N decoder layers");
   est_cmd->add_flag("--freeze-embeddings", est.freeze_embeddings,
                     "Full fine-tuning: freeze the embeddings");
+  est_cmd->add_option("--torch-version", est.torch_version,
+                      "PyTorch version whose behaviour to model (default 2.4)");
   est_cmd->add_flag("--expandable-segments", est.expandable_segments,
                     "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
   est_cmd->add_option("--max-split-size-mb", est.max_split_size_mb,

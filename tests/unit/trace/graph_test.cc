@@ -131,3 +131,33 @@ TEST(Graph, SavedOutputsAndExtraBuffersLiveUntilBackward) {
 
 }  // namespace
 }  // namespace llmem::trace
+
+namespace llmem::trace {
+namespace {
+
+// A tied weight used twice (embedding and lm_head): before PyTorch 2.0 the
+// engine adds the two gradients into a third tensor (all three alive); with
+// in-place accumulation only two.
+TEST(Graph, TiedWeightGradientsAccumulateOutOfPlaceBeforeTorch2) {
+  auto peak_of = [](bool out_of_place) {
+    std::vector<Event> ev;
+    Graph g(&ev);
+    g.set_out_of_place_leaf_accumulation(out_of_place);
+    Tid w = g.leaf(100, 4, Component::kParameters, true);  // 400 B
+    Tid ids = g.leaf(1, 8, Component::kInputs, false);
+    Tid x = g.op(10, 4, {w, ids}, {ids});  // embedding
+    Tid y = g.op(10, 4, {x, w}, {x});      // lm_head (tied)
+    g.release(x);
+    Tid loss = g.op(1, 4, {y}, {});
+    g.release(y);
+    g.release(ids);
+    g.backward(loss);
+    g.release(loss);
+    EXPECT_EQ(live_bytes(ev), 400 + 400);  // one .grad remains either way
+    return peak_bytes(ev);
+  };
+  EXPECT_EQ(peak_of(true) - peak_of(false), 400);
+}
+
+}  // namespace
+}  // namespace llmem::trace
