@@ -1377,10 +1377,6 @@ Tid Program::opt_layer(Tid x, int i) {
   const LayerSpec& l = m_.layers[static_cast<size_t>(i)];
   std::string p = "model.decoder.layers." + std::to_string(i) + ".";
   int64_t h = m_.hidden_size;
-  int64_t b = s_.batch;
-  int64_t s = s_.seq;
-  int64_t heads = l.attention.num_heads;
-  int64_t d = l.attention.head_dim;
   bool pre = m_.final_norm;  // do_layer_norm_before
   Tid hs = x;
   g_.retain(hs);
@@ -1398,24 +1394,11 @@ Tid Program::opt_layer(Tid x, int i) {
   g_.release(hs);
   for (Tid t : {q, k, v})
     g_.set_layout(t, Layout::kBshd);
-  Tid scores = batched_matmul(q, k, b * heads * s * s);
-  Tid scaled = plain(scores);  // eager_attention_forward: * scaling (1.0: q is pre-scaled)
-  g_.release(scores);
-  Tid masked = plain(scaled, mask_);
-  g_.release(scaled);
-  Tid probs = softmax_fp32(masked);
-  g_.release(masked);
-  Tid probs_q = cast(probs, g_.elem(q));
-  g_.release(probs);
-  Tid pd = dropout(probs_q, attention_dropout());
-  g_.release(probs_q);
-  Tid o = batched_matmul(pd, v, b * heads * s * d);
-  g_.release(pd);
+  // eager_attention_forward (scaling 1.0: q is pre-scaled), as for Llama.
+  Tid oc = attention_core(q, k, v, l.attention, AttnFlavor::kHf);
   g_.release(q);
   g_.release(k);
   g_.release(v);
-  Tid oc = g_.op(g_.numel(o), g_.elem(o), {o}, {});
-  g_.release(o);
   Tid proj = linear(oc, p + "self_attn.out_proj", h, h);
   g_.release(oc);
   Tid pr = dropout(proj, hidden_dropout());
