@@ -323,3 +323,36 @@ TEST(Estimate, FrozenLayersHaveNoGradientsOrStates) {
 
 }  // namespace
 }  // namespace llmem
+
+namespace llmem {
+namespace {
+
+// Every catalog model can be estimated (or gets a clear error): the trace
+// covers every registered family, and the breakdown always adds up.
+TEST(Estimate, EveryCatalogModel) {
+  int traced = 0;
+  for (const CatalogEntry& entry : catalog()) {
+    SCOPED_TRACE(entry.name);
+    ModelSpec m = load_model(entry.name);
+    TrainingSetup s;
+    s.batch = 1;
+    s.seq = 32;
+    s.attention = AttentionImpl::kSdpa;
+    s.finetune = FinetuneMode::kLora;
+    s.lora.rank = 4;
+    try {
+      Estimate e = estimate(m, s, find_gpu("H200"));
+      uint64_t sum =
+          std::accumulate(e.peak.components.begin(), e.peak.components.end(), uint64_t{0});
+      EXPECT_EQ(sum, e.peak.allocated_bytes);
+      EXPECT_GT(e.peak.allocated_bytes, static_cast<uint64_t>(m.params()) / 2);
+      ++traced;
+    } catch (const Error& err) {
+      ADD_FAILURE() << err.what();
+    }
+  }
+  EXPECT_EQ(traced, static_cast<int>(catalog().size()));
+}
+
+}  // namespace
+}  // namespace llmem
