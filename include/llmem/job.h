@@ -51,14 +51,18 @@ struct LoraSetup {
   /// Hugging Face module names ("q_proj", "v_proj", "c_attn", ...); empty = PEFT's default for the
   /// family.
   std::vector<std::string> targets;
+  /// PEFT autocast_adapter_dtype (default): adapters in fp32 over fp16/bf16
+  /// weights; false keeps the base weights' dtype.
+  bool adapter_fp32 = true;
 };
 
 /// bitsandbytes 4-bit quantization of the base weights (QLoRA).
 struct QuantSetup {
-  bool nf4 = true;           ///< NF4 (else FP4); the same storage either way
-  bool double_quant = true;  ///< bnb_4bit_use_double_quant
-  int64_t block = 64;        ///< quantization block size (elements per absmax)
-  bool prepare_kbit = true;  ///< peft prepare_model_for_kbit_training: other params to fp32
+  bool nf4 = true;            ///< NF4 (else FP4); the same storage either way
+  bool double_quant = true;   ///< bnb_4bit_use_double_quant
+  int64_t block = 64;         ///< quantization block size (elements per absmax)
+  bool prepare_kbit = true;   ///< peft prepare_model_for_kbit_training: other params to fp32
+  bool compute_fp32 = false;  ///< bnb_4bit_compute_dtype float32 (default: bf16/fp16, 2 bytes)
 };
 
 struct TrainingSetup {

@@ -414,7 +414,7 @@ class Program {
       // bnb Linear4bit.forward: x.to(compute_dtype); matmul_4bit dequantizes
       // the weight to the compute dtype for the matmul (and again in
       // backward, a temporary of the weight's size); out.to(input dtype).
-      int ce = 2;
+      int ce = s_.quant.compute_fp32 ? kF32 : 2;
       Tid xc = cast(x, ce);
       Tid deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
       Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
@@ -902,8 +902,9 @@ void Program::add_lora() {
   if (s_.lora.rank <= 0)
     throw Error("--lora-rank", "", "expected a positive rank");
   // PEFT (get_peft_model, autocast_adapter_dtype=True) keeps adapters in fp32
-  // when the base weights are fp16/bf16.
-  int elem = kF32;
+  // when the base weights are fp16/bf16; autocast_adapter_dtype=False keeps
+  // the base dtype.
+  int elem = s_.lora.adapter_fp32 ? kF32 : pe_;
   bool conv1d = m_.family == "gpt2";
   size_t matched = 0;
   for (const TensorSpec& t : m_.tensors) {

@@ -217,6 +217,10 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     }
     if (!get("lora_dropout").empty())
       s->lora.dropout = std::stod(get("lora_dropout"));
+    // Adapters kept in the base weights' dtype (PEFT autocast_adapter_dtype=False),
+    // as the CPU harness records in its notes.
+    if (has(notes, "lora_dtype=base"))
+      s->lora.adapter_fp32 = false;
   } else if (finetune != "full") {
     throw Skip{"fine-tuning mode \"" + get("finetune") + "\" not modelled"};
   }
@@ -241,9 +245,6 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     *counter = "device";
   } else {
     throw Skip{"counter not named (" + get("measured_what") + ")"};
-  }
-  if (has(notes, "dropout") && !get("lora_dropout").empty()) {
-    // lora dropout already applied above
   }
 }
 

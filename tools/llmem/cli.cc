@@ -45,6 +45,8 @@ struct EstimateOptions {
   std::vector<std::string> lora_targets;
   double dropout = -1;
   std::string quant;
+  std::string quant_compute = "bf16";
+  std::string lora_dtype = "fp32";
   bool no_double_quant = false;
   int64_t quant_block = 64;
   bool no_prepare_kbit = false;
@@ -106,6 +108,7 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     setup.quant.double_quant = !o.no_double_quant;
     setup.quant.block = o.quant_block;
     setup.quant.prepare_kbit = !o.no_prepare_kbit;
+    setup.quant.compute_fp32 = o.quant_compute == "fp32";
   }
   if (o.freeze_layers < 0)
     throw Error("--freeze-layers", "", "expected a non-negative count");
@@ -118,6 +121,7 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     setup.lora.alpha = o.lora_alpha;
     setup.lora.dropout = o.lora_dropout;
     setup.lora.targets = o.lora_targets;
+    setup.lora.adapter_fp32 = o.lora_dtype == "fp32";
   }
   int major = 0;
   int minor = 0;
@@ -242,6 +246,14 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_flag("--no-double-quant", est.no_double_quant,
                     "QLoRA: without bnb_4bit_use_double_quant");
   est_cmd->add_option("--quant-block", est.quant_block, "QLoRA: quantization block size");
+  est_cmd
+      ->add_option("--quant-compute", est.quant_compute,
+                   "QLoRA: bnb_4bit_compute_dtype (bf16, fp16 or fp32)")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  est_cmd
+      ->add_option("--lora-dtype", est.lora_dtype,
+                   "Adapter dtype: fp32 (PEFT's autocast_adapter_dtype) or base")
+      ->check(CLI::IsMember({"fp32", "base"}));
   est_cmd->add_flag("--no-prepare-kbit", est.no_prepare_kbit,
                     "QLoRA: skip peft prepare_model_for_kbit_training (keeps other params' dtype)");
   est_cmd->add_option("--freeze-layers", est.freeze_layers,

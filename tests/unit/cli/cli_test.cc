@@ -168,6 +168,24 @@ TEST(Cli, QloraOptions) {
   EXPECT_EQ(r.code, kExitBadInput);
   r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--freeze-layers", "-2"});
   EXPECT_EQ(r.code, kExitBadInput);
+  // fp32 compute only changes transient dequantized weights (>=); base-dtype
+  // adapters save less than fp32 ones.
+  auto peak = [](std::vector<const char*> extra) {
+    std::vector<const char*> args = {"estimate", "--model",     "meta-llama/Llama-3.2-1B",
+                                     "--quant",  "nf4",         "--lora-rank",
+                                     "64",       "--precision", "bf16",
+                                     "--format", "json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Result res = run_cli(args);
+    EXPECT_EQ(res.code, kExitOk) << res.err;
+    return nlohmann::json::parse(res.out)["phase_peaks"]["forward"].get<uint64_t>();
+  };
+  uint64_t base = peak({});
+  EXPECT_GE(peak({"--quant-compute", "fp32"}), base);
+  EXPECT_LT(peak({"--lora-dtype", "base"}), base);
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--lora-rank", "8", "--lora-dtype",
+               "int8"});
+  EXPECT_EQ(r.code, kExitBadInput);
 }
 
 }  // namespace
