@@ -67,15 +67,6 @@ struct Replay {
   bool oom = false;
 };
 
-// Exact-size accounting (CPU tensors: the storage's nbytes).
-struct ExactAllocator {
-  uint64_t allocated = 0;
-  uint64_t allocate(uint64_t bytes) {
-    allocated += bytes;
-    return bytes;
-  }
-};
-
 Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
               bool record_timeline) {
   Replay r;

@@ -78,7 +78,6 @@ class Graph {
   void release(Tid t);
   /// Allocates a plain buffer (optimizer state, temporaries).
   Tid buffer(int64_t bytes, Component c);
-  void free_now(Tid t) { release(t); }
 
   /// Runs backward from `loss` (a scalar). Parameter gradients stay (or are
   /// accumulated); everything else the graph held is freed.

@@ -746,6 +746,18 @@ class Program {
     return out;
   }
 
+  /// The dense MLP after its up projection: act, down projection, dropout
+  /// (GPT-2, OPT and the GPT-style families). Consumes `up`.
+  Tid mlp_tail(Tid up, const std::string& down_name, int64_t inner, const std::string& act_name) {
+    Tid act = activation(up, act_name);
+    g_.release(up);
+    Tid down = linear(act, down_name, inner, m_.hidden_size);
+    g_.release(act);
+    Tid dd = dropout(down, hidden_dropout());
+    g_.release(down);
+    return dd;
+  }
+
   /// LlamaMLP: down(act(gate(x)) * up(x)); Phi-3 fuses gate and up (chunked views).
   Tid gated_mlp(Tid x, const std::string& p, const MlpSpec& mlp, int64_t width = 0,
                 const char* gate_name = "gate_proj", const char* up_name = "up_proj",
@@ -804,8 +816,7 @@ class Program {
       std::string ep = q + "experts." + std::to_string(e) + ".";
       Tid state = g_.op(per_expert * h, g_.elem(x), {x}, {});  // hidden_states[top_x]
       MlpSpec one = mlp;
-      Tid y = mixtral ? gated_mlp_rows(state, ep, one, "w1", "w3", "w2")
-                      : gated_mlp_rows(state, ep, one, "gate_proj", "up_proj", "down_proj");
+      Tid y = mixtral ? gated_mlp(state, ep, one, 0, "w1", "w3", "w2") : gated_mlp(state, ep, one);
       g_.release(state);
       Tid wy = mul(y, w);  // * routing_weights[top_x, idx, None]
       g_.release(y);
@@ -837,12 +848,6 @@ class Program {
     if (logits != kNone)
       g_.release(logits);
     return out;
-  }
-
-  /// An expert's gated MLP on its gathered rows (the row count comes from `x`).
-  Tid gated_mlp_rows(Tid x, const std::string& p, const MlpSpec& mlp, const char* gate_name,
-                     const char* up_name, const char* down_name) {
-    return gated_mlp(x, p, mlp, 0, gate_name, up_name, down_name);
   }
 
   // ------------------------------------------------------------ model
@@ -1276,12 +1281,7 @@ Tid Program::gpt2_layer(Tid x, int i) {
   int64_t inner = l.mlp.intermediate_size;
   Tid fc = linear(n2, p + "mlp.c_fc", h, inner);
   g_.release(n2);
-  Tid act = activation(fc, l.mlp.activation);
-  g_.release(fc);
-  Tid down = linear(act, p + "mlp.c_proj", inner, h);
-  g_.release(act);
-  Tid dd = dropout(down, hidden_dropout());
-  g_.release(down);
+  Tid dd = mlp_tail(fc, p + "mlp.c_proj", inner, l.mlp.activation);
   Tid h2 = plain(h1, dd);
   g_.release(h1);
   g_.release(dd);
@@ -1340,14 +1340,7 @@ Tid Program::generic_layer(Tid x, int i) {
   g_.release(o);
   int64_t inner = l.mlp.intermediate_size;
   auto mlp = [&](Tid in) {
-    Tid up = linear(in, p + n.up, h, inner);
-    Tid act = activation(up, l.mlp.activation);
-    g_.release(up);
-    Tid down = linear(act, p + n.down, inner, h);
-    g_.release(act);
-    Tid dd = dropout(down, hidden_dropout());
-    g_.release(down);
-    return dd;
+    return mlp_tail(linear(in, p + n.up, h, inner), p + n.down, inner, l.mlp.activation);
   };
   if (l.parallel_residual) {
     // x + attn(ln1(x)) + mlp(ln2(x) or ln1(x))
@@ -1421,12 +1414,7 @@ Tid Program::opt_layer(Tid x, int i) {
   int64_t inter = l.mlp.intermediate_size;
   Tid fc1 = linear(f, p + "fc1", h, inter);
   g_.release(f);
-  Tid act = activation(fc1, l.mlp.activation);
-  g_.release(fc1);
-  Tid fc2 = linear(act, p + "fc2", inter, h);
-  g_.release(act);
-  Tid dd = dropout(fc2, hidden_dropout());
-  g_.release(fc2);
+  Tid dd = mlp_tail(fc1, p + "fc2", inter, l.mlp.activation);
   Tid h2 = plain(h1, dd);
   g_.release(h1);
   g_.release(dd);
