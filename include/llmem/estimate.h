@@ -56,8 +56,19 @@ struct PeakInfo {
   std::array<uint64_t, static_cast<size_t>(Component::kCount)> components{};
 };
 
-struct Estimate {
+/// One distinct rank role of a distributed layout (ranks with the same
+/// memory: for example every DDP replica, or pipeline stage 0 of each replica).
+struct RankEstimate {
+  std::string role;        ///< "replica", "stage 0", "tp rank 0 / stage 1", ...
+  std::vector<int> ranks;  ///< global ranks this role covers
   PeakInfo peak;
+  std::vector<std::string> notes;
+};
+
+struct Estimate {
+  PeakInfo peak;  ///< the single GPU, or the worst rank of a distributed layout
+  /// Distributed layouts: one entry per distinct rank role (empty for one GPU).
+  std::vector<RankEstimate> ranks;
   uint64_t first_step_peak = 0;           ///< allocated peak of the first iteration
   uint64_t steady_step_peak = 0;          ///< allocated peak of the second iteration
   std::array<uint64_t, 5> phase_peaks{};  ///< allocated peak per Phase (steady state)

@@ -44,6 +44,54 @@ enum class FinetuneMode { kFull, kLora, kQlora };
 
 enum class UseCache { kConfig, kOn, kOff };
 
+/// Whose training loop is traced: Hugging Face Transformers + PEFT + Trainer
+/// conventions, torchtune recipes, or LitGPT (Lightning Fabric).
+enum class Framework { kHf, kTorchtune, kLitgpt };
+
+/// How the training step is spread over GPUs (issue 5). kSingle is one GPU.
+enum class Method {
+  kSingle,
+  kDdp,         ///< torch DistributedDataParallel: replicas + gradient buckets
+  kZero1,       ///< DeepSpeed ZeRO stage 1: optimizer states partitioned
+  kZero2,       ///< + gradients partitioned (reduce-scatter into partitions)
+  kZero3,       ///< + parameters partitioned, gathered per module
+  kFsdp,        ///< torch FSDP (sharding strategy and version in ParallelSetup)
+  kGemini,      ///< ColossalAI Gemini (the paper's "advanced DP"): chunked fp16/fp32
+  kColossal1d,  ///< ColossalAI 1D tensor parallelism (the paper's TP)
+  kMegatron,    ///< Megatron-style tensor parallelism (column/row pairs, vocab-parallel)
+};
+
+enum class FsdpSharding { kFullShard, kShardGradOp, kHybridShard, kNoShard };
+enum class PipelineSchedule { k1F1B, kGpipe };
+
+/// The layout and the framework knobs that decide per-rank memory. Every
+/// default is the framework's own (source named where the field is read).
+struct ParallelSetup {
+  Method method = Method::kSingle;
+  int dp = 1;  ///< data-parallel replicas (or shards)
+  int tp = 1;  ///< tensor-parallel degree
+  int pp = 1;  ///< pipeline stages
+  int gpus_per_node = 8;
+  PipelineSchedule schedule = PipelineSchedule::k1F1B;
+  bool sequence_parallel = false;  ///< Megatron sequence parallelism
+  bool offload_optimizer = false;  ///< ZeRO-Offload / FSDP CPU offload / Gemini placement
+  bool offload_params = false;
+  // torch DDP (torch/nn/parallel/distributed.py)
+  double ddp_bucket_mb = 25;
+  bool gradient_as_bucket_view = false;
+  // DeepSpeed (deepspeed/runtime/zero/config.py)
+  int64_t reduce_bucket_size = 500'000'000;
+  int64_t allgather_bucket_size = 500'000'000;
+  int64_t stage3_prefetch_bucket_size = 50'000'000;
+  int64_t stage3_max_live_parameters = 1'000'000'000;
+  bool contiguous_gradients = true;
+  // torch FSDP
+  FsdpSharding fsdp_sharding = FsdpSharding::kFullShard;
+  int fsdp_version = 1;  ///< 1: FlatParameter per wrapped module; 2: per-parameter DTensor
+  bool limit_all_gathers = true;
+  int gpus() const { return dp * tp * pp; }
+};
+
 struct LoraSetup {
   int64_t rank = 8;
   double alpha = 16;
@@ -83,6 +131,8 @@ struct TrainingSetup {
   /// until the loss is computed (kConfig: the config's use_cache, default true).
   UseCache use_cache = UseCache::kConfig;
   Device device = Device::kCuda;
+  Framework framework = Framework::kHf;
+  ParallelSetup parallel;
   AllocatorOptions allocator;
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
   /// version-specific behaviour such as the foreach AdamW temporaries.
@@ -100,6 +150,8 @@ CheckpointMode parse_checkpointing(std::string_view text, const std::string& opt
 std::string_view precision_name(Precision p);
 std::string_view optimizer_name(OptimizerKind o);
 std::string_view attention_name(AttentionImpl a);
+Method parse_method(std::string_view text, const std::string& option);
+std::string_view method_name(Method m);
 
 }  // namespace llmem
 

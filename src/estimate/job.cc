@@ -64,8 +64,21 @@ constexpr std::pair<const char*, CheckpointMode> kCheckpointing[] = {
     {"reentrant", CheckpointMode::kReentrant},
     {"non-reentrant", CheckpointMode::kNonReentrant}};
 
+constexpr std::pair<const char*, Method> kMethods[] = {
+    {"single", Method::kSingle},     {"ddp", Method::kDdp},
+    {"zero1", Method::kZero1},       {"zero2", Method::kZero2},
+    {"zero3", Method::kZero3},       {"fsdp", Method::kFsdp},
+    {"gemini", Method::kGemini},     {"colossalai-1d", Method::kColossal1d},
+    {"megatron", Method::kMegatron}};
+
 }  // namespace
 
+Method parse_method(std::string_view text, const std::string& option) {
+  return parse_enum(text, option, kMethods);
+}
+std::string_view method_name(Method m) {
+  return enum_name(m, kMethods);
+}
 Precision parse_precision(std::string_view text, const std::string& option) {
   return parse_enum(text, option, kPrecisions);
 }
