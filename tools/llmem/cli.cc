@@ -17,6 +17,8 @@
 #include "llmem/report.h"
 #include "llmem/validate.h"
 
+#include "plan_cmd.h"
+
 namespace llmem::cli {
 namespace {
 
@@ -294,6 +296,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   CLI::App* arch_cmd =
       app.add_subcommand("architectures", "List the supported architectures (model_type values)");
 
+  PlanCommand plan_cmd(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -316,6 +320,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       return run_estimate(est, out);
     if (arch_cmd->parsed())
       return run_architectures(out);
+    if (plan_cmd.parsed())
+      return plan_cmd.run(out, err);
   } catch (const Error& e) {
     err << "llmem: error: " << e.what() << "\n";
     return kExitBadInput;

@@ -1,0 +1,681 @@
+// Copyright 2026 The llmem Authors.
+// The planner: enumeration of candidate layouts, the largest micro-batch of
+// each (screened by a model-state bound, predicted from the peak's linear
+// growth in the batch, confirmed by exact estimates at the boundary), the
+// ranking by the step-time model, and the inverse questions.
+
+#include "llmem/plan.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include "llmem/error.h"
+
+#include "plan/plan_internal.h"
+
+namespace llmem {
+namespace {
+
+constexpr double kGiB = 1073741824.0;
+
+std::string gib(double bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f GiB", bytes / kGiB);
+  return buf;
+}
+
+/// One exact estimate, reduced to what the planner needs.
+struct Probe {
+  bool ok = false;
+  std::string error;  ///< why no number (estimate() threw, or no per-rank result)
+  uint64_t peak = 0;  ///< worst-rank device bytes
+  std::string role;
+  std::string largest;  ///< largest component at the worst rank's peak, with its size
+  int64_t trainable = 0;
+};
+
+using ProbeKey = std::array<int64_t, 11>;
+
+/// The search state shared by plan(), max_seq() and min_gpus(): the memo of
+/// exact estimates made during one call.
+class Searcher {
+ public:
+  Searcher(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu)
+      : model_(model), gpu_(gpu), stats_(plan_detail::model_stats(model)) {
+    estimator_ = request.estimator ? request.estimator : EstimateFn(&llmem::estimate);
+  }
+
+  size_t estimates() const { return estimates_; }
+  size_t memo_hits() const { return memo_hits_; }
+  const plan_detail::ModelStats& stats() const { return stats_; }
+
+  TrainingSetup setup_for(const PlanRequest& r, const PlanCandidate& c, int64_t batch,
+                          int64_t grad_accum) const {
+    TrainingSetup s = r.base;
+    s.batch = batch;
+    s.seq = r.seq;
+    s.grad_accum = grad_accum;
+    s.checkpointing = c.checkpointing;
+    s.finetune = c.finetune;
+    s.parallel.method = c.method;
+    s.parallel.dp = c.dp;
+    s.parallel.tp = c.tp;
+    s.parallel.pp = c.pp;
+    s.parallel.gpus_per_node = std::max(1, c.dp * c.tp * c.pp / std::max(1, r.nodes));
+    s.parallel.offload_optimizer = c.offload != Offload::kNone;
+    s.parallel.offload_params = c.offload == Offload::kOptimizerAndParams;
+    return s;
+  }
+
+  const Probe& probe(const PlanRequest& r, const PlanCandidate& c, int64_t batch,
+                     int64_t grad_accum) {
+    ProbeKey key{static_cast<int64_t>(c.method),
+                 c.dp,
+                 c.tp,
+                 c.pp,
+                 static_cast<int64_t>(c.checkpointing),
+                 static_cast<int64_t>(c.offload),
+                 static_cast<int64_t>(c.finetune),
+                 batch,
+                 r.seq,
+                 grad_accum,
+                 r.nodes};
+    auto it = memo_.find(key);
+    if (it != memo_.end()) {
+      ++memo_hits_;
+      return it->second;
+    }
+    Probe p;
+    ++estimates_;
+    try {
+      Estimate e = estimator_(model_, setup_for(r, c, batch, grad_accum), gpu_);
+      if (c.method != Method::kSingle && e.ranks.empty()) {
+        p.error = "not modelled yet: estimate() gives no per-rank result for " +
+                  std::string(method_name(c.method)) + " (issue 5)";
+      } else {
+        p.ok = true;
+        p.peak = e.peak.device_bytes;
+        p.trainable = e.trainable_params;
+        const PeakInfo* worst = &e.peak;
+        uint64_t most = 0;
+        for (const RankEstimate& rank : e.ranks) {
+          if (rank.peak.device_bytes >= most) {
+            most = rank.peak.device_bytes;
+            p.role = rank.role;
+            worst = &rank.peak;
+          }
+        }
+        size_t big = 0;
+        for (size_t i = 1; i < worst->components.size(); ++i) {
+          if (worst->components[i] > worst->components[big])
+            big = i;
+        }
+        p.largest = std::string(component_name(static_cast<Component>(big))) + " " +
+                    gib(static_cast<double>(worst->components[big]));
+      }
+    } catch (const Error& e) {
+      p.error = std::string("not modelled yet: ") + e.what();
+    }
+    return memo_.emplace(key, std::move(p)).first->second;
+  }
+
+ private:
+  const ModelSpec& model_;
+  const GpuSpec& gpu_;
+  plan_detail::ModelStats stats_;
+  EstimateFn estimator_;
+  std::map<ProbeKey, Probe> memo_;
+  size_t estimates_ = 0;
+  size_t memo_hits_ = 0;
+};
+
+bool data_parallel_only(Method m) {
+  return m == Method::kDdp || m == Method::kZero1 || m == Method::kZero2 || m == Method::kZero3 ||
+         m == Method::kFsdp || m == Method::kGemini;
+}
+
+std::vector<Method> methods_of(const PlanRequest& r) {
+  if (!r.methods.empty())
+    return r.methods;
+  if (r.colossalai)
+    return {Method::kGemini, Method::kColossal1d};
+  if (r.gpus == 1)
+    return {Method::kSingle};
+  return {Method::kDdp,   Method::kZero1, Method::kZero2,
+          Method::kZero3, Method::kFsdp,  Method::kMegatron};
+}
+
+struct Layout {
+  int dp, tp, pp;
+};
+
+std::vector<Layout> layouts_of(Method m, int n) {
+  std::vector<Layout> out;
+  if (m == Method::kSingle) {
+    if (n == 1)
+      out.push_back({1, 1, 1});
+    return out;
+  }
+  if (data_parallel_only(m)) {
+    out.push_back({n, 1, 1});
+    return out;
+  }
+  for (int tp = 1; tp <= n; ++tp) {
+    if (n % tp != 0)
+      continue;
+    for (int pp = 1; pp <= n / tp; ++pp) {
+      if ((n / tp) % pp != 0)
+        continue;
+      int dp = n / tp / pp;
+      if (m == Method::kColossal1d && (pp != 1 || tp == 1))
+        continue;  // ColossalAI 1D TP (with Gemini across dp), no pipeline
+      if (m == Method::kMegatron && tp * pp == 1)
+        continue;  // plain data parallelism is ddp
+      out.push_back({dp, tp, pp});
+    }
+  }
+  return out;
+}
+
+std::vector<Offload> offloads_of(Method m, bool allowed) {
+  std::vector<Offload> out{Offload::kNone};
+  if (!allowed)
+    return out;
+  if (m == Method::kZero1 || m == Method::kZero2 || m == Method::kZero3 || m == Method::kFsdp ||
+      m == Method::kGemini) {
+    out.push_back(Offload::kOptimizer);
+  }
+  if (m == Method::kZero3 || m == Method::kFsdp || m == Method::kGemini)
+    out.push_back(Offload::kOptimizerAndParams);
+  return out;
+}
+
+/// Why a layout cannot run this model, or "".
+std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
+  if (c.tp > 1) {
+    for (const LayerSpec& l : model.layers) {
+      const AttentionSpec& a = l.attention;
+      if (a.num_heads % c.tp != 0) {
+        return "invalid layout: " + std::to_string(a.num_heads) +
+               " attention heads not divisible by tp=" + std::to_string(c.tp);
+      }
+      if (c.method == Method::kMegatron && a.num_kv_heads > 0 && a.num_kv_heads % c.tp != 0 &&
+          c.tp % a.num_kv_heads != 0) {
+        return "invalid layout: " + std::to_string(a.num_kv_heads) +
+               " key/value heads neither divisible by nor dividing tp=" + std::to_string(c.tp);
+      }
+    }
+    if (model.hidden_size % c.tp != 0) {
+      return "invalid layout: hidden size " + std::to_string(model.hidden_size) +
+             " not divisible by tp=" + std::to_string(c.tp);
+    }
+  }
+  if (c.pp > model.num_layers) {
+    return "invalid layout: " + std::to_string(c.pp) + " pipeline stages for " +
+           std::to_string(model.num_layers) + " layers";
+  }
+  if (c.finetune == FinetuneMode::kQlora && (c.tp > 1 || c.pp > 1)) {
+    return "QLoRA under tensor or pipeline parallelism: no framework offers it";
+  }
+  return "";
+}
+
+/// A lower bound of the model states one rank holds (full fine-tuning only):
+/// weights, gradients and AdamW moments, divided the way the method shards
+/// them, without buffers, activations or allocator rounding. Never more than
+/// what the simulation counts; used to skip hopeless families.
+double state_lower_bound(const PlanCandidate& c, const TrainingSetup& base, double params) {
+  if (c.finetune != FinetuneMode::kFull)
+    return 0;
+  bool half = base.precision == Precision::kBf16 || base.precision == Precision::kFp16;
+  double w = half ? 2 : 4;
+  double g = w;
+  double opt = 0;
+  switch (base.optimizer) {
+    case OptimizerKind::kAdamW:
+    case OptimizerKind::kAdamWForeach:
+    case OptimizerKind::kAdamWFused:
+    case OptimizerKind::kAdamWForLoop:
+      opt = half ? 4 : 8;
+      break;
+    default:
+      opt = 0;
+  }
+  if (c.method == Method::kGemini || c.method == Method::kColossal1d) {
+    w = 2;  // fp16 chunks; the fp32 master copy counted with the states
+    g = 0;  // gradients reuse the fp16 chunk
+    opt += 4;
+  }
+  if (c.offload != Offload::kNone)
+    opt = 0;
+  if (c.offload == Offload::kOptimizerAndParams)
+    w = 0;
+  double local = params / (c.tp * c.pp);
+  double dp = c.dp;
+  switch (c.method) {
+    case Method::kZero1:
+      return local * (w + g + opt / dp);
+    case Method::kZero2:
+      return local * (w + (g + opt) / dp);
+    case Method::kZero3:
+    case Method::kFsdp:
+    case Method::kGemini:
+    case Method::kColossal1d:
+      return local * (w + g + opt) / dp;
+    default:
+      return local * (w + g + opt);
+  }
+}
+
+struct Family {
+  PlanCandidate c;
+  std::vector<int64_t> batches;  ///< allowed micro-batches, ascending
+  int64_t per_replica = 0;       ///< global batch / dp (0: free)
+};
+
+int64_t grad_accum_for(const PlanRequest& r, const Family& f, int64_t batch) {
+  if (f.per_replica > 0)
+    return f.per_replica / batch;
+  if (f.c.pp > 1)
+    return r.pipeline_micro_batches > 0 ? r.pipeline_micro_batches : 4 * f.c.pp;
+  return 1;
+}
+
+std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int64_t batch_cap) {
+  std::vector<Family> out;
+  std::vector<CheckpointMode> ckpts{CheckpointMode::kOff};
+  if (r.colossalai)
+    ckpts = {CheckpointMode::kReentrant};
+  else if (r.allow_ckpt)
+    ckpts.push_back(CheckpointMode::kReentrant);
+  std::vector<FinetuneMode> modes{FinetuneMode::kFull};
+  if (r.allow_lora)
+    modes.push_back(FinetuneMode::kLora);
+  if (r.allow_qlora)
+    modes.push_back(FinetuneMode::kQlora);
+  for (Method m : methods_of(r)) {
+    for (const Layout& l : layouts_of(m, r.gpus)) {
+      for (Offload off : offloads_of(m, r.allow_offload)) {
+        for (CheckpointMode ck : ckpts) {
+          for (FinetuneMode ft : modes) {
+            Family f;
+            f.c.method = m;
+            f.c.dp = l.dp;
+            f.c.tp = l.tp;
+            f.c.pp = l.pp;
+            f.c.offload = off;
+            f.c.checkpointing = ck;
+            f.c.finetune = ft;
+            f.c.rejected_reason = invalid_layout(model, f.c);
+            if (r.global_batch > 0) {
+              if (r.global_batch % l.dp != 0) {
+                if (f.c.rejected_reason.empty()) {
+                  f.c.rejected_reason = "global batch " + std::to_string(r.global_batch) +
+                                        " not divisible by dp=" + std::to_string(l.dp);
+                }
+              } else {
+                f.per_replica = r.global_batch / l.dp;
+                for (int64_t b = 1; b <= std::min(f.per_replica, batch_cap); ++b) {
+                  if (f.per_replica % b == 0 && (l.pp == 1 || f.per_replica / b >= 1))
+                    f.batches.push_back(b);
+                }
+              }
+            } else {
+              for (int64_t b = 1; b <= batch_cap; ++b)
+                f.batches.push_back(b);
+            }
+            out.push_back(std::move(f));
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/// Largest index into f.batches that fits the budget (-1: none), by a linear
+/// prediction from the first two points confirmed at the boundary, then
+/// galloping and bisection. Fills the reason when nothing fits.
+int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
+           std::vector<uint64_t>* peaks) {
+  auto& bs = f.batches;
+  auto n = static_cast<int>(bs.size());
+  peaks->assign(bs.size(), 0);
+  auto fits = [&](int i, bool* error) -> bool {
+    const Probe& p = s.probe(r, f.c, bs[static_cast<size_t>(i)],
+                             grad_accum_for(r, f, bs[static_cast<size_t>(i)]));
+    ++f.c.estimates;
+    if (!p.ok) {
+      *error = true;
+      if (f.c.rejected_reason.empty())
+        f.c.rejected_reason = p.error;
+      return false;
+    }
+    (*peaks)[static_cast<size_t>(i)] = p.peak;
+    if (i == 0) {
+      f.c.trainable_params = p.trainable;
+      f.c.role = p.role;
+      if (p.peak > budget) {
+        f.c.peak_bytes = p.peak;
+        f.c.rejected_reason =
+            "micro-batch " + std::to_string(bs[0]) + " needs " + gib(static_cast<double>(p.peak)) +
+            (p.role.empty() ? "" : " on " + p.role) + " (largest: " + p.largest + "), " +
+            gib(static_cast<double>(p.peak - budget)) + " over the budget";
+      }
+    }
+    return p.peak <= budget;
+  };
+  bool error = false;
+  if (n == 0 || !fits(0, &error))
+    return -1;
+  if (n == 1)
+    return 0;
+  int lo = 0;
+  int hi = n;  // first index known not to fit (n: none known)
+  if (!fits(1, &error))
+    return error ? -1 : 0;
+  lo = 1;
+  double p0 = static_cast<double>((*peaks)[0]);
+  double p1 = static_cast<double>((*peaks)[1]);
+  double slope = (p1 - p0) / static_cast<double>(bs[1] - bs[0]);
+  int guess = n - 1;
+  if (slope > 0) {
+    double b_hat = static_cast<double>(bs[1]) + (static_cast<double>(budget) - p1) / slope;
+    auto it = std::upper_bound(bs.begin(), bs.end(), static_cast<int64_t>(std::floor(b_hat)));
+    guess = std::clamp(static_cast<int>(it - bs.begin()) - 1, 1, n - 1);
+  }
+  if (guess > lo) {
+    if (fits(guess, &error)) {
+      lo = guess;
+      if (lo + 1 < n) {
+        if (!fits(lo + 1, &error)) {
+          hi = lo + 1;
+        } else {
+          lo = lo + 1;
+        }
+      }
+    } else {
+      hi = guess;
+    }
+    if (error)
+      return -1;
+  }
+  // Gallop up while no upper bound is known.
+  int step = 1;
+  while (hi == n && lo + 1 < n) {
+    int probe = std::min(n - 1, lo + step);
+    if (fits(probe, &error)) {
+      lo = probe;
+      if (lo == n - 1)
+        break;
+    } else {
+      hi = probe;
+    }
+    step *= 2;
+  }
+  while (hi - lo > 1) {
+    int mid = lo + (hi - lo) / 2;
+    if (fits(mid, &error))
+      lo = mid;
+    else
+      hi = mid;
+  }
+  return error ? -1 : lo;
+}
+
+void validate(const ModelSpec& model, const PlanRequest& r) {
+  if (r.gpus < 1 || r.gpus > 4096)
+    throw Error("--gpus", "", "expected between 1 and 4096 GPUs");
+  if (r.nodes < 1 || r.nodes > r.gpus || r.gpus % r.nodes != 0) {
+    throw Error("--nodes", "", "expected a node count that divides --gpus");
+  }
+  if (r.seq < 2 || r.seq > (1 << 24))
+    throw Error("--seq", "", "expected a sequence length between 2 and 2^24");
+  if (r.global_batch < 0 || r.global_batch > (1 << 24))
+    throw Error("--global-batch", "", "expected a sample count between 1 and 2^24");
+  if (r.dataset_tokens < 0)
+    throw Error("--dataset-tokens", "", "expected a non-negative token count");
+  if (!(r.margin >= 0 && r.margin < 1))
+    throw Error("--margin", "", "expected a percentage between 0 and 100 (exclusive)");
+  if (r.max_micro_batch < 1 || r.max_micro_batch > (1 << 20))
+    throw Error("--max-micro-batch", "", "expected between 1 and 2^20");
+  for (Method m : r.methods) {
+    if (m == Method::kSingle && r.gpus != 1)
+      throw Error("--methods", "", "single needs --gpus 1");
+  }
+  (void)model;
+}
+
+Plan run_plan(Searcher& s, const ModelSpec& model, const PlanRequest& r, const GpuSpec& gpu,
+              bool stop_at_first_fit) {
+  validate(model, r);
+  Plan plan;
+  plan.capacity_bytes = gpu.capacity_bytes;
+  plan.budget_bytes =
+      static_cast<uint64_t>(static_cast<double>(gpu.capacity_bytes) * (1.0 - r.margin));
+  std::vector<Family> families = enumerate(model, r, r.max_micro_batch);
+  size_t estimates_before = s.estimates();
+  size_t hits_before = s.memo_hits();
+  std::vector<PlanCandidate> fit, rejected;
+  std::vector<uint64_t> peaks;
+  for (Family& f : families) {
+    PlanCandidate& c = f.c;
+    plan.configurations += f.batches.size();
+    if (c.rejected_reason.empty()) {
+      double bound = state_lower_bound(c, r.base, s.stats().params);
+      if (bound > static_cast<double>(plan.budget_bytes)) {
+        c.rejected_reason = "model states alone need at least " + gib(bound) +
+                            " per GPU, over the budget " +
+                            gib(static_cast<double>(plan.budget_bytes));
+      }
+    }
+    if (!c.rejected_reason.empty()) {
+      rejected.push_back(c);
+      continue;
+    }
+    int best_index = search(s, r, f, plan.budget_bytes, &peaks);
+    if (best_index < 0) {
+      if (c.rejected_reason.empty())
+        c.rejected_reason = "no micro-batch allowed by the global batch";
+      rejected.push_back(c);
+      continue;
+    }
+    c.max_micro_batch = f.batches[static_cast<size_t>(best_index)];
+    c.fits = true;
+    // The fastest of the fitting micro-batches (the peak is monotone, so all
+    // below the largest fit).
+    double best = -1;
+    for (int i = 0; i <= best_index; ++i) {
+      PlanCandidate trial = c;
+      trial.micro_batch = f.batches[static_cast<size_t>(i)];
+      trial.grad_accum = grad_accum_for(r, f, trial.micro_batch);
+      TrainingSetup setup = s.setup_for(r, trial, trial.micro_batch, trial.grad_accum);
+      StepTime t = plan_detail::step_time(s.stats(), setup, trial, gpu, r.nodes, r.time);
+      if (t.tokens_per_s > best) {
+        best = t.tokens_per_s;
+        c.micro_batch = trial.micro_batch;
+        c.grad_accum = trial.grad_accum;
+        c.time = t;
+      }
+    }
+    auto chosen = static_cast<size_t>(std::find(f.batches.begin(), f.batches.end(), c.micro_batch) -
+                                      f.batches.begin());
+    c.peak_bytes = peaks[chosen];
+    if (c.peak_bytes == 0) {  // not probed during the search: one exact estimate
+      const Probe& p = s.probe(r, c, c.micro_batch, c.grad_accum);
+      ++c.estimates;
+      c.peak_bytes = p.peak;
+    }
+    c.headroom_bytes = gpu.capacity_bytes > c.peak_bytes ? gpu.capacity_bytes - c.peak_bytes : 0;
+    fit.push_back(c);
+    if (stop_at_first_fit)
+      break;
+  }
+  std::stable_sort(fit.begin(), fit.end(), [](const PlanCandidate& a, const PlanCandidate& b) {
+    if (a.time.tokens_per_s != b.time.tokens_per_s)
+      return a.time.tokens_per_s > b.time.tokens_per_s;
+    return a.peak_bytes < b.peak_bytes;
+  });
+  plan.choice = fit.empty() ? -1 : 0;
+  plan.candidates = std::move(fit);
+  for (PlanCandidate& c : rejected)
+    plan.candidates.push_back(std::move(c));
+  plan.estimates = s.estimates() - estimates_before;
+  plan.memo_hits = s.memo_hits() - hits_before;
+  if (plan.choice >= 0 && r.dataset_tokens > 0) {
+    const PlanCandidate& c = plan.candidates[0];
+    plan.epoch_s =
+        static_cast<double>(r.dataset_tokens) / (c.time.tokens_per_s * c.dp * c.tp * c.pp);
+  }
+  if (r.base.precision == Precision::kBf16Mixed && gpu.bf16_tflops <= 0) {
+    plan.notes.push_back(gpu.name +
+                         " has no bf16 tensor cores: step times use its fp32 rate; "
+                         "consider --precision fp16-mixed");
+  }
+  return plan;
+}
+
+}  // namespace
+
+std::string_view offload_name(Offload o) {
+  switch (o) {
+    case Offload::kNone:
+      return "none";
+    case Offload::kOptimizer:
+      return "optimizer";
+    case Offload::kOptimizerAndParams:
+      return "optimizer+params";
+  }
+  return "";
+}
+
+std::string_view finetune_name(FinetuneMode f) {
+  switch (f) {
+    case FinetuneMode::kFull:
+      return "full";
+    case FinetuneMode::kLora:
+      return "lora";
+    case FinetuneMode::kQlora:
+      return "qlora";
+  }
+  return "";
+}
+
+std::string candidate_label(const PlanCandidate& c) {
+  std::string s(method_name(c.method));
+  if (c.method != Method::kSingle) {
+    s += " dp=" + std::to_string(c.dp);
+    if (c.tp > 1)
+      s += " tp=" + std::to_string(c.tp);
+    if (c.pp > 1)
+      s += " pp=" + std::to_string(c.pp);
+  }
+  if (c.checkpointing != CheckpointMode::kOff)
+    s += " +ckpt";
+  if (c.finetune != FinetuneMode::kFull)
+    s += " +" + std::string(finetune_name(c.finetune));
+  if (c.offload == Offload::kOptimizer)
+    s += " +offload-opt";
+  if (c.offload == Offload::kOptimizerAndParams)
+    s += " +offload-all";
+  return s;
+}
+
+Plan plan(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu) {
+  Searcher s(model, request, gpu);
+  return run_plan(s, model, request, gpu, false);
+}
+
+int64_t max_seq(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu, Plan* out) {
+  validate(model, request);
+  Searcher s(model, request, gpu);
+  PlanRequest r = request;
+  r.max_micro_batch = 1;
+  r.global_batch = 0;
+  int64_t limit = model.max_position_embeddings > 0 ? model.max_position_embeddings : (1 << 20);
+  auto feasible = [&](int64_t seq) {
+    r.seq = seq;
+    return run_plan(s, model, r, gpu, true).choice >= 0;
+  };
+  int64_t best = 0;
+  if (feasible(2)) {
+    // Exponential then binary search over multiples of 64 (of 2 below 64).
+    int64_t lo = 2;
+    int64_t hi = 0;
+    for (int64_t seq = 64; seq <= limit; seq *= 2) {
+      if (feasible(seq)) {
+        lo = seq;
+      } else {
+        hi = seq;
+        break;
+      }
+    }
+    if (hi == 0) {
+      hi = limit + 1;
+      if (lo != limit && feasible(limit))
+        lo = limit;
+    }
+    int64_t unit = lo >= 64 ? 64 : 2;
+    while (hi - lo > unit) {
+      int64_t mid = lo + (hi - lo) / 2 / unit * unit;
+      if (mid <= lo)
+        mid = lo + unit;
+      if (mid >= hi)
+        break;
+      if (feasible(mid))
+        lo = mid;
+      else
+        hi = mid;
+    }
+    best = lo;
+  }
+  if (out != nullptr) {
+    PlanRequest final_request = request;
+    final_request.seq = best > 0 ? best : request.seq;
+    *out = run_plan(s, model, final_request, gpu, false);
+    out->estimates = s.estimates();
+    out->memo_hits = s.memo_hits();
+    out->max_seq = best;
+  }
+  return best;
+}
+
+int min_gpus(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu, Plan* out) {
+  validate(model, request);
+  Searcher s(model, request, gpu);
+  int per_node = request.gpus / request.nodes;
+  int found = 0;
+  PlanRequest r = request;
+  for (int n = 1; n <= request.gpus && found == 0; ++n) {
+    if (n > per_node && n % per_node != 0)
+      continue;
+    r.gpus = n;
+    r.nodes = n > per_node ? n / per_node : 1;
+    r.methods.clear();
+    for (Method m : request.methods) {
+      if ((m == Method::kSingle) == (n == 1))
+        r.methods.push_back(m);
+    }
+    if (!request.methods.empty() && r.methods.empty())
+      continue;
+    if (run_plan(s, model, r, gpu, true).choice >= 0)
+      found = n;
+  }
+  if (out != nullptr) {
+    PlanRequest final_request = r;
+    if (found == 0) {
+      final_request = request;
+    }
+    *out = run_plan(s, model, final_request, gpu, false);
+    out->estimates = s.estimates();
+    out->memo_hits = s.memo_hits();
+    out->min_gpus = found;
+  }
+  return found;
+}
+
+}  // namespace llmem
