@@ -50,6 +50,16 @@ class Searcher {
   }
 
   size_t estimates() const { return estimates_; }
+
+  /// Measured peak growth per sample of a family's activation layout (0: unknown).
+  double slope(const PlanCandidate& c) const {
+    auto it = slopes_.find(slope_key(c));
+    return it == slopes_.end() ? 0 : it->second;
+  }
+  void set_slope(const PlanCandidate& c, double bytes_per_sample) {
+    if (bytes_per_sample > 0)
+      slopes_[slope_key(c)] = bytes_per_sample;
+  }
   size_t memo_hits() const { return memo_hits_; }
   const plan_detail::ModelStats& stats() const { return stats_; }
 
@@ -128,7 +138,15 @@ class Searcher {
   const GpuSpec& gpu_;
   plan_detail::ModelStats stats_;
   EstimateFn estimator_;
+  static std::array<int64_t, 6> slope_key(const PlanCandidate& c) {
+    int64_t style = c.method == Method::kMegatron ? 1 : c.method == Method::kColossal1d ? 2 : 0;
+    return {
+        style, c.tp, c.pp, static_cast<int64_t>(c.checkpointing), static_cast<int64_t>(c.finetune),
+        c.dp};
+  }
+
   std::map<ProbeKey, Probe> memo_;
+  std::map<std::array<int64_t, 6>, double> slopes_;
   size_t estimates_ = 0;
   size_t memo_hits_ = 0;
 };
@@ -376,17 +394,24 @@ int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
     return 0;
   int lo = 0;
   int hi = n;  // first index known not to fit (n: none known)
-  if (!fits(1, &error))
-    return error ? -1 : 0;
-  lo = 1;
-  double p0 = static_cast<double>((*peaks)[0]);
-  double p1 = static_cast<double>((*peaks)[1]);
-  double slope = (p1 - p0) / static_cast<double>(bs[1] - bs[0]);
+  // Bytes per sample: shared by families whose activations are laid out the
+  // same way (the data-parallel flavour and offload do not change them).
+  double slope = s.slope(f.c);
+  if (slope <= 0) {
+    if (!fits(1, &error))
+      return error ? -1 : 0;
+    lo = 1;
+    slope = (static_cast<double>((*peaks)[1]) - static_cast<double>((*peaks)[0])) /
+            static_cast<double>(bs[1] - bs[0]);
+    s.set_slope(f.c, slope);
+  }
   int guess = n - 1;
   if (slope > 0) {
-    double b_hat = static_cast<double>(bs[1]) + (static_cast<double>(budget) - p1) / slope;
+    double from = static_cast<double>((*peaks)[static_cast<size_t>(lo)]);
+    double b_hat = static_cast<double>(bs[static_cast<size_t>(lo)]) +
+                   (static_cast<double>(budget) - from) / slope;
     auto it = std::upper_bound(bs.begin(), bs.end(), static_cast<int64_t>(std::floor(b_hat)));
-    guess = std::clamp(static_cast<int>(it - bs.begin()) - 1, 1, n - 1);
+    guess = std::clamp(static_cast<int>(it - bs.begin()) - 1, lo, n - 1);
   }
   if (guess > lo) {
     if (fits(guess, &error)) {

