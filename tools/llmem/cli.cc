@@ -60,6 +60,16 @@ struct EstimateOptions {
   std::string format = "table";
   std::string estimator = "llmem";
   int64_t chunk_elems = 0;
+  std::string method = "single";
+  int dp = 1;
+  int tp = 1;
+  int pp = 1;
+  std::string zero_impl = "deepspeed";
+  std::string fsdp_sharding = "full-shard";
+  int fsdp_version = 1;
+  bool bucket_view = false;
+  bool sequence_parallel = false;
+  int64_t reduce_bucket_size = 500'000'000;
 };
 
 struct ValidateOptions {
@@ -136,6 +146,22 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
   if (o.max_split_size_mb > 0) {
     setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
   }
+  ParallelSetup& par = setup.parallel;
+  par.method = parse_method(o.method, "--method");
+  par.dp = o.dp;
+  par.tp = o.tp;
+  par.pp = o.pp;
+  par.torch_zero = o.zero_impl == "torch";
+  par.fsdp_sharding = o.fsdp_sharding == "shard-grad-op"  ? FsdpSharding::kShardGradOp
+                      : o.fsdp_sharding == "hybrid-shard" ? FsdpSharding::kHybridShard
+                      : o.fsdp_sharding == "no-shard"     ? FsdpSharding::kNoShard
+                                                          : FsdpSharding::kFullShard;
+  par.fsdp_version = o.fsdp_version;
+  par.gradient_as_bucket_view = o.bucket_view;
+  par.sequence_parallel = o.sequence_parallel;
+  if (o.reduce_bucket_size < 1)
+    throw Error("--reduce-bucket-size", "", "expected a positive element count");
+  par.reduce_bucket_size = o.reduce_bucket_size;
   GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
   if (o.estimator == "paper" || o.estimator == "both") {
     PaperEstimate p = paper_estimate(model, setup, gpu, o.chunk_elems);
@@ -274,6 +300,25 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->check(CLI::IsMember({"llmem", "paper", "both"}));
   est_cmd->add_option("--chunk-elems", est.chunk_elems,
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
+  est_cmd->add_option("--method", est.method,
+                      "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
+  est_cmd->add_option("--dp", est.dp, "Data-parallel degree");
+  est_cmd->add_option("--tp", est.tp, "Tensor-parallel degree");
+  est_cmd->add_option("--pp", est.pp, "Pipeline stages");
+  est_cmd
+      ->add_option("--zero-impl", est.zero_impl,
+                   "zero1: deepspeed or torch (ZeroRedundancyOptimizer)")
+      ->check(CLI::IsMember({"deepspeed", "torch"}));
+  est_cmd
+      ->add_option("--fsdp-sharding", est.fsdp_sharding,
+                   "full-shard, shard-grad-op, hybrid-shard or no-shard")
+      ->check(CLI::IsMember({"full-shard", "shard-grad-op", "hybrid-shard", "no-shard"}));
+  est_cmd->add_option("--fsdp-version", est.fsdp_version, "FSDP 1 (flat parameters) or 2");
+  est_cmd->add_flag("--gradient-as-bucket-view", est.bucket_view,
+                    "DDP gradient_as_bucket_view=True");
+  est_cmd->add_flag("--sequence-parallel", est.sequence_parallel, "Megatron sequence parallelism");
+  est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size,
+                      "DeepSpeed reduce_bucket_size (elements)");
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
 
