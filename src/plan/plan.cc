@@ -36,6 +36,8 @@ struct Probe {
   std::string role;
   std::string largest;  ///< largest component at the worst rank's peak, with its size
   int64_t trainable = 0;
+  uint64_t allocated = 0;   ///< worst rank's allocated peak
+  uint64_t activation = 0;  ///< its allocated peak over forward, loss and backward
 };
 
 using ProbeKey = std::array<int64_t, 11>;
@@ -52,12 +54,13 @@ class Searcher {
   size_t estimates() const { return estimates_; }
 
   /// Measured peak growth per sample of a family's activation layout (0: unknown).
+  /// Negative values: growth of the device peak itself (no phase peaks known).
   double slope(const PlanCandidate& c) const {
     auto it = slopes_.find(slope_key(c));
     return it == slopes_.end() ? 0 : it->second;
   }
   void set_slope(const PlanCandidate& c, double bytes_per_sample) {
-    if (bytes_per_sample > 0)
+    if (bytes_per_sample != 0)
       slopes_[slope_key(c)] = bytes_per_sample;
   }
   size_t memo_hits() const { return memo_hits_; }
@@ -109,6 +112,9 @@ class Searcher {
       } else {
         p.ok = true;
         p.peak = e.peak.device_bytes;
+        p.allocated = e.peak.allocated_bytes;
+        for (Phase ph : {Phase::kForward, Phase::kLoss, Phase::kBackward})
+          p.activation = std::max(p.activation, e.phase_peaks[static_cast<size_t>(ph)]);
         p.trainable = e.trainable_params;
         const PeakInfo* worst = &e.peak;
         uint64_t most = 0;
@@ -355,20 +361,26 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
   return out;
 }
 
-/// Largest index into f.batches that fits the budget (-1: none), by a linear
-/// prediction from the first two points confirmed at the boundary, then
-/// galloping and bisection. Fills the reason when nothing fits.
+/// Largest index into f.batches that fits the budget (-1: none). The peak
+/// is monotone in the micro-batch; the search predicts the boundary from the
+/// linear growth of the activation phases' peak (measured at the first two
+/// micro-batches, or shared by a family with the same activation layout),
+/// confirms it with exact estimates on both sides, and gallops then bisects
+/// when the prediction misses. Fills the reason when nothing fits.
 int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
            std::vector<uint64_t>* peaks) {
   auto& bs = f.batches;
   auto n = static_cast<int>(bs.size());
   peaks->assign(bs.size(), 0);
-  auto fits = [&](int i, bool* error) -> bool {
+  bool error = false;
+  const Probe* last = nullptr;
+  auto fits = [&](int i) -> bool {
     const Probe& p = s.probe(r, f.c, bs[static_cast<size_t>(i)],
                              grad_accum_for(r, f, bs[static_cast<size_t>(i)]));
     ++f.c.estimates;
+    last = &p;
     if (!p.ok) {
-      *error = true;
+      error = true;
       if (f.c.rejected_reason.empty())
         f.c.rejected_reason = p.error;
       return false;
@@ -387,69 +399,84 @@ int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
     }
     return p.peak <= budget;
   };
-  bool error = false;
-  if (n == 0 || !fits(0, &error))
+  if (n == 0 || !fits(0))
     return -1;
   if (n == 1)
     return 0;
+  Probe first = *last;
   int lo = 0;
   int hi = n;  // first index known not to fit (n: none known)
-  // Bytes per sample: shared by families whose activations are laid out the
-  // same way (the data-parallel flavour and offload do not change them).
   double slope = s.slope(f.c);
-  if (slope <= 0) {
-    if (!fits(1, &error))
-      return error ? -1 : 0;
-    lo = 1;
-    slope = (static_cast<double>((*peaks)[1]) - static_cast<double>((*peaks)[0])) /
-            static_cast<double>(bs[1] - bs[0]);
-    s.set_slope(f.c, slope);
-  }
-  int guess = n - 1;
-  if (slope > 0) {
-    double from = static_cast<double>((*peaks)[static_cast<size_t>(lo)]);
-    double b_hat = static_cast<double>(bs[static_cast<size_t>(lo)]) +
-                   (static_cast<double>(budget) - from) / slope;
-    auto it = std::upper_bound(bs.begin(), bs.end(), static_cast<int64_t>(std::floor(b_hat)));
-    guess = std::clamp(static_cast<int>(it - bs.begin()) - 1, lo, n - 1);
-  }
-  if (guess > lo) {
-    if (fits(guess, &error)) {
-      lo = guess;
-      if (lo + 1 < n) {
-        if (!fits(lo + 1, &error)) {
-          hi = lo + 1;
-        } else {
-          lo = lo + 1;
-        }
-      }
-    } else {
-      hi = guess;
-    }
+  const Probe* ref = &first;
+  Probe second;
+  if (slope == 0) {
+    bool ok = fits(1);
     if (error)
       return -1;
+    second = *last;
+    ref = &second;
+    if (!ok)
+      return 0;
+    lo = 1;
+    auto db = static_cast<double>(bs[1] - bs[0]);
+    slope = (static_cast<double>(second.activation) - static_cast<double>(first.activation)) / db;
+    if (slope <= 0)  // no phase peaks: the device peak's own growth, stored negative
+      slope = -(static_cast<double>(second.peak) - static_cast<double>(first.peak)) / db;
+    s.set_slope(f.c, slope);
   }
-  // Gallop up while no upper bound is known.
-  int step = 1;
-  while (hi == n && lo + 1 < n) {
-    int probe = std::min(n - 1, lo + step);
-    if (fits(probe, &error)) {
+  // Exact points (micro-batch, device peak) seen so far, for the secant.
+  std::vector<std::pair<double, double>> points;
+  for (int i = 0; i <= lo; ++i)
+    points.emplace_back(static_cast<double>(bs[static_cast<size_t>(i)]),
+                        static_cast<double>((*peaks)[static_cast<size_t>(i)]));
+  auto index_at = [&](double b) {
+    b = std::min(b, static_cast<double>(bs.back()));
+    auto it = std::upper_bound(bs.begin(), bs.end(), static_cast<int64_t>(std::floor(b)));
+    return static_cast<int>(it - bs.begin()) - 1;
+  };
+  int next = -1;
+  if (slope != 0) {
+    // The device peak grows once the activation phases exceed the rest of the
+    // step (the optimizer's peak, say), then about one for one with them.
+    double base = ref->activation > 0
+                      ? static_cast<double>(ref->peak) - static_cast<double>(ref->allocated) +
+                            static_cast<double>(ref->activation)
+                      : static_cast<double>(ref->peak);
+    next = index_at(static_cast<double>(bs[static_cast<size_t>(lo)]) +
+                    (static_cast<double>(budget) - base) / std::abs(slope));
+  }
+  // Secant steps on the device peak, kept inside the bracket (lo, hi); where
+  // the secant has no positive slope (fragmentation makes the reserved peak
+  // only nearly monotone), double up while unbounded, else bisect.
+  for (int round = 0; round < 40 && hi - lo > 1; ++round) {
+    if (next < 0)
+      next = hi == n ? lo + std::max(1, lo) : lo + (hi - lo) / 2;
+    int probe = std::clamp(next, lo + 1, hi == n ? n - 1 : hi - 1);
+    bool ok = fits(probe);
+    if (error)
+      return -1;
+    points.emplace_back(static_cast<double>(bs[static_cast<size_t>(probe)]),
+                        static_cast<double>(last->peak));
+    if (ok)
       lo = probe;
-      if (lo == n - 1)
-        break;
-    } else {
-      hi = probe;
-    }
-    step *= 2;
-  }
-  while (hi - lo > 1) {
-    int mid = lo + (hi - lo) / 2;
-    if (fits(mid, &error))
-      lo = mid;
     else
-      hi = mid;
+      hi = probe;
+    if (lo == n - 1)
+      return lo;
+    const auto& a = points[points.size() - 2];
+    const auto& b = points.back();
+    double sl = (b.second - a.second) / (b.first - a.first);
+    next = round < 6 && sl > 0 ? index_at(b.first + (static_cast<double>(budget) - b.second) / sl)
+                               : -1;
   }
-  return error ? -1 : lo;
+  if (points.size() >= 2 && hi < n) {
+    const auto& a = points[points.size() - 2];
+    const auto& b = points.back();
+    double sl = (b.second - a.second) / (b.first - a.first);
+    if (sl > 0)
+      s.set_slope(f.c, -sl);  // near the boundary: the device peak's own growth
+  }
+  return lo;
 }
 
 void validate(const ModelSpec& model, const PlanRequest& r) {
@@ -511,38 +538,59 @@ Plan run_plan(Searcher& s, const ModelSpec& model, const PlanRequest& r, const G
     }
     c.max_micro_batch = f.batches[static_cast<size_t>(best_index)];
     c.fits = true;
-    // The fastest of the fitting micro-batches (the peak is monotone, so all
-    // below the largest fit).
-    double best = -1;
+    // The fastest micro-batch up to the boundary. The reserved peak is only
+    // nearly monotone (fragmentation), so a choice below the boundary that
+    // was not probed is confirmed by an exact estimate.
+    struct Trial {
+      double tokens_per_s;
+      int index;
+      StepTime time;
+      int64_t grad_accum;
+    };
+    std::vector<Trial> trials;
     for (int i = 0; i <= best_index; ++i) {
       PlanCandidate trial = c;
       trial.micro_batch = f.batches[static_cast<size_t>(i)];
       trial.grad_accum = grad_accum_for(r, f, trial.micro_batch);
       TrainingSetup setup = s.setup_for(r, trial, trial.micro_batch, trial.grad_accum);
       StepTime t = plan_detail::step_time(s.stats(), setup, trial, gpu, r.nodes, r.time);
-      if (t.tokens_per_s > best) {
-        best = t.tokens_per_s;
-        c.micro_batch = trial.micro_batch;
-        c.grad_accum = trial.grad_accum;
-        c.time = t;
-      }
+      trials.push_back({t.tokens_per_s, i, t, trial.grad_accum});
     }
-    auto chosen = static_cast<size_t>(std::find(f.batches.begin(), f.batches.end(), c.micro_batch) -
-                                      f.batches.begin());
-    c.peak_bytes = peaks[chosen];
-    if (c.peak_bytes == 0) {  // not probed during the search: one exact estimate
-      const Probe& p = s.probe(r, c, c.micro_batch, c.grad_accum);
-      ++c.estimates;
-      c.peak_bytes = p.peak;
+    std::stable_sort(trials.begin(), trials.end(), [](const Trial& a, const Trial& b) {
+      return a.tokens_per_s > b.tokens_per_s;
+    });
+    for (const Trial& t : trials) {
+      auto at = static_cast<size_t>(t.index);
+      if (peaks[at] == 0) {
+        const Probe& p = s.probe(r, c, f.batches[at], t.grad_accum);
+        ++c.estimates;
+        peaks[at] = p.ok ? p.peak : UINT64_MAX;
+      }
+      if (peaks[at] <= plan.budget_bytes) {
+        c.micro_batch = f.batches[at];
+        c.grad_accum = t.grad_accum;
+        c.time = t.time;
+        c.peak_bytes = peaks[at];
+        break;
+      }
     }
     c.headroom_bytes = gpu.capacity_bytes > c.peak_bytes ? gpu.capacity_bytes - c.peak_bytes : 0;
     fit.push_back(c);
     if (stop_at_first_fit)
       break;
   }
-  std::stable_sort(fit.begin(), fit.end(), [](const PlanCandidate& a, const PlanCandidate& b) {
-    if (a.time.tokens_per_s != b.time.tokens_per_s)
-      return a.time.tokens_per_s > b.time.tokens_per_s;
+  // Fastest first; speeds within 0.5 % (one bucket of a geometric grid, so
+  // the order stays transitive) are a tie the lower peak wins: the model does
+  // not resolve finer differences, and headroom is worth having.
+  auto bucket = [](const PlanCandidate& c) {
+    return c.time.tokens_per_s > 0 ? std::floor(std::log(c.time.tokens_per_s) / std::log(1.005))
+                                   : -1e9;
+  };
+  std::stable_sort(fit.begin(), fit.end(), [&](const PlanCandidate& a, const PlanCandidate& b) {
+    double ba = bucket(a);
+    double bb = bucket(b);
+    if (ba != bb)
+      return ba > bb;
     return a.peak_bytes < b.peak_bytes;
   });
   plan.choice = fit.empty() ? -1 : 0;
