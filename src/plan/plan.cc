@@ -223,7 +223,8 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
   if (c.tp > 1) {
     for (const LayerSpec& l : model.layers) {
       const AttentionSpec& a = l.attention;
-      if (a.num_heads % c.tp != 0) {
+      // ColossalAI 1D TP splits each linear's input features, not heads.
+      if (c.method == Method::kMegatron && a.num_heads % c.tp != 0) {
         return "invalid layout: " + std::to_string(a.num_heads) +
                " attention heads not divisible by tp=" + std::to_string(c.tp);
       }

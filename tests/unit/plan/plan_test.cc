@@ -412,6 +412,34 @@ TEST(PaperPlan, Table3) {
   EXPECT_EQ(agree, 6);
 }
 
+// llmem's own plan on the Table 3 setting (ColossalAI profile: Gemini and 1D
+// TP, fp16, checkpointing). Informational until every method is simulated:
+// prints what the simulation says beside the table; asserts the structure.
+TEST(Plan, Table3SettingWithTheSimulation) {
+  const GpuSpec& v100 = find_gpu("V100-16GB");
+  for (const Table3Row& row : kTable3) {
+    ModelSpec m = load_model(row.model);
+    PlanRequest r;
+    r.gpus = 4;
+    r.seq = 512;
+    r.colossalai = true;
+    r.margin = 0;
+    r.base.precision = Precision::kFp16Mixed;
+    Plan p = plan(m, r, v100);
+    ASSERT_EQ(p.candidates.size(), 3u) << row.model;
+    std::string line = std::string(row.model) + ":";
+    for (const PlanCandidate& c : p.candidates) {
+      line += " [" + candidate_label(c) + " max " + std::to_string(c.max_micro_batch);
+      if (!c.fits)
+        line += ": " + c.rejected_reason.substr(0, 60);
+      line += "]";
+      EXPECT_EQ(c.fits, c.max_micro_batch > 0);
+    }
+    line += " choice " + (p.choice >= 0 ? candidate_label(p.candidates[0]) : std::string("none"));
+    std::printf("%s\n", line.c_str());
+  }
+}
+
 TEST(PaperPlan, DpTpGatherTermForAnyLayout) {
   ModelSpec m = load_model("facebook/opt-1.3b");
   const GpuSpec& v100 = find_gpu("V100-16GB");
