@@ -34,8 +34,11 @@ std::string_view finetune_name(FinetuneMode f);
 /// Constants of the step-time model (docs/planner.md names their sources).
 struct StepTimeOptions {
   double compute_efficiency = 0.5;  ///< achieved share of the dense tensor-core peak (MFU)
-  double memory_efficiency = 0.8;   ///< achieved share of the HBM bandwidth
-  double link_efficiency = 0.8;     ///< achieved share of NVLink / PCIe / InfiniBand bandwidth
+  /// Tokens per micro-batch at which half of that share is reached (assumption:
+  /// GEMMs with a short token dimension do not fill the GPU).
+  double half_efficiency_tokens = 128;
+  double memory_efficiency = 0.8;  ///< achieved share of the HBM bandwidth
+  double link_efficiency = 0.8;    ///< achieved share of NVLink / PCIe / InfiniBand bandwidth
   /// Inter-node bandwidth per GPU and direction, GB/s: one 200 Gb/s HDR InfiniBand
   /// adapter per GPU (NVIDIA DGX A100 datasheet: 8x ConnectX-6 HDR).
   double internode_gbps = 25;

@@ -152,7 +152,10 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   // tp only for Megatron (ColossalAI 1D replicates activations, so attention runs
   // whole on every TP rank).
   double att_split = c.method == Method::kColossal1d ? c.pp : shard;
-  double rate = rate_tflops(gpu, setup) * 1e12 * o.compute_efficiency;
+  // Small micro-batches leave the GEMMs' token dimension too short to fill
+  // the GPU: the achieved share saturates as T / (T + T0).
+  double fill = tokens / (tokens + o.half_efficiency_tokens);
+  double rate = rate_tflops(gpu, setup) * 1e12 * o.compute_efficiency * fill;
   double t_fwd = tokens * (fwd_w / shard + fwd_a / att_split) / rate;
   double t_bwd = tokens * (bwd_w / shard + bwd_a / att_split + rec / shard) / rate;
   if (ckpt)
