@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/gpu.h"
@@ -70,6 +71,9 @@ struct EstimateOptions {
   bool bucket_view = false;
   bool sequence_parallel = false;
   int64_t reduce_bucket_size = 500'000'000;
+  std::vector<std::string> offload;
+  std::string schedule = "1f1b";
+  std::string deepspeed_config;
 };
 
 struct ValidateOptions {
@@ -95,7 +99,7 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-int run_estimate(const EstimateOptions& o, std::ostream& out) {
+int run_estimate(const EstimateOptions& o, std::ostream& out, std::ostream& err) {
   ModelSpec model = load_model(o.model);
   TrainingSetup setup;
   setup.batch = o.batch;
@@ -157,11 +161,30 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
                       : o.fsdp_sharding == "no-shard"     ? FsdpSharding::kNoShard
                                                           : FsdpSharding::kFullShard;
   par.fsdp_version = o.fsdp_version;
+  par.schedule = o.schedule == "gpipe" ? PipelineSchedule::kGpipe : PipelineSchedule::k1F1B;
   par.gradient_as_bucket_view = o.bucket_view;
   par.sequence_parallel = o.sequence_parallel;
   if (o.reduce_bucket_size < 1)
     throw Error("--reduce-bucket-size", "", "expected a positive element count");
   par.reduce_bucket_size = o.reduce_bucket_size;
+  for (const std::string& what : o.offload) {
+    if (what == "optimizer") {
+      par.offload_optimizer = true;
+    } else if (what == "params") {
+      par.offload_params = true;
+    } else {
+      throw Error("--offload", "", "unknown value \"" + what + "\"; expected optimizer, params");
+    }
+  }
+  if (!o.deepspeed_config.empty()) {
+    std::ifstream in(o.deepspeed_config, std::ios::binary);
+    if (!in)
+      throw Error(o.deepspeed_config, "", "cannot open the file for reading");
+    std::ostringstream text;
+    text << in.rdbuf();
+    for (const std::string& w : apply_deepspeed_config(text.str(), o.deepspeed_config, &setup))
+      err << "warning: " << w << "\n";
+  }
   GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
   if (o.estimator == "paper" || o.estimator == "both") {
     PaperEstimate p = paper_estimate(model, setup, gpu, o.chunk_elems);
@@ -303,8 +326,13 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_option("--method", est.method,
                       "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
   est_cmd->add_option("--dp", est.dp, "Data-parallel degree");
+  est_cmd->add_option("--deepspeed-config", est.deepspeed_config,
+                      "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
+                      "(overrides --method and those options)");
   est_cmd->add_option("--tp", est.tp, "Tensor-parallel degree");
   est_cmd->add_option("--pp", est.pp, "Pipeline stages");
+  est_cmd->add_option("--schedule", est.schedule, "Pipeline schedule: 1f1b or gpipe")
+      ->check(CLI::IsMember({"1f1b", "gpipe"}));
   est_cmd
       ->add_option("--zero-impl", est.zero_impl,
                    "zero1: deepspeed or torch (ZeroRedundancyOptimizer)")
@@ -317,6 +345,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_flag("--gradient-as-bucket-view", est.bucket_view,
                     "DDP gradient_as_bucket_view=True");
   est_cmd->add_flag("--sequence-parallel", est.sequence_parallel, "Megatron sequence parallelism");
+  est_cmd->add_option("--offload", est.offload, "CPU offload: optimizer, params (comma-separated)")
+      ->delimiter(',');
   est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size,
                       "DeepSpeed reduce_bucket_size (elements)");
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
@@ -362,7 +392,7 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     if (val_cmd->parsed())
       return run_validate(val, out);
     if (est_cmd->parsed())
-      return run_estimate(est, out);
+      return run_estimate(est, out, err);
     if (arch_cmd->parsed())
       return run_architectures(out);
     if (plan_cmd.parsed())
