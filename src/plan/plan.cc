@@ -42,6 +42,19 @@ struct Probe {
 
 using ProbeKey = std::array<int64_t, 11>;
 
+/// Micro-batches per step to simulate for the peak. The trace repeats one
+/// micro-step per group of micro-batches in flight (a pipeline stage holds up
+/// to pp of them under 1F1B, a data-parallel rank one), and from the second
+/// group on every group starts from the same state, so the peak is reached by
+/// the second: min(m, pp + 1) gives the peak of m at a fraction of the cost
+/// (checked in Plan.AccumulationBeyondTwoGroupsKeepsThePeak). GPipe keeps all
+/// micro-batches in flight (one group), so m is kept.
+int64_t memory_grad_accum(const PlanRequest& r, const PlanCandidate& c, int64_t m) {
+  if (c.pp > 1 && r.base.parallel.schedule == PipelineSchedule::kGpipe)
+    return m;
+  return std::min<int64_t>(m, c.pp + 1);
+}
+
 /// The search state shared by plan(), max_seq() and min_gpus(): the memo of
 /// exact estimates made during one call.
 class Searcher {
@@ -85,7 +98,8 @@ class Searcher {
   }
 
   const Probe& probe(const PlanRequest& r, const PlanCandidate& c, int64_t batch,
-                     int64_t grad_accum) {
+                     int64_t grad_accum_in) {
+    int64_t grad_accum = memory_grad_accum(r, c, grad_accum_in);
     ProbeKey key{static_cast<int64_t>(c.method),
                  c.dp,
                  c.tp,

@@ -178,6 +178,28 @@ TEST(Plan, LargestMicroBatchAgreesWithDirectEstimates) {
   }
 }
 
+TEST(Plan, AccumulationBeyondTwoGroupsKeepsThePeak) {
+  // The planner simulates min(m, pp + 1) micro-batches per step for the peak.
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  ModelSpec model = load_model("facebook/opt-125m");
+  TrainingSetup s;
+  s.seq = 512;
+  s.batch = 2;
+  s.parallel.method = Method::kDdp;
+  s.parallel.dp = 2;
+  s.grad_accum = 2;
+  uint64_t two = estimate(model, s, gpu).peak.device_bytes;
+  s.grad_accum = 7;
+  EXPECT_EQ(estimate(model, s, gpu).peak.device_bytes, two);
+  s.parallel.method = Method::kMegatron;
+  s.parallel.dp = 1;
+  s.parallel.pp = 4;
+  s.grad_accum = 5;
+  uint64_t five = estimate(model, s, gpu).peak.device_bytes;
+  s.grad_accum = 16;
+  EXPECT_EQ(estimate(model, s, gpu).peak.device_bytes, five);
+}
+
 TEST(Plan, GlobalBatchRestrictsMicroBatches) {
   PlanRequest r;
   r.gpus = 8;
