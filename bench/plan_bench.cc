@@ -21,6 +21,7 @@ void BM_Plan7B8Gpus(benchmark::State& state) {
   r.allow_ckpt = r.allow_lora = r.allow_qlora = r.allow_offload = true;
   r.base.attention = llmem::AttentionImpl::kSdpa;
   r.max_micro_batch = state.range(0);
+  r.max_pp = static_cast<int>(state.range(1));
   size_t configurations = 0, estimates = 0, fits = 0, families = 0;
   for (auto _ : state) {
     llmem::Plan p = llmem::plan(model, r, gpu);  // a fresh memo every iteration
@@ -37,10 +38,12 @@ void BM_Plan7B8Gpus(benchmark::State& state) {
   state.counters["fitting"] = static_cast<double>(fits);
   state.counters["estimates"] = static_cast<double>(estimates);
 }
+// max_pp 1: without pipeline layouts (each of their estimates simulates
+// every stage with pp + 1 micro-batches, ~10x a plain one).
 BENCHMARK(BM_Plan7B8Gpus)
-    ->ArgName("max_micro_batch")
-    ->Arg(64)
-    ->Arg(1024)
+    ->ArgNames({"max_micro_batch", "max_pp"})
+    ->Args({1024, 0})
+    ->Args({1024, 1})
     ->Unit(benchmark::kMillisecond);
 
 // One GPU (where estimate() models every candidate today): 7B on an 80 GB GPU.

@@ -105,6 +105,7 @@ struct PlanRequest {
   bool colossalai = false;         ///< the paper's framework: Gemini and its 1D TP, fp16, ckpt
   double margin = 0.05;            ///< minimum headroom as a share of capacity
   int64_t max_micro_batch = 1024;  ///< search limit when no global batch is given
+  int max_pp = 0;                  ///< most pipeline stages searched (0: no limit)
   /// Micro-batches per step for pipelines when no global batch is given (0: 4 x pp).
   int64_t pipeline_micro_batches = 0;
   /// Precision, optimizer, attention, LoRA and allocator settings of every candidate.

@@ -338,6 +338,8 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
     modes.push_back(FinetuneMode::kQlora);
   for (Method m : methods_of(r)) {
     for (const Layout& l : layouts_of(m, r.gpus)) {
+      if (r.max_pp > 0 && l.pp > r.max_pp)
+        continue;
       for (Offload off : offloads_of(m, r.allow_offload)) {
         for (CheckpointMode ck : ckpts) {
           for (FinetuneMode ft : modes) {
@@ -508,6 +510,8 @@ void validate(const ModelSpec& model, const PlanRequest& r) {
     throw Error("--dataset-tokens", "", "expected a non-negative token count");
   if (!(r.margin >= 0 && r.margin < 1))
     throw Error("--margin", "", "expected a percentage between 0 and 100 (exclusive)");
+  if (r.max_pp < 0)
+    throw Error("--max-pp", "", "expected a non-negative stage count (0: no limit)");
   if (r.max_micro_batch < 1 || r.max_micro_batch > (1 << 20))
     throw Error("--max-micro-batch", "", "expected between 1 and 2^20");
   for (Method m : r.methods) {

@@ -42,6 +42,7 @@ struct PlanOptions {
   std::string attention = "eager";
   int64_t lora_rank = 16;
   int64_t max_micro_batch = 1024;
+  int max_pp = 0;
   double efficiency = 0.5;
 };
 
@@ -79,6 +80,7 @@ PlanCommand::PlanCommand(CLI::App& app) : o_(std::make_unique<PlanOptions>()) {
   cmd_->add_option("--attention", o.attention, "eager, sdpa, flash_attention_2");
   cmd_->add_option("--lora-rank", o.lora_rank, "LoRA rank of the lora and qlora candidates");
   cmd_->add_option("--max-micro-batch", o.max_micro_batch, "Largest micro-batch searched");
+  cmd_->add_option("--max-pp", o.max_pp, "Most pipeline stages searched (0: no limit)");
   cmd_->add_option("--efficiency", o.efficiency,
                    "Achieved share of the dense tensor-core peak (default 0.5)");
 }
@@ -111,6 +113,7 @@ int PlanCommand::run(std::ostream& out, std::ostream& /*err*/) const {
   if (o.top < 0)
     throw Error("--top", "", "expected a non-negative count");
   r.max_micro_batch = o.max_micro_batch;
+  r.max_pp = o.max_pp;
   if (!(o.efficiency > 0 && o.efficiency <= 1))
     throw Error("--efficiency", "", "expected a share in (0, 1]");
   r.time.compute_efficiency = o.efficiency;
