@@ -233,6 +233,21 @@ def test_unknown_keys_and_models():
     assert e.key == "seq"
 
 
+def test_distributed_ranks_equal_the_cli():
+    r = llmem.estimate("meta-llama/Llama-3.2-1B", method="zero3", dp=4)
+    out = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "zero3", "--dp", "4",
+              "--format", "json").stdout
+    assert r.to_json() == out
+    assert r.ranks[0].ranks == [0, 1, 2, 3]
+    assert r.ranks[0].device_bytes == r.peak.device_bytes
+    e = error(lambda: llmem.estimate("meta-llama/Llama-3.2-1B", method="megatron", tp=5))
+    assert e.key == "tp" and "not divisible by tp 5" in str(e)
+    f = llmem.estimate("meta-llama/Llama-3.2-1B", method="fsdp", dp=2, fsdp_sharding="SHARD_GRAD_OP")
+    g = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "fsdp", "--dp", "2",
+            "--fsdp-sharding", "shard-grad-op", "--format", "json").stdout
+    assert f.to_json() == g
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)
