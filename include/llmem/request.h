@@ -73,8 +73,9 @@ struct Request {
 ///   against full module names, "all-linear"); other LoraConfig fields are
 ///   accepted when they leave memory unchanged. Not together with lora_*.
 /// - the distributed layout of ParallelSetup: method (parse_method), dp, tp,
-///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel,
-///   offload_optimizer, offload_params, ddp_bucket_mb,
+///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel, offload
+///   (a list of optimizer|params, or one comma-separated string, as the CLI's
+///   --offload), offload_optimizer, offload_params, ddp_bucket_mb,
 ///   gradient_as_bucket_view, reduce_bucket_size, allgather_bucket_size,
 ///   stage3_prefetch_bucket_size, stage3_max_live_parameters,
 ///   contiguous_gradients, zero_impl (deepspeed|torch), fsdp_sharding

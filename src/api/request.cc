@@ -44,7 +44,7 @@ const std::vector<std::string>& all_keys() {
       // PyTorch
       "torch_version", "expandable_segments", "max_split_size_mb",
       // distributed layout
-      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel",
+      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel", "offload",
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
       "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
@@ -280,14 +280,14 @@ class Fields {
   }
 
   /// A list of strings, or one comma-separated string.
-  std::vector<std::string> names(const char* key) const {
+  std::vector<std::string> names(const char* key, const std::string& what = "module names") const {
     const json* v = get(key);
     std::vector<std::string> out;
     if (v == nullptr)
       return out;
     auto add = [&](const std::string& item) {
       if (item.empty())
-        fail(key, "expected module names, got an empty name");
+        fail(key, "expected " + what + ", got an empty name");
       out.push_back(item);
     };
     if (v->is_string()) {
@@ -303,10 +303,10 @@ class Fields {
       return out;
     }
     if (!v->is_array())
-      fail(key, "expected a list of module names, got " + shown(*v));
+      fail(key, "expected a list of " + what + ", got " + shown(*v));
     for (const json& item : *v) {
       if (!item.is_string())
-        fail(key, "expected a list of module names, got " + shown(item) + " in it");
+        fail(key, "expected a list of " + what + ", got " + shown(item) + " in it");
       add(item.get<std::string>());
     }
     return out;
@@ -541,6 +541,12 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->sequence_parallel = f.boolean("sequence_parallel", p->sequence_parallel);
   p->offload_optimizer = f.boolean("offload_optimizer", p->offload_optimizer);
   p->offload_params = f.boolean("offload_params", p->offload_params);
+  for (const std::string& what : f.names("offload", "optimizer, params")) {
+    if (f.choose("offload", what, {"optimizer", "params"}) == 0)
+      p->offload_optimizer = true;
+    else
+      p->offload_params = true;
+  }
   p->ddp_bucket_mb =
       f.number("ddp_bucket_mb", p->ddp_bucket_mb, 1e-3, 1e6, "expected a positive size in MiB");
   p->gradient_as_bucket_view = f.boolean("gradient_as_bucket_view", p->gradient_as_bucket_view);

@@ -140,7 +140,8 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
                            const Estimate& e) {
   std::ostringstream out;
   out << model.name << " (" << with_commas(e.params) << " params, "
-      << with_commas(e.trainable_params) << " trainable)\n";
+      << with_commas(e.trainable_params) << " trainable"
+      << (e.ranks.empty() ? "" : " on the worst rank") << ")\n";
   out << "  " << setup_line(setup) << "\n";
   bool cuda = setup.device == Device::kCuda;
   if (cuda) {
@@ -177,7 +178,7 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
         << " tp " << setup.parallel.tp << " pp " << setup.parallel.pp << "):\n";
     for (const RankEstimate& r : e.ranks) {
       char line[160];
-      std::snprintf(line, sizeof(line), "    %-16s ranks %-10s allocated %10s  %s %10s\n",
+      std::snprintf(line, sizeof(line), "    %-28s ranks %-8s allocated %10s  %s %10s\n",
                     r.role.c_str(), rank_list(r.ranks).c_str(), gib(r.peak.allocated_bytes).c_str(),
                     cuda ? "device" : "", cuda ? gib(r.peak.device_bytes).c_str() : "");
       out << line;

@@ -233,11 +233,15 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<int64_t>("--dp", "Data-parallel degree");
   est.option<int64_t>("--tp", "Tensor-parallel degree");
   est.option<int64_t>("--pp", "Pipeline stages");
+  est.option<std::string>("--schedule", "Pipeline schedule: 1f1b or gpipe");
   est.option<std::string>("--zero-impl", "zero1: deepspeed or torch (ZeroRedundancyOptimizer)");
   est.option<std::string>("--fsdp-sharding", "full-shard, shard-grad-op, hybrid-shard or no-shard");
   est.option<int64_t>("--fsdp-version", "FSDP 1 (flat parameters) or 2");
   est.flag("--gradient-as-bucket-view", "DDP gradient_as_bucket_view=True");
   est.flag("--sequence-parallel", "Megatron sequence parallelism");
+  est.option<std::vector<std::string>>("--offload",
+                                       "CPU offload: optimizer, params (comma-separated)")
+      ->delimiter(',');
   est.option<int64_t>("--reduce-bucket-size", "DeepSpeed reduce_bucket_size (elements)");
   EstimateOutput est_out;
   est_cmd->add_option("--format", est_out.format, "table, json, csv (timeline) or svg (timeline)")

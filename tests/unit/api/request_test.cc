@@ -243,6 +243,10 @@ TEST(Request, ParallelKeys) {
   EXPECT_EQ(parse(base({{"fsdp_sharding", "SHARD_GRAD_OP"}})).setup.parallel.fsdp_sharding,
             FsdpSharding::kShardGradOp);
   EXPECT_FALSE(parse(base()).setup.parallel.torch_zero);
+  const ParallelSetup& o = parse(base({{"offload", {"params", "optimizer"}}})).setup.parallel;
+  EXPECT_TRUE(o.offload_params && o.offload_optimizer);
+  EXPECT_TRUE(parse(base({{"offload", "optimizer"}})).setup.parallel.offload_optimizer);
+  EXPECT_FALSE(parse(base({{"offload", "optimizer"}})).setup.parallel.offload_params);
   EXPECT_EQ(p.fsdp_version, 2);
   EXPECT_FALSE(p.limit_all_gathers);
 }
@@ -285,6 +289,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"gpus_per_node", 8},
                  {"schedule", "1f1b"},
                  {"sequence_parallel", false},
+                 {"offload", "optimizer"},
                  {"offload_optimizer", false},
                  {"offload_params", false},
                  {"ddp_bucket_mb", 25},
@@ -396,6 +401,8 @@ TEST(Request, UnknownValues) {
   EXPECT_ERROR(base({{"schedule", "interleaved"}}), "key 'schedule'");
   EXPECT_ERROR(base({{"fsdp_sharding", "full"}}), "key 'fsdp_sharding'");
   EXPECT_ERROR(base({{"zero_impl", "colossal"}}), "key 'zero_impl'");
+  EXPECT_ERROR(base({{"offload", "gpu"}}), "key 'offload': unknown value \"gpu\"");
+  EXPECT_ERROR(base({{"offload", 3}}), "key 'offload': expected a list of optimizer, params");
   EXPECT_ERROR(base({{"estimator", "guess"}}), "key 'estimator'");
   EXPECT_ERROR(base({{"gpu", "A100-81GB"}}),
                "request: key 'gpu': unknown GPU \"A100-81GB\" (did you mean");

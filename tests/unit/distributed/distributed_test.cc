@@ -186,6 +186,60 @@ TEST(Distributed, TorchZeroPartitionsWholeTensorsGreedily) {
   EXPECT_EQ(e.peak.allocated_bytes, e.ranks[0].peak.allocated_bytes);  // the worst rank
 }
 
+TEST(Distributed, PipelineStagesSplitLayersAndHoldMicroBatchesInFlight) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.grad_accum = 8;
+  s.parallel.method = Method::kDdp;
+  s.parallel.dp = 2;
+  s.parallel.pp = 4;
+  Estimate e = estimate(m, s, gpu);
+  ASSERT_EQ(e.ranks.size(), 4u);
+  EXPECT_EQ(e.ranks[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_NE(e.ranks[3].role.find("layers 24-31"), std::string::npos) << e.ranks[3].role;
+  // Every stage holds its eight layers; the first adds the embedding, the
+  // last the head (fp32 weights under autocast).
+  uint64_t layer = 0;
+  for (const TensorSpec& t : m.tensors)
+    layer += t.layer == 0 ? static_cast<uint64_t>(t.numel) * 4 : 0;
+  uint64_t embed = 32000ull * 4096 * 4;
+  EXPECT_EQ(component(e.ranks[1].peak, Component::kParameters), 8 * layer);
+  EXPECT_EQ(component(e.ranks[0].peak, Component::kParameters), 8 * layer + embed);
+  // 1F1B: stage 0 keeps four micro-batches of activations, stage 2 two.
+  double a0 = static_cast<double>(component(e.ranks[0].peak, Component::kActivations));
+  double a2 = static_cast<double>(component(e.ranks[2].peak, Component::kActivations));
+  EXPECT_NEAR(a0 / a2, 2.0, 0.25);
+  // GPipe runs all eight forwards first: more than 1F1B on every stage.
+  s.parallel.schedule = PipelineSchedule::kGpipe;
+  Estimate g = estimate(m, s, gpu);
+  for (size_t k = 0; k < 4; ++k)
+    EXPECT_GT(g.ranks[k].peak.allocated_bytes, e.ranks[k].peak.allocated_bytes) << k;
+  EXPECT_EQ(e.peak.allocated_bytes, e.ranks[0].peak.allocated_bytes);
+}
+
+TEST(Distributed, OffloadLeavesOnlyWorkingMemoryOnTheGpu) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.parallel.method = Method::kZero3;
+  s.parallel.dp = 8;
+  s.parallel.offload_optimizer = true;
+  Estimate opt = estimate(m, s, gpu);
+  EXPECT_EQ(component(opt.peak, Component::kOptimizerStates), 0u);
+  EXPECT_EQ(component(opt.peak, Component::kMasterWeights), 0u);
+  EXPECT_GT(component(opt.peak, Component::kParameters), 0u);
+  s.parallel.offload_params = true;
+  Estimate both = estimate(m, s, gpu);
+  EXPECT_EQ(component(both.peak, Component::kParameters), 0u);
+  EXPECT_LT(both.peak.allocated_bytes, opt.peak.allocated_bytes);
+}
+
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
@@ -201,9 +255,12 @@ TEST(Distributed, BadLayoutsAreErrors) {
   fails(s, "needs a method");
   s = cpu_setup(Method::kDdp, 0);
   fails(s, "at least 1");
-  s = cpu_setup(Method::kDdp, 2);
+  s = cpu_setup(Method::kZero3, 2);
   s.parallel.pp = 2;
-  fails(s, "pipeline");
+  fails(s, "pipeline parallelism combines");
+  s = cpu_setup(Method::kDdp, 1);
+  s.parallel.pp = 3;  // tiny-llama has 2 layers
+  fails(s, "each stage needs at least one layer");
   s = cpu_setup(Method::kGemini, 2);
   fails(s, "--estimator paper");
   s = cpu_setup(Method::kZero3, 2);
