@@ -506,3 +506,59 @@ TEST(Request, RequestJsonRoundTrips) {
 
 }  // namespace
 }  // namespace llmem
+
+namespace llmem {
+namespace {
+
+// Every key, and every LoraConfig field, with a value of every JSON type:
+// parsing either succeeds or throws llmem::Error naming that key.
+TEST(Request, AnyValueOfAnyKeyEndsInAnErrorNamingIt) {
+  const json values[] = {nullptr,
+                         true,
+                         false,
+                         0,
+                         -1,
+                         1.5,
+                         1e300,
+                         int64_t{1} << 62,
+                         "",
+                         "x",
+                         "q_proj,v_proj",
+                         json::array(),
+                         json::array({1}),
+                         json::array({"a"}),
+                         json::object(),
+                         json({{"r", 4}})};
+  std::vector<std::string> keys = request_keys();
+  for (const char* field : {"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "bias",
+                            "modules_to_save", "peft_type", "task_type"}) {
+    keys.push_back(std::string("lora.") + field);
+  }
+  int errors = 0;
+  for (const std::string& key : keys) {
+    for (const json& value : values) {
+      json j = base();
+      if (key.rfind("lora.", 0) == 0)
+        j["lora"][key.substr(5)] = value;
+      else
+        j[key] = value;
+      try {
+        parse_request(j.dump());
+      } catch (const Error& e) {
+        ++errors;
+        std::string what = e.what();
+        EXPECT_TRUE(what.find("'" + key + "'") != std::string::npos ||
+                    what.find("gpu or gpu_mem") != std::string::npos ||
+                    what.find("'lora'") != std::string::npos ||
+                    (key == "model" && what.rfind("model: ", 0) == 0))
+            << j.dump() << " -> " << what;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << j.dump() << " threw a non-llmem exception: " << e.what();
+      }
+    }
+  }
+  EXPECT_GT(errors, 500);
+}
+
+}  // namespace
+}  // namespace llmem
