@@ -53,6 +53,10 @@ struct Request {
   EstimatorKind estimator = EstimatorKind::kLlmem;
   int64_t chunk_elems = 0;  ///< paper estimator: Gemini chunk size (0: largest tensor)
   RequestOptions options;   ///< how later errors (from estimate()) name keys
+  /// Things the user should know that are not errors (DeepSpeed config keys
+  /// that matter for memory but are not modelled). The CLI prints them on
+  /// stderr; the Python package issues them as warnings.
+  std::vector<std::string> warnings;
 };
 
 /// Parses a request. Keys (absent or null: the default):
@@ -81,6 +85,9 @@ struct Request {
 ///   contiguous_gradients, zero_impl (deepspeed|torch), fsdp_sharding
 ///   (full-shard|shard-grad-op|hybrid-shard|no-shard; '_' and upper case
 ///   accepted), fsdp_version (1|2), limit_all_gathers.
+/// - deepspeed_config: a path to a DeepSpeed JSON config, or the config as an
+///   object; applied last (apply_deepspeed_config: it overrides method and
+///   the ZeRO knobs), its warnings go to Request::warnings.
 ///
 /// Throws llmem::Error naming the key and what was expected: malformed JSON,
 /// a wrong type, a value out of range, an unknown key (with a suggestion), an

@@ -4,6 +4,8 @@
 // into a request and the answers into objects.
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -44,10 +46,12 @@ llmem::RequestOptions request_options(const std::string& source) {
   return options;
 }
 
-std::string estimate_json(const std::string& request, const std::string& source) {
+// (the CLI's JSON, the request's warnings)
+std::pair<std::string, std::vector<std::string>> estimate_json(const std::string& request,
+                                                               const std::string& source) {
   py::gil_scoped_release release;
   llmem::Request r = llmem::parse_request(request, request_options(source));
-  return llmem::estimate_request_json(r);
+  return {llmem::estimate_request_json(r), r.warnings};
 }
 
 std::string inspect_json(const std::string& model, const std::string& source) {
@@ -68,7 +72,8 @@ PYBIND11_MODULE(_llmem, m) {
   m.attr("schema_version") = llmem::kSchemaVersion;
   m.def("_set_error_class", &set_error_class, "Registers the class raised for llmem::Error");
   m.def("estimate_json", &estimate_json, py::arg("request"), py::arg("source") = "request",
-        "A request (JSON object text) -> the CLI's `estimate --format json` document");
+        "A request (JSON object text) -> (the CLI's `estimate --format json` document, "
+        "warnings)");
   m.def("inspect_json", &inspect_json, py::arg("model"), py::arg("source") = "request",
         "A model (JSON string or config object, as text) -> `inspect --format json`");
   m.def("models_json", &models_json, "The catalog, as `models --format json`");

@@ -248,6 +248,21 @@ def test_distributed_ranks_equal_the_cli():
     assert f.to_json() == g
 
 
+def test_deepspeed_config_dict_and_file(tmp_path):
+    ds = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+          "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto"}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    a = llmem.estimate("meta-llama/Llama-3.2-1B", dp=4, deepspeed_config=ds)
+    b = llmem.estimate("meta-llama/Llama-3.2-1B", dp=4, deepspeed_config=str(path))
+    out = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--dp", "4", "--deepspeed-config",
+              str(path), "--format", "json").stdout
+    assert a.to_json() == b.to_json() == out
+    assert a.setup.method == "zero3"
+    e = error(lambda: llmem.estimate("facebook/opt-125m", deepspeed_config=3))
+    assert e.key == "deepspeed_config"
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)

@@ -8,15 +8,18 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <initializer_list>
 #include <limits>
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/report.h"
@@ -48,7 +51,7 @@ const std::vector<std::string>& all_keys() {
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
       "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
-      "fsdp_version", "limit_all_gathers",
+      "fsdp_version", "limit_all_gathers", "deepspeed_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -575,6 +578,34 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);
 }
 
+// deepspeed_config: a path to the JSON file, or the config itself as an
+// object. Applied after the other keys, as it overrides the method and its
+// knobs (include/llmem/deepspeed.h).
+void apply_deepspeed(const json& value, const Context& c, Request* r) {
+  std::string text;
+  std::string source = "deepspeed_config";
+  if (value.is_object()) {
+    text = value.dump();
+  } else if (value.is_string()) {
+    source = value.get<std::string>();
+    std::ifstream in(source, std::ios::binary);
+    if (!in)
+      c.fail("deepspeed_config", "cannot open \"" + source + "\" for reading");
+    std::ostringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  } else {
+    c.fail("deepspeed_config",
+           "expected a path to a DeepSpeed JSON config or the config object, got " + shown(value));
+  }
+  try {
+    std::vector<std::string> warnings = apply_deepspeed_config(text, source, &r->setup);
+    r->warnings.insert(r->warnings.end(), warnings.begin(), warnings.end());
+  } catch (...) {
+    c.restyle();
+  }
+}
+
 json parse_object(std::string_view text, const Context& c) {
   json j;
   try {
@@ -604,6 +635,8 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   read_step(f, c, &r.setup);
   read_finetune(f, j, c, r.model, &r.setup);
   read_parallel(f, c, &r.setup.parallel);
+  if (f.has("deepspeed_config"))
+    apply_deepspeed(j.at("deepspeed_config"), c, &r);
 
   try {
     if (f.has("gpu") && f.has("gpu_mem"))

@@ -105,8 +105,11 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostream& out) {
+int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostream& out,
+                 std::ostream& err) {
   Request r = parse_request(flags.request(), {.style = KeyStyle::kCli});
+  for (const std::string& w : r.warnings)
+    err << "warning: " << w << "\n";
   if (o.format == "json") {
     out << estimate_request_json(r);
     return kExitOk;
@@ -231,6 +234,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--method",
                           "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
   est.option<int64_t>("--dp", "Data-parallel degree");
+  est.option<std::string>("--deepspeed-config",
+                          "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
+                          "(overrides --method and those options)");
   est.option<int64_t>("--tp", "Tensor-parallel degree");
   est.option<int64_t>("--pp", "Pipeline stages");
   est.option<std::string>("--schedule", "Pipeline schedule: 1f1b or gpipe");
@@ -285,7 +291,7 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     if (val_cmd->parsed())
       return run_validate(val, out);
     if (est_cmd->parsed())
-      return run_estimate(est, est_out, out);
+      return run_estimate(est, est_out, out, err);
     if (arch_cmd->parsed())
       return run_architectures(out);
   } catch (const Error& e) {

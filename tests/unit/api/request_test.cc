@@ -303,6 +303,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"fsdp_sharding", "no-shard"},
                  {"fsdp_version", 1},
                  {"limit_all_gathers", true},
+                 {"deepspeed_config", {{"zero_optimization", {{"stage", 1}}}}},
                  {"estimator", "llmem"},
                  {"chunk_elems", 0}};
   for (const std::string& key : request_keys()) {
@@ -558,6 +559,30 @@ TEST(Request, AnyValueOfAnyKeyEndsInAnErrorNamingIt) {
     }
   }
   EXPECT_GT(errors, 500);
+}
+
+}  // namespace
+}  // namespace llmem
+
+namespace llmem {
+namespace {
+
+TEST(Request, DeepSpeedConfig) {
+  Request r = parse(base(
+      {{"deepspeed_config", LLMEM_TEST_DATA_DIR "/deepspeed/zero3-offload-auto.json"}, {"dp", 4}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kZero3);
+  EXPECT_TRUE(r.setup.parallel.offload_optimizer);
+  EXPECT_TRUE(r.setup.parallel.offload_params);
+  json object = {{"zero_optimization", {{"stage", 2}}}, {"bf16", {{"enabled", true}}}};
+  r = parse(base({{"deepspeed_config", object}, {"method", "ddp"}, {"dp", 2}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kZero2);  // the config overrides method
+  EXPECT_ERROR(base({{"deepspeed_config", "/nonexistent/ds.json"}}),
+               "request: key 'deepspeed_config': cannot open \"/nonexistent/ds.json\"");
+  EXPECT_ERROR(base({{"deepspeed_config", 2}}), "key 'deepspeed_config': expected a path");
+  EXPECT_ERROR(base({{"deepspeed_config", LLMEM_TEST_DATA_DIR "/deepspeed/bad-stage.json"}}),
+               "bad-stage.json: key 'zero_optimization.stage'");
+  EXPECT_ERROR(base({{"deepspeed_config", {{"zero_optimization", {{"stage", 7}}}}}}),
+               "deepspeed_config: key 'zero_optimization.stage'");
 }
 
 }  // namespace
