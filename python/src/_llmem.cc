@@ -34,9 +34,15 @@ void raise_llmem_error(const llmem::Error& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return;
   }
-  py::object source = e.source().empty() ? py::none() : py::object(py::str(e.source()));
-  py::object key = e.key().empty() ? py::none() : py::object(py::str(e.key()));
-  py::object instance = py::reinterpret_borrow<py::object>(error_class)(e.what(), source, key);
+  // Paths and values in messages may not be UTF-8: replace, never fail here.
+  auto text = [](const std::string& s) -> py::object {
+    if (s.empty())
+      return py::none();
+    return py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+  };
+  py::object instance = py::reinterpret_borrow<py::object>(error_class)(
+      text(e.what()), text(e.source()), text(e.key()));
   PyErr_SetObject(error_class, instance.ptr());
 }
 

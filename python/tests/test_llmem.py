@@ -259,8 +259,19 @@ def test_deepspeed_config_dict_and_file(tmp_path):
               str(path), "--format", "json").stdout
     assert a.to_json() == b.to_json() == out
     assert a.setup.method == "zero3"
+    with pytest.warns(llmem.Warning, match="activation_checkpointing"):
+        llmem.estimate("meta-llama/Llama-3.2-1B", dp=2, deepspeed_config={
+            "zero_optimization": {"stage": 2},
+            "activation_checkpointing": {"partition_activations": True}})
     e = error(lambda: llmem.estimate("facebook/opt-125m", deepspeed_config=3))
     assert e.key == "deepspeed_config"
+
+
+def test_non_ascii_and_long_values_in_messages():
+    e = error(lambda: llmem.estimate("facebook/opt-125m", precision="é" * 80))
+    assert e.key == "precision"
+    e = error(lambda: llmem.estimate("facebook/opt-125m", batch=["é" * 40]))
+    assert e.key == "batch" and str(e).endswith("...")
 
 
 def test_none_means_default():

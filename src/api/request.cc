@@ -104,8 +104,12 @@ std::string dashed(std::string_view key) {
 // A short rendering of a JSON value for messages.
 std::string shown(const json& v) {
   std::string text = v.dump();
-  if (text.size() > 60)
-    text = text.substr(0, 57) + "...";
+  if (text.size() > 60) {
+    size_t cut = 57;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+      --cut;  // not inside a UTF-8 sequence
+    text = text.substr(0, cut) + "...";
+  }
   return text;
 }
 
