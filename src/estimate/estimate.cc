@@ -75,8 +75,10 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   Replay r;
   CachingAllocator caching(options);
   uint64_t exact_allocated = 0;
-  std::vector<uint32_t> handle;
-  std::vector<uint64_t> size;
+  thread_local std::vector<uint32_t> handle;  // reused: no fresh pages per estimate
+  thread_local std::vector<uint64_t> size;
+  handle.clear();
+  size.clear();
   std::array<uint64_t, kComponents> live{};
   uint64_t thin = 0;
   for (size_t i = 0; i < events.size(); ++i) {
@@ -168,7 +170,9 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   TrainingSetup setup = setup_in;
   bool cuda = setup.device == Device::kCuda;
   setup.workspace_bytes = cuda ? gpu.cublas_workspace_bytes : 0;
-  trace::TraceResult trace = trace::build_trace(model, setup, rank);
+  // Reused across estimates on this thread: a plan runs thousands back to back.
+  thread_local trace::TraceResult trace;
+  trace::build_trace(model, setup, rank, &trace);
 
   Estimate est;
   est.params = trace.params;
@@ -188,12 +192,13 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
     est.context_bytes = gpu.context_bytes;
     est.workspace_bytes = gpu.cublas_workspace_bytes;
     est.capacity_bytes = gpu.capacity_bytes;
-    est.peak.device_bytes = est.peak.reserved_bytes + est.context_bytes;
+    est.comm_bytes = rank.comm_bytes;
+    est.peak.device_bytes = est.peak.reserved_bytes + est.context_bytes + est.comm_bytes;
     // Does it fit? Replay against the memory the allocator can really get:
     // the allocator frees its cache and retries before giving up, so this can
     // fit even when the unlimited reserved peak exceeds the budget.
-    uint64_t budget =
-        gpu.capacity_bytes > gpu.context_bytes ? gpu.capacity_bytes - gpu.context_bytes : 0;
+    uint64_t fixed = gpu.context_bytes + est.comm_bytes;
+    uint64_t budget = gpu.capacity_bytes > fixed ? gpu.capacity_bytes - fixed : 0;
     if (est.peak.device_bytes <= gpu.capacity_bytes) {
       est.fits = true;
     } else if (est.peak.allocated_bytes <= budget) {
