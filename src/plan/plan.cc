@@ -447,6 +447,8 @@ int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
     points.emplace_back(static_cast<double>(bs[static_cast<size_t>(i)]),
                         static_cast<double>((*peaks)[static_cast<size_t>(i)]));
   auto index_at = [&](double b) {
+    if (!(b >= 0))  // negative or NaN: no usable prediction
+      return -1;
     b = std::min(b, static_cast<double>(bs.back()));
     auto it = std::upper_bound(bs.begin(), bs.end(), static_cast<int64_t>(std::floor(b)));
     return static_cast<int>(it - bs.begin()) - 1;
