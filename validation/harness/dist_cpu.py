@@ -214,7 +214,24 @@ DIST_RUNS = [
     ["--config", "validation/configs/tiny-llama.json", "--method", "zero1", "--precision", "bf16-mixed"],
     ["--config", "validation/configs/tiny-gpt2.json", "--method", "ddp", "--precision", "fp32"],
     ["--config", "validation/configs/tiny-gpt2.json", "--method", "zero1", "--precision", "fp32"],
+    # 2 pipeline stages (dp 1), 4 micro-batches; Megatron tensor parallelism tp 2 (dp 1)
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "bf16-mixed",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "gpipe"],
+    ["--config", "validation/configs/tiny-gpt2.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed"],
 ]
+
+
+def stage_layers_of(cfg, stage):
+    import parallel_cpu
+    n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    return parallel_cpu.stage_layers(n, 2, stage)
 
 
 def matrix_rows():
@@ -230,23 +247,39 @@ def matrix_rows():
             m = models.build_model(cfg)
             nparams = sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
             del m
+            pp = args.method == "pp"
             for o in outs:
+                if pp:
+                    lo, hi = stage_layers_of(cfg, o["rank"])
+                    how = ("pipeline stage %d of 2 (layers %d-%d), %s over %d micro-batches, dp 1; p2p "
+                           "send/recv, fresh receive buffers, no KV cache%s"
+                           % (o["rank"], lo, hi - 1, args.schedule.upper(), args.grad_accum,
+                              "; tied head copied to the last stage, grads all-reduced"
+                              if cfg.get("tie_word_embeddings", cfg["model_type"] == "gpt2") else ""))
+                elif args.method == "megatron":
+                    how = ("tp rank %d of 2 (Megatron layout: column/row-parallel q,k,v,o/gate,up,down, "
+                           "vocab-parallel embedding, head and cross-entropy), dp 1, no KV cache; gloo "
+                           "reduces bf16 through an fp32 copy" % o["rank"])
+                else:
+                    how = "DDP default buckets (gradient_as_bucket_view=False)"
                 rows.append({
                     "source_url": "", "model": args.config, "params_b": "%.6f" % (nparams / 1e9), "gpus": 2,
-                    "gpu_type": "cpu", "method": args.method, "world_size": 2, "tp": 1,
+                    "gpu_type": "cpu", "method": "ddp" if pp else args.method, "world_size": 2,
+                    "tp": 2 if args.method == "megatron" else 1,
                     "precision": args.precision, "optimizer": "adamw", "micro_batch": args.batch,
                     "seq_len": args.seq, "grad_ckpt": "on" if args.grad_ckpt else "off",
                     "finetune": "lora" if args.lora_rank else "full", "lora_rank": args.lora_rank or "",
                     "attention_impl": "eager", "measured_what": "cpu_peak_live_bytes",
                     "peak_gib": "%.6f" % (o["peak_bytes"] / 2 ** 30),
-                    "notes": "rank=%d of 2; gloo; mallinfo2 only (no storage count); "
-                             "DDP default buckets (gradient_as_bucket_view=False)" % o["rank"],
+                    "notes": "rank=%d of 2; gloo; mallinfo2 only (no storage count); %s" % (o["rank"], how),
                     "peak_bytes": o["peak_bytes"], "peak_forward_bytes": o["peak_forward_bytes"],
                     "peak_loss_bytes": o["peak_loss_bytes"], "peak_backward_bytes": o["peak_backward_bytes"],
                     "peak_optimizer_bytes": o["peak_optimizer_bytes"],
                     "first_step_peak_bytes": o["first_step_peak_bytes"], "storage_peak_bytes": "",
                     "lora_alpha": "", "lora_dropout": "", "lora_targets": "",
                     "torch_version": o["torch_version"], "command": o["command"], "date": o["date"],
+                    "pp": 2 if pp else 1, "schedule": args.schedule if pp else "",
+                    "grad_accum": args.grad_accum,
                 })
     finally:
         os.chdir(cwd)
