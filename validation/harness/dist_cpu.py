@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), gloo backend,
-2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
+"""Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), 2 pipeline stages
+(--method pp, --schedule 1f1b|gpipe, --grad-accum m micro-batches) and Megatron-style tensor parallelism tp 2
+(--method megatron; both in parallel_cpu.py), gloo backend, 2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
 measure_cpu.py does (baseline taken in the rank before the model is built).
 
     /usr/bin/python3 validation/harness/dist_cpu.py --config validation/configs/tiny-llama.json \
