@@ -200,6 +200,39 @@ TEST(Plan, AccumulationBeyondTwoGroupsKeepsThePeak) {
   EXPECT_EQ(estimate(model, s, gpu).peak.device_bytes, five);
 }
 
+TEST(Plan, InverseQuestionsAgreeWithPlans) {
+  ModelSpec model = load_model("facebook/opt-125m");
+  GpuSpec gpu = custom_gpu(3);
+  PlanRequest r;
+  r.gpus = 1;
+  r.margin = 0;
+  Plan at;
+  int64_t longest = max_seq(model, r, gpu, &at);
+  ASSERT_GT(longest, 64);
+  ASSERT_LT(longest, 2048) << "pick a smaller GPU so the answer is inside the model's range";
+  EXPECT_EQ(longest % 64, 0);
+  EXPECT_GE(at.choice, 0);
+  PlanRequest one = r;
+  one.max_micro_batch = 1;
+  one.seq = longest;
+  EXPECT_GE(plan(model, one, gpu).choice, 0);
+  one.seq = longest + 64;
+  EXPECT_EQ(plan(model, one, gpu).choice, -1);
+
+  // Fewest GPUs: full fine-tuning of a 7B model on 40 GB cards needs ZeRO-3 over several.
+  PlanRequest g;
+  g.gpus = 8;
+  g.seq = 512;
+  g.max_micro_batch = 4;
+  Plan fewest;
+  int n = min_gpus(llama7b(), g, find_gpu("A100-40GB"), &fewest);
+  ASSERT_GT(n, 1);
+  EXPECT_GE(fewest.choice, 0);
+  g.gpus = n - 1;
+  g.nodes = 1;
+  EXPECT_EQ(plan(llama7b(), g, find_gpu("A100-40GB")).choice, -1);
+}
+
 TEST(Plan, GlobalBatchRestrictsMicroBatches) {
   PlanRequest r;
   r.gpus = 8;
