@@ -361,7 +361,7 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
               } else {
                 f.per_replica = r.global_batch / l.dp;
                 for (int64_t b = 1; b <= std::min(f.per_replica, batch_cap); ++b) {
-                  if (f.per_replica % b == 0 && (l.pp == 1 || f.per_replica / b >= 1))
+                  if (f.per_replica % b == 0)
                     f.batches.push_back(b);
                 }
               }
@@ -498,7 +498,7 @@ int search(Searcher& s, const PlanRequest& r, Family& f, uint64_t budget,
   return lo;
 }
 
-void validate(const ModelSpec& model, const PlanRequest& r) {
+void validate(const PlanRequest& r) {
   if (r.gpus < 1 || r.gpus > 4096)
     throw Error("--gpus", "", "expected between 1 and 4096 GPUs");
   if (r.nodes < 1 || r.nodes > r.gpus || r.gpus % r.nodes != 0) {
@@ -520,12 +520,11 @@ void validate(const ModelSpec& model, const PlanRequest& r) {
     if (m == Method::kSingle && r.gpus != 1)
       throw Error("--methods", "", "single needs --gpus 1");
   }
-  (void)model;
 }
 
 Plan run_plan(Searcher& s, const ModelSpec& model, const PlanRequest& r, const GpuSpec& gpu,
               bool stop_at_first_fit) {
-  validate(model, r);
+  validate(r);
   Plan plan;
   plan.capacity_bytes = gpu.capacity_bytes;
   plan.budget_bytes =
@@ -685,7 +684,7 @@ Plan plan(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu
 }
 
 int64_t max_seq(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu, Plan* out) {
-  validate(model, request);
+  validate(request);
   Searcher s(model, request, gpu);
   PlanRequest r = request;
   r.max_micro_batch = 1;
@@ -739,7 +738,7 @@ int64_t max_seq(const ModelSpec& model, const PlanRequest& request, const GpuSpe
 }
 
 int min_gpus(const ModelSpec& model, const PlanRequest& request, const GpuSpec& gpu, Plan* out) {
-  validate(model, request);
+  validate(request);
   Searcher s(model, request, gpu);
   int per_node = request.gpus / request.nodes;
   int found = 0;
