@@ -4,7 +4,7 @@
 # UndefinedBehaviorSanitizer build, a short fuzzing run, and the format check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch
+bash scripts/deps.sh libyaml-cpp-dev clang-14 libclang-rt-14-dev clang-format python3-torch
 jobs=$(nproc)
 
 echo "== ci build (warnings as errors)"

@@ -15,6 +15,7 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
+#include "llmem/recipe.h"
 #include "llmem/validate.h"
 
 namespace llmem::cli {
@@ -58,6 +59,13 @@ struct EstimateOptions {
   std::string format = "table";
   std::string estimator = "llmem";
   int64_t chunk_elems = 0;
+  std::string framework = "hf";
+  std::string recipe;
+  bool optimizer_in_bwd = false;
+  bool activation_offload = false;
+  bool paged_optimizer = false;
+  int64_t output_chunks = -1;
+  int64_t lm_head_chunk = -1;
 };
 
 struct ValidateOptions {
@@ -83,19 +91,50 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-int run_estimate(const EstimateOptions& o, std::ostream& out) {
+int run_estimate(const EstimateOptions& o, const CLI::App& cmd, std::ostream& out,
+                 std::ostream& err) {
   ModelSpec model = load_model(o.model);
   TrainingSetup setup;
-  setup.batch = o.batch;
-  setup.seq = o.seq;
-  setup.grad_accum = o.grad_accum;
-  setup.precision = parse_precision(o.precision, "--precision");
-  setup.optimizer = parse_optimizer(o.optimizer, "--optimizer");
-  setup.attention = parse_attention(o.attention, "--attention");
-  setup.checkpointing =
-      o.grad_ckpt ? parse_checkpointing(o.ckpt_mode, "--ckpt-mode") : CheckpointMode::kOff;
+  // The framework's defaults first; options given on the command line win.
+  apply_framework_defaults(parse_framework(o.framework, "--framework"), &setup);
+  if (!o.recipe.empty()) {
+    RecipeResult recipe = read_recipe_file(o.recipe, &setup);
+    for (const std::string& w : recipe.warnings)
+      err << "warning: " << w << "\n";
+  }
+  auto given = [&](const char* name) { return cmd.count(name) > 0; };
+  bool framework_run = setup.framework != Framework::kHf;
+  if (!framework_run || given("--batch"))
+    setup.batch = o.batch;
+  if (!framework_run || given("--seq"))
+    setup.seq = o.seq;
+  if (!framework_run || given("--grad-accum"))
+    setup.grad_accum = o.grad_accum;
+  if (!framework_run || given("--precision"))
+    setup.precision = parse_precision(o.precision, "--precision");
+  if (!framework_run || given("--optimizer"))
+    setup.optimizer = parse_optimizer(o.optimizer, "--optimizer");
+  if (!framework_run || given("--attention"))
+    setup.attention = parse_attention(o.attention, "--attention");
+  if (!framework_run || given("--grad-ckpt") || given("--ckpt-mode")) {
+    std::string mode = framework_run && !given("--ckpt-mode") ? "non-reentrant" : o.ckpt_mode;
+    setup.checkpointing = o.grad_ckpt ? parse_checkpointing(mode, "--ckpt-mode")
+                          : framework_run ? setup.checkpointing
+                                          : CheckpointMode::kOff;
+  }
   setup.device = o.device == "cpu" ? Device::kCpu : Device::kCuda;
-  setup.dropout = o.dropout;
+  if (!framework_run || given("--dropout"))
+    setup.dropout = o.dropout;
+  if (o.optimizer_in_bwd)
+    setup.fw.optimizer_in_bwd = true;
+  if (o.activation_offload)
+    setup.fw.activation_offload = true;
+  if (o.paged_optimizer)
+    setup.fw.paged_optimizer = true;
+  if (o.output_chunks >= 0)
+    setup.fw.output_chunks = o.output_chunks;
+  if (o.lm_head_chunk >= 0)
+    setup.fw.lm_head_chunk_tokens = o.lm_head_chunk;
   if (!o.quant.empty()) {
     if (o.lora_rank <= 0) {
       throw Error("--quant", "", "QLoRA trains LoRA adapters: give --lora-rank too");
@@ -105,9 +144,11 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     }
     setup.finetune = FinetuneMode::kQlora;
     setup.quant.nf4 = o.quant == "nf4";
-    setup.quant.double_quant = !o.no_double_quant;
+    if (!framework_run || given("--no-double-quant"))
+      setup.quant.double_quant = !o.no_double_quant;
     setup.quant.block = o.quant_block;
-    setup.quant.prepare_kbit = !o.no_prepare_kbit;
+    if (!framework_run || given("--no-prepare-kbit"))
+      setup.quant.prepare_kbit = !o.no_prepare_kbit;
     setup.quant.compute_fp32 = o.quant_compute == "fp32";
   }
   if (o.freeze_layers < 0)
@@ -118,10 +159,19 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     if (setup.finetune != FinetuneMode::kQlora)
       setup.finetune = FinetuneMode::kLora;
     setup.lora.rank = o.lora_rank;
-    setup.lora.alpha = o.lora_alpha;
-    setup.lora.dropout = o.lora_dropout;
-    setup.lora.targets = o.lora_targets;
-    setup.lora.adapter_fp32 = o.lora_dtype == "fp32";
+    if (!framework_run || given("--lora-alpha"))
+      setup.lora.alpha = o.lora_alpha;
+    if (!framework_run || given("--lora-dropout"))
+      setup.lora.dropout = o.lora_dropout;
+    if (!framework_run || given("--lora-targets")) {
+      setup.lora.targets.clear();
+      for (const std::string& t : o.lora_targets) {
+        for (const std::string& hf : framework_module_names(setup.framework, t))
+          setup.lora.targets.push_back(hf);
+      }
+    }
+    if (!framework_run || given("--lora-dtype"))
+      setup.lora.adapter_fp32 = o.lora_dtype == "fp32";
   }
   int major = 0;
   int minor = 0;
@@ -272,6 +322,22 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->check(CLI::IsMember({"llmem", "paper", "both"}));
   est_cmd->add_option("--chunk-elems", est.chunk_elems,
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
+  est_cmd
+      ->add_option("--framework", est.framework,
+                   "Whose training loop: hf (Transformers + PEFT + Trainer), torchtune or litgpt")
+      ->check(CLI::IsMember({"hf", "torchtune", "litgpt"}));
+  est_cmd->add_option("--recipe", est.recipe,
+                      "A torchtune recipe YAML or a LitGPT config_hub YAML (sets --framework)");
+  est_cmd->add_flag("--optimizer-in-bwd", est.optimizer_in_bwd,
+                    "torchtune optimizer_in_bwd: step each parameter inside backward");
+  est_cmd->add_flag("--activation-offload", est.activation_offload,
+                    "torchtune enable_activation_offloading (needs --grad-ckpt)");
+  est_cmd->add_flag("--paged-optimizer", est.paged_optimizer,
+                    "bitsandbytes paged optimizer: states outside the caching allocator");
+  est_cmd->add_option("--output-chunks", est.output_chunks,
+                      "torchtune num_output_chunks of the LM head and loss (0: off)");
+  est_cmd->add_option("--lm-head-chunk", est.lm_head_chunk,
+                      "LitGPT lm_head_chunk_size in tokens (0: off)");
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
 
@@ -313,7 +379,7 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     if (val_cmd->parsed())
       return run_validate(val, out);
     if (est_cmd->parsed())
-      return run_estimate(est, out);
+      return run_estimate(est, *est_cmd, out, err);
     if (arch_cmd->parsed())
       return run_architectures(out);
   } catch (const Error& e) {
