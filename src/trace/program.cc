@@ -353,6 +353,12 @@ class Program {
         for (Tid t : logit_chunks_)
           g_.release(t);  // `del logits` (torchtune _loss_step)
       logit_chunks_.clear();
+      // The previous step's graph (and the bnb ctx.tensors it holds) dies
+      // when `loss = chunked_cross_entropy(...)` rebinds the name.
+      for (Tid t : bnb_prev_)
+        g_.release(t);
+      bnb_prev_ = bnb_ctx_;
+      bnb_ctx_.clear();
     } else {
       if (s_.fw.logits_shift_copy) {
         // early torchtune recipes: logits = logits[..., :-1, :].contiguous()
@@ -455,12 +461,18 @@ class Program {
       Tid xc = cast(x, ce);
       Tid deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
       // bitsandbytes MatMul4Bit.forward keeps ctx.tensors = (A, B) whenever
-      // the input needs a gradient (bitsandbytes/autograd/_functions.py);
-      // torchao's NF4 linear saves only the weight. Applied to the framework
-      // profiles; the hf profile's bnb path is left as it was measured.
-      bool keeps_input = s_.framework == Framework::kLitgpt && g_.requires_grad(xc);
-      Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone},
-                    {keeps_input ? xc : kNone}, Component::kActivations, {}, w.quantized * ce);
+      // the input needs a gradient (bitsandbytes/autograd/_functions.py): a
+      // Python attribute of the graph node, not a saved variable, so it lives
+      // as long as the graph does, and LitGPT's loop keeps the graph through
+      // `loss` until the next step's loss rebinds the name. torchao's NF4
+      // linear saves only the weight. Applied to LitGPT; the hf profile's bnb
+      // path is left as it was measured.
+      if (s_.framework == Framework::kLitgpt && g_.requires_grad(xc)) {
+        g_.retain(xc);
+        bnb_ctx_.push_back(xc);
+      }
+      Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
+                    Component::kActivations, {}, w.quantized * ce);
       g_.release(deq);
       g_.release(xc);
       Tid yo = cast(y, g_.elem(x));
@@ -939,6 +951,8 @@ class Program {
   std::vector<Tid> logit_chunks_;  // this forward's logits slices
   std::vector<Tid> kept_logits_;   // LitGPT: the previous step's slices
   std::unordered_set<Tid> stepped_in_bwd_;
+  std::vector<Tid> bnb_ctx_;   // LitGPT QLoRA: inputs bnb keeps on this step's graph
+  std::vector<Tid> bnb_prev_;  // and on the previous step's graph
 };
 
 // PEFT's default targets per model_type (peft/utils/constants.py
