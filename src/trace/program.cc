@@ -290,6 +290,13 @@ class Program {
             (t.numel + 1) / 2 +
             (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
         p.id = g_.leaf(bytes, 1, Component::kParameters, false);
+      } else if (qlora && s_.framework == Framework::kLitgpt && t.role == TensorRole::kEmbedding) {
+        // litgpt/finetune/lora.py (quantized): after the optimizer is built,
+        // wte is replaced by a bitsandbytes StableEmbedding whose weight is a
+        // new trainable Parameter outside the optimizer (its .grad is never
+        // cleared), while the local `old_embedding` keeps the old weight alive.
+        g_.leaf(t.numel, pe_, Component::kParameters, false);
+        p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
       } else {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
@@ -675,7 +682,8 @@ class Program {
 
   // ------------------------------------------------------------ activations
   Tid activation(Tid x, const std::string& act) {
-    if (act == "gelu_new" || act == "gelu_fast") {
+    // LitGPT's MLPs call F.gelu(x, approximate="tanh"): one kernel (litgpt/model.py).
+    if ((act == "gelu_new" || act == "gelu_fast") && s_.framework == Framework::kHf) {
       // NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
       Tid cube = g_.op(g_.numel(x), g_.elem(x), {x}, {x});  // pow saves x
       Tid c1 = plain(cube);
