@@ -12,11 +12,10 @@
 #include <set>
 #include <sstream>
 
-#include <yaml-cpp/yaml.h>
-
 #include "llmem/error.h"
 
 #include "trace/framework.h"
+#include <yaml-cpp/yaml.h>
 
 namespace llmem {
 namespace {
@@ -62,20 +61,45 @@ class Reader {
   // Keys that do not change GPU memory (paths, learning rates, logging, data
   // sources): read silently.
   static bool no_memory_effect(const std::string& key) {
-    static const std::set<std::string> keys = {
-        "output_dir",       "out_dir",          "seed",
-        "shuffle",          "epochs",           "max_steps_per_epoch",
-        "metric_logger",    "log_every_n_steps", "log_peak_memory_stats",
-        "lr_scheduler",     "resume_from_checkpoint", "save_adapter_weights_only",
-        "checkpointer",     "device",           "profiler",
-        "log_level",        "logger_name",      "eval",
-        "run_val_every_n_steps", "dataset_val", "save_every_n_steps",
-        "base_model_path",  "data",             "log_interval",
-        "save_interval",    "lr_warmup_steps",  "lr_warmup_fraction",
-        "max_tokens",       "max_steps",        "min_lr",
-        "max_norm",         "clip_grad_norm",   "tokenizer_dir",
-        "checkpoint_dir",   "num_nodes",        "access_token",
-        "resume",           "collate_fn",       "max_time"};
+    static const std::set<std::string> keys = {"output_dir",
+                                               "out_dir",
+                                               "seed",
+                                               "shuffle",
+                                               "epochs",
+                                               "max_steps_per_epoch",
+                                               "metric_logger",
+                                               "log_every_n_steps",
+                                               "log_peak_memory_stats",
+                                               "lr_scheduler",
+                                               "resume_from_checkpoint",
+                                               "save_adapter_weights_only",
+                                               "checkpointer",
+                                               "device",
+                                               "profiler",
+                                               "log_level",
+                                               "logger_name",
+                                               "eval",
+                                               "run_val_every_n_steps",
+                                               "dataset_val",
+                                               "save_every_n_steps",
+                                               "base_model_path",
+                                               "data",
+                                               "log_interval",
+                                               "save_interval",
+                                               "lr_warmup_steps",
+                                               "lr_warmup_fraction",
+                                               "max_tokens",
+                                               "max_steps",
+                                               "min_lr",
+                                               "max_norm",
+                                               "clip_grad_norm",
+                                               "tokenizer_dir",
+                                               "checkpoint_dir",
+                                               "num_nodes",
+                                               "access_token",
+                                               "resume",
+                                               "collate_fn",
+                                               "max_time"};
     return keys.count(key) > 0;
   }
   void lora_targets_torchtune(const YAML::Node& model);
@@ -111,8 +135,8 @@ void Reader::optimizer(const YAML::Node& opt, const std::string& key, bool torch
         !flag(args["foreach"], key + ".foreach"))
       s_->optimizer = OptimizerKind::kAdamWForLoop;
   } else if (name == "AdamW8bit" || name == "PagedAdamW8bit" || name == "Adam8bit") {
-    s_->optimizer = name == "PagedAdamW8bit" ? OptimizerKind::kPagedAdamW8bit
-                                              : OptimizerKind::kAdamW8bit;
+    s_->optimizer =
+        name == "PagedAdamW8bit" ? OptimizerKind::kPagedAdamW8bit : OptimizerKind::kAdamW8bit;
   } else if (name == "SGD") {
     bool momentum = args.IsMap() && args["momentum"] &&
                     as<double>(args["momentum"], key + ".momentum", "a number") > 0;
@@ -215,13 +239,16 @@ void Reader::torchtune(const YAML::Node& root) {
       if (comp.find("CEWithChunkedOutputLoss") != std::string::npos) {
         s_->fw.output_chunks =
             v["num_output_chunks"] ? count(v["num_output_chunks"], "loss.num_output_chunks") : 8;
-      } else if (comp.find("CrossEntropyLoss") != std::string::npos) {
+      } else if (comp == "torch.nn.CrossEntropyLoss" ||
+                 comp == "torch.nn.modules.loss.CrossEntropyLoss") {
         s_->fw.output_chunks = 0;
       } else {
         s_->fw.output_chunks = 8;
+        // LinearCrossEntropyLoss projects and upcasts chunk by chunk without
+        // keeping the bf16 slices: CEWithChunkedOutputLoss is its upper bound.
         warn("loss._component_", "\"" + comp +
                                      "\" not modelled; traced as CEWithChunkedOutputLoss "
-                                     "with 8 chunks");
+                                     "with 8 chunks (an upper bound by the bf16 logits)");
       }
     } else if (key == "tokenizer") {
       if (v["max_seq_len"] && !v["max_seq_len"].IsNull())
@@ -243,12 +270,14 @@ void Reader::torchtune(const YAML::Node& root) {
   if (max_seq > 0) {
     s_->seq = max_seq;
     if (!packed) {
-      warn("dataset.packed", "unpacked batches are padded to their longest sample; estimated at "
-                             "tokenizer.max_seq_len, the longest possible");
+      warn("dataset.packed",
+           "unpacked batches are padded to their longest sample; estimated at "
+           "tokenizer.max_seq_len, the longest possible");
     }
   } else {
-    warn("tokenizer.max_seq_len", "not set: the peak depends on the dataset's longest sample; "
-                                  "give --seq");
+    warn("tokenizer.max_seq_len",
+         "not set: the peak depends on the dataset's longest sample; "
+         "give --seq");
   }
 }
 
@@ -257,9 +286,9 @@ void Reader::litgpt(const YAML::Node& root) {
   r_->framework = Framework::kLitgpt;
   s_->finetune = root["lora_r"] ? FinetuneMode::kLora : FinetuneMode::kFull;
   std::vector<std::string> lora;  // LitGPT flag names that are true
-  std::map<std::string, bool> flags = {{"lora_query", true},       {"lora_key", false},
-                                       {"lora_value", true},       {"lora_projection", false},
-                                       {"lora_mlp", false},        {"lora_head", false}};
+  std::map<std::string, bool> flags = {{"lora_query", true}, {"lora_key", false},
+                                       {"lora_value", true}, {"lora_projection", false},
+                                       {"lora_mlp", false},  {"lora_head", false}};
   int64_t devices = 1;
   int64_t global_batch = 0;
   for (const auto& kv : root) {
@@ -333,7 +362,7 @@ void Reader::litgpt(const YAML::Node& root) {
     s_->grad_accum = std::max<int64_t>(1, global_batch / (s_->batch * devices));
   if (s_->finetune != FinetuneMode::kFull) {
     static const std::pair<const char*, const char*> names[] = {
-        {"lora_query", "query"}, {"lora_key", "key"},   {"lora_value", "value"},
+        {"lora_query", "query"},           {"lora_key", "key"}, {"lora_value", "value"},
         {"lora_projection", "projection"}, {"lora_mlp", "mlp"}, {"lora_head", "head"}};
     s_->lora.targets.clear();
     for (const auto& [flag_name, module] : names) {
@@ -345,8 +374,9 @@ void Reader::litgpt(const YAML::Node& root) {
   }
   if (!root["train"] || !root["train"]["max_seq_length"] ||
       root["train"]["max_seq_length"].IsNull()) {
-    warn("train.max_seq_length", "not set: the peak depends on the dataset's longest sample; "
-                                 "give --seq");
+    warn("train.max_seq_length",
+         "not set: the peak depends on the dataset's longest sample; "
+         "give --seq");
   }
 }
 
@@ -373,8 +403,8 @@ RecipeResult read_recipe(const std::string& text, const std::string& file, Train
     if (root["model"] && root["model"].IsMap() && root["model"]["_component_"]) {
       reader.torchtune(root);
       if (root["checkpointer"] && root["checkpointer"]["checkpoint_dir"])
-        result.checkpoint = reader.str(root["checkpointer"]["checkpoint_dir"],
-                                       "checkpointer.checkpoint_dir");
+        result.checkpoint =
+            reader.str(root["checkpointer"]["checkpoint_dir"], "checkpointer.checkpoint_dir");
     } else if (root["checkpoint_dir"] || root["precision"] || root["train"]) {
       reader.litgpt(root);
       if (root["checkpoint_dir"])

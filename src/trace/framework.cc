@@ -181,8 +181,8 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
     if (total == kNone) {
       total = part;
     } else {
-      Tid sum = g.op(1, std::max(g.elem(total), g.elem(part)), {total, part}, {},
-                     Component::kLogitsLoss);
+      Tid sum =
+          g.op(1, std::max(g.elem(total), g.elem(part)), {total, part}, {}, Component::kLogitsLoss);
       g.release(total);
       g.release(part);
       total = sum;

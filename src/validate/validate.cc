@@ -143,9 +143,10 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
     throw Skip{"torch.compile fusions not modelled (they change what is saved for backward)"};
   }
   if (!seq.empty() && !std::isdigit(static_cast<unsigned char>(seq[0]))) {
-    throw Skip{"unpacked variable-length batches: the longest batch, which sets the peak, is not "
-               "stated (" +
-               seq + ")"};
+    throw Skip{
+        "unpacked variable-length batches: the longest batch, which sets the peak, is not "
+        "stated (" +
+        seq + ")"};
   }
   apply_framework_defaults(fw, s);
   if (fw == Framework::kTorchtune) {

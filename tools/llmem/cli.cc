@@ -14,8 +14,8 @@
 #include "llmem/estimate.h"
 #include "llmem/gpu.h"
 #include "llmem/model.h"
-#include "llmem/report.h"
 #include "llmem/recipe.h"
+#include "llmem/report.h"
 #include "llmem/validate.h"
 
 namespace llmem::cli {
@@ -118,7 +118,7 @@ int run_estimate(const EstimateOptions& o, const CLI::App& cmd, std::ostream& ou
     setup.attention = parse_attention(o.attention, "--attention");
   if (!framework_run || given("--grad-ckpt") || given("--ckpt-mode")) {
     std::string mode = framework_run && !given("--ckpt-mode") ? "non-reentrant" : o.ckpt_mode;
-    setup.checkpointing = o.grad_ckpt ? parse_checkpointing(mode, "--ckpt-mode")
+    setup.checkpointing = o.grad_ckpt     ? parse_checkpointing(mode, "--ckpt-mode")
                           : framework_run ? setup.checkpointing
                                           : CheckpointMode::kOff;
   }
