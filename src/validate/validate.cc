@@ -477,10 +477,14 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
       row.estimated_bytes = row.counter == "reserved" ? e.peak.reserved_bytes
                             : row.counter == "device" ? e.peak.device_bytes
                                                       : e.peak.allocated_bytes;
-      row.setting = std::string(precision_name(setup.precision)) + " b" +
-                    std::to_string(setup.batch) + " s" + std::to_string(setup.seq) +
-                    (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
-                    (setup.finetune == FinetuneMode::kLora ? " lora" : "");
+      row.setting =
+          (setup.framework != Framework::kHf ? std::string(framework_name(setup.framework)) + " "
+                                             : std::string()) +
+          std::string(precision_name(setup.precision)) + " b" + std::to_string(setup.batch) + " s" +
+          std::to_string(setup.seq) + (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
+          (setup.finetune == FinetuneMode::kLora    ? " lora"
+           : setup.finetune == FinetuneMode::kQlora ? " qlora"
+                                                    : "");
       row.error_pct =
           100.0 *
           (static_cast<double>(row.estimated_bytes) - static_cast<double>(row.measured_bytes)) /
