@@ -214,12 +214,18 @@ Names names_for(const std::string& f, const LayerSpec& l) {
 
 class Program {
  public:
-  Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, TraceResult* out)
-      : g_(g), m_(m), s_(s), out_(out) {
+  Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, const RankPlan& r, TraceResult* out)
+      : g_(g), m_(m), s_(s), r_(r), out_(out) {
     bool half_weights = s.precision == Precision::kBf16 || s.precision == Precision::kFp16;
     pe_ = half_weights ? 2 : kF32;
     autocast_ = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
     ae_ = autocast_ ? 2 : pe_;
+    // FSDP's MixedPrecision(param_dtype=16-bit) (accelerate's default under
+    // bf16/fp16): the gathered parameters the ops see are already 16-bit; the
+    // fp32 shards are the masters.
+    store_elem_ = pe_;
+    if (r.param_shards > 1 && autocast_)
+      pe_ = 2;
     cuda_ = s.device == Device::kCuda;
     tokens_ = s.batch * s.seq;
     if (m.family == "gpt2") {
@@ -252,7 +258,8 @@ class Program {
     // LlamaModel builds a DynamicCache in training when use_cache is on
     // (config default true) and checkpointing does not force it off.
     bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
-    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff;
+    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff &&
+                 r.first_stage && r.last_stage;
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -266,12 +273,17 @@ class Program {
     // quantized to fp32 (peft/utils/other.py).
     int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
     for (const TensorSpec& t : m_.tensors) {
+      if (!on_stage(t))
+        continue;
       // LitGPT has no weight tying: convert_hf_checkpoint copies the embedding
       // into a separate lm_head.weight (litgpt/scripts/convert_hf_checkpoint.py).
-      if (!t.tied_to.empty() && s_.framework != Framework::kLitgpt) {
+      if (!t.tied_to.empty() && params_.count(t.tied_to) > 0 &&
+          s_.framework != Framework::kLitgpt) {
         params_[t.name] = params_[t.tied_to];
         continue;
       }
+      // A tied head on a later pipeline stage than its embedding is a copy
+      // of its own, kept in sync by an all-reduce of the two gradients.
       Param p;
       bool frozen_layer = t.layer >= 0 && t.layer < s_.freeze_layers;
       bool frozen_embed = s_.freeze_embeddings && (t.role == TensorRole::kEmbedding ||
@@ -297,10 +309,19 @@ class Program {
         // cleared), while the local `old_embedding` keeps the old weight alive.
         g_.leaf(t.numel, pe_, Component::kParameters, false);
         p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
+      } else if (r_.param_shards > 1) {
+        if (qlora)
+          throw Error("--method", "", "QLoRA with sharded parameters is not modelled yet");
+        p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
+        auto slot = static_cast<size_t>(t.layer + 1);
+        if (layer_numel_.size() <= slot)
+          layer_numel_.resize(slot + 1, 0);
+        layer_numel_[slot] += t.numel;
       } else {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
       params_[t.name] = p;
+      param_layer_[p.id] = t.layer;
       out_->params += t.numel;
       if (p.trainable) {
         trainable_.push_back(p.id);
@@ -309,6 +330,7 @@ class Program {
     }
     if (s_.finetune != FinetuneMode::kFull)
       add_lora();
+    setup_distributed();
     // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
@@ -323,6 +345,17 @@ class Program {
         g_.leaf(m_.max_position_embeddings * rot, kF32, Component::kInputs, false);
       }
     }
+  }
+
+  /// Whether this pipeline stage holds tensor `t`.
+  bool on_stage(const TensorSpec& t) const {
+    if (t.layer >= 0)
+      return t.layer >= r_.first_layer && (r_.end_layer < 0 || t.layer < r_.end_layer);
+    bool embedding_side = t.role == TensorRole::kEmbedding ||
+                          t.role == TensorRole::kPositionEmbedding ||
+                          (!names_.embed_norm.empty() && t.name.rfind(names_.embed_norm, 0) == 0) ||
+                          (t.role != TensorRole::kLmHead && t.role != TensorRole::kNorm);
+    return embedding_side ? r_.first_stage : r_.last_stage;
   }
 
   /// Modules bitsandbytes quantizes: every Linear inside the decoder layers
@@ -340,25 +373,80 @@ class Program {
       // allocator and keeps it (CublasHandlePool.cpp).
       workspace_ = g_.buffer(static_cast<int64_t>(s_.workspace_bytes), Component::kWorkspace);
     }
-    // The batch on the device: input_ids, attention_mask, labels (int64).
-    Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    Tid logits = forward(ids);
-    // LitGPT: the previous step's logits die when `logits = model(...)` rebinds the name.
-    for (Tid t : kept_logits_)
+    // A pipeline stage runs `in_flight` forwards before the first backward
+    // (1F1B warm-up, or every micro-batch under GPipe) and keeps each one's
+    // activations; their backwards then run newest first.
+    std::vector<Tid> held;  // inputs of every micro-batch in flight
+    Tid total = kNone;
+    for (int k = 0; k < r_.in_flight; ++k) {
+      g_.set_phase(Phase::kForward);
+      g_.set_layer(-1);
+      // The batch on the device: input_ids, attention_mask, labels (int64).
+      Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      held.insert(held.end(), {ids, mask_in, labels});
+      gather(-1);  // the root unit (embeddings, final norm, head) stays gathered to the end
+      Tid out = forward(ids);
+      // LitGPT: the previous step's logits die when `logits = model(...)` rebinds the name.
+      for (Tid t : kept_logits_)
+        g_.release(t);
+      kept_logits_.clear();
+      Tid loss;
+      if (r_.last_stage) {
+        g_.set_phase(Phase::kLoss);
+        g_.set_layer(-1);
+        loss = loss_and_logits(out, labels);  // consumes out
+      } else {
+        // The stage's output is sent on and kept for its backward, which
+        // starts from the gradient the next stage sends back.
+        loss = g_.op(1, kF32, {out}, {out}, Component::kTemporaries);
+        g_.release(out);
+      }
+      if (k + 1 < r_.in_flight) {
+        // Checkpointed layers of this micro-batch keep its rotary tables and
+        // mask until their backward (the next forward makes its own).
+        for (Tid* t : {&cos_, &sin_, &mask_, &alibi_}) {
+          if (*t != kNone)
+            held.push_back(*t);
+          *t = kNone;
+        }
+      }
+      for (Tid t : cache_kv_)
+        g_.release(t);  // and with it past_key_values
+      cache_kv_.clear();
+      clear_autocast_cache();
+      if (total == kNone) {
+        total = loss;
+      } else {
+        Tid sum = plain(total, loss);
+        g_.release(total);
+        g_.release(loss);
+        total = sum;
+      }
+    }
+    g_.backward(total);
+    reduce_grads(-1);
+    for (size_t i = 0; i < gathered_.size(); ++i)
+      reshard(static_cast<int>(i) - 1);
+    release_shared();
+    g_.release(total);
+    for (Tid t : held)
       g_.release(t);
-    kept_logits_.clear();
-    g_.set_phase(Phase::kLoss);
-    g_.set_layer(-1);
+  }
+
+  /// The loss of the last stage; consumes the model output `out` (kNone:
+  /// the framework profile's logits slices in logit_chunks_).
+  Tid loss_and_logits(Tid out, Tid labels) {
     Tid loss;
-    if (logits == kNone) {  // framework profile: logits in slices
+    if (out == kNone) {
       loss = chunked_loss(g_, logit_chunks_, s_.batch, s_.seq, m_.vocab_size, s_.fw);
-      if (s_.fw.logits_outlive_step)
+      if (s_.fw.logits_outlive_step) {
         kept_logits_ = logit_chunks_;
-      else
+      } else {
         for (Tid t : logit_chunks_)
           g_.release(t);  // `del logits` (torchtune _loss_step)
+      }
       logit_chunks_.clear();
       // The previous step's graph (and the bnb ctx.tensors it holds) dies
       // when `loss = chunked_cross_entropy(...)` rebinds the name.
@@ -366,30 +454,21 @@ class Program {
         g_.release(t);
       bnb_prev_ = bnb_ctx_;
       bnb_ctx_.clear();
-    } else {
-      if (s_.fw.logits_shift_copy) {
-        // early torchtune recipes: logits = logits[..., :-1, :].contiguous()
-        Tid c = g_.op(s_.batch * (s_.seq - 1) * m_.vocab_size, g_.elem(logits), {logits}, {},
-                      Component::kLogitsLoss);
-        g_.release(logits);
-        logits = c;
-      }
-      loss = causal_lm_loss(logits, labels);
-      if (s_.fw.logits_outlive_step)
-        kept_logits_.push_back(logits);
-      else
-        g_.release(logits);  // the model output object dies with compute_loss
+      return loss;
     }
-    for (Tid t : cache_kv_)
-      g_.release(t);  // and with it past_key_values
-    cache_kv_.clear();
-    clear_autocast_cache();
-    g_.backward(loss);
-    release_shared();
-    g_.release(loss);
-    g_.release(ids);
-    g_.release(mask_in);
-    g_.release(labels);
+    if (s_.fw.logits_shift_copy) {
+      // early torchtune recipes: logits = logits[..., :-1, :].contiguous()
+      Tid c = g_.op(s_.batch * (s_.seq - 1) * m_.vocab_size, g_.elem(out), {out}, {},
+                    Component::kLogitsLoss);
+      g_.release(out);
+      out = c;
+    }
+    loss = causal_lm_loss(out, labels);
+    if (s_.fw.logits_outlive_step)
+      kept_logits_.push_back(out);
+    else
+      g_.release(out);  // the model output object dies with compute_loss
+    return loss;
   }
 
   void optimizer_step(bool first);
@@ -400,9 +479,65 @@ class Program {
   void zero_grad() {
     for (Tid p : trainable_)
       g_.clear_grad(p);
+    for (Tid& t : grad_shards_) {
+      if (t != kNone)
+        g_.release(t);
+      t = kNone;
+    }
   }
 
  private:
+  // ------------------------------------------------------------ distributed
+  void setup_distributed();
+  /// ZeRO-3 / FSDP: all-gathers the parameters of `layer` (-1: the root
+  /// unit) into a full buffer of the compute dtype, once.
+  void gather(int layer) {
+    if (r_.param_shards <= 1)
+      return;
+    auto slot = static_cast<size_t>(layer + 1);
+    if (slot >= layer_numel_.size() || layer_numel_[slot] == 0 || gathered_[slot] != kNone)
+      return;
+    gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_, Component::kWeightCopies);
+  }
+  void reshard(int layer) {
+    auto slot = static_cast<size_t>(layer + 1);
+    if (slot < gathered_.size() && gathered_[slot] != kNone) {
+      g_.release(gathered_[slot]);
+      gathered_[slot] = kNone;
+    }
+  }
+  /// Backward moved from layer `from` to `to`: gradients of `from` are
+  /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
+  void on_backward_layer(int from, int to) {
+    if (from >= 0) {
+      reduce_grads(from);
+      reshard(from);
+    }
+    if (to >= 0) {
+      for (int k = 0; k <= r_.prefetch_layers && to - k >= 0; ++k)
+        gather(to - k);
+    }
+  }
+  /// DDP with bucket views, ZeRO-2/3, FSDP: once a layer's gradients are
+  /// complete they leave their own buffers (copied into a bucket view, or
+  /// reduce-scattered into this rank's shard).
+  void reduce_grads(int layer) {
+    if (r_.grad_shards <= 1 && !r_.bucket_view)
+      return;
+    bool any = false;
+    for (Tid p : trainable_) {
+      if (param_layer_[p] != layer || g_.grad(p) == kNone)
+        continue;
+      g_.clear_grad(p);
+      any = true;
+    }
+    auto slot = static_cast<size_t>(layer + 1);
+    if (any && r_.grad_shards > 1 && !r_.offload_optimizer && grad_shards_[slot] == kNone)
+      grad_shards_[slot] =
+          g_.buffer(trainable_numel_[slot] * grad_store_elem_, Component::kGradients);
+  }
+  int64_t shard(int64_t numel, int shards) const { return (numel + shards - 1) / shards; }
+
   // ------------------------------------------------------------ primitives
   Param& param(const std::string& name) {
     auto it = params_.find(name);
@@ -936,7 +1071,15 @@ class Program {
   Graph& g_;
   const ModelSpec& m_;
   const TrainingSetup& s_;
+  const RankPlan& r_;
   TraceResult* out_;
+  int store_elem_ = kF32;       // dtype of the stored (sharded) parameters
+  int grad_store_elem_ = kF32;  // dtype of reduced gradient shards
+  std::unordered_map<Tid, int> param_layer_;
+  std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
+  std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
+  std::vector<Tid> gathered_;
+  std::vector<Tid> grad_shards_;
   Style style_ = Style::kLlama;
   Names names_;
   int pe_ = kF32;
@@ -962,6 +1105,53 @@ class Program {
   std::vector<Tid> bnb_ctx_;   // LitGPT QLoRA: inputs bnb keeps on this step's graph
   std::vector<Tid> bnb_prev_;  // and on the previous step's graph
 };
+
+// What a rank of a data-parallel layout adds to the single-GPU setup.
+// torch/nn/parallel/distributed.py + reducer.cpp (DDP buckets),
+// deepspeed/runtime/zero/stage_1_and_2.py and stage3.py (partitions, ipg
+// bucket, fp32 master partition), torch/distributed/fsdp (flat shards).
+void Program::setup_distributed() {
+  if (!r_.distributed())
+    return;
+  auto slots = static_cast<size_t>(m_.num_layers + 1);
+  layer_numel_.resize(slots, 0);
+  trainable_numel_.assign(slots, 0);
+  gathered_.assign(slots, kNone);
+  grad_shards_.assign(slots, kNone);
+  int64_t trainable_bytes = 0;
+  int64_t trainable_numel = 0;
+  for (Tid p : trainable_) {
+    auto slot = static_cast<size_t>(param_layer_[p] + 1);
+    trainable_numel_[slot] += shard(g_.numel(p), r_.grad_shards);
+    trainable_bytes += g_.bytes(p);
+    trainable_numel += g_.numel(p);
+  }
+  // Reduced gradient shards: fp32 under FSDP mixed precision (the shard's
+  // dtype), the weights' dtype otherwise.
+  grad_store_elem_ = r_.param_shards > 1 ? store_elem_ : pe_;
+  if (r_.param_shards > 1 && !r_.offload_params) {
+    // Each unit's flat shard, in the stored dtype.
+    for (size_t slot = 0; slot < slots; ++slot) {
+      if (layer_numel_[slot] > 0)
+        g_.buffer(shard(layer_numel_[slot], r_.param_shards) * store_elem_, Component::kParameters);
+    }
+  }
+  if (r_.ddp_buckets) {
+    // Reducer buckets: one flat tensor per bucket, together the size of every
+    // trainable gradient, kept for the life of the wrapper.
+    g_.buffer(trainable_bytes, Component::kGradients);
+  }
+  if (r_.reduce_bucket_bytes > 0) {
+    g_.buffer(std::min(r_.reduce_bucket_bytes, trainable_numel * pe_), Component::kGradients);
+  }
+  if (r_.master_fp32 && !r_.offload_optimizer) {
+    int64_t master = 0;
+    for (Tid p : trainable_)
+      master += shard(g_.numel(p), r_.state_shards);
+    g_.buffer(master * kF32, Component::kMasterWeights);
+  }
+  g_.set_layer_hook([this](int from, int to) { on_backward_layer(from, to); });
+}
 
 // PEFT's default targets per model_type (peft/utils/constants.py
 // TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
@@ -1012,6 +1202,8 @@ void Program::add_lora() {
     lora_params_[l.b] = Param{l.b, true, kNone};
     trainable_.push_back(l.a);
     trainable_.push_back(l.b);
+    param_layer_[l.a] = t.layer;
+    param_layer_[l.b] = t.layer;
     out_->params += l.rank * (in + out);
     out_->trainable_params += l.rank * (in + out);
     lora_[prefix] = l;
@@ -1030,20 +1222,26 @@ Tid Program::forward(Tid ids) {
                            : style_ == Style::kOpt     ? "model.decoder.embed_tokens.weight"
                            : style_ == Style::kGeneric ? names_.embed
                                                        : "model.embed_tokens.weight";
-  Param& embed = param(embed_name);
   int64_t ew = m_.embedding_size;
-  // nn.Embedding saves the indices; it is not an autocast op.
-  Tid x = g_.op(tokens_ * ew, pe_, {embed.id, ids}, {ids});
+  bool first = r_.first_stage;
+  Tid x;
+  if (first) {
+    // nn.Embedding saves the indices; it is not an autocast op.
+    x = g_.op(tokens_ * ew, pe_, {param(embed_name).id, ids}, {ids});
+  } else {
+    // The hidden states received from the previous stage (they need a gradient).
+    x = g_.leaf(tokens_ * h, pe_, Component::kActivations, true);
+  }
   bool lora_ckpt = s_.finetune != FinetuneMode::kFull &&
                    (s_.checkpointing != CheckpointMode::kOff || s_.lora_input_grads);
-  if (lora_ckpt) {
+  if (lora_ckpt && first) {
     // PEFT/Trainer enable_input_require_grads(): a forward hook calls
     // output.requires_grad_(True) on the embedding output so reentrant
     // checkpoints propagate gradients to the adapters.
     g_.mark_requires_grad(x);
   }
   if (style_ == Style::kLlama) {
-    if (m_.family == "gemma" || m_.family == "gemma2") {
+    if (first && (m_.family == "gemma" || m_.family == "gemma2")) {
       // hidden_states * normalizer (sqrt(hidden_size) as a tensor of the dtype).
       Tid y = plain(x);
       g_.release(x);
@@ -1059,7 +1257,7 @@ Tid Program::forward(Tid ids) {
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       g_.release(mb);
     }
-  } else if (style_ == Style::kGpt2) {
+  } else if (style_ == Style::kGpt2 && first) {
     Tid pos = g_.op(s * h, pe_, {param("transformer.wpe.weight").id}, {});
     Tid y = plain(x, pos);
     g_.release(x);
@@ -1067,13 +1265,15 @@ Tid Program::forward(Tid ids) {
     Tid z = dropout(y, embedding_dropout());
     g_.release(y);
     x = z;
+  } else if (style_ == Style::kGpt2) {
+    // a later pipeline stage of GPT-2: nothing but the layers
   } else if (style_ == Style::kGeneric) {
-    if (m_.family == "biogpt") {  // inputs_embeds * embed_scale
+    if (first && m_.family == "biogpt") {  // inputs_embeds * embed_scale
       Tid y = plain(x);
       g_.release(x);
       x = y;
     }
-    if (!names_.position.empty()) {
+    if (first && !names_.position.empty()) {
       Tid pos =
           g_.op(m_.family == "biogpt" ? tokens_ * h : s * h, pe_, {param(names_.position).id}, {});
       Tid y = plain(x, pos);
@@ -1081,14 +1281,16 @@ Tid Program::forward(Tid ids) {
       g_.release(pos);
       x = y;
     }
-    if (!names_.embed_norm.empty()) {
+    if (first && !names_.embed_norm.empty()) {
       Tid y = layer_norm(x, names_.embed_norm);
       g_.release(x);
       x = y;
     }
-    Tid z = dropout(x, embedding_dropout());
-    g_.release(x);
-    x = z;
+    if (first) {
+      Tid z = dropout(x, embedding_dropout());
+      g_.release(x);
+      x = z;
+    }
     const AttentionSpec& a = m_.layers.front().attention;
     if (a.rotary_fraction > 0 && m_.position == PositionKind::kRotary) {
       auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
@@ -1101,7 +1303,7 @@ Tid Program::forward(Tid ids) {
         alibi_ = g_.leaf(b * a.num_heads * s, kF32, Component::kInputs, false);
       }
     }
-  } else {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
+  } else if (first) {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
     Tid pos = g_.op(tokens_ * h, pe_, {param("model.decoder.embed_positions.weight").id}, {});
     if (ew != h) {
       Tid y = linear(x, "model.decoder.project_in", ew, h);
@@ -1113,9 +1315,13 @@ Tid Program::forward(Tid ids) {
     g_.release(pos);
     mask_ = g_.leaf(b * s * s, g_.elem(y), Component::kInputs, false);
     x = y;
+  } else {
+    mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
   }
-  for (int i = 0; i < static_cast<int>(m_.num_layers); ++i) {
+  int end = r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
+  for (int i = r_.first_layer; i < end; ++i) {
     g_.set_layer(i);
+    gather(i);
     auto body = [this, i](Tid in) {
       bool recompute = g_.phase() == Phase::kBackward;
       Tid y = style_ == Style::kLlama     ? llama_layer(in, i)
@@ -1129,8 +1335,15 @@ Tid Program::forward(Tid ids) {
     Tid y = s_.checkpointing == CheckpointMode::kOff ? body(x) : g_.checkpoint(x, body);
     g_.release(x);
     x = y;
+    if (r_.reshard_after_forward)
+      reshard(i);
   }
   g_.set_layer(-1);
+  if (!r_.last_stage) {
+    if (s_.checkpointing == CheckpointMode::kOff)
+      release_shared();
+    return x;
+  }
   Tid hn;
   if (style_ == Style::kLlama) {
     hn = norm(x, "model.norm", m_.layers.front().norm);
@@ -1554,10 +1767,33 @@ void Program::optimizer_step(bool first) {
   }
   bool adam = kind == OptimizerKind::kAdamWForeach || kind == OptimizerKind::kAdamWFused ||
               kind == OptimizerKind::kAdamWForLoop;
+  if (r_.fused_optimizer && adam)
+    kind = OptimizerKind::kAdamWFused;
+  // The tensors this rank steps: its shard of each (ZeRO / FSDP), or the whole
+  // tensors it owns (torch ZeroRedundancyOptimizer).
+  std::vector<std::pair<int64_t, int>> stepped;  // numel, state dtype
+  for (size_t k = 0; k < trainable_.size(); ++k) {
+    Tid p = trainable_[k];
+    int64_t n = shard(g_.numel(p), r_.state_shards);
+    if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
+      n = 0;
+    int e = r_.master_fp32 ? kF32 : r_.param_shards > 1 ? store_elem_ : g_.elem(p);
+    if (n > 0 && !r_.offload_optimizer)
+      stepped.emplace_back(n, e);
+  }
+  Tid fp32_grads = kNone;
+  if (r_.master_fp32 && !stepped.empty()) {
+    // DeepSpeed flattens this rank's partition: one fp32 master, one state
+    // tensor of each kind, and the gradient partition converted to fp32 for
+    // the step.
+    int64_t n = 0;
+    for (const auto& [numel, e] : stepped)
+      n += numel;
+    stepped.assign(1, {n, kF32});
+    fp32_grads = g_.buffer(n * kF32, Component::kTemporaries);
+  }
   if (first) {
-    for (Tid p : trainable_) {
-      int64_t n = g_.numel(p);
-      int e = g_.elem(p);
+    for (const auto& [n, e] : stepped) {
       switch (kind) {
         case OptimizerKind::kAdamWForeach:
         case OptimizerKind::kAdamWFused:
@@ -1597,12 +1833,12 @@ void Program::optimizer_step(bool first) {
     // parameter, all alive. Before 2.0, denom = torch._foreach_add(sqrt, eps)
     // was out of place: a second full list.
     std::vector<Tid> temps;
-    for (Tid p : trainable_)
-      temps.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+    for (const auto& [n, e] : stepped)
+      temps.push_back(g_.buffer(n * e, Component::kTemporaries));
     if (s_.torch_version < 200) {
       std::vector<Tid> denom;
-      for (Tid p : trainable_)
-        denom.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+      for (const auto& [n, e] : stepped)
+        denom.push_back(g_.buffer(n * e, Component::kTemporaries));
       for (Tid t : temps)
         g_.release(t);
       temps = denom;
@@ -1611,20 +1847,22 @@ void Program::optimizer_step(bool first) {
       g_.release(t);
   } else if (adam && kind == OptimizerKind::kAdamWForLoop) {
     // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    for (Tid p : trainable_) {
-      Tid sq = g_.buffer(g_.bytes(p), Component::kTemporaries);
-      Tid denom = g_.buffer(g_.bytes(p), Component::kTemporaries);
+    for (const auto& [n, e] : stepped) {
+      Tid sq = g_.buffer(n * e, Component::kTemporaries);
+      Tid denom = g_.buffer(n * e, Component::kTemporaries);
       g_.release(sq);
       g_.release(denom);
     }
   } else if (kind == OptimizerKind::kAdafactor) {
-    for (Tid p : trainable_) {
-      Tid a = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
-      Tid b2 = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
+    for (const auto& [n, e] : stepped) {
+      Tid a = g_.buffer(n * kF32, Component::kTemporaries);
+      Tid b2 = g_.buffer(n * kF32, Component::kTemporaries);
       g_.release(a);
       g_.release(b2);
     }
   }
+  if (fp32_grads != kNone)
+    g_.release(fp32_grads);
   zero_grad();
 }
 
@@ -1672,7 +1910,8 @@ void Program::step_in_backward(Tid p) {
 
 }  // namespace
 
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
+                        const RankPlan& rank) {
   TraceResult result;
   TrainingSetup setup = setup_in;
   if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
@@ -1692,7 +1931,7 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
                 "torchtune offloads activations only with activation checkpointing on");
   }
   g.set_offload_checkpoint_inputs(setup.fw.activation_offload);
-  Program program(g, model, setup, &result);
+  Program program(g, model, setup, rank, &result);
   if (setup.fw.optimizer_in_bwd) {
     if (setup.grad_accum > 1) {
       throw Error("--optimizer-in-bwd", "",
@@ -1701,9 +1940,11 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
     g.set_post_accumulate_grad_hook([&program](Tid p) { program.step_in_backward(p); });
   }
   program.setup();
+  // A pipeline stage takes its micro-batches in groups of `in_flight`.
+  int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;
   for (int step = 1; step <= 2; ++step) {
     g.set_step(step);
-    for (int64_t micro = 0; micro < setup.grad_accum; ++micro)
+    for (int64_t micro = 0; micro < groups; ++micro)
       program.micro_step();
     program.optimizer_step(step == 1);
   }

@@ -66,6 +66,18 @@ struct EstimateOptions {
   bool paged_optimizer = false;
   int64_t output_chunks = -1;
   int64_t lm_head_chunk = -1;
+  std::string method = "single";
+  int dp = 1;
+  int tp = 1;
+  int pp = 1;
+  std::string zero_impl = "deepspeed";
+  std::string fsdp_sharding = "full-shard";
+  int fsdp_version = 1;
+  bool bucket_view = false;
+  bool sequence_parallel = false;
+  int64_t reduce_bucket_size = 500'000'000;
+  std::vector<std::string> offload;
+  std::string schedule = "1f1b";
 };
 
 struct ValidateOptions {
@@ -183,6 +195,32 @@ int run_estimate(const EstimateOptions& o, const CLI::App& cmd, std::ostream& ou
   setup.allocator.expandable_segments = o.expandable_segments;
   if (o.max_split_size_mb > 0) {
     setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
+  }
+  ParallelSetup& par = setup.parallel;
+  par.method = parse_method(o.method, "--method");
+  par.dp = o.dp;
+  par.tp = o.tp;
+  par.pp = o.pp;
+  par.torch_zero = o.zero_impl == "torch";
+  par.fsdp_sharding = o.fsdp_sharding == "shard-grad-op"  ? FsdpSharding::kShardGradOp
+                      : o.fsdp_sharding == "hybrid-shard" ? FsdpSharding::kHybridShard
+                      : o.fsdp_sharding == "no-shard"     ? FsdpSharding::kNoShard
+                                                          : FsdpSharding::kFullShard;
+  par.fsdp_version = o.fsdp_version;
+  par.schedule = o.schedule == "gpipe" ? PipelineSchedule::kGpipe : PipelineSchedule::k1F1B;
+  par.gradient_as_bucket_view = o.bucket_view;
+  par.sequence_parallel = o.sequence_parallel;
+  if (o.reduce_bucket_size < 1)
+    throw Error("--reduce-bucket-size", "", "expected a positive element count");
+  par.reduce_bucket_size = o.reduce_bucket_size;
+  for (const std::string& what : o.offload) {
+    if (what == "optimizer") {
+      par.offload_optimizer = true;
+    } else if (what == "params") {
+      par.offload_params = true;
+    } else {
+      throw Error("--offload", "", "unknown value \"" + what + "\"; expected optimizer, params");
+    }
   }
   GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
   if (o.estimator == "paper" || o.estimator == "both") {
@@ -338,6 +376,29 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                       "torchtune num_output_chunks of the LM head and loss (0: off)");
   est_cmd->add_option("--lm-head-chunk", est.lm_head_chunk,
                       "LitGPT lm_head_chunk_size in tokens (0: off)");
+  est_cmd->add_option("--method", est.method,
+                      "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
+  est_cmd->add_option("--dp", est.dp, "Data-parallel degree");
+  est_cmd->add_option("--tp", est.tp, "Tensor-parallel degree");
+  est_cmd->add_option("--pp", est.pp, "Pipeline stages");
+  est_cmd->add_option("--schedule", est.schedule, "Pipeline schedule: 1f1b or gpipe")
+      ->check(CLI::IsMember({"1f1b", "gpipe"}));
+  est_cmd
+      ->add_option("--zero-impl", est.zero_impl,
+                   "zero1: deepspeed or torch (ZeroRedundancyOptimizer)")
+      ->check(CLI::IsMember({"deepspeed", "torch"}));
+  est_cmd
+      ->add_option("--fsdp-sharding", est.fsdp_sharding,
+                   "full-shard, shard-grad-op, hybrid-shard or no-shard")
+      ->check(CLI::IsMember({"full-shard", "shard-grad-op", "hybrid-shard", "no-shard"}));
+  est_cmd->add_option("--fsdp-version", est.fsdp_version, "FSDP 1 (flat parameters) or 2");
+  est_cmd->add_flag("--gradient-as-bucket-view", est.bucket_view,
+                    "DDP gradient_as_bucket_view=True");
+  est_cmd->add_flag("--sequence-parallel", est.sequence_parallel, "Megatron sequence parallelism");
+  est_cmd->add_option("--offload", est.offload, "CPU offload: optimizer, params (comma-separated)")
+      ->delimiter(',');
+  est_cmd->add_option("--reduce-bucket-size", est.reduce_bucket_size,
+                      "DeepSpeed reduce_bucket_size (elements)");
   est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
 

@@ -1,0 +1,339 @@
+// Copyright 2026 The llmem Authors.
+// Distributed layouts: which ranks differ, what each one holds, and one
+// simulated step per distinct rank role.
+
+#include "estimate/distributed.h"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "llmem/error.h"
+
+namespace llmem {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Megatron's row-parallel linears (input dimension split, output all-reduced);
+// every other decoder-layer linear is column-parallel.
+bool row_parallel(const std::string& name) {
+  static const char* const kRow[] = {"o_proj", "out_proj", "down_proj", "dense", "dense_4h_to_h",
+                                     "fc2",    "c_proj",   "fc_out",    "w2",    "wo"};
+  size_t end = name.rfind('.');
+  if (end == std::string::npos)
+    return false;
+  size_t begin = name.rfind('.', end - 1);
+  std::string module = name.substr(begin == std::string::npos ? 0 : begin + 1,
+                                   end - (begin == std::string::npos ? 0 : begin + 1));
+  return std::find(std::begin(kRow), std::end(kRow), module) != std::end(kRow);
+}
+
+void check_divides(int64_t value, int tp, const std::string& what) {
+  if (value % tp != 0) {
+    throw Error(
+        "--tp", "",
+        what + " (" + std::to_string(value) + ") is not divisible by tp " + std::to_string(tp));
+  }
+}
+
+// The greedy partition of torch.distributed.optim.ZeroRedundancyOptimizer
+// (_partition_parameters): tensors sorted by size, largest first (stable),
+// each to the rank with the fewest elements so far.
+std::vector<std::vector<char>> torch_zero_owners(const ModelSpec& model, const TrainingSetup& s,
+                                                 int world) {
+  std::vector<int64_t> numel;
+  bool full = s.finetune == FinetuneMode::kFull;
+  for (const TensorSpec& t : model.tensors) {
+    if (!t.tied_to.empty())
+      continue;
+    bool frozen = (t.layer >= 0 && t.layer < s.freeze_layers) ||
+                  (s.freeze_embeddings &&
+                   (t.role == TensorRole::kEmbedding || t.role == TensorRole::kPositionEmbedding));
+    if (full && !frozen)
+      numel.push_back(t.numel);
+  }
+  if (!full)
+    throw Error("--zero-impl", "",
+                "torch ZeroRedundancyOptimizer is modelled for full fine-tuning only");
+  std::vector<size_t> order(numel.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return numel[a] > numel[b]; });
+  std::vector<std::vector<char>> owners(static_cast<size_t>(world),
+                                        std::vector<char>(numel.size(), 0));
+  std::vector<int64_t> sizes(static_cast<size_t>(world), 0);
+  for (size_t k : order) {
+    auto rank = static_cast<size_t>(std::min_element(sizes.begin(), sizes.end()) - sizes.begin());
+    owners[rank][k] = 1;
+    sizes[rank] += numel[k];
+  }
+  return owners;
+}
+
+bool half(Precision p) {
+  return p != Precision::kFp32;
+}
+
+}  // namespace
+
+ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
+                               std::vector<std::string>* notes) {
+  ModelSpec v = model;
+  if (tp <= 1)
+    return v;
+  for (LayerSpec& l : v.layers) {
+    AttentionSpec& a = l.attention;
+    check_divides(a.num_heads, tp, "the number of attention heads");
+    if (a.num_kv_heads >= tp) {
+      check_divides(a.num_kv_heads, tp, "the number of key/value heads");
+    } else if (tp % a.num_kv_heads != 0) {
+      throw Error("--tp", "",
+                  "tp " + std::to_string(tp) + " is not a multiple of the key/value heads (" +
+                      std::to_string(a.num_kv_heads) + ")");
+    }
+    check_divides(l.mlp.intermediate_size, tp, "the MLP width (intermediate_size)");
+    if (!megatron)
+      continue;  // ColossalAI 1D keeps activations whole: only the weights split
+    a.num_heads /= tp;
+    // Fewer key/value heads than ranks: each rank keeps a copy of one.
+    a.num_kv_heads = std::max<int64_t>(1, a.num_kv_heads / tp);
+    l.mlp.intermediate_size /= tp;
+    l.mlp.shared_intermediate_size = ceil_div(l.mlp.shared_intermediate_size, tp);
+  }
+  if (megatron) {
+    if (model.vocab_size % tp != 0) {
+      // Megatron pads the vocabulary (--make-vocab-size-divisible-by).
+      notes->push_back("the vocabulary (" + std::to_string(model.vocab_size) +
+                       ") is padded to a multiple of tp " + std::to_string(tp));
+    }
+    v.vocab_size = ceil_div(model.vocab_size, tp);
+  } else {
+    check_divides(model.vocab_size, tp, "the vocabulary size");
+  }
+  for (TensorSpec& t : v.tensors) {
+    bool split_role = t.role == TensorRole::kAttention || t.role == TensorRole::kMlp ||
+                      t.role == TensorRole::kExpert || t.role == TensorRole::kEmbedding ||
+                      t.role == TensorRole::kLmHead;
+    if (!split_role || !t.tied_to.empty() || t.shape.empty())
+      continue;
+    if (t.role == TensorRole::kEmbedding || t.role == TensorRole::kLmHead) {
+      t.shape[0] = ceil_div(t.shape[0], tp);  // vocabulary-parallel rows
+    } else if (t.shape.size() == 1) {
+      if (row_parallel(t.name))
+        continue;  // the bias after the all-reduce is whole
+      t.shape[0] = ceil_div(t.shape[0], tp);
+    } else {
+      bool conv1d = model.family == "gpt2";  // Conv1D weights are [in, out]
+      size_t out_dim = conv1d ? 1 : 0;
+      size_t dim = row_parallel(t.name) ? 1 - out_dim : out_dim;
+      t.shape[dim] = ceil_div(t.shape[dim], tp);
+    }
+    t.numel = 1;
+    for (int64_t d : t.shape)
+      t.numel *= d;
+  }
+  return v;
+}
+
+Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup,
+                              const GpuSpec& gpu) {
+  const ParallelSetup& p = setup.parallel;
+  auto in_range = [](int v) { return v >= 1 && v <= 65536; };
+  if (!in_range(p.dp) || !in_range(p.tp) || !in_range(p.pp) || p.gpus() > 65536) {
+    throw Error("--dp/--tp/--pp", "", "expected degrees of at least 1 and at most 65536 GPUs");
+  }
+  if (p.method == Method::kSingle) {
+    throw Error("--method", "",
+                "a layout of " + std::to_string(p.gpus()) +
+                    " GPUs needs a method (ddp, zero1, zero2, zero3, fsdp, megatron, "
+                    "colossalai-1d)");
+  }
+  if (p.pp > 1) {
+    if (p.method != Method::kDdp && p.method != Method::kZero1 && p.method != Method::kMegatron &&
+        p.method != Method::kColossal1d) {
+      throw Error("--pp", "",
+                  "pipeline parallelism combines with ddp, zero1, megatron or colossalai-1d, not " +
+                      std::string(method_name(p.method)));
+    }
+    if (p.pp > model.num_layers) {
+      throw Error("--pp", "",
+                  std::to_string(p.pp) + " stages for " + std::to_string(model.num_layers) +
+                      " decoder layers: each stage needs at least one layer");
+    }
+  }
+  bool sharding = p.method == Method::kZero1 || p.method == Method::kZero2 ||
+                  p.method == Method::kZero3 || p.method == Method::kFsdp;
+  if ((p.offload_optimizer || p.offload_params) && (!sharding || p.torch_zero)) {
+    throw Error("--offload", "",
+                "CPU offload is modelled for DeepSpeed ZeRO and FSDP, not " +
+                    std::string(method_name(p.method)));
+  }
+  if (p.offload_params && p.method != Method::kZero3 && p.method != Method::kFsdp) {
+    throw Error("--offload", "", "parameter offload needs sharded parameters (zero3 or fsdp)");
+  }
+  if (p.method == Method::kGemini) {
+    throw Error("--method", "",
+                "ColossalAI Gemini is not simulated yet; --estimator paper gives the paper's "
+                "equations for it");
+  }
+  bool tp_method = p.method == Method::kMegatron || p.method == Method::kColossal1d;
+  if (p.tp > 1 && !(tp_method || p.method == Method::kDdp || p.method == Method::kZero1 ||
+                    p.method == Method::kZero2)) {
+    throw Error("--tp", "",
+                std::string("tensor parallelism combines with ddp, zero1, zero2, megatron or "
+                            "colossalai-1d, not ") +
+                    std::string(method_name(p.method)));
+  }
+  if (p.method == Method::kFsdp && p.fsdp_version != 1 && p.fsdp_version != 2)
+    throw Error("--fsdp-version", "", "expected 1 or 2");
+
+  Estimate est;
+  std::vector<std::string> notes;
+  ModelSpec view =
+      p.tp > 1 ? tensor_parallel_view(model, p.tp, p.method != Method::kColossal1d, &notes) : model;
+  TrainingSetup s = setup;
+  trace::RankPlan r;
+  int dp = p.dp;
+  std::vector<std::vector<char>> owners;
+  switch (p.method) {
+    case Method::kDdp:
+    case Method::kMegatron:
+    case Method::kColossal1d:
+      // Data parallelism over the replicas (or tensor-parallel groups) by DDP.
+      r.ddp_buckets = dp > 1;
+      r.bucket_view = dp > 1 && p.gradient_as_bucket_view;
+      break;
+    case Method::kZero1:
+    case Method::kZero2:
+    case Method::kZero3:
+      if (p.method == Method::kZero1 && p.torch_zero) {
+        r.ddp_buckets = dp > 1;
+        r.bucket_view = dp > 1 && p.gradient_as_bucket_view;
+        owners = torch_zero_owners(view, s, dp);
+        break;
+      }
+      // DeepSpeed: 16-bit weights (no autocast) with an fp32 master partition.
+      if (half(s.precision)) {
+        s.precision = s.precision == Precision::kFp16Mixed || s.precision == Precision::kFp16
+                          ? Precision::kFp16
+                          : Precision::kBf16;
+        r.master_fp32 = true;
+      }
+      r.state_shards = dp;
+      r.fused_optimizer = true;
+      if (p.method != Method::kZero1) {
+        r.grad_shards = dp;
+        r.reduce_bucket_bytes = p.reduce_bucket_size * (half(s.precision) ? 2 : 4);
+      }
+      if (p.method == Method::kZero3) {
+        r.param_shards = dp;
+        r.prefetch_layers = 1;
+      }
+      notes.push_back(
+          "DeepSpeed: 16-bit weights without autocast, fp32 master and optimizer partitions, "
+          "FusedAdam");
+      break;
+    case Method::kFsdp: {
+      int shards =
+          p.fsdp_sharding == FsdpSharding::kHybridShard ? std::min(dp, p.gpus_per_node) : dp;
+      if (p.fsdp_sharding == FsdpSharding::kNoShard)
+        shards = 1;
+      r.state_shards = shards;
+      r.grad_shards = shards;
+      r.param_shards = shards;
+      r.prefetch_layers = 1;  // BACKWARD_PRE: the next unit is gathered early
+      r.reshard_after_forward = p.fsdp_sharding != FsdpSharding::kShardGradOp;
+      if (shards == 1)
+        r.ddp_buckets = false;
+      notes.push_back("FSDP: one unit per decoder layer plus the root (embeddings, norm, head)");
+      break;
+    }
+    default:
+      break;
+  }
+  if (p.method == Method::kFsdp && p.offload_params) {
+    // FSDP's CPUOffload moves parameters, gradients and the optimizer together.
+    r.offload_params = true;
+    r.offload_optimizer = true;
+  } else if (sharding) {
+    r.offload_params = p.offload_params;
+    r.offload_optimizer = p.offload_optimizer || p.offload_params;
+  }
+  if (r.offload_optimizer)
+    notes.push_back(
+        "offload: optimizer states, master weights and reduced gradients in host memory");
+  if (p.sequence_parallel)
+    notes.push_back("sequence parallelism is not modelled yet: activations as without it");
+
+  // Rank order: tensor-parallel fastest, then data-parallel, then stages.
+  struct Role {
+    std::string name;
+    std::vector<int> ranks;
+    trace::RankPlan plan;
+  };
+  std::vector<Role> roles;
+  int64_t layers = model.num_layers;
+  int64_t m = setup.grad_accum;  // micro-batches per step, through the pipeline
+  for (int stage = 0; stage < p.pp; ++stage) {
+    trace::RankPlan sp = r;
+    std::string name = "every rank";
+    if (p.pp > 1) {
+      int64_t base = layers / p.pp;
+      int64_t extra = layers % p.pp;
+      sp.first_layer = static_cast<int>(stage * base + std::min<int64_t>(stage, extra));
+      sp.end_layer = static_cast<int>(sp.first_layer + base + (stage < extra ? 1 : 0));
+      sp.first_stage = stage == 0;
+      sp.last_stage = stage == p.pp - 1;
+      // 1F1B: stage s starts its first backward with pp - s forwards in
+      // flight; GPipe runs every forward first.
+      sp.in_flight = static_cast<int>(
+          p.schedule == PipelineSchedule::kGpipe ? m : std::min<int64_t>(p.pp - stage, m));
+      name = "stage " + std::to_string(stage) + " (layers " + std::to_string(sp.first_layer) + "-" +
+             std::to_string(sp.end_layer - 1) + ")";
+    }
+    int per_stage = p.dp * p.tp;
+    if (!owners.empty()) {
+      for (int d = 0; d < p.dp; ++d) {
+        Role role{name == "every rank" ? "dp rank " + std::to_string(d)
+                                       : name + ", dp rank " + std::to_string(d),
+                  {},
+                  sp};
+        role.plan.owns_state = owners[static_cast<size_t>(d)];
+        for (int t = 0; t < p.tp; ++t)
+          role.ranks.push_back(stage * per_stage + d * p.tp + t);
+        roles.push_back(std::move(role));
+      }
+    } else {
+      Role role{name, {}, sp};
+      for (int k = 0; k < per_stage; ++k)
+        role.ranks.push_back(stage * per_stage + k);
+      roles.push_back(std::move(role));
+    }
+  }
+  if (p.pp > 1) {
+    notes.push_back(std::string(p.schedule == PipelineSchedule::kGpipe ? "GPipe" : "1F1B") +
+                    " schedule over " + std::to_string(m) +
+                    " micro-batches (--grad-accum); a tied head is a copy of its own on the last "
+                    "stage");
+  }
+  size_t worst = 0;
+  std::vector<Estimate> each;
+  for (size_t k = 0; k < roles.size(); ++k) {
+    each.push_back(estimate_rank(view, s, gpu, roles[k].plan));
+    if (each.back().peak.device_bytes > each[worst].peak.device_bytes)
+      worst = k;
+    est.ranks.push_back({roles[k].name, roles[k].ranks, each.back().peak, {}});
+  }
+  std::vector<RankEstimate> ranks = std::move(est.ranks);
+  est = std::move(each[worst]);
+  est.ranks = std::move(ranks);
+  for (std::string& n : notes)
+    est.notes.push_back(std::move(n));
+  return est;
+}
+
+}  // namespace llmem
