@@ -194,4 +194,41 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
   return loss;
 }
 
+Tid flat_chunked_loss(Graph& g, Tid logits, int64_t batch, int64_t seq, int64_t vocab,
+                      int64_t chunk) {
+  int64_t rows = batch * (seq - 1);
+  Tid flat;
+  if (batch > 1) {
+    flat = g.op(rows * vocab, g.elem(logits), {logits}, {}, Component::kLogitsLoss);
+  } else {
+    g.retain(logits);  // a contiguous slice: reshape is a view
+    flat = logits;
+  }
+  Tid labels = g.leaf(rows, kI64, Component::kLogitsLoss, false);
+  Tid total = kNone;
+  for (int64_t start = 0; start < rows; start += chunk) {
+    int64_t n = std::min(chunk, rows - start);
+    Tid slice = g.view(flat, n * vocab);
+    Tid lsm = g.op(n * vocab, g.elem(slice), {slice}, {}, Component::kLogitsLoss, {}, 0, true);
+    g.release(slice);
+    Tid nll = g.op(n, g.elem(lsm), {lsm}, {labels}, Component::kLogitsLoss);
+    g.release(lsm);
+    Tid part = g.op(1, g.elem(nll), {nll}, {}, Component::kLogitsLoss);
+    g.release(nll);
+    if (total == kNone) {
+      total = part;
+    } else {
+      Tid sum = g.op(1, g.elem(total), {total, part}, {}, Component::kLogitsLoss);
+      g.release(total);
+      g.release(part);
+      total = sum;
+    }
+  }
+  g.release(flat);
+  g.release(labels);
+  Tid loss = g.op(1, g.elem(total), {total}, {}, Component::kLogitsLoss);
+  g.release(total);
+  return loss;
+}
+
 }  // namespace llmem::trace

@@ -39,6 +39,13 @@ std::vector<Tid> chunked_head(Graph& g, Tid hn, int64_t width, int64_t batch, in
 Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_t seq,
                  int64_t vocab, const FrameworkSetup& fw);
 
+/// LitGPT full fine-tuning (litgpt/finetune/full.py): the head runs once and
+/// chunked_cross_entropy(logits[..., :-1, :], targets[..., 1:]) reshapes the
+/// shifted logits to rows (a copy when batch > 1) and runs F.cross_entropy
+/// on slices of `chunk` rows in the logits' dtype. `logits` stays with the caller.
+Tid flat_chunked_loss(Graph& g, Tid logits, int64_t batch, int64_t seq, int64_t vocab,
+                      int64_t chunk);
+
 }  // namespace llmem::trace
 
 #endif  // LLMEM_SRC_TRACE_FRAMEWORK_H_

@@ -435,6 +435,11 @@ class Program {
       g_.release(t);
   }
 
+  /// litgpt/finetune/full.py calls model(input_ids) without lm_head_chunk_size.
+  bool litgpt_full() const {
+    return s_.framework == Framework::kLitgpt && s_.finetune == FinetuneMode::kFull;
+  }
+
   /// The loss of the last stage; consumes the model output `out` (kNone:
   /// the framework profile's logits slices in logit_chunks_).
   Tid loss_and_logits(Tid out, Tid labels) {
@@ -454,6 +459,11 @@ class Program {
         g_.release(t);
       bnb_prev_ = bnb_ctx_;
       bnb_ctx_.clear();
+      return loss;
+    }
+    if (litgpt_full()) {
+      loss = flat_chunked_loss(g_, out, s_.batch, s_.seq, m_.vocab_size, 128);
+      kept_logits_.push_back(out);  // the loop variable keeps them into the next step
       return loss;
     }
     if (s_.fw.logits_shift_copy) {
@@ -1366,7 +1376,7 @@ Tid Program::forward(Tid ids) {
     release_shared();
   // lm_head: a Linear (tied to the embedding when the config ties them).
   std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
-  if (s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) {
+  if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
     logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw,
                                  [&](Tid slice) { return linear(slice, head, ew, m_.vocab_size); });
