@@ -74,6 +74,17 @@ std::vector<std::vector<char>> torch_zero_owners(const ModelSpec& model, const T
   return owners;
 }
 
+// NCCL buffers per communicator a rank uses, measured on 4x A100 with one
+// 4 MB all-reduce per process group (NVIDIA/nccl issue 964): 544 MB for a
+// group of 2 GPUs, 688 MB for larger groups. Pipeline neighbours talk through
+// 2-rank point-to-point communicators. A first-order figure: channels, NVLS
+// and the NCCL version change it (docs/distributed.md).
+uint64_t communicator_bytes(int group) {
+  if (group <= 1)
+    return 0;
+  return group == 2 ? 544'000'000ull : 688'000'000ull;
+}
+
 bool half(Precision p) {
   return p != Precision::kFp32;
 }
@@ -296,6 +307,9 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
              std::to_string(sp.end_layer - 1) + ")";
     }
     int per_stage = p.dp * p.tp;
+    sp.comm_bytes = communicator_bytes(p.dp) + communicator_bytes(p.tp);
+    if (p.pp > 1)
+      sp.comm_bytes += communicator_bytes(2) * (stage == 0 || stage == p.pp - 1 ? 1 : 2);
     if (!owners.empty()) {
       for (int d = 0; d < p.dp; ++d) {
         Role role{name == "every rank" ? "dp rank " + std::to_string(d)
@@ -314,6 +328,9 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       roles.push_back(std::move(role));
     }
   }
+  notes.push_back(
+      "NCCL buffers: 544 MB per 2-GPU communicator, 688 MB per larger one (NVIDIA/nccl#964), "
+      "in device_bytes");
   if (p.pp > 1) {
     notes.push_back(std::string(p.schedule == PipelineSchedule::kGpipe ? "GPipe" : "1F1B") +
                     " schedule over " + std::to_string(m) +

@@ -81,7 +81,8 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
   j["gpu"] = {{"name", setup.device == Device::kCuda ? gpu.name : "cpu"},
               {"capacity_bytes", e.capacity_bytes},
               {"context_bytes", e.context_bytes},
-              {"workspace_bytes", e.workspace_bytes}};
+              {"workspace_bytes", e.workspace_bytes},
+              {"comm_bytes", e.comm_bytes}};
   j["peak"] = {{"allocated_bytes", e.peak.allocated_bytes},
                {"reserved_bytes", e.peak.reserved_bytes},
                {"device_bytes", e.peak.device_bytes},
@@ -161,7 +162,10 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
   if (cuda) {
     out << "  peak reserved   " << gib(e.peak.reserved_bytes) << "\n";
     out << "  device (smi)    " << gib(e.peak.device_bytes) << "  (reserved + CUDA context "
-        << gib(e.context_bytes) << ")\n";
+        << gib(e.context_bytes);
+    if (e.comm_bytes > 0)
+      out << " + NCCL " << gib(e.comm_bytes);
+    out << ")\n";
   }
   out << "\n  at the peak:\n";
   for (size_t c = 0; c < e.peak.components.size(); ++c) {

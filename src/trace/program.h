@@ -49,6 +49,9 @@ struct RankPlan {
   bool first_stage = true;
   bool last_stage = true;
   int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
+  /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
+  /// the caching allocator; counted in device_bytes only).
+  uint64_t comm_bytes = 0;
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
            ddp_buckets || offload_optimizer;

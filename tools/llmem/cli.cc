@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/gpu.h"
@@ -78,6 +79,7 @@ struct EstimateOptions {
   int64_t reduce_bucket_size = 500'000'000;
   std::vector<std::string> offload;
   std::string schedule = "1f1b";
+  std::string deepspeed_config;
 };
 
 struct ValidateOptions {
@@ -221,6 +223,15 @@ int run_estimate(const EstimateOptions& o, const CLI::App& cmd, std::ostream& ou
     } else {
       throw Error("--offload", "", "unknown value \"" + what + "\"; expected optimizer, params");
     }
+  }
+  if (!o.deepspeed_config.empty()) {
+    std::ifstream in(o.deepspeed_config, std::ios::binary);
+    if (!in)
+      throw Error(o.deepspeed_config, "", "cannot open the file for reading");
+    std::ostringstream text;
+    text << in.rdbuf();
+    for (const std::string& w : apply_deepspeed_config(text.str(), o.deepspeed_config, &setup))
+      err << "warning: " << w << "\n";
   }
   GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
   if (o.estimator == "paper" || o.estimator == "both") {
@@ -379,6 +390,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est_cmd->add_option("--method", est.method,
                       "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
   est_cmd->add_option("--dp", est.dp, "Data-parallel degree");
+  est_cmd->add_option("--deepspeed-config", est.deepspeed_config,
+                      "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
+                      "(overrides --method and those options)");
   est_cmd->add_option("--tp", est.tp, "Tensor-parallel degree");
   est_cmd->add_option("--pp", est.pp, "Pipeline stages");
   est_cmd->add_option("--schedule", est.schedule, "Pipeline schedule: 1f1b or gpipe")

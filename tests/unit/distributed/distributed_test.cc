@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/validate.h"
@@ -294,6 +295,72 @@ TEST(Distributed, CpuTierTwoRankRowsAgree) {
     }
   }
   EXPECT_EQ(compared, 12);
+}
+
+}  // namespace
+}  // namespace llmem
+
+namespace llmem {
+namespace {
+
+std::string read_ds(const std::string& name) {
+  std::ifstream in(std::string(LLMEM_TEST_DATA_DIR) + "/deepspeed/" + name);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(DeepSpeedConfig, ReadsStageOffloadBucketsAndPrecision) {
+  TrainingSetup s;
+  s.batch = 3;
+  s.parallel.dp = 8;
+  std::vector<std::string> w =
+      apply_deepspeed_config(read_ds("zero3-offload-auto.json"), "zero3-offload-auto.json", &s);
+  EXPECT_EQ(s.parallel.method, Method::kZero3);
+  EXPECT_TRUE(s.parallel.offload_optimizer);
+  EXPECT_TRUE(s.parallel.offload_params);
+  EXPECT_EQ(s.parallel.dp, 8);
+  EXPECT_EQ(s.batch, 3);  // "auto": the Trainer's value stays
+  EXPECT_EQ(s.parallel.stage3_max_live_parameters, 1'000'000'000);
+  // The keys that matter but are not modelled are named.
+  std::string all;
+  for (const std::string& x : w)
+    all += x + "\n";
+  EXPECT_NE(all.find("zero_optimization.sub_group_size is not modelled"), std::string::npos) << all;
+  EXPECT_NE(all.find("stage3_param_persistence_threshold"), std::string::npos) << all;
+  EXPECT_EQ(all.find("gradient_clipping"), std::string::npos) << all;
+
+  TrainingSetup t;
+  w = apply_deepspeed_config(read_ds("zero2-bf16.json"), "zero2-bf16.json", &t);
+  EXPECT_EQ(t.parallel.method, Method::kZero2);
+  EXPECT_EQ(t.precision, Precision::kBf16Mixed);
+  EXPECT_EQ(t.batch, 4);
+  EXPECT_EQ(t.grad_accum, 2);
+  EXPECT_EQ(t.parallel.reduce_bucket_size, 200'000'000);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("activation_checkpointing"), std::string::npos);
+  t.parallel.dp = 4;
+  Estimate e = estimate(load_model("meta-llama/Llama-3.2-1B"), t, find_gpu("A100-80GB"));
+  EXPECT_EQ(e.ranks.size(), 1u);
+}
+
+TEST(DeepSpeedConfig, BadConfigsNameTheFileAndKey) {
+  struct Case {
+    const char* file;
+    const char* needle;
+  } cases[] = {{"bad-stage.json", "bad-stage.json: key 'zero_optimization.stage': expected 0, 1"},
+               {"bad-offload.json", "zero_optimization.offload_optimizer.device"},
+               {"bad-bucket.json", "zero_optimization.reduce_bucket_size"},
+               {"malformed.json", "line 1"}};
+  for (const Case& c : cases) {
+    TrainingSetup s;
+    try {
+      apply_deepspeed_config(read_ds(c.file), c.file, &s);
+      ADD_FAILURE() << "no error for " << c.file;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace
