@@ -38,6 +38,11 @@ class Graph {
  public:
   explicit Graph(std::vector<Event>* events) : events_(events) {}
 
+  /// Room for `tensors` tensors and as many nodes (a hint from an earlier trace).
+  void reserve(size_t tensors) {
+    tensors_.reserve(tensors);
+    nodes_.reserve(tensors / 2);
+  }
   void set_phase(Phase p) { phase_ = p; }
   void set_layer(int layer) { layer_ = static_cast<int16_t>(layer); }
   void set_step(int step) { step_ = static_cast<uint8_t>(step); }

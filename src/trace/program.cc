@@ -1920,9 +1920,19 @@ void Program::step_in_backward(Tid p) {
 
 }  // namespace
 
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
-                        const RankPlan& rank) {
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank) {
   TraceResult result;
+  build_trace(model, setup, rank, &result);
+  return result;
+}
+
+void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const RankPlan& rank,
+                 TraceResult* out) {
+  out->events.clear();
+  out->params = 0;
+  out->trainable_params = 0;
+  out->notes.clear();
+  TraceResult& result = *out;
   TrainingSetup setup = setup_in;
   if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
     // transformers v4.57: GPTBigCodeBlock is not a GradientCheckpointingLayer and
@@ -1932,7 +1942,9 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
     setup.checkpointing = CheckpointMode::kOff;
     setup.lora_input_grads = setup_in.finetune != FinetuneMode::kFull;
   }
+  size_t hint = result.events.capacity();  // the previous trace's size, when reused
   Graph g(&result.events);
+  g.reserve(hint / 2);
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   if (setup.framework == Framework::kLitgpt && setup.finetune == FinetuneMode::kQlora)
     setup.fw.paged_optimizer = true;  // litgpt instantiate_bnb_optimizer: bnb PagedAdamW
@@ -1958,7 +1970,6 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
       program.micro_step();
     program.optimizer_step(step == 1);
   }
-  return result;
 }
 
 }  // namespace llmem::trace
