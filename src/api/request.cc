@@ -464,8 +464,13 @@ void read_framework(const Fields& f, const Context& c, Request* r) {
   Framework fw = kFrameworks[f.choice("framework", "hf", {"hf", "torchtune", "litgpt"})];
   apply_framework_defaults(fw, &r->setup);
   if (f.has("recipe")) {
-    // Errors inside the file name the file and its key.
-    RecipeResult recipe = read_recipe_file(f.text("recipe", ""), &r->setup);
+    // Errors inside the file name the file and its key, after the request's key.
+    RecipeResult recipe;
+    try {
+      recipe = read_recipe_file(f.text("recipe", ""), &r->setup);
+    } catch (const Error& e) {
+      f.fail("recipe", e.what());
+    }
     if (f.has("framework") && recipe.framework != fw) {
       f.fail("framework", "the recipe is a " + std::string(framework_name(recipe.framework)) +
                               " file, not " + c.name("framework") + " " +
