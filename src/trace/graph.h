@@ -90,6 +90,11 @@ class Graph {
          std::initializer_list<std::pair<int64_t, int>> saved_new = {}, int64_t backward_temp = 0,
          bool save_output = false);
 
+  /// Marks where one backward call would end when several forwards share one
+  /// simulated backward (pipeline micro-batches): gradients arriving on the
+  /// far side of the mark accumulate into .grad as a separate backward's do.
+  void pass_boundary();
+
   /// Reentrant activation checkpointing: runs `fn` without grad now and again
   /// with grad during backward.
   Tid checkpoint(Tid input, const std::function<Tid(Tid)>& fn);
@@ -147,6 +152,7 @@ class Graph {
     int16_t layer = -1;
     int32_t checkpoint = -1;  // index into checkpoints_
     bool offloaded = false;   // the checkpoint input lives on the CPU
+    bool boundary = false;    // pass_boundary(): no op, ends a backward pass
   };
 
   Tid new_tensor(int64_t numel, int elem, Component c);

@@ -333,6 +333,8 @@ class Program {
     setup_distributed();
     // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
+      if (b.layer >= 0 && !on_stage(b))
+        continue;  // a layer's own buffer (GPT-2's causal mask) lives on its stage only
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
     if (m_.family == "codegen" || m_.family == "gptj") {
@@ -381,6 +383,8 @@ class Program {
     for (int k = 0; k < r_.in_flight; ++k) {
       g_.set_phase(Phase::kForward);
       g_.set_layer(-1);
+      if (k > 0)
+        g_.pass_boundary();  // each micro-batch has a backward call of its own
       // The batch on the device: input_ids, attention_mask, labels (int64).
       Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
       Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
