@@ -5,7 +5,7 @@
 # (installed with pip into a venv, then pytest), and the format check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch \
+bash scripts/deps.sh libyaml-cpp-dev clang-14 libclang-rt-14-dev clang-format python3-torch \
   pybind11-dev python3-pybind11 python3-dev python3-venv python3-setuptools python3-wheel \
   python3-pip python3-pytest
 jobs=$(nproc)

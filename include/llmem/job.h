@@ -116,6 +116,36 @@ struct QuantSetup {
   bool compute_fp32 = false;  ///< bnb_4bit_compute_dtype float32 (default: bf16/fp16, 2 bytes)
 };
 
+/// What a framework profile changes in the step (set from --framework and
+/// --recipe; trace/framework.cc names the framework code behind each field).
+/// The defaults are the Hugging Face Trainer's.
+struct FrameworkSetup {
+  /// torchtune TransformerDecoder.num_output_chunks (CEWithChunkedOutputLoss):
+  /// the LM head runs on this many slices of the sequence; 0 = one call.
+  int64_t output_chunks = 0;
+  /// LitGPT lm_head_chunk_size: the LM head runs on slices of this many
+  /// tokens and the loss is computed per slice (chunked_cross_entropy); 0 = off.
+  int64_t lm_head_chunk_tokens = 0;
+  /// The loss upcasts logits to fp32 (torchtune, HF); LitGPT's
+  /// chunked_cross_entropy runs in the logits' dtype.
+  bool loss_fp32 = true;
+  /// torchtune optimizer_in_bwd: each parameter is stepped, and its gradient
+  /// freed, by a post-accumulate-grad hook inside backward.
+  bool optimizer_in_bwd = false;
+  /// torchtune enable_activation_offloading: tensors saved in forward go to
+  /// the CPU (needs activation checkpointing).
+  bool activation_offload = false;
+  /// bitsandbytes paged optimizer (PagedAdamW): states in CUDA managed
+  /// memory, outside PyTorch's allocator and its counters.
+  bool paged_optimizer = false;
+  /// The training loop keeps the previous step's logits bound to a Python
+  /// name until the next forward returns (LitGPT; torchtune before `del logits`).
+  bool logits_outlive_step = false;
+  /// Early torchtune recipes shift with logits[..., :-1, :].contiguous():
+  /// one more fp32 copy of the logits.
+  bool logits_shift_copy = false;
+};
+
 struct TrainingSetup {
   int64_t batch = 1;       ///< micro-batch per GPU
   int64_t seq = 512;       ///< tokens per sample (padded length)
@@ -135,6 +165,7 @@ struct TrainingSetup {
   UseCache use_cache = UseCache::kConfig;
   Device device = Device::kCuda;
   Framework framework = Framework::kHf;
+  FrameworkSetup fw;
   ParallelSetup parallel;
   AllocatorOptions allocator;
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
@@ -153,6 +184,11 @@ CheckpointMode parse_checkpointing(std::string_view text, const std::string& opt
 std::string_view precision_name(Precision p);
 std::string_view optimizer_name(OptimizerKind o);
 std::string_view attention_name(AttentionImpl a);
+Framework parse_framework(std::string_view text, const std::string& option);
+std::string_view framework_name(Framework f);
+/// The framework's own defaults: precision, LoRA adapter dtype, chunked
+/// loss, quantization details (trace/framework.cc cites each source).
+void apply_framework_defaults(Framework f, TrainingSetup* setup);
 Method parse_method(std::string_view text, const std::string& option);
 std::string_view method_name(Method m);
 

@@ -66,7 +66,11 @@ struct Request {
 /// - batch, seq, grad_accum (integers); precision, optimizer, attention,
 ///   ckpt_mode, device (cuda|cpu), torch_version ("2.4"), estimator
 ///   (llmem|paper|both), quant (nf4|fp4), quant_compute (bf16|fp16|fp32),
-///   lora_dtype (fp32|base), framework (hf|torchtune|litgpt) (strings);
+///   lora_dtype (fp32|base), framework (hf|torchtune|litgpt), recipe (a
+///   torchtune or LitGPT YAML path, read_recipe_file: applied with the
+///   framework's defaults before every other key, its warnings go to
+///   Request::warnings) (strings); optimizer_in_bwd, activation_offload,
+///   paged_optimizer (booleans); output_chunks, lm_head_chunk (integers);
 ///   grad_ckpt, no_double_quant, no_prepare_kbit, freeze_embeddings,
 ///   expandable_segments (booleans); lora_rank, quant_block, freeze_layers,
 ///   chunk_elems (integers); lora_alpha, lora_dropout, dropout,

@@ -22,6 +22,7 @@
 #include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
+#include "llmem/recipe.h"
 #include "llmem/report.h"
 
 #include "config/config_reader.h"
@@ -40,7 +41,8 @@ const std::vector<std::string>& all_keys() {
       "model", "gpu", "gpu_mem", "device",
       // the step
       "batch", "seq", "grad_accum", "precision", "optimizer", "attention", "grad_ckpt", "ckpt_mode",
-      "dropout", "freeze_layers", "freeze_embeddings", "framework",
+      "dropout", "freeze_layers", "freeze_embeddings", "framework", "recipe", "optimizer_in_bwd",
+      "activation_offload", "paged_optimizer", "output_chunks", "lm_head_chunk",
       // LoRA / QLoRA
       "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_dtype", "quant",
       "quant_compute", "no_double_quant", "quant_block", "no_prepare_kbit",
@@ -453,6 +455,32 @@ int torch_version_from(const std::string& text, const Fields& f) {
   return major * 100 + minor;
 }
 
+// framework: the profile's defaults (apply_framework_defaults); recipe: a
+// torchtune or LitGPT YAML (read_recipe_file), which names its framework and
+// whose warnings go to Request::warnings. Both before every other key, which
+// then overrides them.
+void read_framework(const Fields& f, const Context& c, Request* r) {
+  constexpr Framework kFrameworks[] = {Framework::kHf, Framework::kTorchtune, Framework::kLitgpt};
+  Framework fw = kFrameworks[f.choice("framework", "hf", {"hf", "torchtune", "litgpt"})];
+  apply_framework_defaults(fw, &r->setup);
+  if (f.has("recipe")) {
+    // Errors inside the file name the file and its key, after the request's key.
+    RecipeResult recipe;
+    try {
+      recipe = read_recipe_file(f.text("recipe", ""), &r->setup);
+    } catch (const Error& e) {
+      f.fail("recipe", e.what());
+    }
+    if (f.has("framework") && recipe.framework != fw) {
+      f.fail("framework", "the recipe is a " + std::string(framework_name(recipe.framework)) +
+                              " file, not " + c.name("framework") + " " +
+                              std::string(framework_name(fw)));
+    }
+    for (std::string& w : recipe.warnings)
+      r->warnings.push_back(std::move(w));
+  }
+}
+
 void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
   s->batch = f.integer("batch", s->batch, 1, 1 << 20, "expected a micro-batch between 1 and 2^20");
   s->seq = f.integer("seq", s->seq, 2, 1 << 24, "expected a sequence length between 2 and 2^24");
@@ -476,8 +504,18 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
   s->dropout =
       f.number("dropout", s->dropout, 0, 1, "expected a dropout probability between 0 and 1");
   s->device = f.choice("device", "cuda", {"cuda", "cpu"}) == 0 ? Device::kCuda : Device::kCpu;
-  constexpr Framework kFrameworks[] = {Framework::kHf, Framework::kTorchtune, Framework::kLitgpt};
-  s->framework = kFrameworks[f.choice("framework", "hf", {"hf", "torchtune", "litgpt"})];
+  // The framework (and its recipe) were applied first (read_framework); the
+  // options given here override them.
+  if (f.boolean("optimizer_in_bwd", false))
+    s->fw.optimizer_in_bwd = true;
+  if (f.boolean("activation_offload", false))
+    s->fw.activation_offload = true;
+  if (f.boolean("paged_optimizer", false))
+    s->fw.paged_optimizer = true;
+  s->fw.output_chunks = f.integer("output_chunks", s->fw.output_chunks, 0, 1 << 20,
+                                  "expected a chunk count (0: off)");
+  s->fw.lm_head_chunk_tokens = f.integer("lm_head_chunk", s->fw.lm_head_chunk_tokens, 0, 1 << 24,
+                                         "expected a chunk size in tokens (0: off)");
   s->torch_version = f.has("torch_version") ? torch_version_from(f.text("torch_version", ""), f)
                                             : s->torch_version;
   s->allocator.expandable_segments = f.boolean("expandable_segments", false);
@@ -502,9 +540,17 @@ void read_finetune(const Fields& f, const json& object, const Context& c, const 
     s->lora.alpha = f.number("lora_alpha", s->lora.alpha, -1e9, 1e9, "expected a number");
     s->lora.dropout =
         f.number("lora_dropout", s->lora.dropout, 0, 1, "expected a probability between 0 and 1");
-    s->lora.targets = f.names("lora_targets");
+    if (f.has("lora_targets")) {
+      // A framework's own module names (torchtune output_proj, LitGPT query, ...).
+      s->lora.targets.clear();
+      for (const std::string& t : f.names("lora_targets")) {
+        for (const std::string& hf : framework_module_names(s->framework, t))
+          s->lora.targets.push_back(hf);
+      }
+    }
   }
-  s->lora.adapter_fp32 = f.choice("lora_dtype", "fp32", {"fp32", "base"}) == 0;
+  if (f.has("lora_dtype"))
+    s->lora.adapter_fp32 = f.choice("lora_dtype", "fp32", {"fp32", "base"}) == 0;
 
   if (f.has("quant")) {
     size_t kind = f.choice("quant", "nf4", {"nf4", "fp4"});
@@ -513,10 +559,12 @@ void read_finetune(const Fields& f, const json& object, const Context& c, const 
     }
     s->finetune = FinetuneMode::kQlora;
     s->quant.nf4 = kind == 0;
-    s->quant.double_quant = !f.boolean("no_double_quant", false);
+    if (f.has("no_double_quant"))
+      s->quant.double_quant = !f.boolean("no_double_quant", false);
     s->quant.block = f.integer("quant_block", s->quant.block, 16, 4096,
                                "expected a block size between 16 and 4096");
-    s->quant.prepare_kbit = !f.boolean("no_prepare_kbit", false);
+    if (f.has("no_prepare_kbit"))
+      s->quant.prepare_kbit = !f.boolean("no_prepare_kbit", false);
     s->quant.compute_fp32 = f.choice("quant_compute", "bf16", {"bf16", "fp16", "fp32"}) == 2;
   }
   if (rank > 0) {
@@ -636,6 +684,7 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   Request r;
   r.options = options;
   r.model = model_from(j.at("model"), c);
+  read_framework(f, c, &r);
   read_step(f, c, &r.setup);
   read_finetune(f, j, c, r.model, &r.setup);
   read_parallel(f, c, &r.setup.parallel);

@@ -71,7 +71,17 @@ constexpr std::pair<const char*, Method> kMethods[] = {
     {"gemini", Method::kGemini},    {"colossalai-1d", Method::kColossal1d},
     {"megatron", Method::kMegatron}};
 
+constexpr std::pair<const char*, Framework> kFrameworks[] = {
+    {"hf", Framework::kHf}, {"torchtune", Framework::kTorchtune}, {"litgpt", Framework::kLitgpt}};
+
 }  // namespace
+
+Framework parse_framework(std::string_view text, const std::string& option) {
+  return parse_enum(text, option, kFrameworks);
+}
+std::string_view framework_name(Framework f) {
+  return enum_name(f, kFrameworks);
+}
 
 Method parse_method(std::string_view text, const std::string& option) {
   return parse_enum(text, option, kMethods);

@@ -71,6 +71,19 @@ Tid Graph::alias(Tid base, bool requires_grad) {
   return static_cast<Tid>(tensors_.size() - 1);
 }
 
+Tid Graph::view(Tid base, int64_t numel) {
+  Tensor t = tensors_[static_cast<size_t>(base)];
+  Tid storage = t.storage == kNone ? base : t.storage;
+  retain(storage);
+  t.storage = storage;
+  t.numel = numel;
+  t.refs = 1;
+  t.grad = kNone;
+  t.is_leaf = false;
+  tensors_.push_back(t);
+  return static_cast<Tid>(tensors_.size() - 1);
+}
+
 Tid Graph::buffer(int64_t bytes, Component c) {
   return new_tensor(bytes, 1, c);
 }
@@ -151,8 +164,22 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
   node.output = out;
   node.layer = layer_;
   node.inputs.push_back(input);
-  retain(input);
-  node.saved.push_back(input);
+  if (offload_) {
+    // torchtune/training/_activation_offloading.py pack_tensor: the saved
+    // input is copied to pinned CPU memory on a side stream; the GPU tensor
+    // is kept in fwd_stash until max_fwd_stash_size (5) newer tensors have
+    // been packed, then dereferenced.
+    node.offloaded = true;
+    retain(input);
+    offload_stash_.push_back(input);
+    if (static_cast<int>(offload_stash_.size()) > offload_stash_limit_) {
+      release(offload_stash_.front());
+      offload_stash_.erase(offload_stash_.begin());
+    }
+  } else {
+    retain(input);
+    node.saved.push_back(input);
+  }
   checkpoints_.push_back(fn);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
   nodes_.push_back(std::move(node));
@@ -193,6 +220,9 @@ void Graph::accumulate(Tid target, Tid g) {
   } else {
     release(g);  // added in place into the existing buffer
   }
+  const Tensor& leaf_t = tensors_[static_cast<size_t>(target)];
+  if (post_accumulate_ && leaf_t.is_leaf && leaf_t.storage == kNone && leaf_t.grad != kNone)
+    post_accumulate_(target);
 }
 
 void Graph::clear_grad(Tid param) {
@@ -221,7 +251,12 @@ void Graph::run_backward(size_t begin) {
       if (node.checkpoint >= 0) {
         // Recompute the block with grad, then backpropagate through it.
         Tid input = node.inputs.front();
-        Tid detached = alias(input, true);
+        // An offloaded input comes back from the CPU as a new GPU tensor
+        // (unpack_tensor: cpu_tensor.to("cuda")).
+        Tid detached = node.offloaded ? leaf(tensors_[static_cast<size_t>(input)].numel,
+                                             tensors_[static_cast<size_t>(input)].elem,
+                                             Component::kActivations, true)
+                                      : alias(input, true);
         size_t mark = nodes_.size();
         bool was = grad_enabled_;
         grad_enabled_ = true;
@@ -235,7 +270,10 @@ void Graph::run_backward(size_t begin) {
         Tid g = tensors_[static_cast<size_t>(detached)].grad;
         tensors_[static_cast<size_t>(detached)].grad = kNone;
         release(detached);
-        if (g != kNone)
+        const Tensor& in = tensors_[static_cast<size_t>(input)];
+        if (g != kNone && in.is_leaf && !in.live)
+          release(g);  // a leaf already gone (offloaded embedding output): nothing to keep
+        else if (g != kNone)
           accumulate(input, g);
       } else {
         Tid temp =
@@ -258,6 +296,10 @@ void Graph::run_backward(size_t begin) {
 void Graph::backward(Tid loss) {
   Phase was = phase_;
   phase_ = Phase::kBackward;
+  // OffloadActivations: the first backward hook drops what fwd_stash still holds.
+  for (Tid t : offload_stash_)
+    release(t);
+  offload_stash_.clear();
   Tid seed = new_tensor(1, elem(loss), Component::kTemporaries);
   tensors_[static_cast<size_t>(loss)].grad = seed;
   run_backward(0);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
+#include <utility>
 #include <vector>
 
 #include "llmem/estimate.h"
@@ -60,6 +61,23 @@ class Graph {
   Tid virtual_leaf(int64_t numel, int elem, bool requires_grad);
   /// A tensor sharing another's storage (a detached view): no memory of its own.
   Tid alias(Tid base, bool requires_grad);
+  /// A slice view of `base` (split / tensor_split): `numel` elements, no
+  /// memory of its own; its gradient accumulates into the base's.
+  Tid view(Tid base, int64_t numel);
+
+  /// torch.Tensor.register_post_accumulate_grad_hook on every leaf: called
+  /// with the leaf each time a gradient has been accumulated into its .grad.
+  void set_post_accumulate_grad_hook(std::function<void(Tid)> hook) {
+    post_accumulate_ = std::move(hook);
+  }
+  /// Activation offloading (torchtune OffloadActivations): the inputs that
+  /// checkpointed blocks save in forward are copied to the CPU and leave GPU
+  /// memory once the last `stash` of them have been offloaded (the copy
+  /// stream's pending tensors); backward brings each back for its block.
+  void set_offload_checkpoint_inputs(bool on, int stash = 5) {
+    offload_ = on;
+    offload_stash_limit_ = stash;
+  }
 
   /// Runs an op: allocates the output (numel × elem bytes, caller holds one
   /// reference), and when grad mode is on and any input requires grad,
@@ -133,6 +151,7 @@ class Graph {
     int64_t backward_temp = 0;
     int16_t layer = -1;
     int32_t checkpoint = -1;  // index into checkpoints_
+    bool offloaded = false;   // the checkpoint input lives on the CPU
     bool boundary = false;    // pass_boundary(): no op, ends a backward pass
   };
 
@@ -153,6 +172,10 @@ class Graph {
   bool out_of_place_leaf_ = false;
   std::function<void(int, int)> layer_hook_;
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
+  std::function<void(Tid)> post_accumulate_;
+  bool offload_ = false;
+  int offload_stash_limit_ = 5;
+  std::vector<Tid> offload_stash_;  // offloaded tensors still on the GPU (copy in flight)
 };
 
 }  // namespace llmem::trace

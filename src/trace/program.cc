@@ -15,8 +15,11 @@
 #include <map>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "llmem/error.h"
+
+#include "trace/framework.h"
 
 namespace llmem::trace {
 namespace {
@@ -272,7 +275,10 @@ class Program {
     for (const TensorSpec& t : m_.tensors) {
       if (!on_stage(t))
         continue;
-      if (!t.tied_to.empty() && params_.count(t.tied_to) > 0) {
+      // LitGPT has no weight tying: convert_hf_checkpoint copies the embedding
+      // into a separate lm_head.weight (litgpt/scripts/convert_hf_checkpoint.py).
+      if (!t.tied_to.empty() && params_.count(t.tied_to) > 0 &&
+          s_.framework != Framework::kLitgpt) {
         params_[t.name] = params_[t.tied_to];
         continue;
       }
@@ -283,7 +289,10 @@ class Program {
       bool frozen_embed = s_.freeze_embeddings && (t.role == TensorRole::kEmbedding ||
                                                    t.role == TensorRole::kPositionEmbedding);
       p.trainable = full && !frozen_layer && !frozen_embed;
-      if (qlora && quantizable(t)) {
+      // LitGPT's BitsandbytesPrecision converts every nn.Linear, lm_head included.
+      bool quantize = quantizable(t) || (s_.framework == Framework::kLitgpt &&
+                                         t.role == TensorRole::kLmHead && t.shape.size() == 2);
+      if (qlora && quantize) {
         // bitsandbytes Linear4bit (Params4bit): two 4-bit values per byte,
         // one absmax per block (fp32, or uint8 plus a second-level fp32
         // absmax per 256 blocks with double quantization).
@@ -293,6 +302,13 @@ class Program {
             (t.numel + 1) / 2 +
             (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
         p.id = g_.leaf(bytes, 1, Component::kParameters, false);
+      } else if (qlora && s_.framework == Framework::kLitgpt && t.role == TensorRole::kEmbedding) {
+        // litgpt/finetune/lora.py (quantized): after the optimizer is built,
+        // wte is replaced by a bitsandbytes StableEmbedding whose weight is a
+        // new trainable Parameter outside the optimizer (its .grad is never
+        // cleared), while the local `old_embedding` keeps the old weight alive.
+        g_.leaf(t.numel, pe_, Component::kParameters, false);
+        p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
       } else if (r_.param_shards > 1) {
         if (qlora)
           throw Error("--method", "", "QLoRA with sharded parameters is not modelled yet");
@@ -376,17 +392,21 @@ class Program {
       held.insert(held.end(), {ids, mask_in, labels});
       gather(-1);  // the root unit (embeddings, final norm, head) stays gathered to the end
       Tid out = forward(ids);
+      // LitGPT: the previous step's logits die when `logits = model(...)` rebinds the name.
+      for (Tid t : kept_logits_)
+        g_.release(t);
+      kept_logits_.clear();
       Tid loss;
       if (r_.last_stage) {
         g_.set_phase(Phase::kLoss);
         g_.set_layer(-1);
-        loss = causal_lm_loss(out, labels);
+        loss = loss_and_logits(out, labels);  // consumes out
       } else {
         // The stage's output is sent on and kept for its backward, which
         // starts from the gradient the next stage sends back.
         loss = g_.op(1, kF32, {out}, {out}, Component::kTemporaries);
+        g_.release(out);
       }
-      g_.release(out);  // the model output object dies with compute_loss
       if (k + 1 < r_.in_flight) {
         // Checkpointed layers of this micro-batch keep its rotary tables and
         // mask until their backward (the next forward makes its own).
@@ -419,7 +439,57 @@ class Program {
       g_.release(t);
   }
 
+  /// litgpt/finetune/full.py calls model(input_ids) without lm_head_chunk_size.
+  bool litgpt_full() const {
+    return s_.framework == Framework::kLitgpt && s_.finetune == FinetuneMode::kFull;
+  }
+
+  /// The loss of the last stage; consumes the model output `out` (kNone:
+  /// the framework profile's logits slices in logit_chunks_).
+  Tid loss_and_logits(Tid out, Tid labels) {
+    Tid loss;
+    if (out == kNone) {
+      loss = chunked_loss(g_, logit_chunks_, s_.batch, s_.seq, m_.vocab_size, s_.fw);
+      if (s_.fw.logits_outlive_step) {
+        kept_logits_ = logit_chunks_;
+      } else {
+        for (Tid t : logit_chunks_)
+          g_.release(t);  // `del logits` (torchtune _loss_step)
+      }
+      logit_chunks_.clear();
+      // The previous step's graph (and the bnb ctx.tensors it holds) dies
+      // when `loss = chunked_cross_entropy(...)` rebinds the name.
+      for (Tid t : bnb_prev_)
+        g_.release(t);
+      bnb_prev_ = bnb_ctx_;
+      bnb_ctx_.clear();
+      return loss;
+    }
+    if (litgpt_full()) {
+      loss = flat_chunked_loss(g_, out, s_.batch, s_.seq, m_.vocab_size, 128);
+      kept_logits_.push_back(out);  // the loop variable keeps them into the next step
+      return loss;
+    }
+    if (s_.fw.logits_shift_copy) {
+      // early torchtune recipes: logits = logits[..., :-1, :].contiguous()
+      Tid c = g_.op(s_.batch * (s_.seq - 1) * m_.vocab_size, g_.elem(out), {out}, {},
+                    Component::kLogitsLoss);
+      g_.release(out);
+      out = c;
+    }
+    loss = causal_lm_loss(out, labels);
+    if (s_.fw.logits_outlive_step)
+      kept_logits_.push_back(out);
+    else
+      g_.release(out);  // the model output object dies with compute_loss
+    return loss;
+  }
+
   void optimizer_step(bool first);
+  /// torchtune optimizer_in_bwd (training.register_optim_in_bwd_hooks): a
+  /// post-accumulate-grad hook steps this parameter's own optimizer, then
+  /// zero_grad(set_to_none=True) frees its gradient.
+  void step_in_backward(Tid p);
   void zero_grad() {
     for (Tid p : trainable_)
       g_.clear_grad(p);
@@ -546,6 +616,17 @@ class Program {
       int ce = s_.quant.compute_fp32 ? kF32 : 2;
       Tid xc = cast(x, ce);
       Tid deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
+      // bitsandbytes MatMul4Bit.forward keeps ctx.tensors = (A, B) whenever
+      // the input needs a gradient (bitsandbytes/autograd/_functions.py): a
+      // Python attribute of the graph node, not a saved variable, so it lives
+      // as long as the graph does, and LitGPT's loop keeps the graph through
+      // `loss` until the next step's loss rebinds the name. torchao's NF4
+      // linear saves only the weight. Applied to LitGPT; the hf profile's bnb
+      // path is left as it was measured.
+      if (s_.framework == Framework::kLitgpt && g_.requires_grad(xc)) {
+        g_.retain(xc);
+        bnb_ctx_.push_back(xc);
+      }
       Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
                     Component::kActivations, {}, w.quantized * ce);
       g_.release(deq);
@@ -582,7 +663,7 @@ class Program {
     auto it = lora_.find(prefix);
     if (it == lora_.end())
       return y;
-    if (w.quantized > 0) {
+    if (w.quantized > 0 && s_.framework == Framework::kHf) {
       // peft/tuners/lora/bnb.py Linear4bit.forward: result = result.clone()
       Tid c = g_.op(g_.numel(y), g_.elem(y), {y}, {});
       g_.release(y);
@@ -750,7 +831,8 @@ class Program {
 
   // ------------------------------------------------------------ activations
   Tid activation(Tid x, const std::string& act) {
-    if (act == "gelu_new" || act == "gelu_fast") {
+    // LitGPT's MLPs call F.gelu(x, approximate="tanh"): one kernel (litgpt/model.py).
+    if ((act == "gelu_new" || act == "gelu_fast") && s_.framework == Framework::kHf) {
       // NewGELUActivation: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))
       Tid cube = g_.op(g_.numel(x), g_.elem(x), {x}, {x});  // pow saves x
       Tid c1 = plain(cube);
@@ -829,6 +911,16 @@ class Program {
       Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
       Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
       Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
+      if (s_.framework == Framework::kLitgpt && heads != kv) {
+        // litgpt/model.py CausalSelfAttention: k and v are expanded to every
+        // query head (expand + reshape / repeat_interleave: copies) before SDPA.
+        Tid kr = g_.op(b * heads * s * d, g_.elem(kc), {kc}, {});
+        Tid vr = g_.op(b * heads * s * vd, g_.elem(vc), {vc}, {});
+        g_.release(kc);
+        g_.release(vc);
+        kc = kr;
+        vc = vr;
+      }
       Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
                     Component::kActivations, {{b * heads * s, kF32}}, 0, true);
       g_.release(qc);
@@ -1020,6 +1112,12 @@ class Program {
   std::vector<Tid> cache_kv_;  // DynamicCache contents of this forward
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
+  // Framework profiles (trace/framework.cc).
+  std::vector<Tid> logit_chunks_;  // this forward's logits slices
+  std::vector<Tid> kept_logits_;   // LitGPT: the previous step's slices
+  std::unordered_set<Tid> stepped_in_bwd_;
+  std::vector<Tid> bnb_ctx_;   // LitGPT QLoRA: inputs bnb keeps on this step's graph
+  std::vector<Tid> bnb_prev_;  // and on the previous step's graph
 };
 
 // What a rank of a data-parallel layout adds to the single-GPU setup.
@@ -1098,7 +1196,8 @@ void Program::add_lora() {
   size_t matched = 0;
   for (const TensorSpec& t : m_.tensors) {
     const std::string suffix = ".weight";
-    if (t.layer < 0 || t.shape.size() != 2 || t.name.size() < suffix.size() ||
+    bool head = t.role == TensorRole::kLmHead;  // torchtune apply_lora_to_output, LitGPT lora_head
+    if ((t.layer < 0 && !head) || t.shape.size() != 2 || t.name.size() < suffix.size() ||
         t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) {
       continue;
     }
@@ -1281,9 +1380,21 @@ Tid Program::forward(Tid ids) {
     release_shared();
   // lm_head: a Linear (tied to the embedding when the config ties them).
   std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
-  Tid logits =
-      base_linear(hn, param(head + ".weight"), find_param(head + ".bias"), ew, m_.vocab_size);
+  if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
+    // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
+    logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw,
+                                 [&](Tid slice) { return linear(slice, head, ew, m_.vocab_size); });
+    g_.release(hn);
+    return kNone;
+  }
+  Tid logits = linear(hn, head, ew, m_.vocab_size);
   g_.release(hn);
+  if (s_.framework == Framework::kTorchtune) {
+    // TransformerDecoder.unembed: output = self.output(h).float()
+    Tid l32 = cast(logits, kF32);
+    g_.release(logits);
+    logits = l32;
+  }
   if (m_.family == "codegen" || m_.family == "gpt_neo") {
     // lm_logits = self.lm_head(hidden_states).to(torch.float32)
     Tid l32 = cast(logits, kF32);
@@ -1658,6 +1769,12 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
 void Program::optimizer_step(bool first) {
   g_.set_phase(Phase::kOptimizer);
   g_.set_layer(-1);
+  if (s_.fw.optimizer_in_bwd || s_.fw.paged_optimizer) {
+    // Stepped inside backward, or bitsandbytes paged states (cudaMallocManaged,
+    // outside the caching allocator) updated by one kernel without temporaries.
+    zero_grad();
+    return;
+  }
   OptimizerKind kind = s_.optimizer;
   if (kind == OptimizerKind::kAdamW) {
     kind = cuda_ ? OptimizerKind::kAdamWForeach : OptimizerKind::kAdamWForLoop;
@@ -1763,6 +1880,48 @@ void Program::optimizer_step(bool first) {
   zero_grad();
 }
 
+void Program::step_in_backward(Tid p) {
+  if (std::find(trainable_.begin(), trainable_.end(), p) == trainable_.end())
+    return;  // not a parameter (the embedding output PEFT marks as requiring grad)
+  Phase was = g_.phase();
+  int64_t n = g_.numel(p);
+  int e = g_.elem(p);
+  if (!s_.fw.paged_optimizer && stepped_in_bwd_.insert(p).second) {
+    // The parameter's own optimizer creates its states at its first step.
+    switch (s_.optimizer) {
+      case OptimizerKind::kSgd:
+        break;
+      case OptimizerKind::kSgdMomentum:
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        break;
+      case OptimizerKind::kAdamW8bit:
+      case OptimizerKind::kPagedAdamW8bit:
+        if (n < 4096) {
+          opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
+        } else {
+          opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
+          opt_state_.push_back(
+              g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
+        }
+        break;
+      default:  // AdamW: exp_avg and exp_avg_sq in the parameter's dtype
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        break;
+    }
+  }
+  bool adam_temps = !s_.fw.paged_optimizer && (s_.optimizer == OptimizerKind::kAdamW ||
+                                               s_.optimizer == OptimizerKind::kAdamWForeach ||
+                                               s_.optimizer == OptimizerKind::kAdamWForLoop);
+  if (adam_temps) {
+    // One-tensor foreach / for-loop AdamW: the sqrt (and denom) temporary.
+    Tid t = g_.buffer(g_.bytes(p), Component::kTemporaries);
+    g_.release(t);
+  }
+  g_.clear_grad(p);
+  g_.set_phase(was);
+}
+
 }  // namespace
 
 TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank) {
@@ -1791,7 +1950,21 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   Graph g(&result.events);
   g.reserve(hint / 2);
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
+  if (setup.framework == Framework::kLitgpt && setup.finetune == FinetuneMode::kQlora)
+    setup.fw.paged_optimizer = true;  // litgpt instantiate_bnb_optimizer: bnb PagedAdamW
+  if (setup.fw.activation_offload && setup.checkpointing == CheckpointMode::kOff) {
+    throw Error("--activation-offload", "",
+                "torchtune offloads activations only with activation checkpointing on");
+  }
+  g.set_offload_checkpoint_inputs(setup.fw.activation_offload);
   Program program(g, model, setup, rank, &result);
+  if (setup.fw.optimizer_in_bwd) {
+    if (setup.grad_accum > 1) {
+      throw Error("--optimizer-in-bwd", "",
+                  "torchtune does not support gradient accumulation with optimizer_in_bwd");
+    }
+    g.set_post_accumulate_grad_hook([&program](Tid p) { program.step_in_backward(p); });
+  }
   program.setup();
   // A pipeline stage takes its micro-batches in groups of `in_flight`.
   int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;

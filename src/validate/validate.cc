@@ -17,6 +17,8 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 
+#include "trace/framework.h"
+
 namespace llmem {
 namespace {
 
@@ -118,6 +120,132 @@ const GpuSpec* match_gpu(const std::string& text) {
   return best;
 }
 
+// torchtune and LitGPT rows: what the source says about the recipe that the
+// generic columns do not (the commit, compile, chunked loss, offloading).
+void express_framework(const std::map<std::string, std::string>& r, Framework fw,
+                       TrainingSetup* s) {
+  auto get = [&](const char* key) {
+    auto it = r.find(key);
+    return it == r.end() ? std::string() : it->second;
+  };
+  std::string url = get("source_url");
+  std::string notes = get("notes");
+  std::string opt = lower(get("optimizer"));
+  std::string ckpt = lower(get("grad_ckpt"));
+  std::string seq = get("seq_len");
+  std::string method = lower(get("method"));
+  if (!method.empty() && method != "single") {
+    throw Skip{"distributed " + std::string(framework_name(fw)) + " recipes (" + get("method") +
+               ") not modelled by the framework profile yet"};
+  }
+  if (has(notes, "low confidence") || has(notes, "confidence=low"))
+    throw Skip{"the source's setup is unclear (row marked low confidence)"};
+  // torchtune's Llama-3.2-3B flag table adds one flag per row ("previous +
+  // ..."), so every row after "+compile" inherits torch.compile.
+  bool chain = has(notes, "previous +") || has(notes, "same as lora row");
+  if ((has(notes, "compile") && !has(notes, "no compile")) || chain ||
+      has(get("attention_impl"), "compile")) {
+    throw Skip{"torch.compile fusions not modelled (they change what is saved for backward)"};
+  }
+  if (!seq.empty() && !std::isdigit(static_cast<unsigned char>(seq[0]))) {
+    throw Skip{
+        "unpacked variable-length batches: the longest batch, which sets the peak, is not "
+        "stated (" +
+        seq + ")"};
+  }
+  apply_framework_defaults(fw, s);
+  if (fw == Framework::kTorchtune) {
+    // Before CEWithChunkedOutputLoss (torchtune PR #1390, 2024-08) the recipes
+    // used nn.CrossEntropyLoss on the whole fp32 output; the early recipes
+    // (commit 5cbc1967b, the LoRA tutorials) also shifted with
+    // logits[..., :-1, :].contiguous() and kept `logits` bound into the next step.
+    bool chunked = has(notes, "chunked c");
+    if (!chunked)
+      s->fw.output_chunks = 0;
+    bool early = has(url, "5cbc1967b") || has(url, "0217d44c2") || has(url, "tutorials/");
+    s->fw.logits_shift_copy = early;
+    s->fw.logits_outlive_step = early;
+    if (has(opt, "backward") || has(opt, "in_bwd"))
+      s->fw.optimizer_in_bwd = true;
+    if (has(ckpt, "offload"))
+      s->fw.activation_offload = true;
+  } else if (has(get("precision"), "bf16-mixed")) {
+    // LitGPT --precision bf16-mixed: fp32 weights (adapters too) under
+    // autocast; log_softmax autocasts to fp32.
+    s->fw.loss_fp32 = true;
+  }
+  if (has(opt, "paged"))
+    s->fw.paged_optimizer = true;  // bnb paged states: cudaMallocManaged, off the counters
+  // Every config_hub/finetune YAML sets global_batch_size above micro_batch_size
+  // (tiny-llama/full.yaml: 32 / 4), so gradients accumulate over micro-batches;
+  // the steady-state peak is the same for any count of 2 or more.
+  if (fw == Framework::kLitgpt && has(url, "config_hub"))
+    s->grad_accum = 2;
+}
+
+// The LoRA targets a framework row names in its notes ("LoRA q,v,output_proj +
+// MLP", "LoRA targets: query,value", "q,k,v,proj,mlp,head", "all linear layers
+// incl. output proj"); no mention keeps the framework's default.
+void framework_lora_targets_from_notes(Framework fw, const std::string& notes, TrainingSetup* s) {
+  std::string n = lower(notes);
+  // "lora" as a word ("lora_finetune_single_device", "phi-3/lora.yaml" are not it).
+  size_t at = n.find("lora ");
+  size_t colon = n.find("lora targets:");
+  if (colon != std::string::npos)
+    at = colon + 8;
+  std::string text = at == std::string::npos ? "" : n.substr(at + 4);
+  for (const char* stop : {";", "(", "alpha"}) {
+    size_t e = text.find(stop);
+    if (e != std::string::npos && e > 0)
+      text = text.substr(0, e);
+  }
+  std::vector<std::string> names;
+  auto word = [&](const char* w) {
+    // a whole token: q, k, v, mlp ... separated by anything not alphanumeric
+    std::string t = " " + text + " ";
+    for (char& c : t) {
+      if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_')
+        c = ' ';
+    }
+    return t.find(std::string(" ") + w + " ") != std::string::npos;
+  };
+  bool all = has(text, "all linear");
+  if (fw == Framework::kTorchtune) {
+    if (all || word("q"))
+      names.push_back("q_proj");
+    if (all || word("k"))
+      names.push_back("k_proj");
+    if (all || word("v"))
+      names.push_back("v_proj");
+    if (all || word("output_proj"))
+      names.push_back("output_proj");
+    if (all || word("mlp"))
+      names.push_back("mlp");
+    if (all || has(text, "final output"))
+      names.push_back("output");
+  } else {
+    if (word("q") || word("query"))
+      names.push_back("query");
+    if (word("k") || word("key"))
+      names.push_back("key");
+    if (word("v") || word("value"))
+      names.push_back("value");
+    if (word("proj"))
+      names.push_back("projection");
+    if (word("mlp"))
+      names.push_back("mlp");
+    if (word("head"))
+      names.push_back("head");
+  }
+  if (names.empty())
+    return;
+  s->lora.targets.clear();
+  for (const std::string& name : names) {
+    for (const std::string& hf : trace::hf_module_names(fw, name))
+      s->lora.targets.push_back(hf);
+  }
+}
+
 // The layout of a distributed row: data parallelism over world_size / tp.
 // The CPU tier's zero1 rows (dist_cpu.py) use torch's ZeroRedundancyOptimizer.
 void express_layout(const std::string& method, const std::string& world, const std::string& tp,
@@ -159,10 +287,11 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   };
   std::string url = get("source_url");
   std::string notes = get("notes");
-  if (has(url, "torchtune"))
-    throw Skip{"torchtune framework profile not modelled yet"};
-  if (has(url, "litgpt"))
-    throw Skip{"LitGPT framework profile not modelled yet"};
+  Framework fw = has(url, "torchtune") ? Framework::kTorchtune
+                 : has(url, "litgpt")  ? Framework::kLitgpt
+                                       : Framework::kHf;
+  if (fw != Framework::kHf)
+    express_framework(r, fw, s);
   if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
     throw Skip{"ColossalAI Gemini profile not modelled yet"};
   }
@@ -181,14 +310,14 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   }
   std::string gpu_type = get("gpu_type");
   s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
-  if (s->device == Device::kCuda) {
+  if (s->device == Device::kCuda && !(fw != Framework::kHf && gpu_type.empty())) {
     const GpuSpec* g = match_gpu(gpu_type);
     if (g == nullptr)
       throw Skip{"GPU type \"" + gpu_type + "\" not in the catalog"};
     *gpu = *g;
   }
   std::string precision = lower(get("precision"));
-  if (has(precision, "nf4") || lower(get("finetune")) == "qlora") {
+  if (fw == Framework::kHf && (has(precision, "nf4") || lower(get("finetune")) == "qlora")) {
     throw Skip{"QLoRA not traced yet"};
   }
   if (precision == "fp32") {
@@ -208,9 +337,9 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     throw Skip{"precision \"" + get("precision") + "\" not understood"};
   }
   std::string opt = lower(get("optimizer"));
-  if (has(opt, "backward") || has(opt, "in_bwd"))
+  if (fw == Framework::kHf && (has(opt, "backward") || has(opt, "in_bwd")))
     throw Skip{"optimizer in backward not modelled"};
-  if (has(opt, "paged"))
+  if (fw == Framework::kHf && has(opt, "paged"))
     throw Skip{"paged optimizer states not modelled"};
   if (opt == "adamw-foreach" || opt == "adamw-fused" || opt == "adamw-forloop" ||
       opt == "sgd-momentum" || opt == "sgd") {
@@ -235,20 +364,22 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     }
   }
   std::string ckpt = lower(get("grad_ckpt"));
-  if (has(ckpt, "offload"))
+  if (fw == Framework::kHf && has(ckpt, "offload"))
     throw Skip{"activation offloading not modelled"};
   if (ckpt.rfind("on", 0) == 0) {
-    s->checkpointing =
-        has(ckpt, "non-reentrant") ? CheckpointMode::kNonReentrant : CheckpointMode::kReentrant;
+    // torchtune and LitGPT wrap each block in a non-reentrant checkpoint.
+    s->checkpointing = has(ckpt, "non-reentrant") || fw != Framework::kHf
+                           ? CheckpointMode::kNonReentrant
+                           : CheckpointMode::kReentrant;
   }
   std::string finetune = lower(get("finetune"));
-  if (finetune == "lora") {
-    s->finetune = FinetuneMode::kLora;
+  if (finetune == "lora" || (fw != Framework::kHf && finetune == "qlora")) {
+    s->finetune = finetune == "qlora" ? FinetuneMode::kQlora : FinetuneMode::kLora;
     std::string rank = get("lora_rank");
     if (rank.empty())
       throw Skip{"LoRA rank not given"};
     s->lora.rank = std::stoll(rank);
-    std::string targets = get("lora_targets");
+    std::string targets = fw != Framework::kHf ? "" : get("lora_targets");
     std::stringstream ss(targets);
     std::string t;
     while (std::getline(ss, t, ',')) {
@@ -265,6 +396,8 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   } else if (finetune != "full") {
     throw Skip{"fine-tuning mode \"" + get("finetune") + "\" not modelled"};
   }
+  if (fw != Framework::kHf)
+    framework_lora_targets_from_notes(fw, notes, s);
   std::string attn = lower(get("attention_impl"));
   s->attention = has(attn, "eager")   ? AttentionImpl::kEager
                  : has(attn, "flash") ? AttentionImpl::kFlashAttention2
@@ -327,6 +460,16 @@ std::string resolve_model(const std::string& model, const std::string& file) {
   return model;
 }
 
+// Models measured under one name whose architecture the catalog holds under
+// another: TinyLlama-1.1B-Chat-v1.0 is a fine-tune of the 3T-token
+// checkpoint with the same config (data/models/TinyLlama--TinyLlama-1.1B-Chat-v1.0.json
+// records that it was chosen in place of it).
+std::string stand_in(const std::string& model) {
+  if (model == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
+    return "TinyLlama/TinyLlama-1.1B-Chat-v1.0";
+  return model;
+}
+
 }  // namespace
 
 ValidationSummary summarize(const std::vector<ValidationRow>& rows) {
@@ -384,7 +527,7 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
       row.measured_bytes = measured_bytes(r);
       ModelSpec model;
       try {
-        model = load_model(resolve_model(row.model, file));
+        model = load_model(resolve_model(stand_in(row.model), file));
       } catch (const Error& e) {
         throw Skip{std::string("model: ") + e.what()};
       }
@@ -399,9 +542,13 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
                             : row.counter == "device" ? peak.device_bytes
                                                       : peak.allocated_bytes;
       row.setting =
+          (setup.framework != Framework::kHf ? std::string(framework_name(setup.framework)) + " "
+                                             : std::string()) +
           std::string(precision_name(setup.precision)) + " b" + std::to_string(setup.batch) + " s" +
           std::to_string(setup.seq) + (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
-          (setup.finetune == FinetuneMode::kLora ? " lora" : "") +
+          (setup.finetune == FinetuneMode::kLora    ? " lora"
+           : setup.finetune == FinetuneMode::kQlora ? " qlora"
+                                                    : "") +
           (setup.parallel.method != Method::kSingle
                ? " " + std::string(method_name(setup.parallel.method)) + " dp" +
                      std::to_string(setup.parallel.dp) +

@@ -226,6 +226,17 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
            "QLoRA: skip peft prepare_model_for_kbit_training (keeps other params' dtype)");
   est.option<int64_t>("--freeze-layers", "Full fine-tuning: freeze the first N decoder layers");
   est.flag("--freeze-embeddings", "Full fine-tuning: freeze the embeddings");
+  est.option<std::string>(
+      "--framework",
+      "Whose training loop: hf (Transformers + PEFT + Trainer), torchtune or litgpt");
+  est.option<std::string>("--recipe",
+                          "A torchtune recipe YAML or a LitGPT config_hub YAML (sets --framework)");
+  est.flag("--optimizer-in-bwd", "torchtune optimizer_in_bwd: step each parameter inside backward");
+  est.flag("--activation-offload", "torchtune enable_activation_offloading (needs --grad-ckpt)");
+  est.flag("--paged-optimizer", "bitsandbytes paged optimizer: states outside the allocator");
+  est.option<int64_t>("--output-chunks",
+                      "torchtune num_output_chunks of the LM head and loss (0: off)");
+  est.option<int64_t>("--lm-head-chunk", "LitGPT lm_head_chunk_size in tokens (0: off)");
   est.option<std::string>("--torch-version",
                           "PyTorch version whose behaviour to model (default 2.4)");
   est.flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");

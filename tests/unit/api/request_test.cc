@@ -305,7 +305,13 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"limit_all_gathers", true},
                  {"deepspeed_config", {{"zero_optimization", {{"stage", 1}}}}},
                  {"estimator", "llmem"},
-                 {"chunk_elems", 0}};
+                 {"chunk_elems", 0},
+                 {"recipe", LLMEM_TEST_DATA_DIR "/recipes/litgpt-llama-2-7b-lora.yaml"},
+                 {"optimizer_in_bwd", false},
+                 {"activation_offload", false},
+                 {"paged_optimizer", false},
+                 {"output_chunks", 0},
+                 {"lm_head_chunk", 0}};
   for (const std::string& key : request_keys()) {
     if (key == "model")
       continue;

@@ -220,5 +220,28 @@ TEST(Cli, DistributedRanksContract) {
   EXPECT_NE(tp.err.find("not divisible by tp 5"), std::string::npos) << tp.err;
 }
 
+TEST(Cli, RecipeSetsTheFrameworkAndWarnsOnStderr) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-3B", "--recipe",
+                      LLMEM_TEST_DATA_DIR "/recipes/torchtune-llama3_2-3B_lora_single_device.yaml",
+                      "--seq", "512", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_NE(r.err.find("warning:"), std::string::npos);
+  EXPECT_NE(r.err.find("loss._component_"), std::string::npos);
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["model"]["trainable_params"].get<int64_t>(), 0);
+}
+
+TEST(Cli, FrameworkOptionIsChecked) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "keras"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "litgpt",
+               "--lora-rank", "8", "--lora-targets", "query,value,head"});
+  EXPECT_EQ(r.code, kExitOk) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--recipe",
+               LLMEM_TEST_DATA_DIR "/recipes/missing.yaml"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("missing.yaml"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace llmem::cli

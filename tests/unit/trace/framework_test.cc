@@ -1,0 +1,247 @@
+// Copyright 2026 The llmem Authors.
+// The torchtune and LitGPT profiles: each behaviour against the bytes it
+// should move, and the recipe reader.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "llmem/error.h"
+#include "llmem/estimate.h"
+#include "llmem/gpu.h"
+#include "llmem/model.h"
+#include "llmem/recipe.h"
+
+#include "trace/program.h"
+
+namespace llmem {
+namespace {
+
+constexpr int64_t kBf16 = 2;
+
+TrainingSetup torchtune_setup(int64_t batch, int64_t seq) {
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.device = Device::kCpu;  // exact sizes
+  s.batch = batch;
+  s.seq = seq;
+  return s;
+}
+
+// Live bytes of one component over the events, and its maximum.
+int64_t max_live(const std::vector<trace::Event>& events, Component c) {
+  int64_t live = 0;
+  int64_t peak = 0;
+  for (const trace::Event& e : events) {
+    if (e.component != c)
+      continue;
+    live += e.alloc ? e.bytes : -e.bytes;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+TEST(Framework, ChunkedCrossEntropyLowersTheLossPeakByTwoMinusFourOverKLogits) {
+  // torchtune: unchunked, the fp32 logits (4TV) and the saved fp32
+  // log-softmax (4TV) coexist; with k chunks the bf16 slices (2TV), every
+  // chunk's saved log-softmax (4TV) and one fp32 slice (4TV/k) do.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 2048);
+  s.finetune = FinetuneMode::kLora;
+  s.fw.output_chunks = 0;
+  Estimate whole = estimate(m, s, find_gpu("A100-80GB"));
+  s.fw.output_chunks = 8;
+  Estimate chunked = estimate(m, s, find_gpu("A100-80GB"));
+  auto loss = static_cast<size_t>(Phase::kLoss);
+  int64_t tv = s.batch * s.seq * m.vocab_size;
+  int64_t expected = 2 * tv - 4 * tv / 8;
+  auto saved = static_cast<int64_t>(whole.phase_peaks[loss]) -
+               static_cast<int64_t>(chunked.phase_peaks[loss]);
+  EXPECT_NEAR(static_cast<double>(saved), static_cast<double>(expected), 1 << 20);
+}
+
+TEST(Framework, LitgptLossStaysInTheLogitsDtype) {
+  // chunked_cross_entropy runs F.cross_entropy on bf16 slices: no fp32 tensor
+  // of the vocabulary's width appears.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kLitgpt, &s);
+  s.device = Device::kCpu;
+  s.batch = 1;
+  s.seq = 512;
+  s.finetune = FinetuneMode::kLora;
+  trace::TraceResult t = trace::build_trace(m, s);
+  int64_t widest_fp32 = 0;
+  for (const trace::Event& e : t.events) {
+    if (e.alloc && e.component == Component::kLogitsLoss)
+      widest_fp32 = std::max(widest_fp32, e.bytes);
+  }
+  // The largest loss tensor is one 128-token bf16 slice of log-probabilities.
+  EXPECT_EQ(widest_fp32, 128 * m.vocab_size * kBf16);
+}
+
+TEST(Framework, OptimizerInBackwardNeverHoldsMoreThanOneGradient) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 256);
+  s.fw.output_chunks = 8;
+  trace::TraceResult plain = trace::build_trace(m, s);
+  s.fw.optimizer_in_bwd = true;
+  trace::TraceResult in_bwd = trace::build_trace(m, s);
+  int64_t largest = 0;
+  int64_t total = 0;
+  for (const TensorSpec& t : m.tensors) {
+    if (!t.tied_to.empty())
+      continue;
+    largest = std::max(largest, t.numel * kBf16);
+    total += t.numel * kBf16;
+  }
+  EXPECT_EQ(max_live(plain.events, Component::kGradients), total);
+  EXPECT_LE(max_live(in_bwd.events, Component::kGradients), largest);
+  // Each parameter still gets its two AdamW states.
+  EXPECT_EQ(max_live(in_bwd.events, Component::kOptimizerStates), 2 * total);
+}
+
+TEST(Framework, ActivationOffloadingMovesCheckpointInputsOffTheGpu) {
+  // With per-layer checkpointing, forward saves each layer's input (T×h
+  // bf16); offloading keeps only the last five (OffloadActivations'
+  // max_fwd_stash_size) on the GPU when forward ends.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(2, 1024);
+  s.checkpointing = CheckpointMode::kNonReentrant;
+  auto activations_at_loss = [&](bool offload) {
+    s.fw.activation_offload = offload;
+    trace::TraceResult t = trace::build_trace(m, s);
+    int64_t live = 0;
+    for (const trace::Event& e : t.events) {
+      if (e.phase == Phase::kLoss)
+        return live;
+      if (e.component == Component::kActivations)
+        live += e.alloc ? e.bytes : -e.bytes;
+    }
+    return live;
+  };
+  int64_t kept = activations_at_loss(false);
+  int64_t offloaded = activations_at_loss(true);
+  int64_t layer_input = s.batch * s.seq * m.hidden_size * kBf16;
+  EXPECT_EQ(kept - offloaded, (m.num_layers - 5) * layer_input);
+}
+
+TEST(Framework, OffloadingNeedsCheckpointing) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 128);
+  s.fw.activation_offload = true;
+  EXPECT_THROW(trace::build_trace(m, s), Error);
+}
+
+std::string recipe(const char* name) {
+  return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
+}
+
+bool warns_about(const RecipeResult& r, const std::string& key) {
+  return std::any_of(r.warnings.begin(), r.warnings.end(), [&](const std::string& w) {
+    return w.find("key '" + key + "'") != std::string::npos;
+  });
+}
+
+TEST(Recipe, TorchtuneLoraConfig) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("torchtune-llama3_2-3B_lora_single_device.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kTorchtune);
+  EXPECT_EQ(s.finetune, FinetuneMode::kLora);
+  EXPECT_EQ(s.precision, Precision::kBf16);
+  EXPECT_EQ(s.lora.rank, 64);
+  EXPECT_EQ(s.batch, 4);
+  EXPECT_EQ(s.grad_accum, 8);
+  EXPECT_EQ(s.checkpointing, CheckpointMode::kNonReentrant);
+  EXPECT_FALSE(s.fw.activation_offload);
+  EXPECT_EQ(s.optimizer, OptimizerKind::kAdamWFused);
+  for (const char* t : {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
+    EXPECT_NE(std::find(s.lora.targets.begin(), s.lora.targets.end(), t), s.lora.targets.end())
+        << t;
+  }
+  EXPECT_EQ(std::find(s.lora.targets.begin(), s.lora.targets.end(), "k_proj"),
+            s.lora.targets.end());
+  // LinearCrossEntropyLoss is not modelled, max_seq_len is null: both named.
+  EXPECT_TRUE(warns_about(r, "loss._component_"));
+  EXPECT_TRUE(warns_about(r, "tokenizer.max_seq_len"));
+  EXPECT_FALSE(warns_about(r, "output_dir"));  // no effect on memory: silent
+}
+
+TEST(Recipe, TorchtuneLowMemoryFullConfig) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(
+      recipe("torchtune-llama2-7B_full_single_device_low_memory-5cbc1967b.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kTorchtune);
+  EXPECT_EQ(s.finetune, FinetuneMode::kFull);
+  EXPECT_TRUE(s.fw.optimizer_in_bwd);
+  EXPECT_TRUE(s.fw.paged_optimizer);  // bitsandbytes.optim.PagedAdamW
+  EXPECT_EQ(s.fw.output_chunks, 0);   // torch.nn.CrossEntropyLoss
+}
+
+TEST(Recipe, LitgptQloraConfig) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("litgpt-llama-2-7b-qlora.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kLitgpt);
+  EXPECT_EQ(r.checkpoint, "checkpoints/meta-llama/Llama-2-7b-hf");
+  EXPECT_EQ(s.finetune, FinetuneMode::kQlora);
+  EXPECT_TRUE(s.quant.nf4);
+  EXPECT_FALSE(s.quant.double_quant);  // bnb.nf4, not bnb.nf4-dq
+  EXPECT_TRUE(s.fw.paged_optimizer);
+  EXPECT_EQ(s.fw.lm_head_chunk_tokens, 128);
+  EXPECT_EQ(s.lora.rank, 32);
+  EXPECT_EQ(s.seq, 512);
+  EXPECT_EQ(s.batch, 2);
+  EXPECT_EQ(s.grad_accum, 4);  // global_batch_size 8 / micro_batch_size 2
+  EXPECT_EQ(s.precision, Precision::kBf16);
+}
+
+TEST(Recipe, LitgptFullConfig) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("litgpt-tiny-llama-full.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kLitgpt);
+  EXPECT_EQ(s.finetune, FinetuneMode::kFull);
+}
+
+TEST(Recipe, UnknownKeysAreNamed) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe(
+      "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+      "batch_size: 2\nfrobnicate: 3\ncompile: True\n",
+      "x.yaml", &s);
+  EXPECT_TRUE(warns_about(r, "frobnicate"));
+  EXPECT_TRUE(warns_about(r, "compile"));
+}
+
+TEST(Recipe, BadYamlNamesFileAndLine) {
+  TrainingSetup s;
+  try {
+    read_recipe("model: [unclosed\nbatch_size: 2\n", "broken.yaml", &s);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("broken.yaml"), std::string::npos) << what;
+    EXPECT_NE(what.find("line"), std::string::npos) << what;
+  }
+}
+
+TEST(Recipe, WrongTypeNamesKey) {
+  TrainingSetup s;
+  try {
+    read_recipe(
+        "model:\n  _component_: torchtune.models.llama3_2.lora_llama3_2_1b\n"
+        "batch_size: many\n",
+        "typed.yaml", &s);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("typed.yaml"), std::string::npos) << what;
+    EXPECT_NE(what.find("batch_size"), std::string::npos) << what;
+  }
+  EXPECT_THROW(read_recipe("just a string\n", "scalar.yaml", &s), Error);
+}
+
+}  // namespace
+}  // namespace llmem
