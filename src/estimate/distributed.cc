@@ -96,7 +96,17 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
   ModelSpec v = model;
   if (tp <= 1)
     return v;
+  if (!megatron) {
+    // ColossalAI 1D (the paper's TP): every linear splits its input dimension
+    // (Linear1D_Row), the embedding its hidden dimension; heads and the
+    // vocabulary stay whole and so do the activations.
+    check_divides(model.hidden_size, tp, "the hidden size");
+    for (const LayerSpec& l : v.layers)
+      check_divides(l.mlp.intermediate_size, tp, "the MLP width (intermediate_size)");
+  }
   for (LayerSpec& l : v.layers) {
+    if (!megatron)
+      break;
     AttentionSpec& a = l.attention;
     check_divides(a.num_heads, tp, "the number of attention heads");
     if (a.num_kv_heads >= tp) {
@@ -107,8 +117,6 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
                       std::to_string(a.num_kv_heads) + ")");
     }
     check_divides(l.mlp.intermediate_size, tp, "the MLP width (intermediate_size)");
-    if (!megatron)
-      continue;  // ColossalAI 1D keeps activations whole: only the weights split
     a.num_heads /= tp;
     // Fewer key/value heads than ranks: each rank keeps a copy of one.
     a.num_kv_heads = std::max<int64_t>(1, a.num_kv_heads / tp);
@@ -122,8 +130,6 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
                        ") is padded to a multiple of tp " + std::to_string(tp));
     }
     v.vocab_size = ceil_div(model.vocab_size, tp);
-  } else {
-    check_divides(model.vocab_size, tp, "the vocabulary size");
   }
   for (TensorSpec& t : v.tensors) {
     bool split_role = t.role == TensorRole::kAttention || t.role == TensorRole::kMlp ||

@@ -152,12 +152,16 @@ TEST(Distributed, TensorParallelViewSplitsHeadsWidthsAndVocabulary) {
     norms += t.role == TensorRole::kNorm ? t.numel : 0;
   EXPECT_EQ(v.params() - norms, (m.params() - norms) / 8);
   EXPECT_TRUE(notes.empty());
-  // GPT-2's vocabulary (50257) is padded for Megatron, refused for ColossalAI 1D.
+  // GPT-2's vocabulary (50257) is padded for Megatron; ColossalAI 1D splits
+  // the hidden dimension (768), not the vocabulary or the heads.
   ModelSpec gpt2 = load_model("openai-community/gpt2");
   ModelSpec g = tensor_parallel_view(gpt2, 2, true, &notes);
   EXPECT_EQ(g.vocab_size, 25129);
   EXPECT_EQ(notes.size(), 1u);
-  EXPECT_THROW(tensor_parallel_view(gpt2, 2, false, &notes), Error);
+  ModelSpec c = tensor_parallel_view(gpt2, 4, false, &notes);
+  EXPECT_EQ(c.vocab_size, gpt2.vocab_size);
+  EXPECT_EQ(c.layers[0].attention.num_heads, 12);
+  EXPECT_THROW(tensor_parallel_view(gpt2, 5, false, &notes), Error);
   // 32 heads do not split 3 ways.
   EXPECT_THROW(tensor_parallel_view(m, 3, true, &notes), Error);
 }
