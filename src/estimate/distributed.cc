@@ -288,6 +288,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     // DynamicCache during training.
     s.use_cache = UseCache::kOff;
   }
+  r.vocab_parallel_ce = p.method == Method::kMegatron && p.tp > 1;
   if (p.sequence_parallel)
     notes.push_back("sequence parallelism is not modelled yet: activations as without it");
 

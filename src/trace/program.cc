@@ -1753,6 +1753,20 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
   Tid shifted = g_.leaf(tokens_, kI64, Component::kLogitsLoss, false);
   g_.release(padded);
   (void)labels;
+  if (r_.vocab_parallel_ce) {
+    // Megatron's _VocabParallelCrossEntropy works inside the fp32 logits
+    // (minus the all-reduced max, exp, divided by the all-reduced sum) and
+    // saves that buffer for its backward, which works in place too; the
+    // per-token max, sum and target logit are small temporaries.
+    Tid stats = g_.buffer(3 * tokens_ * kF32, Component::kTemporaries);
+    Tid per_token = g_.op(tokens_, kF32, {l32}, {l32, shifted}, Component::kLogitsLoss);
+    g_.release(stats);
+    g_.release(l32);
+    g_.release(shifted);
+    Tid mean = plain(per_token);
+    g_.release(per_token);
+    return mean;
+  }
   Tid lsm = g_.op(g_.numel(l32), kF32, {l32}, {}, Component::kLogitsLoss, {}, 0, true);
   g_.release(l32);
   Tid loss = g_.op(1, kF32, {lsm}, {shifted}, Component::kLogitsLoss);

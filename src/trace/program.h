@@ -48,7 +48,8 @@ struct RankPlan {
   int end_layer = -1;  ///< -1: every layer
   bool first_stage = true;
   bool last_stage = true;
-  int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
+  int in_flight = 1;               ///< micro-batches whose activations the stage holds at once
+  bool vocab_parallel_ce = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
