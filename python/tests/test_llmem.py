@@ -274,6 +274,15 @@ def test_non_ascii_and_long_values_in_messages():
     assert e.key == "batch" and str(e).endswith("...")
 
 
+def test_threads_share_the_engine():
+    from concurrent.futures import ThreadPoolExecutor
+    args = [dict(seq=64 * (i % 3 + 1), batch=i % 2 + 1) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda a: llmem.estimate("facebook/opt-125m", **a).to_json(),
+                                 args))
+    assert together == [llmem.estimate("facebook/opt-125m", **a).to_json() for a in args]
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)
