@@ -283,6 +283,17 @@ def test_threads_share_the_engine():
     assert together == [llmem.estimate("facebook/opt-125m", **a).to_json() for a in args]
 
 
+def test_results_and_errors_pickle():
+    import pickle
+    r = llmem.estimate("facebook/opt-125m", seq=64)
+    back = pickle.loads(pickle.dumps(r))
+    assert back.to_json() == r.to_json() and back.peak == r.peak
+    assert pickle.loads(pickle.dumps(r.peak)) == r.peak
+    e = error(lambda: llmem.estimate("facebook/opt-125m", seq=1))
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (str(e2), e2.source, e2.key) == (str(e), "request", "seq")
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)
