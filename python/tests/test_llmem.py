@@ -294,6 +294,12 @@ def test_results_and_errors_pickle():
     assert (str(e2), e2.source, e2.key) == (str(e), "request", "seq")
 
 
+def test_every_key_is_documented():
+    doc = (ROOT / "docs/python.md").read_text()
+    missing = [k for k in llmem.request_keys() if k != "model" and f"`{k}`" not in doc]
+    assert not missing, f"keys missing from docs/python.md: {missing}"
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)
