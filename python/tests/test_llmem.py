@@ -139,6 +139,9 @@ def test_lora_config_dict_equals_lora_options():
                        lora_dropout=0.05, lora_targets=["q_proj", "v_proj"])
     assert a.to_json() == b.to_json()
     assert a.setup.finetune == "lora"
+    with pytest.warns(llmem.Warning, match="lora.new_peft_field"):
+        c = llmem.estimate("meta-llama/Llama-3.2-1B", seq=256, lora=dict(lora, new_peft_field=None))
+    assert c.to_json() == a.to_json()
     all_linear = llmem.estimate("meta-llama/Llama-3.2-1B", seq=256,
                                 lora={"r": 16, "target_modules": "all-linear"})
     assert all_linear.model.trainable_params > a.model.trainable_params

@@ -328,6 +328,12 @@ TEST(Request, UnknownKeysAreSuggested) {
             "request: unknown key 'gradient_accumulation_steps' (did you mean 'grad_accum'?)");
   EXPECT_ERROR(base({{"max_seq_length", 4}}), "(did you mean 'seq'?)");
   EXPECT_ERROR(base({{"lora", {{"rank", 4}}}}), "unknown key 'lora.rank' (did you mean 'lora.r'?)");
+  // A field of a newer PEFT at its default is tolerated, with a warning.
+  Request r = parse(base({{"lora", {{"r", 4}, {"future_option", nullptr}, {"other", false}}}}));
+  ASSERT_EQ(r.warnings.size(), 2u);
+  EXPECT_EQ(r.warnings[0],
+            "lora.future_option: not a LoraConfig field llmem knows; ignored at its default value");
+  EXPECT_ERROR(base({{"lora", {{"future_option", 3}}}}), "unknown key 'lora.future_option'");
 }
 
 TEST(Request, WrongTypes) {
