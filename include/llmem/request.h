@@ -54,7 +54,8 @@ struct Request {
   int64_t chunk_elems = 0;  ///< paper estimator: Gemini chunk size (0: largest tensor)
   RequestOptions options;   ///< how later errors (from estimate()) name keys
   /// Things the user should know that are not errors (DeepSpeed config keys
-  /// that matter for memory but are not modelled). The CLI prints them on
+  /// that matter for memory but are not modelled, LoraConfig fields llmem
+  /// does not know left at their default). The CLI prints them on
   /// stderr; the Python package issues them as warnings.
   std::vector<std::string> warnings;
 };
@@ -79,7 +80,9 @@ struct Request {
 /// - lora: a PEFT LoraConfig as a dict (r, lora_alpha, lora_dropout,
 ///   target_modules as a list of names or a regular expression matched
 ///   against full module names, "all-linear"); other LoraConfig fields are
-///   accepted when they leave memory unchanged. Not together with lora_*.
+///   accepted when they leave memory unchanged; a field llmem does not know is
+///   an error unless its value is a default (null, false, "none", empty), then
+///   a warning. Not together with lora_*.
 /// - the distributed layout of ParallelSetup: method (parse_method), dp, tp,
 ///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel, offload
 ///   (a list of optimizer|params, or one comma-separated string, as the CLI's

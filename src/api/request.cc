@@ -203,6 +203,12 @@ class Context {
   const RequestOptions& options_;
 };
 
+// A value that leaves a PEFT option at its default: null, false, "none", empty.
+bool is_default(const json& v) {
+  return v.is_null() || v == false || (v.is_string() && v == "none") ||
+         ((v.is_array() || v.is_object()) && v.empty());
+}
+
 /// Typed access to the keys of one JSON object; null counts as absent.
 class Fields {
  public:
@@ -322,11 +328,18 @@ class Fields {
   }
 
   /// Throws for a key outside `known` (with a suggestion).
-  void reject_unknown(const std::vector<std::string>& known) const {
+  /// With `tolerated`, an unknown key whose value is a default (null, false,
+  /// "none", empty) is appended there instead (fields of newer PEFT releases).
+  void reject_unknown(const std::vector<std::string>& known,
+                      std::vector<std::string>* tolerated = nullptr) const {
     std::set<std::string> set(known.begin(), known.end());
     for (const auto& [key, value] : object_.items()) {
       if (set.count(key) != 0)
         continue;
+      if (tolerated != nullptr && is_default(value)) {
+        tolerated->push_back(prefix_ + key);
+        continue;
+      }
       std::string message = "unknown key '" + prefix_ + key + "'";
       std::string nearest = suggest_key(key, known);
       if (!nearest.empty())
@@ -417,22 +430,25 @@ std::vector<std::string> targets_from_pattern(const std::string& pattern, const 
 }
 
 void read_peft_lora(const json& value, const Context& c, const ModelSpec& model, LoraSetup* lora,
-                    int64_t* rank) {
+                    int64_t* rank, std::vector<std::string>* warnings) {
   if (!value.is_object())
     c.fail("lora", "expected a PEFT LoraConfig as an object, got " + shown(value));
   Fields f(value, c, "lora.");
   std::vector<std::string> known = {"r", "lora_alpha", "lora_dropout", "target_modules"};
   known.insert(known.end(), std::begin(kLoraIgnored), std::end(kLoraIgnored));
   known.insert(known.end(), std::begin(kLoraDefaultOnly), std::end(kLoraDefaultOnly));
-  f.reject_unknown(known);
+  std::vector<std::string> tolerated;
+  f.reject_unknown(known, &tolerated);
+  for (const std::string& key : tolerated) {
+    warnings->push_back(c.name(key) + ": not a LoraConfig field llmem knows; ignored at its " +
+                        "default value");
+  }
   if (f.has("peft_type") && f.text("peft_type", "") != "LORA")
     f.fail("peft_type", "expected \"LORA\", got " + shown(*f.get("peft_type")));
   for (const char* key : kLoraDefaultOnly) {
     const json* v = f.get(key);
-    if (v == nullptr || *v == false || (v->is_string() && *v == "none") ||
-        ((v->is_array() || v->is_object()) && v->empty())) {
+    if (v == nullptr || is_default(*v))
       continue;
-    }
     f.fail(key, "not modelled yet (only its default is), got " + shown(*v));
   }
   *rank = f.integer("r", 8, 1, 1 << 20, "expected a positive rank");
@@ -527,14 +543,14 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
 }
 
 void read_finetune(const Fields& f, const json& object, const Context& c, const ModelSpec& model,
-                   TrainingSetup* s) {
+                   TrainingSetup* s, std::vector<std::string>* warnings) {
   int64_t rank = 0;
   if (f.has("lora")) {
     for (const char* key : {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"}) {
       if (f.has(key))
         f.fail(key, "give either " + c.name("lora") + " (a LoraConfig) or " + key + ", not both");
     }
-    read_peft_lora(object.at("lora"), c, model, &s->lora, &rank);
+    read_peft_lora(object.at("lora"), c, model, &s->lora, &rank, warnings);
   } else {
     rank = f.integer("lora_rank", 0, 0, 1 << 20, "expected a non-negative rank (0: no LoRA)");
     s->lora.alpha = f.number("lora_alpha", s->lora.alpha, -1e9, 1e9, "expected a number");
@@ -658,13 +674,35 @@ void apply_deepspeed(const json& value, const Context& c, Request* r) {
   }
 }
 
-json parse_object(std::string_view text, const Context& c) {
+// Parses JSON text and refuses documents nested deeper than any request or
+// config needs: rendering and comparing JSON recurse, so depth must be bounded
+// before any of that happens (the web API takes requests from anyone).
+json parse_bounded(std::string_view text, const Context& c) {
+  constexpr size_t kMaxDepth = 64;
   json j;
   try {
     j = config::parse_json(text, c.options().source);
   } catch (...) {
     c.restyle();
   }
+  std::vector<std::pair<const json*, size_t>> stack = {{&j, 0}};
+  while (!stack.empty()) {
+    auto [v, depth] = stack.back();
+    stack.pop_back();
+    if (depth > kMaxDepth) {
+      throw Error(c.options().source, "",
+                  "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    }
+    if (v->is_structured()) {
+      for (const json& child : *v)
+        stack.emplace_back(&child, depth + 1);
+    }
+  }
+  return j;
+}
+
+json parse_object(std::string_view text, const Context& c) {
+  json j = parse_bounded(text, c);
   if (!j.is_object()) {
     throw Error(c.options().source, "", "expected a JSON object of options, got " + shown(j));
   }
@@ -686,7 +724,7 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   r.model = model_from(j.at("model"), c);
   read_framework(f, c, &r);
   read_step(f, c, &r.setup);
-  read_finetune(f, j, c, r.model, &r.setup);
+  read_finetune(f, j, c, r.model, &r.setup, &r.warnings);
   read_parallel(f, c, &r.setup.parallel);
   if (f.has("deepspeed_config"))
     apply_deepspeed(j.at("deepspeed_config"), c, &r);
@@ -712,13 +750,7 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
 
 ModelSpec load_model_json(std::string_view json_value, const RequestOptions& options) {
   Context c(options);
-  json value;
-  try {
-    value = config::parse_json(json_value, options.source);
-  } catch (...) {
-    c.restyle();
-  }
-  return model_from(value, c);
+  return model_from(parse_bounded(json_value, c), c);
 }
 
 std::string estimate_request_json(const Request& request) {

@@ -334,6 +334,12 @@ TEST(Request, UnknownKeysAreSuggested) {
             "request: unknown key 'gradient_accumulation_steps' (did you mean 'grad_accum'?)");
   EXPECT_ERROR(base({{"max_seq_length", 4}}), "(did you mean 'seq'?)");
   EXPECT_ERROR(base({{"lora", {{"rank", 4}}}}), "unknown key 'lora.rank' (did you mean 'lora.r'?)");
+  // A field of a newer PEFT at its default is tolerated, with a warning.
+  Request r = parse(base({{"lora", {{"r", 4}, {"future_option", nullptr}, {"other", false}}}}));
+  ASSERT_EQ(r.warnings.size(), 2u);
+  EXPECT_EQ(r.warnings[0],
+            "lora.future_option: not a LoraConfig field llmem knows; ignored at its default value");
+  EXPECT_ERROR(base({{"lora", {{"future_option", 3}}}}), "unknown key 'lora.future_option'");
 }
 
 TEST(Request, WrongTypes) {
@@ -447,6 +453,15 @@ TEST(Request, BadDocumentsAndModels) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()).rfind("request: malformed JSON", 0), 0u) << e.what();
   }
+  std::string deep = "{\"model\": \"facebook/opt-125m\", \"batch\": " + std::string(100000, '[') +
+                     std::string(100000, ']') + "}";
+  try {
+    parse_request(deep);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "request: JSON nested deeper than 64 levels");
+  }
+  EXPECT_THROW(load_model_json(std::string(1000, '[') + std::string(1000, ']')), Error);
   EXPECT_EQ(error_of(json::object()),
             "request: key 'model': required: a catalog name, a config.json path or a config "
             "object");
