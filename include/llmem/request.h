@@ -21,6 +21,7 @@
 #include "llmem/gpu.h"
 #include "llmem/job.h"
 #include "llmem/model.h"
+#include "llmem/plan.h"
 
 namespace llmem {
 
@@ -117,6 +118,34 @@ std::string request_json(const std::vector<std::pair<std::string, RequestValue>>
 
 /// Every top-level key parse_request accepts, in documentation order.
 const std::vector<std::string>& request_keys();
+
+/// A plan question (`llmem plan`, `llmem.plan()`, POST /api/plan): keys are
+/// the plan command's long options with '_' for '-' (model, gpus, gpu,
+/// gpu_mem, nodes, seq, global_batch, dataset_tokens, methods, allow, margin
+/// (percent), top, max_seq, min_gpus, paper, paper_literal, framework
+/// (hf|colossalai), precision, optimizer, attention, lora_rank,
+/// max_micro_batch, max_pp, efficiency).
+struct PlanQuery {
+  ModelSpec model;
+  GpuSpec gpu;
+  PlanRequest request;
+  bool max_seq = false;   ///< answer the longest sequence that fits
+  bool min_gpus = false;  ///< answer the fewest GPUs that fit
+  bool paper = false;     ///< also the paper's Algorithm 1
+  bool paper_literal = false;
+  int top = 10;  ///< candidates shown (0: all)
+  RequestOptions options;
+};
+PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& options = {});
+
+struct PlanAnswer {
+  std::string json;   ///< plan_json
+  std::string table;  ///< plan_table
+  bool fits = false;  ///< something fits (exit code 0, else 1)
+};
+/// Runs the query; throws llmem::Error naming keys in the query's style.
+PlanAnswer run_plan_request(const PlanQuery& query);
+const std::vector<std::string>& plan_request_keys();
 
 }  // namespace llmem
 

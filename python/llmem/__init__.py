@@ -20,7 +20,8 @@ from collections.abc import Mapping
 
 from . import _llmem
 
-__all__ = ["Error", "Warning", "Record", "Result", "estimate", "inspect", "models", "request_keys"]
+__all__ = ["Error", "Warning", "Record", "Result", "estimate", "plan", "inspect", "models",
+           "request_keys"]
 __version__ = _llmem.__version__
 
 
@@ -189,6 +190,24 @@ def estimate(model, *, batch=None, seq=None, gpu=None, method=None, **options):
     for note in notes:
         warnings.warn(note, Warning, stacklevel=2)
     return Result(text)
+
+
+def plan(model, *, gpus, gpu=None, seq=None, **options):
+    """The fastest configuration that fits; the CLI's ``llmem plan --format json``.
+
+    ``options``: any other plan key (``gpu_mem``, ``nodes``, ``global_batch``, ``methods``,
+    ``allow=["lora", "ckpt"]``, ``margin`` (percent), ``top``, ``max_seq=True``, ``paper=True``,
+    ``framework="colossalai"``, ``precision``...). The result's ``choice`` is None when nothing
+    fits. Raises llmem.Error.
+    """
+    request = {"model": _model_value(model), "gpus": gpus}
+    for key, value in (("gpu", gpu), ("seq", seq)):
+        if value is not None:
+            request[key] = value
+    for key, value in options.items():
+        if value is not None:
+            request[key] = value
+    return Result(_llmem.plan_json(_request_text(request, "plan")))
 
 
 def inspect(model):

@@ -60,6 +60,11 @@ std::pair<std::string, std::vector<std::string>> estimate_json(const std::string
   return {llmem::estimate_request_json(r), r.warnings};
 }
 
+std::string plan_json(const std::string& request, const std::string& source) {
+  py::gil_scoped_release release;
+  return llmem::run_plan_request(llmem::parse_plan_request(request, request_options(source))).json;
+}
+
 std::string inspect_json(const std::string& model, const std::string& source) {
   py::gil_scoped_release release;
   return llmem::inspect_json(llmem::load_model_json(model, request_options(source)));
@@ -80,6 +85,9 @@ PYBIND11_MODULE(_llmem, m) {
   m.def("estimate_json", &estimate_json, py::arg("request"), py::arg("source") = "request",
         "A request (JSON object text) -> (the CLI's `estimate --format json` document, "
         "warnings)");
+  m.def("plan_json", &plan_json, py::arg("request"), py::arg("source") = "request",
+        "A plan request (JSON object text) -> the CLI's `plan --format json` document");
+  m.def("plan_keys", &llmem::plan_request_keys, "Every key a plan request accepts");
   m.def("inspect_json", &inspect_json, py::arg("model"), py::arg("source") = "request",
         "A model (JSON string or config object, as text) -> `inspect --format json`");
   m.def("models_json", &models_json, "The catalog, as `models --format json`");

@@ -307,3 +307,18 @@ def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)
     assert a.to_json() == b.to_json()
+
+
+def test_plan_equals_the_cli():
+    p = llmem.plan("meta-llama/Llama-3.2-1B", gpus=2, gpu="A100-40GB", methods=["ddp", "fsdp"],
+                   top=3)
+    out = cli("plan", "--model", "meta-llama/Llama-3.2-1B", "--gpus", "2", "--gpu", "A100-40GB",
+              "--methods", "ddp,fsdp", "--top", "3", "--format", "json")
+    assert out.returncode == 0
+    assert p.to_json() == out.stdout
+    assert p.choice.method in ("ddp", "fsdp")
+    assert p.choice.peak_bytes > 0
+    e = error(lambda: llmem.plan("meta-llama/Llama-3.2-1B", gpus=0))
+    assert e.key == "gpus"
+    e = error(lambda: llmem.plan("meta-llama/Llama-3.2-1B", gpus=2, allow=["lora", "lorax"]))
+    assert e.key == "allow" and "did you mean" in str(e)

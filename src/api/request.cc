@@ -783,4 +783,120 @@ const std::vector<std::string>& request_keys() {
   return all_keys();
 }
 
+const std::vector<std::string>& plan_request_keys() {
+  static const std::vector<std::string> kKeys = {
+      "model",        "gpus",           "gpu",       "gpu_mem",         "nodes",     "seq",
+      "global_batch", "dataset_tokens", "methods",   "allow",           "margin",    "top",
+      "max_seq",      "min_gpus",       "paper",     "paper_literal",   "framework", "precision",
+      "optimizer",    "attention",      "lora_rank", "max_micro_batch", "max_pp",    "efficiency"};
+  return kKeys;
+}
+
+PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& options) {
+  Context c(options);
+  json j = parse_object(json_text, c);
+  Fields f(j, c);
+  f.reject_unknown(plan_request_keys());
+  if (!f.has("model"))
+    f.fail("model", "required: a catalog name, a config.json path or a config object");
+  if (!f.has("gpus"))
+    f.fail("gpus", "required: the number of GPUs");
+  PlanQuery q;
+  q.options = options;
+  q.model = model_from(j.at("model"), c);
+  try {
+    if (f.has("gpu") && f.has("gpu_mem"))
+      f.fail("gpu_mem", "give " + c.name("gpu") + " or " + c.name("gpu_mem") + ", not both");
+    q.gpu = f.has("gpu_mem") ? custom_gpu(f.number("gpu_mem", 0, -1e300, 1e300, ""))
+                             : find_gpu(f.text("gpu", "A100-80GB"));
+  } catch (...) {
+    c.restyle();
+  }
+  PlanRequest& r = q.request;
+  r.gpus = static_cast<int>(f.integer("gpus", 1, 1, 65536, "expected between 1 and 65536 GPUs"));
+  r.nodes = static_cast<int>(f.integer("nodes", 1, 1, 8192, "expected between 1 and 8192 nodes"));
+  r.seq = f.integer("seq", 512, 2, int64_t{1} << 24, "expected a sequence length of 2 to 2^24");
+  r.global_batch =
+      f.integer("global_batch", 0, 1, int64_t{1} << 30, "expected a positive sample count");
+  r.dataset_tokens =
+      f.integer("dataset_tokens", 0, 0, int64_t{1} << 50, "expected a non-negative token count");
+  r.colossalai = f.choice("framework", "hf", {"hf", "colossalai"}) == 1;
+  r.margin = f.number("margin", 5, 0, 99.999, "expected a percentage in [0, 100)") / 100;
+  q.top = static_cast<int>(f.integer("top", 10, 0, 1 << 20, "expected a non-negative count"));
+  r.max_micro_batch =
+      f.integer("max_micro_batch", 1024, 1, 1 << 20, "expected a micro-batch of 1 to 2^20");
+  r.max_pp = static_cast<int>(f.integer("max_pp", 0, 0, 1024, "expected 0 (no limit) to 1024"));
+  r.time.compute_efficiency = f.number("efficiency", 0.5, 1e-6, 1, "expected a share in (0, 1]");
+  try {
+    for (const std::string& m : f.names("methods", "method names")) {
+      if (m == "tp")
+        r.methods.push_back(r.colossalai ? Method::kColossal1d : Method::kMegatron);
+      else if (m == "dp")
+        r.methods.push_back(r.colossalai ? Method::kGemini : Method::kDdp);
+      else
+        r.methods.push_back(parse_method(m, "--methods"));
+    }
+  } catch (...) {
+    c.restyle();
+  }
+  for (const std::string& a : f.names("allow", "lora, qlora, ckpt or offload")) {
+    size_t k = f.choose("allow", a, {"lora", "qlora", "ckpt", "offload"});
+    (k == 0   ? r.allow_lora
+     : k == 1 ? r.allow_qlora
+     : k == 2 ? r.allow_ckpt
+              : r.allow_offload) = true;
+  }
+  std::string precision = f.text("precision", "");
+  if (precision.empty())
+    precision = r.colossalai || q.gpu.bf16_tflops <= 0 ? "fp16-mixed" : "bf16-mixed";
+  try {
+    r.base.precision = parse_precision(precision, "--precision");
+    r.base.optimizer = parse_optimizer(f.text("optimizer", "adamw"), "--optimizer");
+    r.base.attention = parse_attention(f.text("attention", "eager"), "--attention");
+  } catch (...) {
+    c.restyle();
+  }
+  r.base.lora.rank = f.integer("lora_rank", 16, 1, 65536, "expected a rank between 1 and 65536");
+  q.max_seq = f.boolean("max_seq", false);
+  q.min_gpus = f.boolean("min_gpus", false);
+  if (q.max_seq && q.min_gpus)
+    f.fail("max_seq", "ask one inverse question at a time (not with " + c.name("min_gpus") + ")");
+  q.paper = f.boolean("paper", false);
+  q.paper_literal = f.boolean("paper_literal", false);
+  return q;
+}
+
+PlanAnswer run_plan_request(const PlanQuery& q) {
+  Context c(q.options);
+  try {
+    Plan p;
+    PlanRequest shown = q.request;
+    const PlanRequest& r = q.request;
+    if (q.max_seq) {
+      int64_t s = max_seq(q.model, r, q.gpu, &p);
+      if (s > 0)
+        shown.seq = s;
+    } else if (q.min_gpus) {
+      int n = min_gpus(q.model, r, q.gpu, &p);
+      if (n > 0) {
+        shown.gpus = n;
+        shown.nodes = n > r.gpus / r.nodes ? n / (r.gpus / r.nodes) : 1;
+      }
+    } else {
+      p = plan(q.model, r, q.gpu);
+    }
+    PaperPlan paper;
+    bool with_paper = q.paper || q.paper_literal;
+    if (with_paper)
+      paper = paper_plan(q.model, shown.gpus, shown.seq, q.gpu, q.paper_literal);
+    PlanAnswer a;
+    a.json = plan_json(q.model, shown, q.gpu, p, with_paper ? &paper : nullptr, q.top);
+    a.table = plan_table(q.model, shown, q.gpu, p, with_paper ? &paper : nullptr, q.top);
+    a.fits = p.choice >= 0;
+    return a;
+  } catch (...) {
+    c.restyle();
+  }
+}
+
 }  // namespace llmem
