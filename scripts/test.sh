@@ -4,13 +4,16 @@
 # UndefinedBehaviorSanitizer build, a short fuzzing run, and the format check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch
+bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch chromium
 jobs=$(nproc)
 
 echo "== ci build (warnings as errors)"
 cmake --preset ci >/dev/null
 cmake --build --preset ci -j"$jobs"
 ctest --preset ci -j"$jobs"
+
+echo "== web: llmem serve's API, the page in headless Chromium, the HTML report"
+bash scripts/test_web.sh build/ci/tools/llmem/llmem
 
 echo "== asan + ubsan build"
 cmake --preset asan >/dev/null

@@ -17,6 +17,8 @@
 #include "llmem/report.h"
 #include "llmem/validate.h"
 
+#include "serve.h"
+
 namespace llmem::cli {
 namespace {
 
@@ -154,6 +156,8 @@ int run_estimate(const EstimateOptions& o, std::ostream& out) {
     out << estimate_csv(e);
   } else if (o.format == "svg") {
     out << estimate_svg(model, gpu, e);
+  } else if (o.format == "html") {
+    out << estimate_html(model, setup, gpu, e);
   } else {
     out << estimate_table(model, setup, gpu, e);
   }
@@ -272,8 +276,10 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->check(CLI::IsMember({"llmem", "paper", "both"}));
   est_cmd->add_option("--chunk-elems", est.chunk_elems,
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
-  est_cmd->add_option("--format", est.format, "table, json, csv (timeline) or svg (timeline)")
-      ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
+  est_cmd
+      ->add_option("--format", est.format,
+                   "table, json, csv (timeline), svg (timeline) or html (self-contained report)")
+      ->check(CLI::IsMember({"table", "json", "csv", "svg", "html"}));
 
   ValidateOptions val;
   CLI::App* val_cmd =
@@ -293,6 +299,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
 
   CLI::App* arch_cmd =
       app.add_subcommand("architectures", "List the supported architectures (model_type values)");
+
+  ServeOptions serve;
+  CLI::App* serve_cmd = add_serve_command(app, &serve);
 
   try {
     app.parse(argc, argv);
@@ -316,6 +325,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       return run_estimate(est, out);
     if (arch_cmd->parsed())
       return run_architectures(out);
+    if (serve_cmd->parsed())
+      return run_serve(serve, out, err);
   } catch (const Error& e) {
     err << "llmem: error: " << e.what() << "\n";
     return kExitBadInput;

@@ -1,0 +1,72 @@
+// Copyright 2026 The llmem Authors.
+
+#include "serve.h"
+
+#include <ostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "cli.h"
+#include "web.h"
+#include <httplib.h>
+
+namespace llmem::cli {
+
+CLI::App* add_serve_command(CLI::App& app, ServeOptions* options) {
+  CLI::App* cmd = app.add_subcommand(
+      "serve", "Serve the web page and the JSON API (/api/estimate, /api/models, /api/inspect)");
+  cmd->add_option("--host", options->host,
+                  "Address to bind (default 127.0.0.1: this machine only)");
+  cmd->add_option("--port", options->port, "TCP port (0: any free port)")
+      ->check(CLI::Range(0, 65535));
+  return cmd;
+}
+
+int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
+  httplib::Server server;
+  server.set_payload_max_length(web::kMaxBodyBytes);
+  auto handler = [](const httplib::Request& req, httplib::Response& res) {
+    web::Response r = web::handle(req.method, req.path, req.body);
+    res.status = r.status;
+    res.set_header("Cache-Control", "no-store");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_content(r.body, r.content_type);
+  };
+  for (const char* pattern : {"/.*", "/"}) {
+    server.Get(pattern, handler);
+    server.Post(pattern, handler);
+    server.Put(pattern, handler);
+    server.Delete(pattern, handler);
+    server.Patch(pattern, handler);
+  }
+  // Errors httplib answers itself (413 for oversize bodies, 400 for broken
+  // requests) get the API's JSON error body too.
+  server.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty())
+      return;
+    std::string message = res.status == 413 ? "the request body is larger than 1 MiB"
+                                            : "HTTP " + std::to_string(res.status);
+    res.set_content(web::error_json(message, ""), "application/json");
+  });
+  server.set_exception_handler(
+      [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+        res.status = 500;
+        res.set_content(web::error_json("internal error", ""), "application/json");
+      });
+  int port = options.port;
+  if (port == 0) {
+    port = server.bind_to_any_port(options.host);
+  } else if (!server.bind_to_port(options.host, port)) {
+    port = -1;
+  }
+  if (port < 0) {
+    err << "llmem: error: --host/--port: cannot listen on " << options.host << ":" << options.port
+        << "\n";
+    return kExitBadInput;
+  }
+  out << "llmem serve: http://" << options.host << ":" << port << "/" << std::endl;
+  return server.listen_after_bind() ? kExitOk : kExitBadInput;
+}
+
+}  // namespace llmem::cli
