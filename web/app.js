@@ -149,7 +149,7 @@ function renderVerdict(j) {
   const cls = !cuda ? 'cpu' : j.fits ? 'fits' : 'nofit';
   const label = !cuda ? 'CPU' : j.fits ? 'FITS' : 'DOES NOT FIT';
   const kpi = (big, label, key, n) =>
-      `<div class="kpi"><b>${big}</b><span>${label} · ${exact(key, n)} B</span></div>`;
+      `<div class="kpi"><b>${big}</b><span>${label}</span><small>${exact(key, n)} B</small></div>`;
   let html = `<span class="badge" id="verdict-badge">${label}</span>`;
   if (cuda) {
     html += kpi(gib(j.peak.device_bytes), 'device peak (nvidia-smi)', 'peak.device_bytes',
@@ -238,9 +238,9 @@ function renderTimeline(csv, j) {
     const x0 = x(rows[start].event), x1 = i < rows.length ? x(rows[i].event) : L + PW;
     s += `<rect x="${x0}" y="${T}" width="${Math.max(0, x1 - x0)}" height="${PH}" ` +
         `fill="${PHASE_BANDS[rows[start].phase] || '#eee'}"/>`;
-    if (x1 - x0 > 48) {
-      s += `<text x="${x0 + 3}" y="${T + 13}" fill="#555">${rows[start].phase}` +
-          `${rows[start].step === 1 ? ' (1st)' : ''}</text>`;
+    const label = rows[start].phase + (rows[start].step === 1 ? ' (1st)' : '');
+    if (x1 - x0 > label.length * 6.5 + 8) {
+      s += `<text x="${x0 + 3}" y="${T + 13}" fill="#555">${label}</text>`;
     }
     start = i;
   }

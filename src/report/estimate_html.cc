@@ -32,7 +32,8 @@ section{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:16px 
 .verdict{display:flex;gap:24px;align-items:center;flex-wrap:wrap}
 .badge{font-weight:700;font-size:20px;padding:6px 14px;border-radius:6px;color:#fff}
 .fits .badge{background:#2e8540}.nofit .badge{background:#c0392b}.cpu .badge{background:#5b6470}
-.kpi{display:flex;flex-direction:column}.kpi b{font-size:18px}.kpi span{color:#5b6470;font-size:12px}
+.kpi{display:flex;flex-direction:column}.kpi b{font-size:18px}.kpi span{font-size:12px}
+.kpi small{color:#5b6470;font-size:11px;font-variant-numeric:tabular-nums}
 svg{width:100%;height:auto;display:block}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eef0f2}
@@ -129,7 +130,8 @@ std::string estimate_html(const ModelSpec& model, const TrainingSetup& setup, co
       << "</span>\n";
   auto kpi = [&](const std::string& label, const std::string& key, uint64_t bytes) {
     out << "<div class=\"kpi\"><b>" << gib_text(bytes) << "</b><span>" << label
-        << " · <span data-key=\"" << key << "\">" << commas(bytes) << "</span> B</span></div>\n";
+        << "</span><small><span data-key=\"" << key << "\">" << commas(bytes)
+        << "</span> B</small></div>\n";
   };
   if (cuda) {
     kpi("device peak (nvidia-smi)", "peak.device_bytes", e.peak.device_bytes);
@@ -137,8 +139,8 @@ std::string estimate_html(const ModelSpec& model, const TrainingSetup& setup, co
     int64_t headroom = j["headroom_bytes"].get<int64_t>();
     out << "<div class=\"kpi\"><b>" << (headroom < 0 ? "−" : "")
         << gib_text(static_cast<uint64_t>(headroom < 0 ? -headroom : headroom))
-        << "</b><span>headroom · <span data-key=\"headroom_bytes\">" << with_commas(headroom)
-        << "</span> B</span></div>\n";
+        << "</b><span>headroom</span><small><span data-key=\"headroom_bytes\">"
+        << with_commas(headroom) << "</span> B</small></div>\n";
   }
   kpi("allocated peak", "peak.allocated_bytes", e.peak.allocated_bytes);
   out << "</section>\n";

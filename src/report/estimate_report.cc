@@ -194,9 +194,10 @@ std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, con
     auto ph = static_cast<size_t>(e.timeline[start].phase);
     out << "<rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << std::max(0.0, x1 - x0)
         << "\" height=\"" << plot_h << "\" fill=\"" << colors[ph % 5] << "\"/>\n";
-    if (x1 - x0 > 40) {
-      out << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 << "\" fill=\"#555\">"
-          << phase_name(e.timeline[start].phase) << "</text>\n";
+    std::string_view label = phase_name(e.timeline[start].phase);
+    if (x1 - x0 > 7.0 * static_cast<double>(label.size()) + 8) {
+      out << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 << "\" fill=\"#555\">" << label
+          << "</text>\n";
     }
     start = i;
   }
