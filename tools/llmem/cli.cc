@@ -2,7 +2,7 @@
 
 #include "cli.h"
 
-#include <cstdio>
+#include <deque>
 #include <fstream>
 #include <ostream>
 #include <sstream>
@@ -15,6 +15,7 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
+#include "llmem/request.h"
 #include "llmem/validate.h"
 
 #include "serve.h"
@@ -28,38 +29,59 @@ struct InspectOptions {
   bool tensors = false;
 };
 
-struct EstimateOptions {
-  std::string model;
-  std::string gpu = "A100-80GB";
-  double gpu_mem = 0;
-  std::string device = "cuda";
-  int64_t batch = 1;
-  int64_t seq = 512;
-  int64_t grad_accum = 1;
-  std::string precision = "bf16-mixed";
-  std::string optimizer = "adamw";
-  std::string attention = "eager";
-  bool grad_ckpt = false;
-  std::string ckpt_mode = "reentrant";
-  int64_t lora_rank = 0;
-  double lora_alpha = 16;
-  double lora_dropout = 0;
-  std::vector<std::string> lora_targets;
-  double dropout = -1;
-  std::string quant;
-  std::string quant_compute = "bf16";
-  std::string lora_dtype = "fp32";
-  bool no_double_quant = false;
-  int64_t quant_block = 64;
-  bool no_prepare_kbit = false;
-  int64_t freeze_layers = 0;
-  bool freeze_embeddings = false;
-  bool expandable_segments = false;
-  double max_split_size_mb = 0;
-  std::string torch_version = "2.4";
+// The estimate options that form a request (include/llmem/request.h): each
+// option's key is its long name with '-' replaced by '_'. Only options given
+// on the command line go into the request, so every default lives in the
+// request layer.
+class RequestFlags {
+ public:
+  explicit RequestFlags(CLI::App* cmd) : cmd_(cmd) {}
+
+  template <typename T>
+  CLI::Option* option(const std::string& names, const std::string& help) {
+    Entry& e = entries_.emplace_back(Entry{key_of(names), nullptr, T{}});
+    e.option = cmd_->add_option(names, std::get<T>(e.value), help);
+    return e.option;
+  }
+  CLI::Option* flag(const std::string& names, const std::string& help) {
+    Entry& e = entries_.emplace_back(Entry{key_of(names), nullptr, false});
+    e.option = cmd_->add_flag(names, std::get<bool>(e.value), help);
+    return e.option;
+  }
+
+  /// The request's JSON text: the options that were given.
+  std::string request() const {
+    std::vector<std::pair<std::string, RequestValue>> fields;
+    for (const Entry& e : entries_) {
+      if (e.option->count() > 0)
+        fields.emplace_back(e.key, e.value);
+    }
+    return request_json(fields);
+  }
+
+ private:
+  struct Entry {
+    std::string key;
+    CLI::Option* option;
+    RequestValue value;
+  };
+
+  // "--lora-rank,-r" -> "lora_rank".
+  static std::string key_of(const std::string& names) {
+    std::string key = names.substr(2, names.find(',') - 2);
+    for (char& ch : key) {
+      if (ch == '-')
+        ch = '_';
+    }
+    return key;
+  }
+
+  CLI::App* cmd_;
+  std::deque<Entry> entries_;  // stable addresses: CLI11 writes into the values
+};
+
+struct EstimateOutput {
   std::string format = "table";
-  std::string estimator = "llmem";
-  int64_t chunk_elems = 0;
 };
 
 struct ValidateOptions {
@@ -85,81 +107,30 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-int run_estimate(const EstimateOptions& o, std::ostream& out) {
-  ModelSpec model = load_model(o.model);
-  TrainingSetup setup;
-  setup.batch = o.batch;
-  setup.seq = o.seq;
-  setup.grad_accum = o.grad_accum;
-  setup.precision = parse_precision(o.precision, "--precision");
-  setup.optimizer = parse_optimizer(o.optimizer, "--optimizer");
-  setup.attention = parse_attention(o.attention, "--attention");
-  setup.checkpointing =
-      o.grad_ckpt ? parse_checkpointing(o.ckpt_mode, "--ckpt-mode") : CheckpointMode::kOff;
-  setup.device = o.device == "cpu" ? Device::kCpu : Device::kCuda;
-  setup.dropout = o.dropout;
-  if (!o.quant.empty()) {
-    if (o.lora_rank <= 0) {
-      throw Error("--quant", "", "QLoRA trains LoRA adapters: give --lora-rank too");
-    }
-    if (o.quant_block < 16 || o.quant_block > 4096) {
-      throw Error("--quant-block", "", "expected a block size between 16 and 4096");
-    }
-    setup.finetune = FinetuneMode::kQlora;
-    setup.quant.nf4 = o.quant == "nf4";
-    setup.quant.double_quant = !o.no_double_quant;
-    setup.quant.block = o.quant_block;
-    setup.quant.prepare_kbit = !o.no_prepare_kbit;
-    setup.quant.compute_fp32 = o.quant_compute == "fp32";
-  }
-  if (o.freeze_layers < 0)
-    throw Error("--freeze-layers", "", "expected a non-negative count");
-  setup.freeze_layers = o.freeze_layers;
-  setup.freeze_embeddings = o.freeze_embeddings;
-  if (o.lora_rank > 0) {
-    if (setup.finetune != FinetuneMode::kQlora)
-      setup.finetune = FinetuneMode::kLora;
-    setup.lora.rank = o.lora_rank;
-    setup.lora.alpha = o.lora_alpha;
-    setup.lora.dropout = o.lora_dropout;
-    setup.lora.targets = o.lora_targets;
-    setup.lora.adapter_fp32 = o.lora_dtype == "fp32";
-  }
-  int major = 0;
-  int minor = 0;
-  if (std::sscanf(o.torch_version.c_str(), "%d.%d", &major, &minor) != 2 || major < 1 ||
-      major > 9 || minor < 0 || minor > 99) {
-    throw Error("--torch-version", "", "expected MAJOR.MINOR such as 2.4");
-  }
-  setup.torch_version = major * 100 + minor;
-  setup.allocator.expandable_segments = o.expandable_segments;
-  if (o.max_split_size_mb > 0) {
-    setup.allocator.max_split_size = static_cast<uint64_t>(o.max_split_size_mb * 1048576.0);
-  }
-  GpuSpec gpu = o.gpu_mem > 0 ? custom_gpu(o.gpu_mem) : find_gpu(o.gpu);
-  if (o.estimator == "paper" || o.estimator == "both") {
-    PaperEstimate p = paper_estimate(model, setup, gpu, o.chunk_elems);
-    Estimate e;
-    if (o.estimator == "both")
-      e = estimate(model, setup, gpu);
-    if (o.format == "json") {
-      out << paper_json(p, o.estimator == "both" ? &e : nullptr);
-    } else {
-      out << paper_table(model, setup, gpu, p, o.estimator == "both" ? &e : nullptr);
-    }
+int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostream& out) {
+  Request r = parse_request(flags.request(), {.style = KeyStyle::kCli});
+  if (o.format == "json") {
+    out << estimate_request_json(r);
     return kExitOk;
   }
-  Estimate e = estimate(model, setup, gpu);
-  if (o.format == "json") {
-    out << estimate_json(model, setup, gpu, e);
-  } else if (o.format == "csv") {
+  if (r.estimator != EstimatorKind::kLlmem) {
+    PaperEstimate p = paper_estimate(r.model, r.setup, r.gpu, r.chunk_elems);
+    Estimate e;
+    if (r.estimator == EstimatorKind::kBoth)
+      e = estimate(r.model, r.setup, r.gpu);
+    out << paper_table(r.model, r.setup, r.gpu, p,
+                       r.estimator == EstimatorKind::kBoth ? &e : nullptr);
+    return kExitOk;
+  }
+  Estimate e = estimate(r.model, r.setup, r.gpu);
+  if (o.format == "csv") {
     out << estimate_csv(e);
   } else if (o.format == "svg") {
-    out << estimate_svg(model, gpu, e);
+    out << estimate_svg(r.model, r.gpu, e);
   } else if (o.format == "html") {
-    out << estimate_html(model, setup, gpu, e);
+    out << estimate_html(r.model, r.setup, r.gpu, e);
   } else {
-    out << estimate_table(model, setup, gpu, e);
+    out << estimate_table(r.model, r.setup, r.gpu, e);
   }
   return kExitOk;
 }
@@ -219,65 +190,51 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->check(CLI::IsMember({"table", "json"}));
   inspect_cmd->add_flag("--tensors", inspect.tensors, "List every tensor (table format)");
 
-  EstimateOptions est;
   CLI::App* est_cmd = app.add_subcommand(
       "estimate",
       "Peak memory of one fine-tuning step (simulated op by op and through the allocator)");
-  est_cmd->add_option("--model,-m", est.model, "Catalog name, config.json or checkpoint directory")
+  RequestFlags est(est_cmd);
+  est.option<std::string>("--model,-m", "Catalog name, config.json or checkpoint directory")
       ->required();
-  est_cmd->add_option("--gpu", est.gpu, "GPU name (A100-80GB, H100-80GB, RTX4090, ...)");
-  est_cmd->add_option("--gpu-mem", est.gpu_mem, "GPU memory in GiB (instead of --gpu)");
-  est_cmd->add_option("--device", est.device, "cuda, or cpu (exact-size allocations)")
-      ->check(CLI::IsMember({"cuda", "cpu"}));
-  est_cmd->add_option("--batch,-b", est.batch, "Micro-batch size per GPU");
-  est_cmd->add_option("--seq,-s", est.seq, "Sequence length in tokens");
-  est_cmd->add_option("--grad-accum", est.grad_accum, "Gradient accumulation steps");
-  est_cmd->add_option("--precision", est.precision, "fp32, fp16-mixed, bf16-mixed, bf16, fp16");
-  est_cmd->add_option("--optimizer", est.optimizer,
-                      "adamw, adamw-foreach, adamw-fused, adamw-forloop, sgd, sgd-momentum, "
-                      "adafactor, adamw-8bit, paged-adamw-8bit");
-  est_cmd->add_option("--attention", est.attention, "eager, sdpa, flash_attention_2");
-  est_cmd->add_flag("--grad-ckpt", est.grad_ckpt, "Gradient checkpointing per decoder layer");
-  est_cmd->add_option("--ckpt-mode", est.ckpt_mode, "reentrant or non-reentrant");
-  est_cmd->add_option("--lora-rank", est.lora_rank, "LoRA rank (0: full fine-tuning)");
-  est_cmd->add_option("--lora-alpha", est.lora_alpha, "LoRA alpha");
-  est_cmd->add_option("--lora-dropout", est.lora_dropout, "LoRA dropout");
-  est_cmd->add_option("--lora-targets", est.lora_targets, "Module names, e.g. q_proj,v_proj")
+  est.option<std::string>("--gpu", "GPU name (A100-80GB, H100-80GB, RTX4090, ...)");
+  est.option<double>("--gpu-mem", "GPU memory in GiB (instead of --gpu)");
+  est.option<std::string>("--device", "cuda, or cpu (exact-size allocations)");
+  est.option<int64_t>("--batch,-b", "Micro-batch size per GPU");
+  est.option<int64_t>("--seq,-s", "Sequence length in tokens");
+  est.option<int64_t>("--grad-accum", "Gradient accumulation steps");
+  est.option<std::string>("--precision", "fp32, fp16-mixed, bf16-mixed, bf16, fp16");
+  est.option<std::string>("--optimizer",
+                          "adamw, adamw-foreach, adamw-fused, adamw-forloop, sgd, sgd-momentum, "
+                          "adafactor, adamw-8bit, paged-adamw-8bit");
+  est.option<std::string>("--attention", "eager, sdpa, flash_attention_2");
+  est.flag("--grad-ckpt", "Gradient checkpointing per decoder layer");
+  est.option<std::string>("--ckpt-mode", "reentrant or non-reentrant");
+  est.option<int64_t>("--lora-rank", "LoRA rank (0: full fine-tuning)");
+  est.option<double>("--lora-alpha", "LoRA alpha");
+  est.option<double>("--lora-dropout", "LoRA dropout");
+  est.option<std::vector<std::string>>("--lora-targets", "Module names, e.g. q_proj,v_proj")
       ->delimiter(',');
-  est_cmd->add_option("--dropout", est.dropout, "Override every dropout probability");
-  est_cmd->add_option("--quant", est.quant, "QLoRA: 4-bit base weights, nf4 or fp4")
-      ->check(CLI::IsMember({"nf4", "fp4"}));
-  est_cmd->add_flag("--no-double-quant", est.no_double_quant,
-                    "QLoRA: without bnb_4bit_use_double_quant");
-  est_cmd->add_option("--quant-block", est.quant_block, "QLoRA: quantization block size");
-  est_cmd
-      ->add_option("--quant-compute", est.quant_compute,
-                   "QLoRA: bnb_4bit_compute_dtype (bf16, fp16 or fp32)")
-      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
-  est_cmd
-      ->add_option("--lora-dtype", est.lora_dtype,
-                   "Adapter dtype: fp32 (PEFT's autocast_adapter_dtype) or base")
-      ->check(CLI::IsMember({"fp32", "base"}));
-  est_cmd->add_flag("--no-prepare-kbit", est.no_prepare_kbit,
-                    "QLoRA: skip peft prepare_model_for_kbit_training (keeps other params' dtype)");
-  est_cmd->add_option("--freeze-layers", est.freeze_layers,
-                      "Full fine-tuning: freeze the first N decoder layers");
-  est_cmd->add_flag("--freeze-embeddings", est.freeze_embeddings,
-                    "Full fine-tuning: freeze the embeddings");
-  est_cmd->add_option("--torch-version", est.torch_version,
-                      "PyTorch version whose behaviour to model (default 2.4)");
-  est_cmd->add_flag("--expandable-segments", est.expandable_segments,
-                    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
-  est_cmd->add_option("--max-split-size-mb", est.max_split_size_mb,
-                      "PYTORCH_CUDA_ALLOC_CONF max_split_size_mb");
-  est_cmd
-      ->add_option("--estimator", est.estimator,
-                   "llmem (simulation), paper (LLMem equations 1-5) or both")
-      ->check(CLI::IsMember({"llmem", "paper", "both"}));
-  est_cmd->add_option("--chunk-elems", est.chunk_elems,
+  est.option<double>("--dropout", "Override every dropout probability");
+  est.option<std::string>("--quant", "QLoRA: 4-bit base weights, nf4 or fp4");
+  est.flag("--no-double-quant", "QLoRA: without bnb_4bit_use_double_quant");
+  est.option<int64_t>("--quant-block", "QLoRA: quantization block size");
+  est.option<std::string>("--quant-compute", "QLoRA: bnb_4bit_compute_dtype (bf16, fp16 or fp32)");
+  est.option<std::string>("--lora-dtype",
+                          "Adapter dtype: fp32 (PEFT's autocast_adapter_dtype) or base");
+  est.flag("--no-prepare-kbit",
+           "QLoRA: skip peft prepare_model_for_kbit_training (keeps other params' dtype)");
+  est.option<int64_t>("--freeze-layers", "Full fine-tuning: freeze the first N decoder layers");
+  est.flag("--freeze-embeddings", "Full fine-tuning: freeze the embeddings");
+  est.option<std::string>("--torch-version",
+                          "PyTorch version whose behaviour to model (default 2.4)");
+  est.flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
+  est.option<double>("--max-split-size-mb", "PYTORCH_CUDA_ALLOC_CONF max_split_size_mb");
+  est.option<std::string>("--estimator", "llmem (simulation), paper (LLMem equations 1-5) or both");
+  est.option<int64_t>("--chunk-elems",
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
+  EstimateOutput est_out;
   est_cmd
-      ->add_option("--format", est.format,
+      ->add_option("--format", est_out.format,
                    "table, json, csv (timeline), svg (timeline) or html (self-contained report)")
       ->check(CLI::IsMember({"table", "json", "csv", "svg", "html"}));
 
@@ -322,7 +279,7 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     if (val_cmd->parsed())
       return run_validate(val, out);
     if (est_cmd->parsed())
-      return run_estimate(est, out);
+      return run_estimate(est, est_out, out);
     if (arch_cmd->parsed())
       return run_architectures(out);
     if (serve_cmd->parsed())

@@ -2,13 +2,9 @@
 
 #include "web.h"
 
-#include <cstdio>
-#include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <fstream>
 #include <regex>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -16,9 +12,7 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
-
-#include "cli.h"
-#include <unistd.h>
+#include "llmem/request.h"
 
 namespace llmem::web {
 namespace {
@@ -83,49 +77,19 @@ void check_model_value(const json& req) {
 
 ModelSpec load_request_model(const json& m) {
   try {
-    if (m.is_object())
-      return parse_config(m.dump(), "model");
-    return load_model(m.get<std::string>());
+    return load_model_json(m.dump(), {.style = KeyStyle::kJson, .source = "request"});
   } catch (const Error& e) {
     throw BadRequest{400, e.what(), "model"};
   }
 }
 
-/// A config.json object written to a private temporary file for the CLI, removed on scope exit.
-class TempConfig {
- public:
-  explicit TempConfig(const json& config) {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "llmem-serve-XXXXXX.json").string();
-    int fd = mkstemps(pattern.data(), 5);
-    if (fd < 0)
-      throw BadRequest{500, "cannot create a temporary file", ""};
-    close(fd);
-    path_ = pattern;
-    std::ofstream(path_) << config.dump();
-  }
-  ~TempConfig() { std::remove(path_.c_str()); }
-  TempConfig(const TempConfig&) = delete;
-  TempConfig& operator=(const TempConfig&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-void replace_all(std::string* text, const std::string& from, const std::string& to) {
-  if (from.empty())
-    return;
-  for (size_t at = text->find(from); at != std::string::npos; at = text->find(from, at)) {
-    text->replace(at, from.size(), to);
-    at += to.size();
-  }
-}
-
-/// The option a CLI message is about ("--batch: ..." -> "batch"), or "model".
+/// The key a message is about ("unknown key 'x'", "--batch: ..." -> "batch"), or "model".
 std::string field_of(const std::string& message) {
+  static const std::regex kKey("key '([^']+)'");
   static const std::regex kOption("--([a-z0-9][a-z0-9-]*)");
   std::smatch m;
+  if (std::regex_search(message, m, kKey))
+    return m[1];
   if (std::regex_search(message, m, kOption) && m[1] != "help") {
     std::string field = m[1];
     for (char& c : field)
@@ -138,98 +102,32 @@ std::string field_of(const std::string& message) {
 }
 
 // ---------------------------------------------------------------------------
-// POST /api/estimate. Until the request layer (include/llmem/request.h)
-// lands, the request becomes the command line `llmem estimate --key=value ...`
-// so that the answer is the CLI's, byte for byte.
+// POST /api/estimate: the request layer (include/llmem/request.h), as the CLI
+// and the Python package use it, so a key means the same everywhere.
 
-std::string option_value(const std::string& key, const json& v) {
-  if (v.is_string())
-    return v.get<std::string>();
-  if (v.is_boolean())
-    return v.get<bool>() ? "true" : "false";
-  if (v.is_number())
-    return v.dump();
-  if (v.is_array() && key == "lora_targets") {
-    std::string joined;
-    for (const json& x : v) {
-      if (!x.is_string() && !x.is_number())
-        throw BadRequest{400, "key '" + key + "': expected a list of strings", key};
-      joined += (joined.empty() ? "" : ",") + (x.is_string() ? x.get<std::string>() : x.dump());
-    }
-    return joined;
-  }
-  throw BadRequest{400, "key '" + key + "': expected a string, number or boolean", key};
-}
-
-Response estimate_via_cli(const json& req) {
+Response estimate_response(json req) {
   check_model_value(req);
-  std::vector<std::string> args = {"llmem", "estimate"};
   std::string format = "json";
-  std::unique_ptr<TempConfig> temp;
-  for (const auto& [key, value] : req.items()) {
-    static const std::regex kKey("[a-z][a-z0-9_]*");
-    if (!std::regex_match(key, kKey))
-      throw BadRequest{400, "key '" + key + "': not an estimate option", key};
-    if (value.is_null())
-      continue;
-    std::string text;
-    if (key == "model" && value.is_object()) {
-      temp = std::make_unique<TempConfig>(value);
-      text = temp->path();
-    } else {
-      text = option_value(key, value);
+  if (req.contains("format")) {
+    const json& f = req["format"];
+    if (!f.is_null()) {
+      if (!f.is_string() || (f != "json" && f != "csv" && f != "svg" && f != "html"))
+        throw BadRequest{400, "key 'format': expected json, csv, svg or html", "format"};
+      format = f.get<std::string>();
     }
-    if (key == "format") {
-      if (text != "json" && text != "csv" && text != "svg" && text != "html")
-        throw BadRequest{400, "key 'format': expected json, csv, svg or html", key};
-      format = text;
-    }
-    std::string option = key;
-    for (char& c : option)
-      c = c == '_' ? '-' : c;
-    args.push_back("--" + option + "=" + text);
+    req.erase("format");
   }
-  if (!req.contains("format"))
-    args.emplace_back("--format=json");
-  std::vector<const char*> argv;
-  for (const std::string& a : args)
-    argv.push_back(a.c_str());
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = cli::run(static_cast<int>(argv.size()), argv.data(), out, err);
-  std::string body = out.str();
-  std::string message = err.str();
-  if (temp) {
-    replace_all(&body, temp->path(), "config.json");
-    replace_all(&message, temp->path(), "model");
-  }
-  if (code != cli::kExitOk) {
-    if (message.empty())
-      message = body;
-    replace_all(&message, "llmem: error: ", "");
-    replace_all(&message, "Run with --help for more information.", "");
-    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
-      message.pop_back();
-    replace_all(&message, "\n", "; ");
-    std::string field = field_of(message);
-    if (message.starts_with("The following argument")) {
-      message = "key '" + field + "': not an estimate option";
-    } else if (message.starts_with("Could not convert")) {
-      message = "key '" + field + "': " + message;
-    } else if (!field.empty() && field != "model") {
-      std::string option = "--" + field;
-      for (char& c : option)
-        c = c == '_' ? '-' : c;
-      if (message.starts_with(option + ": "))
-        message = "key '" + field + "': " + message.substr(option.size() + 2);
-    }
-    throw BadRequest{400, message, field};
-  }
-  const std::string_view type = format == "json"  ? "application/json"
-                                : format == "csv" ? "text/csv; charset=utf-8"
-                                : format == "svg" ? "image/svg+xml"
-                                                  : "text/html; charset=utf-8";
-  return {200, std::string(type), body};
+  Request r = parse_request(req.dump(), {.style = KeyStyle::kJson, .source = "request"});
+  if (format == "json")
+    return json_response(estimate_request_json(r));
+  if (r.estimator != EstimatorKind::kLlmem)
+    throw BadRequest{400, "key 'format': the paper estimator answers only json", "format"};
+  Estimate e = estimate(r.model, r.setup, r.gpu);
+  if (format == "csv")
+    return {200, "text/csv; charset=utf-8", estimate_csv(e)};
+  if (format == "svg")
+    return {200, "image/svg+xml", estimate_svg(r.model, r.gpu, e)};
+  return {200, "text/html; charset=utf-8", estimate_html(r.model, r.setup, r.gpu, e)};
 }
 
 // ---------------------------------------------------------------------------
@@ -279,7 +177,7 @@ Response route(std::string_view method, std::string_view path, std::string_view 
   if (api && body.size() > kMaxBodyBytes)
     throw BadRequest{413, "the request body is larger than 1 MiB", ""};
   if (path == "/api/estimate")
-    return estimate_via_cli(parse_object(body));
+    return estimate_response(parse_object(body));
   if (path == "/api/inspect")
     return inspect(parse_object(body));
   if (path == "/api/models" || path == "/api/gpus")
@@ -303,7 +201,10 @@ Response handle(std::string_view method, std::string_view path, std::string_view
   } catch (const BadRequest& e) {
     return {e.status, "application/json", error_json(e.message, e.field)};
   } catch (const Error& e) {
-    std::string field = e.key().empty() ? field_of(e.what()) : e.key();
+    // Errors inside a pasted config.json are about the request's "model".
+    std::string field = e.source() == "model" ? "model"
+                        : e.key().empty()     ? field_of(e.what())
+                                              : e.key();
     return {400, "application/json", error_json(e.what(), field)};
   } catch (const std::exception& e) {
     return {500, "application/json", error_json(std::string("internal error: ") + e.what(), "")};

@@ -104,18 +104,20 @@ TEST(Web, PastedConfig) {
   Response r = handle("POST", "/api/estimate", req.dump());
   ASSERT_EQ(r.status, 200) << r.body;
   json j = json::parse(r.body);
-  EXPECT_EQ(j["model"]["name"], "config.json");
+  EXPECT_EQ(j["model"]["family"], "opt");
   json cli = json::parse(
       cli_out({"estimate", "--model", "facebook/opt-125m", "--batch", "2", "--format", "json"}));
   EXPECT_EQ(j["peak"], cli["peak"]);
   Response inspect = handle("POST", "/api/inspect", json{{"model", req["model"]}}.dump());
   ASSERT_EQ(inspect.status, 200) << inspect.body;
   EXPECT_EQ(json::parse(inspect.body)["params"], 125239296);
-  // A broken config names the key.
+  // A broken config: the field is "model", the message names the config's key.
   req["model"]["hidden_size"] = "wide";
-  auto [status, field] =
-      error_of(handle("POST", "/api/inspect", json{{"model", req["model"]}}.dump()));
-  EXPECT_EQ(status, 400);
+  for (const char* path : {"/api/inspect", "/api/estimate"}) {
+    Response bad = handle("POST", path, json{{"model", req["model"]}}.dump());
+    EXPECT_EQ(error_of(bad), std::make_pair(400, std::string("model"))) << path;
+    EXPECT_NE(bad.body.find("hidden_size"), std::string::npos) << bad.body;
+  }
 }
 
 TEST(Web, Inspect) {
