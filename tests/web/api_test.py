@@ -8,6 +8,8 @@ import json
 import sys
 import threading
 import unittest
+import urllib.error
+import urllib.request
 
 from server import Server
 
@@ -106,6 +108,35 @@ class ApiTest(unittest.TestCase):
             self.error(413, "/api/estimate", raw=big)
         except (ConnectionError, OSError) as e:  # a server may close before reading it all
             self.fail("connection error instead of 413: %r" % e)
+
+    def test_deep_nesting(self):
+        deep = '{"model": "facebook/opt-125m", "lora": ' + '{"a": ' * 50000 + '1' + '}' * 50001
+        self.error(400, "/api/estimate", raw=deep.encode())
+        self.error(400, "/api/estimate", raw=b"[" * 400000 + b"]" * 400000)
+
+    def test_any_content_type(self):
+        # `curl -d` declares form data; the body is still read as JSON, up to the same limit.
+        body = json.dumps({"model": "facebook/opt-125m", "batch": 2, "pad": "x" * 50000})
+        req = urllib.request.Request(self.server.url + "/api/estimate", data=body.encode(),
+                                     headers={"Content-Type":
+                                              "application/x-www-form-urlencoded"})
+        with self.assertRaises(urllib.error.HTTPError) as ctx:
+            urllib.request.urlopen(req, timeout=60)
+        self.assertEqual(ctx.exception.code, 400)
+        self.assertEqual(json.loads(ctx.exception.read())["field"], "pad")
+
+    def test_pasted_config(self):
+        config = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 2816,
+                  "num_hidden_layers": 4, "num_attention_heads": 16, "num_key_value_heads": 4,
+                  "vocab_size": 32000, "max_position_embeddings": 2048}
+        status, _, text = self.server.request("/api/estimate", {"model": config, "batch": 2})
+        self.assertEqual(status, 200, text)
+        self.assertEqual(json.loads(text)["model"]["family"], "llama")
+        status, _, text = self.server.request("/api/inspect", {"model": config})
+        self.assertEqual(status, 200, text)
+        bad = dict(config, num_hidden_layers="four")
+        err = self.error(400, "/api/estimate", body={"model": bad}, field="model")
+        self.assertIn("num_hidden_layers", err["error"])
 
     def test_methods_and_paths(self):
         self.error(405, "/api/estimate")

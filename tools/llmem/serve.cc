@@ -4,6 +4,7 @@
 
 #include <ostream>
 #include <string>
+#include <string_view>
 
 #include <CLI/CLI.hpp>
 
@@ -26,19 +27,56 @@ CLI::App* add_serve_command(CLI::App& app, ServeOptions* options) {
 int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
   httplib::Server server;
   server.set_payload_max_length(web::kMaxBodyBytes);
-  auto handler = [](const httplib::Request& req, httplib::Response& res) {
-    web::Response r = web::handle(req.method, req.path, req.body);
+  auto respond = [](const httplib::Request& req, httplib::Response& res, std::string_view body) {
+    web::Response r = web::handle(req.method, req.path, body);
     res.status = r.status;
     res.set_header("Cache-Control", "no-store");
     res.set_header("X-Content-Type-Options", "nosniff");
     res.set_content(r.body, r.content_type);
   };
+  auto without_body = [respond](const httplib::Request& req, httplib::Response& res) {
+    respond(req, res, "");
+  };
+  // Bodies are read raw, whatever their Content-Type says: httplib would
+  // otherwise parse (and cap at 8 KiB) bodies sent as form data, which is what
+  // `curl -d` declares. httplib has already refused bodies over the limit.
+  auto with_body = [respond](const httplib::Request& req, httplib::Response& res,
+                             const httplib::ContentReader& content) {
+    if (req.is_multipart_form_data()) {
+      res.status = 415;
+      res.set_content(web::error_json("send the request as a JSON body, not a form", ""),
+                      "application/json");
+      return;
+    }
+    std::string body;
+    bool fits = true;
+    bool read = content([&](const char* data, size_t size) {
+      fits = body.size() + size <= web::kMaxBodyBytes;
+      if (fits)
+        body.append(data, size);
+      return fits;
+    });
+    // httplib refuses a declared length over the limit without calling us.
+    if (!fits || (!read && req.get_header_value<uint64_t>("Content-Length") > web::kMaxBodyBytes)) {
+      res.status = 413;
+      res.set_content(web::error_json("the request body is larger than 1 MiB", ""),
+                      "application/json");
+      return;
+    }
+    if (!read) {
+      res.status = 400;
+      res.set_content(web::error_json("the request body could not be read", ""),
+                      "application/json");
+      return;
+    }
+    respond(req, res, body);
+  };
   for (const char* pattern : {"/.*", "/"}) {
-    server.Get(pattern, handler);
-    server.Post(pattern, handler);
-    server.Put(pattern, handler);
-    server.Delete(pattern, handler);
-    server.Patch(pattern, handler);
+    server.Get(pattern, without_body);
+    server.Post(pattern, with_body);
+    server.Put(pattern, with_body);
+    server.Patch(pattern, with_body);
+    server.Delete(pattern, without_body);
   }
   // Errors httplib answers itself (413 for oversize bodies, 400 for broken
   // requests) get the API's JSON error body too.

@@ -2,6 +2,7 @@
 
 #include "web.h"
 
+#include <algorithm>
 #include <exception>
 #include <filesystem>
 #include <regex>
@@ -42,7 +43,34 @@ std::string_view content_type_of(std::string_view name) {
   return "application/octet-stream";
 }
 
+/// Deepest nesting of arrays and objects in JSON text (strings skipped).
+/// Checked before parsing: deeply nested values would exhaust the stack of
+/// the recursive code that walks them later (dump, the request layer).
+int nesting_depth(std::string_view text) {
+  int depth = 0;
+  int deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
 json parse_object(std::string_view body) {
+  if (nesting_depth(body) > kMaxNesting)
+    throw BadRequest{400, "the request nests arrays and objects deeper than 32 levels", ""};
   json req;
   try {
     req = json::parse(body);

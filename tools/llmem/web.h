@@ -16,6 +16,9 @@ namespace llmem::web {
 /// Largest request body accepted; larger ones get 413.
 inline constexpr size_t kMaxBodyBytes = size_t{1} << 20;
 
+/// Deepest nesting of arrays and objects accepted in a request body (400 beyond).
+inline constexpr int kMaxNesting = 32;
+
 struct Response {
   int status = 200;
   std::string content_type = "application/json";

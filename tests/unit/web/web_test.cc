@@ -163,6 +163,21 @@ TEST(Web, BadRequestsNameTheField) {
             P(400, "gpu"));
 }
 
+TEST(Web, DeepNestingIsRefused) {
+  std::string deep = R"({"model": "facebook/opt-125m", "lora": )";
+  for (int i = 0; i < 100000; ++i)
+    deep += R"({"a": )";
+  deep += "1" + std::string(100001, '}');
+  EXPECT_EQ(error_of(handle("POST", "/api/estimate", deep)).first, 400);
+  EXPECT_EQ(error_of(handle("POST", "/api/inspect", "[" + std::string(1000, '[') + "]")).first,
+            400);
+  // Brackets inside strings do not count.
+  Response r = handle(
+      "POST", "/api/estimate",
+      R"({"model": "facebook/opt-125m", "lora_targets": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"{"})");
+  EXPECT_EQ(r.body.find("deeper than"), std::string::npos) << r.body;
+}
+
 TEST(Web, StatusCodes) {
   EXPECT_EQ(handle("POST", "/api/estimate", std::string(kMaxBodyBytes + 1, ' ')).status, 413);
   EXPECT_EQ(handle("GET", "/api/estimate", "").status, 405);
