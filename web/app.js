@@ -278,15 +278,54 @@ function genericTable(el, list) {
   el.innerHTML = html;
 }
 
+function compactRanks(list) {
+  if (list.length > 1 && list.every((r, i) => i === 0 || r === list[i - 1] + 1)) {
+    return `${list[0]}–${list[list.length - 1]}`;
+  }
+  return list.join(', ');
+}
+
+/// One small stacked bar per rank role: its components, cache and context against the capacity.
+function miniBar(r, j) {
+  const cap = j.gpu.capacity_bytes, W = 220, H = 14;
+  const scale = Math.max(r.device_bytes, cap, 1);
+  let s = `<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img">` +
+      `<rect width="${W}" height="${H}" fill="#f4f4f4"/>`;
+  let at = 0;
+  const seg = (b, color) => {
+    if (b <= 0) return;
+    s += `<rect x="${W * at / scale}" width="${W * b / scale}" height="${H}" fill="${color}"/>`;
+    at += b;
+  };
+  for (const [k, b] of Object.entries(r.components || {})) seg(b, COLORS[k] || '#bab0ac');
+  seg(r.reserved_bytes - r.allocated_bytes, CACHED);
+  seg(r.device_bytes - r.reserved_bytes, CONTEXT);
+  if (cap > 0) {
+    const cx = W * cap / scale;
+    s += `<line x1="${cx}" x2="${cx}" y1="0" y2="${H}" stroke="#111" stroke-width="2"/>`;
+  }
+  return s + '</svg>';
+}
+
 function renderRanks(j) {
   const ranks = j.ranks || [];
   $('ranks-card').hidden = !ranks.length;
   if (!ranks.length) return;
-  genericTable($('ranks'), ranks.map((r) => {
-    const p = r.peak || r;
-    return {role: r.role, ranks: (r.ranks || []).join(','), allocated_bytes: p.allocated_bytes,
-            reserved_bytes: p.reserved_bytes, device_bytes: p.device_bytes, phase: p.phase};
-  }));
+  const cap = j.gpu.capacity_bytes;
+  let html = '<tr><th>role</th><th>ranks</th><th class="n">allocated</th>' +
+      '<th class="n">reserved</th><th class="n">device</th><th>peak in</th><th>fits</th>' +
+      '<th>against the capacity</th></tr>';
+  ranks.forEach((r, i) => {
+    const fits = !cap || r.device_bytes <= cap;
+    html += `<tr><td>${esc(r.role)}</td><td>${compactRanks(r.ranks || [])}</td>` +
+        `<td class="n" title="${commas(r.allocated_bytes)} B">${gib(r.allocated_bytes)}</td>` +
+        `<td class="n" title="${commas(r.reserved_bytes)} B">${gib(r.reserved_bytes)}</td>` +
+        `<td class="n"><span hidden data-key="ranks.${i}.device_bytes">` +
+        `${commas(r.device_bytes)}</span>${gib(r.device_bytes)}</td>` +
+        `<td>${esc(r.phase || '')}</td><td>${fits ? 'yes' : '<b class="no">no</b>'}</td>` +
+        `<td>${miniBar(r, j)}</td></tr>`;
+  });
+  $('ranks').innerHTML = html;
 }
 
 function renderDetails(j) {
