@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, and runs every test: the ci build (warnings
 # as errors, benchmarks as a smoke test), the AddressSanitizer +
-# UndefinedBehaviorSanitizer build, a short fuzzing run, and the format check.
+# UndefinedBehaviorSanitizer build, a short fuzzing run, the Python package
+# (installed with pip into a venv, then pytest), and the format check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch chromium
+bash scripts/deps.sh clang-14 libclang-rt-14-dev clang-format python3-torch \
+  pybind11-dev python3-pybind11 python3-dev python3-venv python3-setuptools python3-wheel \
+  python3-pip python3-pytest chromium
 jobs=$(nproc)
 
 echo "== ci build (warnings as errors)"
@@ -14,6 +17,9 @@ ctest --preset ci -j"$jobs"
 
 echo "== web: llmem serve's API, the page in headless Chromium, the HTML report"
 bash scripts/test_web.sh build/ci/tools/llmem/llmem
+
+echo "== Python package (venv, offline pip install --no-build-isolation ., pytest)"
+LLMEM_BUILD_JOBS="$jobs" bash scripts/test_python.sh
 
 echo "== asan + ubsan build"
 cmake --preset asan >/dev/null

@@ -1,4 +1,5 @@
 // llmem serve: the page. Plain script, no dependencies, no network beyond this server.
+// Component colours match src/report/charts.cc.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -6,7 +7,7 @@ const form = $('form');
 const GIB = 1073741824;
 const COLORS = {
   parameters: '#4e79a7', gradients: '#f28e2b', optimizer_states: '#e15759',
-  weight_copies: '#76b7b2', activations: '#59a14f', logits_loss: '#edc948',
+  master_weights: '#a0cbe8', weight_copies: '#76b7b2', activations: '#59a14f', logits_loss: '#edc948',
   temporaries: '#b07aa1', inputs: '#ff9da7', workspace: '#9c755f',
 };
 const CACHED = '#c7c7c7', CONTEXT = '#7f7f7f';

@@ -22,6 +22,7 @@ enum class Component : uint8_t {
   kParameters,       ///< model weights (quantized weights included)
   kGradients,        ///< .grad of trainable parameters
   kOptimizerStates,  ///< Adam moments, momentum buffers, step counters
+  kMasterWeights,    ///< fp32 master copies of 16-bit weights (DeepSpeed, Gemini)
   kWeightCopies,     ///< low-precision copies of weights (autocast cache, dequantized weights)
   kActivations,      ///< tensors saved for backward and the residual stream
   kLogitsLoss,       ///< logits, their fp32 copy, log-softmax, loss gradients

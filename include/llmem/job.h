@@ -85,6 +85,9 @@ struct ParallelSetup {
   int64_t stage3_prefetch_bucket_size = 50'000'000;
   int64_t stage3_max_live_parameters = 1'000'000'000;
   bool contiguous_gradients = true;
+  /// ZeRO-1 by torch's ZeroRedundancyOptimizer over DDP (whole tensors
+  /// assigned greedily to ranks) instead of DeepSpeed's flat partitions.
+  bool torch_zero = false;
   // torch FSDP
   FsdpSharding fsdp_sharding = FsdpSharding::kFullShard;
   int fsdp_version = 1;  ///< 1: FlatParameter per wrapped module; 2: per-parameter DTensor

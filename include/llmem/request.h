@@ -77,9 +77,9 @@ struct Request {
 ///   offload_optimizer, offload_params, ddp_bucket_mb,
 ///   gradient_as_bucket_view, reduce_bucket_size, allgather_bucket_size,
 ///   stage3_prefetch_bucket_size, stage3_max_live_parameters,
-///   contiguous_gradients, fsdp_sharding
-///   (full_shard|shard_grad_op|hybrid_shard|no_shard), fsdp_version (1|2),
-///   limit_all_gathers.
+///   contiguous_gradients, zero_impl (deepspeed|torch), fsdp_sharding
+///   (full-shard|shard-grad-op|hybrid-shard|no-shard; '_' and upper case
+///   accepted), fsdp_version (1|2), limit_all_gathers.
 ///
 /// Throws llmem::Error naming the key and what was expected: malformed JSON,
 /// a wrong type, a value out of range, an unknown key (with a suggestion), an

@@ -5,6 +5,7 @@
 #include "llmem/request.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <initializer_list>
@@ -46,8 +47,8 @@ const std::vector<std::string>& all_keys() {
       "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel",
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
-      "stage3_max_live_parameters", "contiguous_gradients", "fsdp_sharding", "fsdp_version",
-      "limit_all_gathers",
+      "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
+      "fsdp_version", "limit_all_gathers",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -261,7 +262,10 @@ class Fields {
   /// One of `names`; returns its index. The message matches parse_method's.
   size_t choice(const char* key, const std::string& fallback,
                 std::initializer_list<const char*> names) const {
-    std::string value = text(key, fallback);
+    return choose(key, text(key, fallback), names);
+  }
+  size_t choose(const char* key, const std::string& value,
+                std::initializer_list<const char*> names) const {
     std::vector<std::string> known;
     for (const char* n : names) {
       if (value == n)
@@ -551,10 +555,15 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->stage3_max_live_parameters = f.integer("stage3_max_live_parameters",
                                             p->stage3_max_live_parameters, 0, kMaxElems, positive);
   p->contiguous_gradients = f.boolean("contiguous_gradients", p->contiguous_gradients);
+  p->torch_zero = f.choice("zero_impl", "deepspeed", {"deepspeed", "torch"}) == 1;
+  // The CLI's spelling (full-shard); torch's (FULL_SHARD, full_shard) too.
+  std::string sharding = f.text("fsdp_sharding", "full-shard");
+  for (char& ch : sharding)
+    ch = ch == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   constexpr FsdpSharding kSharding[] = {FsdpSharding::kFullShard, FsdpSharding::kShardGradOp,
                                         FsdpSharding::kHybridShard, FsdpSharding::kNoShard};
-  p->fsdp_sharding = kSharding[f.choice(
-      "fsdp_sharding", "full_shard", {"full_shard", "shard_grad_op", "hybrid_shard", "no_shard"})];
+  p->fsdp_sharding = kSharding[f.choose(
+      "fsdp_sharding", sharding, {"full-shard", "shard-grad-op", "hybrid-shard", "no-shard"})];
   p->fsdp_version =
       static_cast<int>(f.integer("fsdp_version", p->fsdp_version, 1, 2, "expected 1 or 2"));
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);

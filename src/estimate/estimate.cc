@@ -8,6 +8,7 @@
 #include "llmem/allocator.h"
 #include "llmem/error.h"
 
+#include "estimate/distributed.h"
 #include "trace/program.h"
 
 namespace llmem {
@@ -20,6 +21,8 @@ std::string_view component_name(Component c) {
       return "gradients";
     case Component::kOptimizerStates:
       return "optimizer_states";
+    case Component::kMasterWeights:
+      return "master_weights";
     case Component::kWeightCopies:
       return "weight_copies";
     case Component::kActivations:
@@ -146,6 +149,13 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
 }  // namespace
 
 Estimate estimate(const ModelSpec& model, const TrainingSetup& setup_in, const GpuSpec& gpu) {
+  if (setup_in.parallel.method != Method::kSingle || setup_in.parallel.gpus() > 1)
+    return estimate_distributed(model, setup_in, gpu);
+  return estimate_rank(model, setup_in, gpu, {});
+}
+
+Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, const GpuSpec& gpu,
+                       const trace::RankPlan& rank) {
   if (setup_in.batch < 1 || setup_in.batch > (1 << 20)) {
     throw Error("--batch", "", "expected a micro-batch between 1 and 2^20");
   }
@@ -158,7 +168,7 @@ Estimate estimate(const ModelSpec& model, const TrainingSetup& setup_in, const G
   TrainingSetup setup = setup_in;
   bool cuda = setup.device == Device::kCuda;
   setup.workspace_bytes = cuda ? gpu.cublas_workspace_bytes : 0;
-  trace::TraceResult trace = trace::build_trace(model, setup);
+  trace::TraceResult trace = trace::build_trace(model, setup, rank);
 
   Estimate est;
   est.params = trace.params;

@@ -65,10 +65,10 @@ constexpr std::pair<const char*, CheckpointMode> kCheckpointing[] = {
     {"non-reentrant", CheckpointMode::kNonReentrant}};
 
 constexpr std::pair<const char*, Method> kMethods[] = {
-    {"single", Method::kSingle},     {"ddp", Method::kDdp},
-    {"zero1", Method::kZero1},       {"zero2", Method::kZero2},
-    {"zero3", Method::kZero3},       {"fsdp", Method::kFsdp},
-    {"gemini", Method::kGemini},     {"colossalai-1d", Method::kColossal1d},
+    {"single", Method::kSingle},    {"ddp", Method::kDdp},
+    {"zero1", Method::kZero1},      {"zero2", Method::kZero2},
+    {"zero3", Method::kZero3},      {"fsdp", Method::kFsdp},
+    {"gemini", Method::kGemini},    {"colossalai-1d", Method::kColossal1d},
     {"megatron", Method::kMegatron}};
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include "report/charts.h"
 
 #include <algorithm>
-#include <array>
 #include <cstdio>
 #include <sstream>
 
@@ -43,19 +42,32 @@ std::string gib_text(uint64_t bytes) {
 }
 
 std::string_view component_color(Component c) {
-  static constexpr std::array<std::string_view, static_cast<size_t>(Component::kCount)> kColors = {
-      "#4e79a7",  // parameters
-      "#f28e2b",  // gradients
-      "#e15759",  // optimizer_states
-      "#76b7b2",  // weight_copies
-      "#59a14f",  // activations
-      "#edc948",  // logits_loss
-      "#b07aa1",  // temporaries
-      "#ff9da7",  // inputs
-      "#9c755f",  // workspace
-  };
-  auto i = static_cast<size_t>(c);
-  return i < kColors.size() ? kColors[i] : std::string_view("#bab0ac");
+  // The same colours as web/app.js.
+  switch (c) {
+    case Component::kParameters:
+      return "#4e79a7";
+    case Component::kGradients:
+      return "#f28e2b";
+    case Component::kOptimizerStates:
+      return "#e15759";
+    case Component::kMasterWeights:
+      return "#a0cbe8";
+    case Component::kWeightCopies:
+      return "#76b7b2";
+    case Component::kActivations:
+      return "#59a14f";
+    case Component::kLogitsLoss:
+      return "#edc948";
+    case Component::kTemporaries:
+      return "#b07aa1";
+    case Component::kInputs:
+      return "#ff9da7";
+    case Component::kWorkspace:
+      return "#9c755f";
+    case Component::kCount:
+      break;
+  }
+  return "#bab0ac";
 }
 
 std::string breakdown_svg(const Estimate& e, const std::string& gpu_name) {

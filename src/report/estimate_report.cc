@@ -39,6 +39,15 @@ std::string setup_line(const TrainingSetup& s) {
 
 }  // namespace
 
+namespace {
+ordered_json components_json(const PeakInfo& peak) {
+  ordered_json components;
+  for (size_t c = 0; c < peak.components.size(); ++c)
+    components[std::string(component_name(static_cast<Component>(c)))] = peak.components[c];
+  return components;
+}
+}  // namespace
+
 std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
                           const Estimate& e) {
   ordered_json j;
@@ -63,6 +72,13 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
     s["lora_rank"] = setup.lora.rank;
     s["lora_targets"] = setup.lora.targets;
   }
+  const ParallelSetup& par = setup.parallel;
+  if (par.method != Method::kSingle) {
+    s["method"] = method_name(par.method);
+    s["dp"] = par.dp;
+    s["tp"] = par.tp;
+    s["pp"] = par.pp;
+  }
   j["setup"] = s;
   j["gpu"] = {{"name", setup.device == Device::kCuda ? gpu.name : "cpu"},
               {"capacity_bytes", e.capacity_bytes},
@@ -74,11 +90,20 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
                {"phase", phase_name(e.peak.phase)},
                {"layer", e.peak.layer},
                {"step", e.peak.step}};
-  ordered_json components;
-  for (size_t c = 0; c < e.peak.components.size(); ++c) {
-    components[std::string(component_name(static_cast<Component>(c)))] = e.peak.components[c];
+  j["components"] = components_json(e.peak);
+  if (!e.ranks.empty()) {
+    ordered_json ranks = ordered_json::array();
+    for (const RankEstimate& r : e.ranks) {
+      ranks.push_back({{"role", r.role},
+                       {"ranks", r.ranks},
+                       {"allocated_bytes", r.peak.allocated_bytes},
+                       {"reserved_bytes", r.peak.reserved_bytes},
+                       {"device_bytes", r.peak.device_bytes},
+                       {"phase", phase_name(r.peak.phase)},
+                       {"components", components_json(r.peak)}});
+    }
+    j["ranks"] = ranks;
   }
-  j["components"] = components;
   ordered_json phases;
   for (size_t p = 1; p < e.phase_peaks.size(); ++p) {
     phases[std::string(phase_name(static_cast<Phase>(p)))] = e.phase_peaks[p];
@@ -95,6 +120,23 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
   j["notes"] = e.notes;
   return j.dump(2) + "\n";
 }
+
+namespace {
+// "0-7" for a contiguous run, else "0,2,4".
+std::string rank_list(const std::vector<int>& ranks) {
+  if (ranks.empty())
+    return "";
+  bool run = true;
+  for (size_t i = 1; i < ranks.size(); ++i)
+    run = run && ranks[i] == ranks[i - 1] + 1;
+  if (run && ranks.size() > 1)
+    return std::to_string(ranks.front()) + "-" + std::to_string(ranks.back());
+  std::string out;
+  for (int r : ranks)
+    out += (out.empty() ? "" : ",") + std::to_string(r);
+  return out;
+}
+}  // namespace
 
 std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
                            const Estimate& e) {
@@ -131,6 +173,17 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
                   std::string(component_name(static_cast<Component>(c))).c_str(),
                   gib(e.peak.components[c]).c_str());
     out << line;
+  }
+  if (!e.ranks.empty()) {
+    out << "\n  per rank (" << method_name(setup.parallel.method) << ", dp " << setup.parallel.dp
+        << " tp " << setup.parallel.tp << " pp " << setup.parallel.pp << "):\n";
+    for (const RankEstimate& r : e.ranks) {
+      char line[160];
+      std::snprintf(line, sizeof(line), "    %-16s ranks %-10s allocated %10s  %s %10s\n",
+                    r.role.c_str(), rank_list(r.ranks).c_str(), gib(r.peak.allocated_bytes).c_str(),
+                    cuda ? "device" : "", cuda ? gib(r.peak.device_bytes).c_str() : "");
+      out << line;
+    }
   }
   out << "\n  phase peaks (steady state):";
   for (size_t p = 1; p < e.phase_peaks.size(); ++p) {

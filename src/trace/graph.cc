@@ -23,6 +23,8 @@ void Graph::emit(Tid t, bool alloc) {
   const Tensor& x = tensors_[static_cast<size_t>(t)];
   if (x.storage != kNone)
     return;  // aliases own no memory
+  if (!x.owns_memory)
+    return;
   events_->push_back({t, alloc, step_, x.component, phase_, layer_, x.numel * x.elem});
 }
 
@@ -31,6 +33,29 @@ Tid Graph::leaf(int64_t numel, int elem, Component c, bool requires_grad) {
   tensors_[static_cast<size_t>(t)].is_leaf = true;
   tensors_[static_cast<size_t>(t)].requires_grad = requires_grad;
   return t;
+}
+
+Tid Graph::virtual_leaf(int64_t numel, int elem, bool requires_grad) {
+  Tensor t;
+  t.numel = numel;
+  t.elem = elem;
+  t.refs = 1;
+  t.live = true;
+  t.component = Component::kParameters;
+  t.owns_memory = false;
+  t.is_leaf = true;
+  t.requires_grad = requires_grad;
+  tensors_.push_back(t);
+  return static_cast<Tid>(tensors_.size() - 1);
+}
+
+void Graph::enter_layer(int16_t layer) {
+  if (layer == layer_)
+    return;
+  int16_t from = layer_;
+  layer_ = layer;
+  if (layer_hook_)
+    layer_hook_(from, layer);
 }
 
 Tid Graph::alias(Tid base, bool requires_grad) {
@@ -177,7 +202,7 @@ void Graph::run_backward(size_t begin) {
     Node node = std::move(nodes_[k]);
     nodes_.pop_back();
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
-    layer_ = node.layer;
+    enter_layer(node.layer);
     if (out_grad != kNone) {
       tensors_[static_cast<size_t>(node.output)].grad = kNone;
       if (node.checkpoint >= 0) {
@@ -193,7 +218,7 @@ void Graph::run_backward(size_t begin) {
         out_grad = kNone;
         release(sub_out);
         run_backward(mark);
-        layer_ = node.layer;
+        enter_layer(node.layer);
         Tid g = tensors_[static_cast<size_t>(detached)].grad;
         tensors_[static_cast<size_t>(detached)].grad = kNone;
         release(detached);
@@ -226,7 +251,7 @@ void Graph::backward(Tid loss) {
   for (Tid t : touched_)
     tensors_[static_cast<size_t>(t)].grad_this_pass = false;
   touched_.clear();
-  layer_ = -1;
+  enter_layer(-1);
   phase_ = was == Phase::kBackward ? was : Phase::kBackward;
 }
 

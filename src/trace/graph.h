@@ -50,6 +50,9 @@ class Graph {
   /// A tensor that is not produced by a recorded op (parameter, input). The
   /// caller holds one reference.
   Tid leaf(int64_t numel, int elem, Component c, bool requires_grad);
+  /// A leaf that owns no memory: the caller accounts for its storage
+  /// (ZeRO-3 / FSDP parameters, whose shards and gathered copies are buffers).
+  Tid virtual_leaf(int64_t numel, int elem, bool requires_grad);
   /// A tensor sharing another's storage (a detached view): no memory of its own.
   Tid alias(Tid base, bool requires_grad);
 
@@ -93,6 +96,10 @@ class Graph {
   Tid grad(Tid param) const { return tensors_[static_cast<size_t>(param)].grad; }
   /// Drops a parameter's gradient (zero_grad(set_to_none=True)).
   void clear_grad(Tid param);
+  /// Called during backward whenever the engine moves from one decoder layer
+  /// to another (-1: outside the layers), before the new layer's first node
+  /// runs; distributed wrappers gather parameters and reduce gradients here.
+  void set_layer_hook(std::function<void(int from, int to)> hook) { layer_hook_ = std::move(hook); }
 
  private:
   struct Tensor {
@@ -105,6 +112,7 @@ class Graph {
     bool is_leaf = false;
     bool live = false;
     bool grad_this_pass = false;  // .grad was set during the current backward
+    bool owns_memory = true;      // false: a virtual leaf
     Layout layout = Layout::kContiguous;
     Component component = Component::kActivations;
   };
@@ -121,6 +129,7 @@ class Graph {
   void emit(Tid t, bool alloc);
   void accumulate(Tid target, Tid g);
   void run_backward(size_t begin);
+  void enter_layer(int16_t layer);
 
   std::vector<Event>* events_;
   std::vector<Tensor> tensors_;
@@ -131,6 +140,7 @@ class Graph {
   uint8_t step_ = 1;
   bool grad_enabled_ = true;
   bool out_of_place_leaf_ = false;
+  std::function<void(int, int)> layer_hook_;
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
 };
 

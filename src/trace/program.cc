@@ -211,12 +211,18 @@ Names names_for(const std::string& f, const LayerSpec& l) {
 
 class Program {
  public:
-  Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, TraceResult* out)
-      : g_(g), m_(m), s_(s), out_(out) {
+  Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, const RankPlan& r, TraceResult* out)
+      : g_(g), m_(m), s_(s), r_(r), out_(out) {
     bool half_weights = s.precision == Precision::kBf16 || s.precision == Precision::kFp16;
     pe_ = half_weights ? 2 : kF32;
     autocast_ = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
     ae_ = autocast_ ? 2 : pe_;
+    // FSDP's MixedPrecision(param_dtype=16-bit) (accelerate's default under
+    // bf16/fp16): the gathered parameters the ops see are already 16-bit; the
+    // fp32 shards are the masters.
+    store_elem_ = pe_;
+    if (r.param_shards > 1 && autocast_)
+      pe_ = 2;
     cuda_ = s.device == Device::kCuda;
     tokens_ = s.batch * s.seq;
     if (m.family == "gpt2") {
@@ -282,10 +288,19 @@ class Program {
             (t.numel + 1) / 2 +
             (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
         p.id = g_.leaf(bytes, 1, Component::kParameters, false);
+      } else if (r_.param_shards > 1) {
+        if (qlora)
+          throw Error("--method", "", "QLoRA with sharded parameters is not modelled yet");
+        p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
+        auto slot = static_cast<size_t>(t.layer + 1);
+        if (layer_numel_.size() <= slot)
+          layer_numel_.resize(slot + 1, 0);
+        layer_numel_[slot] += t.numel;
       } else {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
       params_[t.name] = p;
+      param_layer_[p.id] = t.layer;
       out_->params += t.numel;
       if (p.trainable) {
         trainable_.push_back(p.id);
@@ -294,6 +309,7 @@ class Program {
     }
     if (s_.finetune != FinetuneMode::kFull)
       add_lora();
+    setup_distributed();
     // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
@@ -329,6 +345,7 @@ class Program {
     Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
     Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
     Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
+    gather(-1);  // the root unit (embeddings, final norm, head) stays gathered to the end
     Tid logits = forward(ids);
     g_.set_phase(Phase::kLoss);
     g_.set_layer(-1);
@@ -339,6 +356,9 @@ class Program {
     cache_kv_.clear();
     clear_autocast_cache();
     g_.backward(loss);
+    reduce_grads(-1);
+    for (size_t i = 0; i < gathered_.size(); ++i)
+      reshard(static_cast<int>(i) - 1);
     release_shared();
     g_.release(loss);
     g_.release(ids);
@@ -350,9 +370,65 @@ class Program {
   void zero_grad() {
     for (Tid p : trainable_)
       g_.clear_grad(p);
+    for (Tid& t : grad_shards_) {
+      if (t != kNone)
+        g_.release(t);
+      t = kNone;
+    }
   }
 
  private:
+  // ------------------------------------------------------------ distributed
+  void setup_distributed();
+  /// ZeRO-3 / FSDP: all-gathers the parameters of `layer` (-1: the root
+  /// unit) into a full buffer of the compute dtype, once.
+  void gather(int layer) {
+    if (r_.param_shards <= 1)
+      return;
+    auto slot = static_cast<size_t>(layer + 1);
+    if (slot >= layer_numel_.size() || layer_numel_[slot] == 0 || gathered_[slot] != kNone)
+      return;
+    gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_, Component::kWeightCopies);
+  }
+  void reshard(int layer) {
+    auto slot = static_cast<size_t>(layer + 1);
+    if (slot < gathered_.size() && gathered_[slot] != kNone) {
+      g_.release(gathered_[slot]);
+      gathered_[slot] = kNone;
+    }
+  }
+  /// Backward moved from layer `from` to `to`: gradients of `from` are
+  /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
+  void on_backward_layer(int from, int to) {
+    if (from >= 0) {
+      reduce_grads(from);
+      reshard(from);
+    }
+    if (to >= 0) {
+      for (int k = 0; k <= r_.prefetch_layers && to - k >= 0; ++k)
+        gather(to - k);
+    }
+  }
+  /// DDP with bucket views, ZeRO-2/3, FSDP: once a layer's gradients are
+  /// complete they leave their own buffers (copied into a bucket view, or
+  /// reduce-scattered into this rank's shard).
+  void reduce_grads(int layer) {
+    if (r_.grad_shards <= 1 && !r_.bucket_view)
+      return;
+    bool any = false;
+    for (Tid p : trainable_) {
+      if (param_layer_[p] != layer || g_.grad(p) == kNone)
+        continue;
+      g_.clear_grad(p);
+      any = true;
+    }
+    auto slot = static_cast<size_t>(layer + 1);
+    if (any && r_.grad_shards > 1 && grad_shards_[slot] == kNone)
+      grad_shards_[slot] =
+          g_.buffer(trainable_numel_[slot] * grad_store_elem_, Component::kGradients);
+  }
+  int64_t shard(int64_t numel, int shards) const { return (numel + shards - 1) / shards; }
+
   // ------------------------------------------------------------ primitives
   Param& param(const std::string& name) {
     auto it = params_.find(name);
@@ -864,7 +940,15 @@ class Program {
   Graph& g_;
   const ModelSpec& m_;
   const TrainingSetup& s_;
+  const RankPlan& r_;
   TraceResult* out_;
+  int store_elem_ = kF32;       // dtype of the stored (sharded) parameters
+  int grad_store_elem_ = kF32;  // dtype of reduced gradient shards
+  std::unordered_map<Tid, int> param_layer_;
+  std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
+  std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
+  std::vector<Tid> gathered_;
+  std::vector<Tid> grad_shards_;
   Style style_ = Style::kLlama;
   Names names_;
   int pe_ = kF32;
@@ -884,6 +968,53 @@ class Program {
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
 };
+
+// What a rank of a data-parallel layout adds to the single-GPU setup.
+// torch/nn/parallel/distributed.py + reducer.cpp (DDP buckets),
+// deepspeed/runtime/zero/stage_1_and_2.py and stage3.py (partitions, ipg
+// bucket, fp32 master partition), torch/distributed/fsdp (flat shards).
+void Program::setup_distributed() {
+  if (!r_.distributed())
+    return;
+  auto slots = static_cast<size_t>(m_.num_layers + 1);
+  layer_numel_.resize(slots, 0);
+  trainable_numel_.assign(slots, 0);
+  gathered_.assign(slots, kNone);
+  grad_shards_.assign(slots, kNone);
+  int64_t trainable_bytes = 0;
+  int64_t trainable_numel = 0;
+  for (Tid p : trainable_) {
+    auto slot = static_cast<size_t>(param_layer_[p] + 1);
+    trainable_numel_[slot] += shard(g_.numel(p), r_.grad_shards);
+    trainable_bytes += g_.bytes(p);
+    trainable_numel += g_.numel(p);
+  }
+  // Reduced gradient shards: fp32 under FSDP mixed precision (the shard's
+  // dtype), the weights' dtype otherwise.
+  grad_store_elem_ = r_.param_shards > 1 ? store_elem_ : pe_;
+  if (r_.param_shards > 1) {
+    // Each unit's flat shard, in the stored dtype.
+    for (size_t slot = 0; slot < slots; ++slot) {
+      if (layer_numel_[slot] > 0)
+        g_.buffer(shard(layer_numel_[slot], r_.param_shards) * store_elem_, Component::kParameters);
+    }
+  }
+  if (r_.ddp_buckets) {
+    // Reducer buckets: one flat tensor per bucket, together the size of every
+    // trainable gradient, kept for the life of the wrapper.
+    g_.buffer(trainable_bytes, Component::kGradients);
+  }
+  if (r_.reduce_bucket_bytes > 0) {
+    g_.buffer(std::min(r_.reduce_bucket_bytes, trainable_numel * pe_), Component::kGradients);
+  }
+  if (r_.master_fp32) {
+    int64_t master = 0;
+    for (Tid p : trainable_)
+      master += shard(g_.numel(p), r_.state_shards);
+    g_.buffer(master * kF32, Component::kMasterWeights);
+  }
+  g_.set_layer_hook([this](int from, int to) { on_backward_layer(from, to); });
+}
 
 // PEFT's default targets per model_type (peft/utils/constants.py
 // TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING).
@@ -933,6 +1064,8 @@ void Program::add_lora() {
     lora_params_[l.b] = Param{l.b, true, kNone};
     trainable_.push_back(l.a);
     trainable_.push_back(l.b);
+    param_layer_[l.a] = t.layer;
+    param_layer_[l.b] = t.layer;
     out_->params += l.rank * (in + out);
     out_->trainable_params += l.rank * (in + out);
     lora_[prefix] = l;
@@ -1037,6 +1170,7 @@ Tid Program::forward(Tid ids) {
   }
   for (int i = 0; i < static_cast<int>(m_.num_layers); ++i) {
     g_.set_layer(i);
+    gather(i);
     auto body = [this, i](Tid in) {
       bool recompute = g_.phase() == Phase::kBackward;
       Tid y = style_ == Style::kLlama     ? llama_layer(in, i)
@@ -1050,6 +1184,8 @@ Tid Program::forward(Tid ids) {
     Tid y = s_.checkpointing == CheckpointMode::kOff ? body(x) : g_.checkpoint(x, body);
     g_.release(x);
     x = y;
+    if (r_.reshard_after_forward)
+      reshard(i);
   }
   g_.set_layer(-1);
   Tid hn;
@@ -1457,10 +1593,33 @@ void Program::optimizer_step(bool first) {
   }
   bool adam = kind == OptimizerKind::kAdamWForeach || kind == OptimizerKind::kAdamWFused ||
               kind == OptimizerKind::kAdamWForLoop;
+  if (r_.fused_optimizer && adam)
+    kind = OptimizerKind::kAdamWFused;
+  // The tensors this rank steps: its shard of each (ZeRO / FSDP), or the whole
+  // tensors it owns (torch ZeroRedundancyOptimizer).
+  std::vector<std::pair<int64_t, int>> stepped;  // numel, state dtype
+  for (size_t k = 0; k < trainable_.size(); ++k) {
+    Tid p = trainable_[k];
+    int64_t n = shard(g_.numel(p), r_.state_shards);
+    if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
+      n = 0;
+    int e = r_.master_fp32 ? kF32 : r_.param_shards > 1 ? store_elem_ : g_.elem(p);
+    if (n > 0)
+      stepped.emplace_back(n, e);
+  }
+  Tid fp32_grads = kNone;
+  if (r_.master_fp32) {
+    // DeepSpeed flattens this rank's partition: one fp32 master, one state
+    // tensor of each kind, and the gradient partition converted to fp32 for
+    // the step.
+    int64_t n = 0;
+    for (const auto& [numel, e] : stepped)
+      n += numel;
+    stepped.assign(1, {n, kF32});
+    fp32_grads = g_.buffer(n * kF32, Component::kTemporaries);
+  }
   if (first) {
-    for (Tid p : trainable_) {
-      int64_t n = g_.numel(p);
-      int e = g_.elem(p);
+    for (const auto& [n, e] : stepped) {
       switch (kind) {
         case OptimizerKind::kAdamWForeach:
         case OptimizerKind::kAdamWFused:
@@ -1500,12 +1659,12 @@ void Program::optimizer_step(bool first) {
     // parameter, all alive. Before 2.0, denom = torch._foreach_add(sqrt, eps)
     // was out of place: a second full list.
     std::vector<Tid> temps;
-    for (Tid p : trainable_)
-      temps.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+    for (const auto& [n, e] : stepped)
+      temps.push_back(g_.buffer(n * e, Component::kTemporaries));
     if (s_.torch_version < 200) {
       std::vector<Tid> denom;
-      for (Tid p : trainable_)
-        denom.push_back(g_.buffer(g_.bytes(p), Component::kTemporaries));
+      for (const auto& [n, e] : stepped)
+        denom.push_back(g_.buffer(n * e, Component::kTemporaries));
       for (Tid t : temps)
         g_.release(t);
       temps = denom;
@@ -1514,26 +1673,29 @@ void Program::optimizer_step(bool first) {
       g_.release(t);
   } else if (adam && kind == OptimizerKind::kAdamWForLoop) {
     // denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
-    for (Tid p : trainable_) {
-      Tid sq = g_.buffer(g_.bytes(p), Component::kTemporaries);
-      Tid denom = g_.buffer(g_.bytes(p), Component::kTemporaries);
+    for (const auto& [n, e] : stepped) {
+      Tid sq = g_.buffer(n * e, Component::kTemporaries);
+      Tid denom = g_.buffer(n * e, Component::kTemporaries);
       g_.release(sq);
       g_.release(denom);
     }
   } else if (kind == OptimizerKind::kAdafactor) {
-    for (Tid p : trainable_) {
-      Tid a = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
-      Tid b2 = g_.buffer(g_.numel(p) * kF32, Component::kTemporaries);
+    for (const auto& [n, e] : stepped) {
+      Tid a = g_.buffer(n * kF32, Component::kTemporaries);
+      Tid b2 = g_.buffer(n * kF32, Component::kTemporaries);
       g_.release(a);
       g_.release(b2);
     }
   }
+  if (fp32_grads != kNone)
+    g_.release(fp32_grads);
   zero_grad();
 }
 
 }  // namespace
 
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
+                        const RankPlan& rank) {
   TraceResult result;
   TrainingSetup setup = setup_in;
   if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
@@ -1546,7 +1708,7 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in) {
   }
   Graph g(&result.events);
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
-  Program program(g, model, setup, &result);
+  Program program(g, model, setup, rank, &result);
   program.setup();
   for (int step = 1; step <= 2; ++step) {
     g.set_step(step);

@@ -22,10 +22,33 @@ struct TraceResult {
   std::vector<std::string> notes;
 };
 
+/// What one rank of a distributed layout holds and does differently from a
+/// single GPU (set by the distributed planner in src/estimate/distributed.cc).
+struct RankPlan {
+  int param_shards = 1;  ///< ZeRO-3 / FSDP: parameters stored 1/n, gathered per layer
+  int grad_shards = 1;   ///< ZeRO-2/3 / FSDP: gradients reduced into 1/n shards in backward
+  int state_shards = 1;  ///< ZeRO-1+ / FSDP: optimizer states (and master weights) 1/n
+  /// torch ZeroRedundancyOptimizer: which trainable tensors (in parameter
+  /// order) this rank owns the optimizer state of; empty = every one / state_shards.
+  std::vector<char> owns_state;
+  bool ddp_buckets = false;  ///< DDP reducer: flat gradient buckets of every trainable tensor
+  bool bucket_view = false;  ///< gradient_as_bucket_view: grads live in the buckets
+  bool master_fp32 = false;  ///< DeepSpeed with 16-bit weights: fp32 master partition
+  int64_t reduce_bucket_bytes = 0;    ///< DeepSpeed ZeRO-2/3 gradient bucket (ipg buffer)
+  bool fused_optimizer = false;       ///< DeepSpeed FusedAdam: no per-parameter temporaries
+  int prefetch_layers = 0;            ///< layers gathered ahead in backward (FSDP BACKWARD_PRE)
+  bool reshard_after_forward = true;  ///< false: SHARD_GRAD_OP keeps gathered params to backward
+  bool distributed() const {
+    return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
+           ddp_buckets;
+  }
+};
+
 /// Builds the events of: parameter setup, a first iteration and a
 /// steady-state iteration (each: grad_accum micro-batches of forward, loss and
 /// backward, then the optimizer step and zero_grad(set_to_none=True)).
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup);
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup,
+                        const RankPlan& rank = {});
 
 }  // namespace llmem::trace
 

@@ -118,6 +118,38 @@ const GpuSpec* match_gpu(const std::string& text) {
   return best;
 }
 
+// The layout of a distributed row: data parallelism over world_size / tp.
+// The CPU tier's zero1 rows (dist_cpu.py) use torch's ZeroRedundancyOptimizer.
+void express_layout(const std::string& method, const std::string& world, const std::string& tp,
+                    const std::string& command, ParallelSetup* p) {
+  try {
+    p->method = parse_method(method, "method");
+  } catch (const Error&) {
+    throw Skip{"distributed method \"" + method + "\" not modelled yet"};
+  }
+  if (world.empty())
+    throw Skip{"world_size not given"};
+  p->tp = tp.empty() ? 1 : std::stoi(tp);
+  int n = std::stoi(world);
+  if (p->tp < 1 || n % p->tp != 0)
+    throw Skip{"world_size is not a multiple of tp"};
+  p->dp = n / p->tp;
+  p->torch_zero = has(command, "dist_cpu.py") && p->method == Method::kZero1;
+}
+
+// The peak of the rank a row measured ("rank=K" in its notes), or the worst.
+const PeakInfo& rank_peak(const Estimate& e, const std::string& notes) {
+  size_t at = notes.find("rank=");
+  if (at == std::string::npos)
+    return e.peak;
+  int rank = std::atoi(notes.c_str() + at + 5);
+  for (const RankEstimate& r : e.ranks) {
+    if (std::find(r.ranks.begin(), r.ranks.end(), rank) != r.ranks.end())
+      return r.peak;
+  }
+  return e.peak;
+}
+
 // Turns one row into a setup, or explains why it cannot be expressed.
 void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std::string* counter,
              GpuSpec* gpu) {
@@ -136,7 +168,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   }
   std::string method = lower(get("method"));
   if (!method.empty() && method != "single") {
-    throw Skip{"distributed method \"" + get("method") + "\" not modelled yet"};
+    express_layout(method, get("world_size"), get("tp"), get("command"), &s->parallel);
   }
   std::string gpu_type = get("gpu_type");
   s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
@@ -351,13 +383,18 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
       } catch (const Error& err) {
         throw Skip{err.what()};
       }
-      row.estimated_bytes = row.counter == "reserved" ? e.peak.reserved_bytes
-                            : row.counter == "device" ? e.peak.device_bytes
-                                                      : e.peak.allocated_bytes;
+      const PeakInfo& peak = rank_peak(e, r["notes"]);
+      row.estimated_bytes = row.counter == "reserved" ? peak.reserved_bytes
+                            : row.counter == "device" ? peak.device_bytes
+                                                      : peak.allocated_bytes;
       row.setting = std::string(precision_name(setup.precision)) + " b" +
                     std::to_string(setup.batch) + " s" + std::to_string(setup.seq) +
                     (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
-                    (setup.finetune == FinetuneMode::kLora ? " lora" : "");
+                    (setup.finetune == FinetuneMode::kLora ? " lora" : "") +
+                    (setup.parallel.method != Method::kSingle
+                         ? " " + std::string(method_name(setup.parallel.method)) + " dp" +
+                               std::to_string(setup.parallel.dp)
+                         : "");
       row.error_pct =
           100.0 *
           (static_cast<double>(row.estimated_bytes) - static_cast<double>(row.measured_bytes)) /

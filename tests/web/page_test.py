@@ -38,12 +38,6 @@ def shown_numbers(dom):
     return found
 
 
-def json_value(doc, key):
-    for part in key.split("."):
-        doc = doc[part]
-    return doc
-
-
 def check_case(server, out_dir, profile, name, params, cli_args):
     url = server.url + "/?" + urllib.parse.urlencode(params)
     dom = chromium(["--dump-dom"], url, profile).stdout
@@ -57,6 +51,12 @@ def check_case(server, out_dir, profile, name, params, cli_args):
             "steady_step_peak_bytes"]
     keys += ["components." + c for c in expected["components"]]
     keys += ["phase_peaks." + p for p in expected["phase_peaks"]]
+    keys += ["ranks.%d.device_bytes" % i for i in range(len(expected.get("ranks", [])))]
+    def json_value(doc, key):
+        for part in key.split("."):
+            doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+        return doc
+
     for key in keys:
         assert key in shown, "%s: %s is not on the page" % (name, key)
         assert shown[key] == json_value(expected, key), \
@@ -107,6 +107,11 @@ def main():
                         "seq": "1024", "precision": "bf16"},
                        ["--model", "meta-llama/Llama-3.1-8B", "--gpu-mem", "24", "--batch", "1",
                         "--seq", "1024", "--precision", "bf16"])
+            check_case(server, out_dir, profile, "zero2-dp4-llama8b-a100",
+                       {"model": "meta-llama/Llama-3.1-8B", "method": "zero2", "dp": "4",
+                        "batch": "2", "seq": "1024", "attention": "sdpa", "grad_ckpt": "true"},
+                       ["--model", "meta-llama/Llama-3.1-8B", "--method", "zero2", "--dp", "4",
+                        "--batch", "2", "--seq", "1024", "--attention", "sdpa", "--grad-ckpt"])
             check_error(server, profile)
     finally:
         shutil.rmtree(profile, ignore_errors=True)

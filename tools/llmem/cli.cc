@@ -232,6 +232,17 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--estimator", "llmem (simulation), paper (LLMem equations 1-5) or both");
   est.option<int64_t>("--chunk-elems",
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
+  est.option<std::string>("--method",
+                          "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
+  est.option<int64_t>("--dp", "Data-parallel degree");
+  est.option<int64_t>("--tp", "Tensor-parallel degree");
+  est.option<int64_t>("--pp", "Pipeline stages");
+  est.option<std::string>("--zero-impl", "zero1: deepspeed or torch (ZeroRedundancyOptimizer)");
+  est.option<std::string>("--fsdp-sharding", "full-shard, shard-grad-op, hybrid-shard or no-shard");
+  est.option<int64_t>("--fsdp-version", "FSDP 1 (flat parameters) or 2");
+  est.flag("--gradient-as-bucket-view", "DDP gradient_as_bucket_view=True");
+  est.flag("--sequence-parallel", "Megatron sequence parallelism");
+  est.option<int64_t>("--reduce-bucket-size", "DeepSpeed reduce_bucket_size (elements)");
   EstimateOutput est_out;
   est_cmd
       ->add_option("--format", est_out.format,

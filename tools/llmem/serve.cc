@@ -24,6 +24,12 @@ CLI::App* add_serve_command(CLI::App& app, ServeOptions* options) {
   return cmd;
 }
 
+#ifdef LLMEM_NO_HTTPLIB
+int run_serve(const ServeOptions&, std::ostream&, std::ostream& err) {
+  err << "llmem: error: serve: this llmem was built without cpp-httplib (libcpp-httplib-dev)\n";
+  return kExitBadInput;
+}
+#else
 int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
   httplib::Server server;
   server.set_payload_max_length(web::kMaxBodyBytes);
@@ -106,5 +112,6 @@ int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err)
   out << "llmem serve: http://" << options.host << ":" << port << "/" << std::endl;
   return server.listen_after_bind() ? kExitOk : kExitBadInput;
 }
+#endif  // LLMEM_NO_HTTPLIB
 
 }  // namespace llmem::cli

@@ -221,7 +221,8 @@ TEST(Request, ParallelKeys) {
                           {"stage3_prefetch_bucket_size", 3000},
                           {"stage3_max_live_parameters", 4000},
                           {"contiguous_gradients", false},
-                          {"fsdp_sharding", "hybrid_shard"},
+                          {"zero_impl", "torch"},
+                          {"fsdp_sharding", "hybrid-shard"},
                           {"fsdp_version", 2},
                           {"limit_all_gathers", false}}));
   const ParallelSetup& p = r.setup.parallel;
@@ -237,7 +238,11 @@ TEST(Request, ParallelKeys) {
   EXPECT_EQ(p.stage3_prefetch_bucket_size, 3000);
   EXPECT_EQ(p.stage3_max_live_parameters, 4000);
   EXPECT_FALSE(p.contiguous_gradients);
+  EXPECT_TRUE(p.torch_zero);
   EXPECT_EQ(p.fsdp_sharding, FsdpSharding::kHybridShard);
+  EXPECT_EQ(parse(base({{"fsdp_sharding", "SHARD_GRAD_OP"}})).setup.parallel.fsdp_sharding,
+            FsdpSharding::kShardGradOp);
+  EXPECT_FALSE(parse(base()).setup.parallel.torch_zero);
   EXPECT_EQ(p.fsdp_version, 2);
   EXPECT_FALSE(p.limit_all_gathers);
 }
@@ -289,7 +294,8 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"stage3_prefetch_bucket_size", 1},
                  {"stage3_max_live_parameters", 1},
                  {"contiguous_gradients", true},
-                 {"fsdp_sharding", "no_shard"},
+                 {"zero_impl", "torch"},
+                 {"fsdp_sharding", "no-shard"},
                  {"fsdp_version", 1},
                  {"limit_all_gathers", true},
                  {"estimator", "llmem"},
@@ -389,6 +395,7 @@ TEST(Request, UnknownValues) {
                "key 'method': unknown value \"zero4\" (did you mean \"zero1\"?)");
   EXPECT_ERROR(base({{"schedule", "interleaved"}}), "key 'schedule'");
   EXPECT_ERROR(base({{"fsdp_sharding", "full"}}), "key 'fsdp_sharding'");
+  EXPECT_ERROR(base({{"zero_impl", "colossal"}}), "key 'zero_impl'");
   EXPECT_ERROR(base({{"estimator", "guess"}}), "key 'estimator'");
   EXPECT_ERROR(base({{"gpu", "A100-81GB"}}),
                "request: key 'gpu': unknown GPU \"A100-81GB\" (did you mean");

@@ -190,3 +190,35 @@ TEST(Cli, QloraOptions) {
 
 }  // namespace
 }  // namespace llmem::cli
+
+namespace llmem::cli {
+namespace {
+
+TEST(Cli, DistributedRanksContract) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--gpu", "A100-80GB",
+                      "--method", "zero3", "--dp", "4", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_TRUE(j["ranks"].is_array());
+  ASSERT_EQ(j["ranks"].size(), 1u);
+  const nlohmann::json& role = j["ranks"][0];
+  EXPECT_EQ(role["ranks"], nlohmann::json({0, 1, 2, 3}));
+  EXPECT_EQ(role["device_bytes"], j["peak"]["device_bytes"]);
+  for (const char* key : {"allocated_bytes", "reserved_bytes", "components"})
+    EXPECT_TRUE(role.contains(key)) << key;
+  EXPECT_EQ(j["setup"]["method"], "zero3");
+  Result table =
+      run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "ddp", "--dp", "2"});
+  ASSERT_EQ(table.code, kExitOk) << table.err;
+  EXPECT_NE(table.out.find("per rank (ddp, dp 2"), std::string::npos) << table.out;
+  Result bad = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "ddpp"});
+  EXPECT_EQ(bad.code, kExitBadInput);
+  EXPECT_NE(bad.err.find("did you mean \"ddp\""), std::string::npos) << bad.err;
+  Result tp = run_cli(
+      {"estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "megatron", "--tp", "5"});
+  EXPECT_EQ(tp.code, kExitBadInput);
+  EXPECT_NE(tp.err.find("not divisible by tp 5"), std::string::npos) << tp.err;
+}
+
+}  // namespace
+}  // namespace llmem::cli

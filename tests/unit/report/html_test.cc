@@ -2,6 +2,7 @@
 // `estimate --format html`: one well-formed, self-contained page whose numbers are the JSON's.
 
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@
 #include "llmem/gpu.h"
 #include "llmem/model.h"
 #include "llmem/report.h"
+
+#include "report/charts.h"
 
 namespace llmem {
 namespace {
@@ -122,6 +125,15 @@ TEST(EstimateHtml, DoesNotFitAndRanksAndEscaping) {
   EXPECT_NE(r.html.find("<td>0,2</td>"), std::string::npos);
   EXPECT_NE(r.html.find(tagged("headroom_bytes", r.json["headroom_bytes"].get<int64_t>())),
             std::string::npos);
+}
+
+TEST(EstimateHtml, EveryComponentHasItsOwnColour) {
+  std::set<std::string_view> seen = {report::kCachedColor, report::kContextColor};
+  for (size_t c = 0; c < static_cast<size_t>(Component::kCount); ++c) {
+    std::string_view color = report::component_color(static_cast<Component>(c));
+    EXPECT_TRUE(std::regex_match(std::string(color), std::regex("#[0-9a-f]{6}"))) << c;
+    EXPECT_TRUE(seen.insert(color).second) << "colour used twice: " << color;
+  }
 }
 
 TEST(EstimateHtml, CpuDevice) {

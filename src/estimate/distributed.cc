@@ -1,0 +1,274 @@
+// Copyright 2026 The llmem Authors.
+// Distributed layouts: which ranks differ, what each one holds, and one
+// simulated step per distinct rank role.
+
+#include "estimate/distributed.h"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "llmem/error.h"
+
+namespace llmem {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+// Megatron's row-parallel linears (input dimension split, output all-reduced);
+// every other decoder-layer linear is column-parallel.
+bool row_parallel(const std::string& name) {
+  static const char* const kRow[] = {"o_proj", "out_proj", "down_proj", "dense", "dense_4h_to_h",
+                                     "fc2",    "c_proj",   "fc_out",    "w2",    "wo"};
+  size_t end = name.rfind('.');
+  if (end == std::string::npos)
+    return false;
+  size_t begin = name.rfind('.', end - 1);
+  std::string module = name.substr(begin == std::string::npos ? 0 : begin + 1,
+                                   end - (begin == std::string::npos ? 0 : begin + 1));
+  return std::find(std::begin(kRow), std::end(kRow), module) != std::end(kRow);
+}
+
+void check_divides(int64_t value, int tp, const std::string& what) {
+  if (value % tp != 0) {
+    throw Error(
+        "--tp", "",
+        what + " (" + std::to_string(value) + ") is not divisible by tp " + std::to_string(tp));
+  }
+}
+
+// The greedy partition of torch.distributed.optim.ZeroRedundancyOptimizer
+// (_partition_parameters): tensors sorted by size, largest first (stable),
+// each to the rank with the fewest elements so far.
+std::vector<std::vector<char>> torch_zero_owners(const ModelSpec& model, const TrainingSetup& s,
+                                                 int world) {
+  std::vector<int64_t> numel;
+  bool full = s.finetune == FinetuneMode::kFull;
+  for (const TensorSpec& t : model.tensors) {
+    if (!t.tied_to.empty())
+      continue;
+    bool frozen = (t.layer >= 0 && t.layer < s.freeze_layers) ||
+                  (s.freeze_embeddings &&
+                   (t.role == TensorRole::kEmbedding || t.role == TensorRole::kPositionEmbedding));
+    if (full && !frozen)
+      numel.push_back(t.numel);
+  }
+  if (!full)
+    throw Error("--zero-impl", "",
+                "torch ZeroRedundancyOptimizer is modelled for full fine-tuning only");
+  std::vector<size_t> order(numel.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return numel[a] > numel[b]; });
+  std::vector<std::vector<char>> owners(static_cast<size_t>(world),
+                                        std::vector<char>(numel.size(), 0));
+  std::vector<int64_t> sizes(static_cast<size_t>(world), 0);
+  for (size_t k : order) {
+    auto rank = static_cast<size_t>(std::min_element(sizes.begin(), sizes.end()) - sizes.begin());
+    owners[rank][k] = 1;
+    sizes[rank] += numel[k];
+  }
+  return owners;
+}
+
+bool half(Precision p) {
+  return p != Precision::kFp32;
+}
+
+}  // namespace
+
+ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
+                               std::vector<std::string>* notes) {
+  ModelSpec v = model;
+  if (tp <= 1)
+    return v;
+  for (LayerSpec& l : v.layers) {
+    AttentionSpec& a = l.attention;
+    check_divides(a.num_heads, tp, "the number of attention heads");
+    if (a.num_kv_heads >= tp) {
+      check_divides(a.num_kv_heads, tp, "the number of key/value heads");
+    } else if (tp % a.num_kv_heads != 0) {
+      throw Error("--tp", "",
+                  "tp " + std::to_string(tp) + " is not a multiple of the key/value heads (" +
+                      std::to_string(a.num_kv_heads) + ")");
+    }
+    check_divides(l.mlp.intermediate_size, tp, "the MLP width (intermediate_size)");
+    if (!megatron)
+      continue;  // ColossalAI 1D keeps activations whole: only the weights split
+    a.num_heads /= tp;
+    // Fewer key/value heads than ranks: each rank keeps a copy of one.
+    a.num_kv_heads = std::max<int64_t>(1, a.num_kv_heads / tp);
+    l.mlp.intermediate_size /= tp;
+    l.mlp.shared_intermediate_size = ceil_div(l.mlp.shared_intermediate_size, tp);
+  }
+  if (megatron) {
+    if (model.vocab_size % tp != 0) {
+      // Megatron pads the vocabulary (--make-vocab-size-divisible-by).
+      notes->push_back("the vocabulary (" + std::to_string(model.vocab_size) +
+                       ") is padded to a multiple of tp " + std::to_string(tp));
+    }
+    v.vocab_size = ceil_div(model.vocab_size, tp);
+  } else {
+    check_divides(model.vocab_size, tp, "the vocabulary size");
+  }
+  for (TensorSpec& t : v.tensors) {
+    bool split_role = t.role == TensorRole::kAttention || t.role == TensorRole::kMlp ||
+                      t.role == TensorRole::kExpert || t.role == TensorRole::kEmbedding ||
+                      t.role == TensorRole::kLmHead;
+    if (!split_role || !t.tied_to.empty() || t.shape.empty())
+      continue;
+    if (t.role == TensorRole::kEmbedding || t.role == TensorRole::kLmHead) {
+      t.shape[0] = ceil_div(t.shape[0], tp);  // vocabulary-parallel rows
+    } else if (t.shape.size() == 1) {
+      if (row_parallel(t.name))
+        continue;  // the bias after the all-reduce is whole
+      t.shape[0] = ceil_div(t.shape[0], tp);
+    } else {
+      bool conv1d = model.family == "gpt2";  // Conv1D weights are [in, out]
+      size_t out_dim = conv1d ? 1 : 0;
+      size_t dim = row_parallel(t.name) ? 1 - out_dim : out_dim;
+      t.shape[dim] = ceil_div(t.shape[dim], tp);
+    }
+    t.numel = 1;
+    for (int64_t d : t.shape)
+      t.numel *= d;
+  }
+  return v;
+}
+
+Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup,
+                              const GpuSpec& gpu) {
+  const ParallelSetup& p = setup.parallel;
+  auto in_range = [](int v) { return v >= 1 && v <= 65536; };
+  if (!in_range(p.dp) || !in_range(p.tp) || !in_range(p.pp) || p.gpus() > 65536) {
+    throw Error("--dp/--tp/--pp", "", "expected degrees of at least 1 and at most 65536 GPUs");
+  }
+  if (p.method == Method::kSingle) {
+    throw Error("--method", "",
+                "a layout of " + std::to_string(p.gpus()) +
+                    " GPUs needs a method (ddp, zero1, zero2, zero3, fsdp, megatron, "
+                    "colossalai-1d)");
+  }
+  if (p.pp > 1) {
+    throw Error("--pp", "", "pipeline parallelism is not modelled yet (issue 5)");
+  }
+  if (p.offload_optimizer || p.offload_params) {
+    throw Error("--offload", "", "CPU offload is not modelled yet (issue 5)");
+  }
+  if (p.method == Method::kGemini) {
+    throw Error("--method", "",
+                "ColossalAI Gemini is not simulated yet; --estimator paper gives the paper's "
+                "equations for it");
+  }
+  bool tp_method = p.method == Method::kMegatron || p.method == Method::kColossal1d;
+  if (p.tp > 1 && !(tp_method || p.method == Method::kDdp || p.method == Method::kZero1 ||
+                    p.method == Method::kZero2)) {
+    throw Error("--tp", "",
+                std::string("tensor parallelism combines with ddp, zero1, zero2, megatron or "
+                            "colossalai-1d, not ") +
+                    std::string(method_name(p.method)));
+  }
+  if (p.method == Method::kFsdp && p.fsdp_version != 1 && p.fsdp_version != 2)
+    throw Error("--fsdp-version", "", "expected 1 or 2");
+
+  Estimate est;
+  std::vector<std::string> notes;
+  ModelSpec view =
+      p.tp > 1 ? tensor_parallel_view(model, p.tp, p.method != Method::kColossal1d, &notes) : model;
+  TrainingSetup s = setup;
+  trace::RankPlan r;
+  int dp = p.dp;
+  std::vector<std::vector<char>> owners;
+  switch (p.method) {
+    case Method::kDdp:
+    case Method::kMegatron:
+    case Method::kColossal1d:
+      // Data parallelism over the replicas (or tensor-parallel groups) by DDP.
+      r.ddp_buckets = dp > 1;
+      r.bucket_view = dp > 1 && p.gradient_as_bucket_view;
+      break;
+    case Method::kZero1:
+    case Method::kZero2:
+    case Method::kZero3:
+      if (p.method == Method::kZero1 && p.torch_zero) {
+        r.ddp_buckets = dp > 1;
+        r.bucket_view = dp > 1 && p.gradient_as_bucket_view;
+        owners = torch_zero_owners(view, s, dp);
+        break;
+      }
+      // DeepSpeed: 16-bit weights (no autocast) with an fp32 master partition.
+      if (half(s.precision)) {
+        s.precision = s.precision == Precision::kFp16Mixed || s.precision == Precision::kFp16
+                          ? Precision::kFp16
+                          : Precision::kBf16;
+        r.master_fp32 = true;
+      }
+      r.state_shards = dp;
+      r.fused_optimizer = true;
+      if (p.method != Method::kZero1) {
+        r.grad_shards = dp;
+        r.reduce_bucket_bytes = p.reduce_bucket_size * (half(s.precision) ? 2 : 4);
+      }
+      if (p.method == Method::kZero3) {
+        r.param_shards = dp;
+        r.prefetch_layers = 1;
+      }
+      notes.push_back(
+          "DeepSpeed: 16-bit weights without autocast, fp32 master and optimizer partitions, "
+          "FusedAdam");
+      break;
+    case Method::kFsdp: {
+      int shards =
+          p.fsdp_sharding == FsdpSharding::kHybridShard ? std::min(dp, p.gpus_per_node) : dp;
+      if (p.fsdp_sharding == FsdpSharding::kNoShard)
+        shards = 1;
+      r.state_shards = shards;
+      r.grad_shards = shards;
+      r.param_shards = shards;
+      r.prefetch_layers = 1;  // BACKWARD_PRE: the next unit is gathered early
+      r.reshard_after_forward = p.fsdp_sharding != FsdpSharding::kShardGradOp;
+      if (shards == 1)
+        r.ddp_buckets = false;
+      notes.push_back("FSDP: one unit per decoder layer plus the root (embeddings, norm, head)");
+      break;
+    }
+    default:
+      break;
+  }
+  if (p.sequence_parallel)
+    notes.push_back("sequence parallelism is not modelled yet: activations as without it");
+
+  std::vector<int> all(static_cast<size_t>(p.gpus()));
+  std::iota(all.begin(), all.end(), 0);
+  if (owners.empty()) {
+    Estimate e = estimate_rank(view, s, gpu, r);
+    RankEstimate role{"every rank", all, e.peak, {}};
+    est = std::move(e);
+    est.ranks.push_back(std::move(role));
+  } else {
+    size_t worst = 0;
+    std::vector<Estimate> each;
+    for (size_t k = 0; k < owners.size(); ++k) {
+      trace::RankPlan rk = r;
+      rk.owns_state = owners[k];
+      each.push_back(estimate_rank(view, s, gpu, rk));
+      if (each.back().peak.device_bytes > each[worst].peak.device_bytes)
+        worst = k;
+      std::vector<int> ranks;
+      for (int t = 0; t < p.tp; ++t)
+        ranks.push_back(static_cast<int>(k) * p.tp + t);
+      est.ranks.push_back({"dp rank " + std::to_string(k), ranks, each.back().peak, {}});
+    }
+    std::vector<RankEstimate> roles = std::move(est.ranks);
+    est = std::move(each[worst]);
+    est.ranks = std::move(roles);
+  }
+  for (std::string& n : notes)
+    est.notes.push_back(std::move(n));
+  return est;
+}
+
+}  // namespace llmem

@@ -1,0 +1,243 @@
+// Copyright 2026 The llmem Authors.
+// Distributed layouts: what each method adds or removes per rank, the tensor
+// parallel view, the layout checks and the CPU tier's two-rank measurements.
+
+#include "estimate/distributed.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "llmem/error.h"
+#include "llmem/estimate.h"
+#include "llmem/validate.h"
+
+namespace llmem {
+namespace {
+
+ModelSpec tiny(const std::string& family = "llama") {
+  return load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-" + family + ".json");
+}
+
+uint64_t component(const PeakInfo& p, Component c) {
+  return p.components[static_cast<size_t>(c)];
+}
+
+TrainingSetup cpu_setup(Method m, int dp) {
+  TrainingSetup s;
+  s.device = Device::kCpu;
+  s.batch = 2;
+  s.seq = 32;
+  s.precision = Precision::kFp32;
+  s.optimizer = OptimizerKind::kAdamWForLoop;
+  s.parallel.method = m;
+  s.parallel.dp = dp;
+  return s;
+}
+
+int64_t trainable_bytes(const ModelSpec& m, int elem) {
+  return m.params() * elem;
+}
+
+TEST(Distributed, DdpBucketsHoldOneMoreCopyOfTheGradients) {
+  ModelSpec m = tiny();
+  GpuSpec gpu = find_gpu("A100-80GB");
+  Estimate single = estimate(m, cpu_setup(Method::kSingle, 1), gpu);
+  Estimate ddp = estimate(m, cpu_setup(Method::kDdp, 2), gpu);
+  ASSERT_EQ(ddp.ranks.size(), 1u);
+  EXPECT_EQ(ddp.ranks[0].ranks, (std::vector<int>{0, 1}));
+  // The peak is the optimizer step in both; the buckets are the difference.
+  EXPECT_EQ(ddp.peak.allocated_bytes - single.peak.allocated_bytes,
+            static_cast<uint64_t>(trainable_bytes(m, 4)));
+  EXPECT_EQ(
+      component(ddp.peak, Component::kGradients),
+      component(single.peak, Component::kGradients) + static_cast<uint64_t>(trainable_bytes(m, 4)));
+  // gradient_as_bucket_view: the gradients are the buckets; only a layer's
+  // fresh gradients (at most the root unit: embedding and final norm) exist beside them.
+  TrainingSetup view = cpu_setup(Method::kDdp, 2);
+  view.parallel.gradient_as_bucket_view = true;
+  Estimate v = estimate(m, view, gpu);
+  EXPECT_LE(component(v.peak, Component::kGradients),
+            static_cast<uint64_t>(trainable_bytes(m, 4) + 32000 * 128 * 4 + 128 * 4));
+  EXPECT_LT(v.peak.allocated_bytes, ddp.peak.allocated_bytes);
+}
+
+TEST(Distributed, ZeroStagesShardStatesThenGradientsThenParameters) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  uint64_t last = UINT64_MAX;
+  for (Method method : {Method::kZero1, Method::kZero2, Method::kZero3}) {
+    TrainingSetup s;
+    s.device = Device::kCpu;  // exact sizes
+    s.batch = 1;
+    s.seq = 1024;
+    s.checkpointing = CheckpointMode::kReentrant;
+    s.parallel.method = method;
+    s.parallel.dp = 8;
+    Estimate e = estimate(m, s, gpu);
+    SCOPED_TRACE(std::string(method_name(method)));
+    uint64_t psi = static_cast<uint64_t>(m.params());
+    // fp32 Adam moments and master weights of one eighth of the model (per-tensor rounding).
+    EXPECT_NEAR(static_cast<double>(component(e.peak, Component::kOptimizerStates)),
+                8.0 * static_cast<double>(psi) / 8, 1 << 20);
+    EXPECT_NEAR(static_cast<double>(component(e.peak, Component::kMasterWeights)),
+                4.0 * static_cast<double>(psi) / 8, 2 << 20);
+    uint64_t params = component(e.peak, Component::kParameters);
+    if (method == Method::kZero3) {
+      EXPECT_NEAR(static_cast<double>(params), 2.0 * static_cast<double>(psi) / 8, 1 << 20);
+    } else {
+      EXPECT_EQ(params, 2 * psi);  // 16-bit weights, whole
+    }
+    EXPECT_LT(e.peak.allocated_bytes, last);
+    last = e.peak.allocated_bytes;
+    uint64_t sum = std::accumulate(e.peak.components.begin(), e.peak.components.end(), uint64_t{0});
+    EXPECT_EQ(sum, e.peak.allocated_bytes);
+  }
+}
+
+TEST(Distributed, FsdpShardsAndGathersOneLayerAtATime) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.parallel.method = Method::kFsdp;
+  s.parallel.dp = 8;
+  Estimate full = estimate(m, s, gpu);
+  // fp32 shards of every unit.
+  EXPECT_NEAR(static_cast<double>(component(full.peak, Component::kParameters)),
+              4.0 * static_cast<double>(m.params()) / 8, 1 << 20);
+  // Gathered bf16 copies: at most the root unit and two layers.
+  const LayerSpec& l = m.layers.front();
+  double layer = 0;
+  for (const TensorSpec& t : m.tensors)
+    layer += t.layer == 0 ? static_cast<double>(t.numel) * 2 : 0;
+  double root = 2.0 * static_cast<double>(m.params()) - layer * static_cast<double>(m.num_layers);
+  EXPECT_LE(static_cast<double>(component(full.peak, Component::kWeightCopies)),
+            root + 2 * layer + 1);
+  (void)l;
+  // SHARD_GRAD_OP keeps every layer gathered from forward to backward.
+  s.parallel.fsdp_sharding = FsdpSharding::kShardGradOp;
+  Estimate grad_op = estimate(m, s, gpu);
+  EXPECT_GT(grad_op.peak.allocated_bytes, full.peak.allocated_bytes);
+  // NO_SHARD: no sharding at all.
+  s.parallel.fsdp_sharding = FsdpSharding::kNoShard;
+  Estimate none = estimate(m, s, gpu);
+  EXPECT_GT(none.peak.allocated_bytes, grad_op.peak.allocated_bytes);
+  // HYBRID_SHARD over 16 GPUs shards within a node of 8: as FULL_SHARD on 8.
+  s.parallel.fsdp_sharding = FsdpSharding::kHybridShard;
+  s.parallel.dp = 16;
+  Estimate hybrid = estimate(m, s, gpu);
+  EXPECT_EQ(hybrid.peak.allocated_bytes, full.peak.allocated_bytes);
+}
+
+TEST(Distributed, TensorParallelViewSplitsHeadsWidthsAndVocabulary) {
+  ModelSpec m = load_model("meta-llama/Llama-3.1-8B");
+  std::vector<std::string> notes;
+  ModelSpec v = tensor_parallel_view(m, 8, true, &notes);
+  EXPECT_EQ(v.layers[0].attention.num_heads, 4);
+  EXPECT_EQ(v.layers[0].attention.num_kv_heads, 1);
+  EXPECT_EQ(v.layers[0].mlp.intermediate_size, 14336 / 8);
+  EXPECT_EQ(v.vocab_size, 128256 / 8);
+  // Every weight but the norms is split eightfold.
+  int64_t norms = 0;
+  for (const TensorSpec& t : m.tensors)
+    norms += t.role == TensorRole::kNorm ? t.numel : 0;
+  EXPECT_EQ(v.params() - norms, (m.params() - norms) / 8);
+  EXPECT_TRUE(notes.empty());
+  // GPT-2's vocabulary (50257) is padded for Megatron, refused for ColossalAI 1D.
+  ModelSpec gpt2 = load_model("openai-community/gpt2");
+  ModelSpec g = tensor_parallel_view(gpt2, 2, true, &notes);
+  EXPECT_EQ(g.vocab_size, 25129);
+  EXPECT_EQ(notes.size(), 1u);
+  EXPECT_THROW(tensor_parallel_view(gpt2, 2, false, &notes), Error);
+  // 32 heads do not split 3 ways.
+  EXPECT_THROW(tensor_parallel_view(m, 3, true, &notes), Error);
+}
+
+TEST(Distributed, MegatronRanksHoldAnEighthOfTheWeights) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.parallel.method = Method::kMegatron;
+  s.parallel.tp = 8;
+  Estimate e = estimate(m, s, find_gpu("H100-80GB"));
+  EXPECT_LT(component(e.peak, Component::kParameters), 4 * static_cast<uint64_t>(m.params()) / 7);
+  ASSERT_EQ(e.ranks.size(), 1u);
+  EXPECT_EQ(e.ranks[0].ranks.size(), 8u);
+}
+
+TEST(Distributed, TorchZeroPartitionsWholeTensorsGreedily) {
+  // tiny-gpt2: the tied embedding (the largest tensor) lands on rank 0.
+  ModelSpec m = tiny("gpt2");
+  TrainingSetup s = cpu_setup(Method::kZero1, 2);
+  s.parallel.torch_zero = true;
+  Estimate e = estimate(m, s, find_gpu("A100-80GB"));
+  ASSERT_EQ(e.ranks.size(), 2u);
+  EXPECT_GT(component(e.ranks[0].peak, Component::kOptimizerStates),
+            component(e.ranks[1].peak, Component::kOptimizerStates));
+  EXPECT_EQ(e.peak.allocated_bytes, e.ranks[0].peak.allocated_bytes);  // the worst rank
+}
+
+TEST(Distributed, BadLayoutsAreErrors) {
+  ModelSpec m = tiny();
+  GpuSpec gpu = find_gpu("A100-80GB");
+  auto fails = [&](TrainingSetup s, const std::string& needle) {
+    try {
+      estimate(m, s, gpu);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  TrainingSetup s = cpu_setup(Method::kSingle, 2);
+  fails(s, "needs a method");
+  s = cpu_setup(Method::kDdp, 0);
+  fails(s, "at least 1");
+  s = cpu_setup(Method::kDdp, 2);
+  s.parallel.pp = 2;
+  fails(s, "pipeline");
+  s = cpu_setup(Method::kGemini, 2);
+  fails(s, "--estimator paper");
+  s = cpu_setup(Method::kZero3, 2);
+  s.parallel.tp = 2;
+  fails(s, "tensor parallelism combines");
+  s = cpu_setup(Method::kMegatron, 1);
+  s.parallel.tp = 3;
+  fails(s, "not divisible by tp 3");
+  s = cpu_setup(Method::kDdp, 2);
+  s.parallel.offload_optimizer = true;
+  fails(s, "offload");
+}
+
+TEST(Distributed, CpuTierTwoRankRowsAgree) {
+  // validation/data/cpu_tier.csv: DDP and ZeroRedundancyOptimizer over gloo,
+  // each rank measured. DDP within 0.5 %; ZeRO-1 within 2.5 % (a constant
+  // ~3 MB per rank the harness sees and llmem does not, docs/ACCURACY.md).
+  std::string path = std::string(LLMEM_SOURCE_DIR) + "/validation/data/cpu_tier.csv";
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  ValidationReport r = validate_csv(text.str(), path);
+  int compared = 0;
+  for (const ValidationRow& row : r.rows) {
+    if (row.setting.find(" ddp ") != std::string::npos) {
+      EXPECT_LT(std::abs(row.error_pct), 0.5) << row.line;
+      ++compared;
+    } else if (row.setting.find(" zero1 ") != std::string::npos) {
+      EXPECT_LT(std::abs(row.error_pct), 2.5) << row.line;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 12);
+}
+
+}  // namespace
+}  // namespace llmem
