@@ -55,6 +55,7 @@ function syncVisibility() {
   const ft = radio('finetune');
   $('lora-fields').hidden = ft === 'full';
   $('quant-field').style.visibility = ft === 'qlora' ? 'visible' : 'hidden';
+  $('gpu').disabled = form.elements.gpu_mem.value !== '';
 }
 
 /// The request: keys are `llmem estimate`'s long options with '-' -> '_'.
@@ -368,6 +369,7 @@ async function run() {
   }
   $('cmdline').textContent = commandLine(r);
   $('run').disabled = true;
+  $('run').textContent = 'Estimating…';
   document.body.dataset.state = 'running';
   try {
     const j = await api('/api/estimate', r);
@@ -393,6 +395,7 @@ async function run() {
     document.body.dataset.state = 'error';
   } finally {
     $('run').disabled = false;
+    $('run').textContent = 'Estimate';
   }
 }
 
@@ -412,6 +415,7 @@ async function downloadReport(ev) {
 
 async function init() {
   form.addEventListener('change', syncVisibility);
+  form.addEventListener('input', syncVisibility);
   form.addEventListener('submit', (ev) => { ev.preventDefault(); run(); });
   $('report-link').addEventListener('click', downloadReport);
   try {

@@ -123,4 +123,34 @@ std::string breakdown_svg(const Estimate& e, const std::string& gpu_name) {
   return out.str();
 }
 
+std::string rank_bar_svg(const PeakInfo& peak, uint64_t capacity_bytes) {
+  const double width = 220, height = 14;
+  uint64_t scale = std::max<uint64_t>(std::max(peak.device_bytes, capacity_bytes), 1);
+  auto w = [&](uint64_t b) { return width * static_cast<double>(b) / static_cast<double>(scale); };
+  std::ostringstream out;
+  out << "<svg class=\"rankbar\" viewBox=\"0 0 " << width << " " << height << "\" width=\"" << width
+      << "\" height=\"" << height << "\" role=\"img\"><rect width=\"" << width << "\" height=\""
+      << height << "\" fill=\"#f4f4f4\"/>";
+  uint64_t at = 0;
+  auto segment = [&](uint64_t bytes, std::string_view color) {
+    if (bytes == 0)
+      return;
+    out << "<rect x=\"" << w(at) << "\" width=\"" << w(bytes) << "\" height=\"" << height
+        << "\" fill=\"" << color << "\"/>";
+    at += bytes;
+  };
+  for (size_t c = 0; c < peak.components.size(); ++c)
+    segment(peak.components[c], component_color(static_cast<Component>(c)));
+  if (peak.reserved_bytes > peak.allocated_bytes)
+    segment(peak.reserved_bytes - peak.allocated_bytes, kCachedColor);
+  if (peak.device_bytes > peak.reserved_bytes && capacity_bytes > 0)
+    segment(peak.device_bytes - peak.reserved_bytes, kContextColor);
+  if (capacity_bytes > 0) {
+    out << "<line x1=\"" << w(capacity_bytes) << "\" x2=\"" << w(capacity_bytes)
+        << "\" y1=\"0\" y2=\"" << height << "\" stroke=\"#111\" stroke-width=\"2\"/>";
+  }
+  out << "</svg>";
+  return out.str();
+}
+
 }  // namespace llmem::report

@@ -31,6 +31,10 @@ std::string timeline_svg(const ModelSpec& model, const GpuSpec& gpu, const Estim
 /// the GPU's capacity. Inline element; colours from component_color().
 std::string breakdown_svg(const Estimate& e, const std::string& gpu_name);
 
+/// A small bar (220 x 14) of one rank's peak (components, cache, context)
+/// against the capacity, for per-rank tables.
+std::string rank_bar_svg(const PeakInfo& peak, uint64_t capacity_bytes);
+
 /// A fixed colour per component, and for the two extra segments.
 std::string_view component_color(Component c);
 inline constexpr std::string_view kCachedColor = "#c7c7c7";

@@ -35,6 +35,7 @@ section{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:16px 
 .kpi{display:flex;flex-direction:column}.kpi b{font-size:18px}.kpi span{font-size:12px}
 .kpi small{color:#5b6470;font-size:11px;font-variant-numeric:tabular-nums}
 svg{width:100%;height:auto;display:block}
+svg.rankbar{width:220px;display:inline-block;vertical-align:middle}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eef0f2}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
@@ -81,7 +82,7 @@ void ranks_section(std::ostringstream& out, const Estimate& e) {
     return;
   out << "<section><h2>Per rank</h2><table><tr><th>role</th><th>ranks</th>"
          "<th class=\"n\">allocated</th><th class=\"n\">reserved</th><th class=\"n\">device</th>"
-         "<th>peak in</th><th>fits</th></tr>\n";
+         "<th>peak in</th><th>fits</th><th>against the capacity</th></tr>\n";
   for (const RankEstimate& r : e.ranks) {
     std::string ranks;
     for (int k : r.ranks)
@@ -92,9 +93,10 @@ void ranks_section(std::ostringstream& out, const Estimate& e) {
         << gib_text(r.peak.reserved_bytes) << "</td><td class=\"n\">"
         << gib_text(r.peak.device_bytes) << "</td><td>" << phase_name(r.peak.phase)
         << (r.peak.layer >= 0 ? ", layer " + std::to_string(r.peak.layer) : "") << "</td><td>"
-        << (fits ? "yes" : "<b>no</b>") << "</td></tr>\n";
+        << (fits ? "yes" : "<b>no</b>") << "</td><td>"
+        << report::rank_bar_svg(r.peak, e.capacity_bytes) << "</td></tr>\n";
     for (const std::string& n : r.notes)
-      out << "<tr><td></td><td colspan=\"6\" class=\"sub\">" << html_escape(n) << "</td></tr>\n";
+      out << "<tr><td></td><td colspan=\"7\" class=\"sub\">" << html_escape(n) << "</td></tr>\n";
   }
   out << "</table></section>\n";
 }
