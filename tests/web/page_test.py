@@ -74,6 +74,34 @@ def check_case(server, out_dir, profile, name, params, cli_args):
     print("ok   %s: %d numbers equal the CLI's; %s" % (name, len(keys), shot))
 
 
+def check_report(server, out_dir, profile):
+    """`estimate --format html`: self-contained, its numbers equal the JSON's; a screenshot."""
+    args = ["estimate", "--model", "meta-llama/Llama-3.1-8B", "--gpu", "RTX4090", "--batch", "2",
+            "--seq", "2048", "--attention", "sdpa", "--grad-ckpt", "--quant", "nf4",
+            "--lora-rank", "16"]
+    page = server.cli(*args, "--format", "html")
+    expected = json.loads(server.cli(*args, "--format", "json"))
+    for banned in ("http://", "https://", "<script", "<link", "<img", "<iframe", "@import"):
+        assert banned not in page, "report.html contains %s" % banned
+    shown = shown_numbers(page)
+    keys = ["peak.allocated_bytes", "peak.reserved_bytes", "peak.device_bytes",
+            "gpu.capacity_bytes", "headroom_bytes"]
+    keys += ["components." + c for c in expected["components"]]
+    for key in keys:
+        value = expected
+        for part in key.split("."):
+            value = value[part]
+        assert shown.get(key) == value, "report.html: %s %s != %s" % (key, shown.get(key), value)
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w") as f:
+        f.write(page)
+    shot = os.path.join(out_dir, "report.png")
+    chromium(["--screenshot=" + shot, "--window-size=1100,1900"], "file://" + os.path.abspath(path),
+             profile)
+    assert os.path.getsize(shot) > 10000, "empty screenshot " + shot
+    print("ok   report.html: self-contained, %d numbers equal the JSON's; %s" % (len(keys), shot))
+
+
 def check_error(server, profile):
     url = server.url + "/?" + urllib.parse.urlencode(
         {"model": "facebook/opt-125m", "precision": "fp8"})
@@ -113,6 +141,7 @@ def main():
                        ["--model", "meta-llama/Llama-3.1-8B", "--method", "zero2", "--dp", "4",
                         "--batch", "2", "--seq", "1024", "--attention", "sdpa", "--grad-ckpt"])
             check_error(server, profile)
+            check_report(server, out_dir, profile)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
