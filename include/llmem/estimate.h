@@ -49,7 +49,7 @@ struct TimelinePoint {
 struct PeakInfo {
   uint64_t allocated_bytes = 0;   ///< torch.cuda.max_memory_allocated (or CPU live bytes)
   uint64_t reserved_bytes = 0;    ///< torch.cuda.max_memory_reserved
-  uint64_t device_bytes = 0;      ///< reserved peak + CUDA context + workspaces (nvidia-smi)
+  uint64_t device_bytes = 0;      ///< reserved peak + CUDA context + NCCL buffers (nvidia-smi)
   Phase phase = Phase::kForward;  ///< phase at the allocated peak
   int layer = -1;                 ///< layer at the allocated peak
   int step = 2;                   ///< iteration at the allocated peak
@@ -75,6 +75,9 @@ struct Estimate {
   std::array<uint64_t, 5> phase_peaks{};  ///< allocated peak per Phase (steady state)
   uint64_t context_bytes = 0;             ///< CUDA context (device only)
   uint64_t workspace_bytes = 0;           ///< cuBLAS workspace (device only)
+  /// NCCL communicator buffers (device only; outside the caching allocator,
+  /// part of device_bytes): the worst rank's, for distributed layouts.
+  uint64_t comm_bytes = 0;
   uint64_t capacity_bytes = 0;
   bool fits = false;
   int64_t params = 0;

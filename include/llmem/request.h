@@ -53,6 +53,10 @@ struct Request {
   EstimatorKind estimator = EstimatorKind::kLlmem;
   int64_t chunk_elems = 0;  ///< paper estimator: Gemini chunk size (0: largest tensor)
   RequestOptions options;   ///< how later errors (from estimate()) name keys
+  /// Things the user should know that are not errors (DeepSpeed config keys
+  /// that matter for memory but are not modelled). The CLI prints them on
+  /// stderr; the Python package issues them as warnings.
+  std::vector<std::string> warnings;
 };
 
 /// Parses a request. Keys (absent or null: the default):
@@ -73,13 +77,17 @@ struct Request {
 ///   against full module names, "all-linear"); other LoraConfig fields are
 ///   accepted when they leave memory unchanged. Not together with lora_*.
 /// - the distributed layout of ParallelSetup: method (parse_method), dp, tp,
-///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel,
-///   offload_optimizer, offload_params, ddp_bucket_mb,
+///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel, offload
+///   (a list of optimizer|params, or one comma-separated string, as the CLI's
+///   --offload), offload_optimizer, offload_params, ddp_bucket_mb,
 ///   gradient_as_bucket_view, reduce_bucket_size, allgather_bucket_size,
 ///   stage3_prefetch_bucket_size, stage3_max_live_parameters,
 ///   contiguous_gradients, zero_impl (deepspeed|torch), fsdp_sharding
 ///   (full-shard|shard-grad-op|hybrid-shard|no-shard; '_' and upper case
 ///   accepted), fsdp_version (1|2), limit_all_gathers.
+/// - deepspeed_config: a path to a DeepSpeed JSON config, or the config as an
+///   object; applied last (apply_deepspeed_config: it overrides method and
+///   the ZeRO knobs), its warnings go to Request::warnings.
 ///
 /// Throws llmem::Error naming the key and what was expected: malformed JSON,
 /// a wrong type, a value out of range, an unknown key (with a suggestion), an

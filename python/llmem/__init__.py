@@ -15,11 +15,12 @@ import enum
 import json
 import operator
 import os
+import warnings
 from collections.abc import Mapping
 
 from . import _llmem
 
-__all__ = ["Error", "Record", "Result", "estimate", "inspect", "models", "request_keys"]
+__all__ = ["Error", "Warning", "Record", "Result", "estimate", "inspect", "models", "request_keys"]
 __version__ = _llmem.__version__
 
 
@@ -37,6 +38,10 @@ class Error(ValueError):
 
 
 _llmem._set_error_class(Error)
+
+
+class Warning(UserWarning):  # noqa: A001 (llmem.Warning, as llmem.Error)
+    """Something that matters for memory but is not modelled (e.g. a DeepSpeed config key)."""
 
 
 class Record(Mapping):
@@ -171,7 +176,10 @@ def estimate(model, *, batch=None, seq=None, gpu=None, method=None, **options):
     for key, value in options.items():
         if value is not None:
             request[key] = value
-    return Result(_llmem.estimate_json(_request_text(request, "request")))
+    text, notes = _llmem.estimate_json(_request_text(request, "request"))
+    for note in notes:
+        warnings.warn(note, Warning, stacklevel=2)
+    return Result(text)
 
 
 def inspect(model):

@@ -4,6 +4,8 @@
 // into a request and the answers into objects.
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -32,9 +34,15 @@ void raise_llmem_error(const llmem::Error& e) {
     PyErr_SetString(PyExc_ValueError, e.what());
     return;
   }
-  py::object source = e.source().empty() ? py::none() : py::object(py::str(e.source()));
-  py::object key = e.key().empty() ? py::none() : py::object(py::str(e.key()));
-  py::object instance = py::reinterpret_borrow<py::object>(error_class)(e.what(), source, key);
+  // Paths and values in messages may not be UTF-8: replace, never fail here.
+  auto text = [](const std::string& s) -> py::object {
+    if (s.empty())
+      return py::none();
+    return py::reinterpret_steal<py::object>(
+        PyUnicode_DecodeUTF8(s.data(), static_cast<Py_ssize_t>(s.size()), "replace"));
+  };
+  py::object instance = py::reinterpret_borrow<py::object>(error_class)(
+      text(e.what()), text(e.source()), text(e.key()));
   PyErr_SetObject(error_class, instance.ptr());
 }
 
@@ -44,10 +52,12 @@ llmem::RequestOptions request_options(const std::string& source) {
   return options;
 }
 
-std::string estimate_json(const std::string& request, const std::string& source) {
+// (the CLI's JSON, the request's warnings)
+std::pair<std::string, std::vector<std::string>> estimate_json(const std::string& request,
+                                                               const std::string& source) {
   py::gil_scoped_release release;
   llmem::Request r = llmem::parse_request(request, request_options(source));
-  return llmem::estimate_request_json(r);
+  return {llmem::estimate_request_json(r), r.warnings};
 }
 
 std::string inspect_json(const std::string& model, const std::string& source) {
@@ -68,7 +78,8 @@ PYBIND11_MODULE(_llmem, m) {
   m.attr("schema_version") = llmem::kSchemaVersion;
   m.def("_set_error_class", &set_error_class, "Registers the class raised for llmem::Error");
   m.def("estimate_json", &estimate_json, py::arg("request"), py::arg("source") = "request",
-        "A request (JSON object text) -> the CLI's `estimate --format json` document");
+        "A request (JSON object text) -> (the CLI's `estimate --format json` document, "
+        "warnings)");
   m.def("inspect_json", &inspect_json, py::arg("model"), py::arg("source") = "request",
         "A model (JSON string or config object, as text) -> `inspect --format json`");
   m.def("models_json", &models_json, "The catalog, as `models --format json`");

@@ -233,6 +233,47 @@ def test_unknown_keys_and_models():
     assert e.key == "seq"
 
 
+def test_distributed_ranks_equal_the_cli():
+    r = llmem.estimate("meta-llama/Llama-3.2-1B", method="zero3", dp=4)
+    out = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "zero3", "--dp", "4",
+              "--format", "json").stdout
+    assert r.to_json() == out
+    assert r.ranks[0].ranks == [0, 1, 2, 3]
+    assert r.ranks[0].device_bytes == r.peak.device_bytes
+    e = error(lambda: llmem.estimate("meta-llama/Llama-3.2-1B", method="megatron", tp=5))
+    assert e.key == "tp" and "not divisible by tp 5" in str(e)
+    f = llmem.estimate("meta-llama/Llama-3.2-1B", method="fsdp", dp=2, fsdp_sharding="SHARD_GRAD_OP")
+    g = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "fsdp", "--dp", "2",
+            "--fsdp-sharding", "shard-grad-op", "--format", "json").stdout
+    assert f.to_json() == g
+
+
+def test_deepspeed_config_dict_and_file(tmp_path):
+    ds = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}},
+          "bf16": {"enabled": "auto"}, "train_micro_batch_size_per_gpu": "auto"}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(ds))
+    a = llmem.estimate("meta-llama/Llama-3.2-1B", dp=4, deepspeed_config=ds)
+    b = llmem.estimate("meta-llama/Llama-3.2-1B", dp=4, deepspeed_config=str(path))
+    out = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--dp", "4", "--deepspeed-config",
+              str(path), "--format", "json").stdout
+    assert a.to_json() == b.to_json() == out
+    assert a.setup.method == "zero3"
+    with pytest.warns(llmem.Warning, match="activation_checkpointing"):
+        llmem.estimate("meta-llama/Llama-3.2-1B", dp=2, deepspeed_config={
+            "zero_optimization": {"stage": 2},
+            "activation_checkpointing": {"partition_activations": True}})
+    e = error(lambda: llmem.estimate("facebook/opt-125m", deepspeed_config=3))
+    assert e.key == "deepspeed_config"
+
+
+def test_non_ascii_and_long_values_in_messages():
+    e = error(lambda: llmem.estimate("facebook/opt-125m", precision="é" * 80))
+    assert e.key == "precision"
+    e = error(lambda: llmem.estimate("facebook/opt-125m", batch=["é" * 40]))
+    assert e.key == "batch" and str(e).endswith("...")
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)

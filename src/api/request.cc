@@ -8,15 +8,18 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <initializer_list>
 #include <limits>
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/report.h"
@@ -44,11 +47,11 @@ const std::vector<std::string>& all_keys() {
       // PyTorch
       "torch_version", "expandable_segments", "max_split_size_mb",
       // distributed layout
-      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel",
+      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel", "offload",
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
       "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
-      "fsdp_version", "limit_all_gathers",
+      "fsdp_version", "limit_all_gathers", "deepspeed_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -101,8 +104,12 @@ std::string dashed(std::string_view key) {
 // A short rendering of a JSON value for messages.
 std::string shown(const json& v) {
   std::string text = v.dump();
-  if (text.size() > 60)
-    text = text.substr(0, 57) + "...";
+  if (text.size() > 60) {
+    size_t cut = 57;
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+      --cut;  // not inside a UTF-8 sequence
+    text = text.substr(0, cut) + "...";
+  }
   return text;
 }
 
@@ -280,14 +287,14 @@ class Fields {
   }
 
   /// A list of strings, or one comma-separated string.
-  std::vector<std::string> names(const char* key) const {
+  std::vector<std::string> names(const char* key, const std::string& what = "module names") const {
     const json* v = get(key);
     std::vector<std::string> out;
     if (v == nullptr)
       return out;
     auto add = [&](const std::string& item) {
       if (item.empty())
-        fail(key, "expected module names, got an empty name");
+        fail(key, "expected " + what + ", got an empty name");
       out.push_back(item);
     };
     if (v->is_string()) {
@@ -303,10 +310,10 @@ class Fields {
       return out;
     }
     if (!v->is_array())
-      fail(key, "expected a list of module names, got " + shown(*v));
+      fail(key, "expected a list of " + what + ", got " + shown(*v));
     for (const json& item : *v) {
       if (!item.is_string())
-        fail(key, "expected a list of module names, got " + shown(item) + " in it");
+        fail(key, "expected a list of " + what + ", got " + shown(item) + " in it");
       add(item.get<std::string>());
     }
     return out;
@@ -541,6 +548,12 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->sequence_parallel = f.boolean("sequence_parallel", p->sequence_parallel);
   p->offload_optimizer = f.boolean("offload_optimizer", p->offload_optimizer);
   p->offload_params = f.boolean("offload_params", p->offload_params);
+  for (const std::string& what : f.names("offload", "optimizer, params")) {
+    if (f.choose("offload", what, {"optimizer", "params"}) == 0)
+      p->offload_optimizer = true;
+    else
+      p->offload_params = true;
+  }
   p->ddp_bucket_mb =
       f.number("ddp_bucket_mb", p->ddp_bucket_mb, 1e-3, 1e6, "expected a positive size in MiB");
   p->gradient_as_bucket_view = f.boolean("gradient_as_bucket_view", p->gradient_as_bucket_view);
@@ -567,6 +580,34 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->fsdp_version =
       static_cast<int>(f.integer("fsdp_version", p->fsdp_version, 1, 2, "expected 1 or 2"));
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);
+}
+
+// deepspeed_config: a path to the JSON file, or the config itself as an
+// object. Applied after the other keys, as it overrides the method and its
+// knobs (include/llmem/deepspeed.h).
+void apply_deepspeed(const json& value, const Context& c, Request* r) {
+  std::string text;
+  std::string source = "deepspeed_config";
+  if (value.is_object()) {
+    text = value.dump();
+  } else if (value.is_string()) {
+    source = value.get<std::string>();
+    std::ifstream in(source, std::ios::binary);
+    if (!in)
+      c.fail("deepspeed_config", "cannot open \"" + source + "\" for reading");
+    std::ostringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  } else {
+    c.fail("deepspeed_config",
+           "expected a path to a DeepSpeed JSON config or the config object, got " + shown(value));
+  }
+  try {
+    std::vector<std::string> warnings = apply_deepspeed_config(text, source, &r->setup);
+    r->warnings.insert(r->warnings.end(), warnings.begin(), warnings.end());
+  } catch (...) {
+    c.restyle();
+  }
 }
 
 json parse_object(std::string_view text, const Context& c) {
@@ -598,6 +639,8 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   read_step(f, c, &r.setup);
   read_finetune(f, j, c, r.model, &r.setup);
   read_parallel(f, c, &r.setup.parallel);
+  if (f.has("deepspeed_config"))
+    apply_deepspeed(j.at("deepspeed_config"), c, &r);
 
   try {
     if (f.has("gpu") && f.has("gpu_mem"))

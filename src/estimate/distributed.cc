@@ -74,6 +74,17 @@ std::vector<std::vector<char>> torch_zero_owners(const ModelSpec& model, const T
   return owners;
 }
 
+// NCCL buffers per communicator a rank uses, measured on 4x A100 with one
+// 4 MB all-reduce per process group (NVIDIA/nccl issue 964): 544 MB for a
+// group of 2 GPUs, 688 MB for larger groups. Pipeline neighbours talk through
+// 2-rank point-to-point communicators. A first-order figure: channels, NVLS
+// and the NCCL version change it (docs/distributed.md).
+uint64_t communicator_bytes(int group) {
+  if (group <= 1)
+    return 0;
+  return group == 2 ? 544'000'000ull : 688'000'000ull;
+}
+
 bool half(Precision p) {
   return p != Precision::kFp32;
 }
@@ -153,10 +164,27 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
                     "colossalai-1d)");
   }
   if (p.pp > 1) {
-    throw Error("--pp", "", "pipeline parallelism is not modelled yet (issue 5)");
+    if (p.method != Method::kDdp && p.method != Method::kZero1 && p.method != Method::kMegatron &&
+        p.method != Method::kColossal1d) {
+      throw Error("--pp", "",
+                  "pipeline parallelism combines with ddp, zero1, megatron or colossalai-1d, not " +
+                      std::string(method_name(p.method)));
+    }
+    if (p.pp > model.num_layers) {
+      throw Error("--pp", "",
+                  std::to_string(p.pp) + " stages for " + std::to_string(model.num_layers) +
+                      " decoder layers: each stage needs at least one layer");
+    }
   }
-  if (p.offload_optimizer || p.offload_params) {
-    throw Error("--offload", "", "CPU offload is not modelled yet (issue 5)");
+  bool sharding = p.method == Method::kZero1 || p.method == Method::kZero2 ||
+                  p.method == Method::kZero3 || p.method == Method::kFsdp;
+  if ((p.offload_optimizer || p.offload_params) && (!sharding || p.torch_zero)) {
+    throw Error("--offload", "",
+                "CPU offload is modelled for DeepSpeed ZeRO and FSDP, not " +
+                    std::string(method_name(p.method)));
+  }
+  if (p.offload_params && p.method != Method::kZero3 && p.method != Method::kFsdp) {
+    throw Error("--offload", "", "parameter offload needs sharded parameters (zero3 or fsdp)");
   }
   if (p.method == Method::kGemini) {
     throw Error("--method", "",
@@ -238,34 +266,88 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     default:
       break;
   }
+  if (p.method == Method::kFsdp && p.offload_params) {
+    // FSDP's CPUOffload moves parameters, gradients and the optimizer together.
+    r.offload_params = true;
+    r.offload_optimizer = true;
+  } else if (sharding) {
+    r.offload_params = p.offload_params;
+    r.offload_optimizer = p.offload_optimizer || p.offload_params;
+  }
+  if (r.offload_optimizer)
+    notes.push_back(
+        "offload: optimizer states, master weights and reduced gradients in host memory");
   if (p.sequence_parallel)
     notes.push_back("sequence parallelism is not modelled yet: activations as without it");
 
-  std::vector<int> all(static_cast<size_t>(p.gpus()));
-  std::iota(all.begin(), all.end(), 0);
-  if (owners.empty()) {
-    Estimate e = estimate_rank(view, s, gpu, r);
-    RankEstimate role{"every rank", all, e.peak, {}};
-    est = std::move(e);
-    est.ranks.push_back(std::move(role));
-  } else {
-    size_t worst = 0;
-    std::vector<Estimate> each;
-    for (size_t k = 0; k < owners.size(); ++k) {
-      trace::RankPlan rk = r;
-      rk.owns_state = owners[k];
-      each.push_back(estimate_rank(view, s, gpu, rk));
-      if (each.back().peak.device_bytes > each[worst].peak.device_bytes)
-        worst = k;
-      std::vector<int> ranks;
-      for (int t = 0; t < p.tp; ++t)
-        ranks.push_back(static_cast<int>(k) * p.tp + t);
-      est.ranks.push_back({"dp rank " + std::to_string(k), ranks, each.back().peak, {}});
+  // Rank order: tensor-parallel fastest, then data-parallel, then stages.
+  struct Role {
+    std::string name;
+    std::vector<int> ranks;
+    trace::RankPlan plan;
+  };
+  std::vector<Role> roles;
+  int64_t layers = model.num_layers;
+  int64_t m = setup.grad_accum;  // micro-batches per step, through the pipeline
+  for (int stage = 0; stage < p.pp; ++stage) {
+    trace::RankPlan sp = r;
+    std::string name = "every rank";
+    if (p.pp > 1) {
+      int64_t base = layers / p.pp;
+      int64_t extra = layers % p.pp;
+      sp.first_layer = static_cast<int>(stage * base + std::min<int64_t>(stage, extra));
+      sp.end_layer = static_cast<int>(sp.first_layer + base + (stage < extra ? 1 : 0));
+      sp.first_stage = stage == 0;
+      sp.last_stage = stage == p.pp - 1;
+      // 1F1B: stage s starts its first backward with pp - s forwards in
+      // flight; GPipe runs every forward first.
+      sp.in_flight = static_cast<int>(
+          p.schedule == PipelineSchedule::kGpipe ? m : std::min<int64_t>(p.pp - stage, m));
+      name = "stage " + std::to_string(stage) + " (layers " + std::to_string(sp.first_layer) + "-" +
+             std::to_string(sp.end_layer - 1) + ")";
     }
-    std::vector<RankEstimate> roles = std::move(est.ranks);
-    est = std::move(each[worst]);
-    est.ranks = std::move(roles);
+    int per_stage = p.dp * p.tp;
+    sp.comm_bytes = communicator_bytes(p.dp) + communicator_bytes(p.tp);
+    if (p.pp > 1)
+      sp.comm_bytes += communicator_bytes(2) * (stage == 0 || stage == p.pp - 1 ? 1 : 2);
+    if (!owners.empty()) {
+      for (int d = 0; d < p.dp; ++d) {
+        Role role{name == "every rank" ? "dp rank " + std::to_string(d)
+                                       : name + ", dp rank " + std::to_string(d),
+                  {},
+                  sp};
+        role.plan.owns_state = owners[static_cast<size_t>(d)];
+        for (int t = 0; t < p.tp; ++t)
+          role.ranks.push_back(stage * per_stage + d * p.tp + t);
+        roles.push_back(std::move(role));
+      }
+    } else {
+      Role role{name, {}, sp};
+      for (int k = 0; k < per_stage; ++k)
+        role.ranks.push_back(stage * per_stage + k);
+      roles.push_back(std::move(role));
+    }
   }
+  notes.push_back(
+      "NCCL buffers: 544 MB per 2-GPU communicator, 688 MB per larger one (NVIDIA/nccl#964), "
+      "in device_bytes");
+  if (p.pp > 1) {
+    notes.push_back(std::string(p.schedule == PipelineSchedule::kGpipe ? "GPipe" : "1F1B") +
+                    " schedule over " + std::to_string(m) +
+                    " micro-batches (--grad-accum); a tied head is a copy of its own on the last "
+                    "stage");
+  }
+  size_t worst = 0;
+  std::vector<Estimate> each;
+  for (size_t k = 0; k < roles.size(); ++k) {
+    each.push_back(estimate_rank(view, s, gpu, roles[k].plan));
+    if (each.back().peak.device_bytes > each[worst].peak.device_bytes)
+      worst = k;
+    est.ranks.push_back({roles[k].name, roles[k].ranks, each.back().peak, {}});
+  }
+  std::vector<RankEstimate> ranks = std::move(est.ranks);
+  est = std::move(each[worst]);
+  est.ranks = std::move(ranks);
   for (std::string& n : notes)
     est.notes.push_back(std::move(n));
   return est;

@@ -188,12 +188,13 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
     est.context_bytes = gpu.context_bytes;
     est.workspace_bytes = gpu.cublas_workspace_bytes;
     est.capacity_bytes = gpu.capacity_bytes;
-    est.peak.device_bytes = est.peak.reserved_bytes + est.context_bytes;
+    est.comm_bytes = rank.comm_bytes;
+    est.peak.device_bytes = est.peak.reserved_bytes + est.context_bytes + est.comm_bytes;
     // Does it fit? Replay against the memory the allocator can really get:
     // the allocator frees its cache and retries before giving up, so this can
     // fit even when the unlimited reserved peak exceeds the budget.
-    uint64_t budget =
-        gpu.capacity_bytes > gpu.context_bytes ? gpu.capacity_bytes - gpu.context_bytes : 0;
+    uint64_t fixed = gpu.context_bytes + est.comm_bytes;
+    uint64_t budget = gpu.capacity_bytes > fixed ? gpu.capacity_bytes - fixed : 0;
     if (est.peak.device_bytes <= gpu.capacity_bytes) {
       est.fits = true;
     } else if (est.peak.allocated_bytes <= budget) {

@@ -83,7 +83,8 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
   j["gpu"] = {{"name", setup.device == Device::kCuda ? gpu.name : "cpu"},
               {"capacity_bytes", e.capacity_bytes},
               {"context_bytes", e.context_bytes},
-              {"workspace_bytes", e.workspace_bytes}};
+              {"workspace_bytes", e.workspace_bytes},
+              {"comm_bytes", e.comm_bytes}};
   j["peak"] = {{"allocated_bytes", e.peak.allocated_bytes},
                {"reserved_bytes", e.peak.reserved_bytes},
                {"device_bytes", e.peak.device_bytes},
@@ -142,7 +143,8 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
                            const Estimate& e) {
   std::ostringstream out;
   out << model.name << " (" << with_commas(e.params) << " params, "
-      << with_commas(e.trainable_params) << " trainable)\n";
+      << with_commas(e.trainable_params) << " trainable"
+      << (e.ranks.empty() ? "" : " on the worst rank") << ")\n";
   out << "  " << setup_line(setup) << "\n";
   bool cuda = setup.device == Device::kCuda;
   if (cuda) {
@@ -162,7 +164,10 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
   if (cuda) {
     out << "  peak reserved   " << gib(e.peak.reserved_bytes) << "\n";
     out << "  device (smi)    " << gib(e.peak.device_bytes) << "  (reserved + CUDA context "
-        << gib(e.context_bytes) << ")\n";
+        << gib(e.context_bytes);
+    if (e.comm_bytes > 0)
+      out << " + NCCL " << gib(e.comm_bytes);
+    out << ")\n";
   }
   out << "\n  at the peak:\n";
   for (size_t c = 0; c < e.peak.components.size(); ++c) {
@@ -179,7 +184,7 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
         << " tp " << setup.parallel.tp << " pp " << setup.parallel.pp << "):\n";
     for (const RankEstimate& r : e.ranks) {
       char line[160];
-      std::snprintf(line, sizeof(line), "    %-16s ranks %-10s allocated %10s  %s %10s\n",
+      std::snprintf(line, sizeof(line), "    %-28s ranks %-8s allocated %10s  %s %10s\n",
                     r.role.c_str(), rank_list(r.ranks).c_str(), gib(r.peak.allocated_bytes).c_str(),
                     cuda ? "device" : "", cuda ? gib(r.peak.device_bytes).c_str() : "");
       out << line;

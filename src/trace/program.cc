@@ -255,7 +255,8 @@ class Program {
     // LlamaModel builds a DynamicCache in training when use_cache is on
     // (config default true) and checkpointing does not force it off.
     bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
-    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff;
+    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff &&
+                 r.first_stage && r.last_stage;
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -269,10 +270,14 @@ class Program {
     // quantized to fp32 (peft/utils/other.py).
     int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
     for (const TensorSpec& t : m_.tensors) {
-      if (!t.tied_to.empty()) {
+      if (!on_stage(t))
+        continue;
+      if (!t.tied_to.empty() && params_.count(t.tied_to) > 0) {
         params_[t.name] = params_[t.tied_to];
         continue;
       }
+      // A tied head on a later pipeline stage than its embedding is a copy
+      // of its own, kept in sync by an all-reduce of the two gradients.
       Param p;
       bool frozen_layer = t.layer >= 0 && t.layer < s_.freeze_layers;
       bool frozen_embed = s_.freeze_embeddings && (t.role == TensorRole::kEmbedding ||
@@ -326,6 +331,17 @@ class Program {
     }
   }
 
+  /// Whether this pipeline stage holds tensor `t`.
+  bool on_stage(const TensorSpec& t) const {
+    if (t.layer >= 0)
+      return t.layer >= r_.first_layer && (r_.end_layer < 0 || t.layer < r_.end_layer);
+    bool embedding_side = t.role == TensorRole::kEmbedding ||
+                          t.role == TensorRole::kPositionEmbedding ||
+                          (!names_.embed_norm.empty() && t.name.rfind(names_.embed_norm, 0) == 0) ||
+                          (t.role != TensorRole::kLmHead && t.role != TensorRole::kNorm);
+    return embedding_side ? r_.first_stage : r_.last_stage;
+  }
+
   /// Modules bitsandbytes quantizes: every Linear inside the decoder layers
   /// (lm_head is skipped by transformers' default llm_int8_skip_modules).
   static bool quantizable(const TensorSpec& t) {
@@ -341,29 +357,62 @@ class Program {
       // allocator and keeps it (CublasHandlePool.cpp).
       workspace_ = g_.buffer(static_cast<int64_t>(s_.workspace_bytes), Component::kWorkspace);
     }
-    // The batch on the device: input_ids, attention_mask, labels (int64).
-    Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
-    gather(-1);  // the root unit (embeddings, final norm, head) stays gathered to the end
-    Tid logits = forward(ids);
-    g_.set_phase(Phase::kLoss);
-    g_.set_layer(-1);
-    Tid loss = causal_lm_loss(logits, labels);
-    g_.release(logits);  // the model output object dies with compute_loss
-    for (Tid t : cache_kv_)
-      g_.release(t);  // and with it past_key_values
-    cache_kv_.clear();
-    clear_autocast_cache();
-    g_.backward(loss);
+    // A pipeline stage runs `in_flight` forwards before the first backward
+    // (1F1B warm-up, or every micro-batch under GPipe) and keeps each one's
+    // activations; their backwards then run newest first.
+    std::vector<Tid> held;  // inputs of every micro-batch in flight
+    Tid total = kNone;
+    for (int k = 0; k < r_.in_flight; ++k) {
+      g_.set_phase(Phase::kForward);
+      g_.set_layer(-1);
+      // The batch on the device: input_ids, attention_mask, labels (int64).
+      Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      Tid labels = g_.leaf(tokens_, kI64, Component::kInputs, false);
+      held.insert(held.end(), {ids, mask_in, labels});
+      gather(-1);  // the root unit (embeddings, final norm, head) stays gathered to the end
+      Tid out = forward(ids);
+      Tid loss;
+      if (r_.last_stage) {
+        g_.set_phase(Phase::kLoss);
+        g_.set_layer(-1);
+        loss = causal_lm_loss(out, labels);
+      } else {
+        // The stage's output is sent on and kept for its backward, which
+        // starts from the gradient the next stage sends back.
+        loss = g_.op(1, kF32, {out}, {out}, Component::kTemporaries);
+      }
+      g_.release(out);  // the model output object dies with compute_loss
+      if (k + 1 < r_.in_flight) {
+        // Checkpointed layers of this micro-batch keep its rotary tables and
+        // mask until their backward (the next forward makes its own).
+        for (Tid* t : {&cos_, &sin_, &mask_, &alibi_}) {
+          if (*t != kNone)
+            held.push_back(*t);
+          *t = kNone;
+        }
+      }
+      for (Tid t : cache_kv_)
+        g_.release(t);  // and with it past_key_values
+      cache_kv_.clear();
+      clear_autocast_cache();
+      if (total == kNone) {
+        total = loss;
+      } else {
+        Tid sum = plain(total, loss);
+        g_.release(total);
+        g_.release(loss);
+        total = sum;
+      }
+    }
+    g_.backward(total);
     reduce_grads(-1);
     for (size_t i = 0; i < gathered_.size(); ++i)
       reshard(static_cast<int>(i) - 1);
     release_shared();
-    g_.release(loss);
-    g_.release(ids);
-    g_.release(mask_in);
-    g_.release(labels);
+    g_.release(total);
+    for (Tid t : held)
+      g_.release(t);
   }
 
   void optimizer_step(bool first);
@@ -423,7 +472,7 @@ class Program {
       any = true;
     }
     auto slot = static_cast<size_t>(layer + 1);
-    if (any && r_.grad_shards > 1 && grad_shards_[slot] == kNone)
+    if (any && r_.grad_shards > 1 && !r_.offload_optimizer && grad_shards_[slot] == kNone)
       grad_shards_[slot] =
           g_.buffer(trainable_numel_[slot] * grad_store_elem_, Component::kGradients);
   }
@@ -992,7 +1041,7 @@ void Program::setup_distributed() {
   // Reduced gradient shards: fp32 under FSDP mixed precision (the shard's
   // dtype), the weights' dtype otherwise.
   grad_store_elem_ = r_.param_shards > 1 ? store_elem_ : pe_;
-  if (r_.param_shards > 1) {
+  if (r_.param_shards > 1 && !r_.offload_params) {
     // Each unit's flat shard, in the stored dtype.
     for (size_t slot = 0; slot < slots; ++slot) {
       if (layer_numel_[slot] > 0)
@@ -1007,7 +1056,7 @@ void Program::setup_distributed() {
   if (r_.reduce_bucket_bytes > 0) {
     g_.buffer(std::min(r_.reduce_bucket_bytes, trainable_numel * pe_), Component::kGradients);
   }
-  if (r_.master_fp32) {
+  if (r_.master_fp32 && !r_.offload_optimizer) {
     int64_t master = 0;
     for (Tid p : trainable_)
       master += shard(g_.numel(p), r_.state_shards);
@@ -1084,20 +1133,26 @@ Tid Program::forward(Tid ids) {
                            : style_ == Style::kOpt     ? "model.decoder.embed_tokens.weight"
                            : style_ == Style::kGeneric ? names_.embed
                                                        : "model.embed_tokens.weight";
-  Param& embed = param(embed_name);
   int64_t ew = m_.embedding_size;
-  // nn.Embedding saves the indices; it is not an autocast op.
-  Tid x = g_.op(tokens_ * ew, pe_, {embed.id, ids}, {ids});
+  bool first = r_.first_stage;
+  Tid x;
+  if (first) {
+    // nn.Embedding saves the indices; it is not an autocast op.
+    x = g_.op(tokens_ * ew, pe_, {param(embed_name).id, ids}, {ids});
+  } else {
+    // The hidden states received from the previous stage (they need a gradient).
+    x = g_.leaf(tokens_ * h, pe_, Component::kActivations, true);
+  }
   bool lora_ckpt = s_.finetune != FinetuneMode::kFull &&
                    (s_.checkpointing != CheckpointMode::kOff || s_.lora_input_grads);
-  if (lora_ckpt) {
+  if (lora_ckpt && first) {
     // PEFT/Trainer enable_input_require_grads(): a forward hook calls
     // output.requires_grad_(True) on the embedding output so reentrant
     // checkpoints propagate gradients to the adapters.
     g_.mark_requires_grad(x);
   }
   if (style_ == Style::kLlama) {
-    if (m_.family == "gemma" || m_.family == "gemma2") {
+    if (first && (m_.family == "gemma" || m_.family == "gemma2")) {
       // hidden_states * normalizer (sqrt(hidden_size) as a tensor of the dtype).
       Tid y = plain(x);
       g_.release(x);
@@ -1113,7 +1168,7 @@ Tid Program::forward(Tid ids) {
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       g_.release(mb);
     }
-  } else if (style_ == Style::kGpt2) {
+  } else if (style_ == Style::kGpt2 && first) {
     Tid pos = g_.op(s * h, pe_, {param("transformer.wpe.weight").id}, {});
     Tid y = plain(x, pos);
     g_.release(x);
@@ -1121,13 +1176,15 @@ Tid Program::forward(Tid ids) {
     Tid z = dropout(y, embedding_dropout());
     g_.release(y);
     x = z;
+  } else if (style_ == Style::kGpt2) {
+    // a later pipeline stage of GPT-2: nothing but the layers
   } else if (style_ == Style::kGeneric) {
-    if (m_.family == "biogpt") {  // inputs_embeds * embed_scale
+    if (first && m_.family == "biogpt") {  // inputs_embeds * embed_scale
       Tid y = plain(x);
       g_.release(x);
       x = y;
     }
-    if (!names_.position.empty()) {
+    if (first && !names_.position.empty()) {
       Tid pos =
           g_.op(m_.family == "biogpt" ? tokens_ * h : s * h, pe_, {param(names_.position).id}, {});
       Tid y = plain(x, pos);
@@ -1135,14 +1192,16 @@ Tid Program::forward(Tid ids) {
       g_.release(pos);
       x = y;
     }
-    if (!names_.embed_norm.empty()) {
+    if (first && !names_.embed_norm.empty()) {
       Tid y = layer_norm(x, names_.embed_norm);
       g_.release(x);
       x = y;
     }
-    Tid z = dropout(x, embedding_dropout());
-    g_.release(x);
-    x = z;
+    if (first) {
+      Tid z = dropout(x, embedding_dropout());
+      g_.release(x);
+      x = z;
+    }
     const AttentionSpec& a = m_.layers.front().attention;
     if (a.rotary_fraction > 0 && m_.position == PositionKind::kRotary) {
       auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
@@ -1155,7 +1214,7 @@ Tid Program::forward(Tid ids) {
         alibi_ = g_.leaf(b * a.num_heads * s, kF32, Component::kInputs, false);
       }
     }
-  } else {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
+  } else if (first) {  // OPT: embed_positions(attention_mask) -> [b, s, h]; project_in; add
     Tid pos = g_.op(tokens_ * h, pe_, {param("model.decoder.embed_positions.weight").id}, {});
     if (ew != h) {
       Tid y = linear(x, "model.decoder.project_in", ew, h);
@@ -1167,8 +1226,11 @@ Tid Program::forward(Tid ids) {
     g_.release(pos);
     mask_ = g_.leaf(b * s * s, g_.elem(y), Component::kInputs, false);
     x = y;
+  } else {
+    mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
   }
-  for (int i = 0; i < static_cast<int>(m_.num_layers); ++i) {
+  int end = r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
+  for (int i = r_.first_layer; i < end; ++i) {
     g_.set_layer(i);
     gather(i);
     auto body = [this, i](Tid in) {
@@ -1188,6 +1250,11 @@ Tid Program::forward(Tid ids) {
       reshard(i);
   }
   g_.set_layer(-1);
+  if (!r_.last_stage) {
+    if (s_.checkpointing == CheckpointMode::kOff)
+      release_shared();
+    return x;
+  }
   Tid hn;
   if (style_ == Style::kLlama) {
     hn = norm(x, "model.norm", m_.layers.front().norm);
@@ -1604,11 +1671,11 @@ void Program::optimizer_step(bool first) {
     if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
       n = 0;
     int e = r_.master_fp32 ? kF32 : r_.param_shards > 1 ? store_elem_ : g_.elem(p);
-    if (n > 0)
+    if (n > 0 && !r_.offload_optimizer)
       stepped.emplace_back(n, e);
   }
   Tid fp32_grads = kNone;
-  if (r_.master_fp32) {
+  if (r_.master_fp32 && !stepped.empty()) {
     // DeepSpeed flattens this rank's partition: one fp32 master, one state
     // tensor of each kind, and the gradient partition converted to fp32 for
     // the step.
@@ -1710,9 +1777,11 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   Program program(g, model, setup, rank, &result);
   program.setup();
+  // A pipeline stage takes its micro-batches in groups of `in_flight`.
+  int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;
   for (int step = 1; step <= 2; ++step) {
     g.set_step(step);
-    for (int64_t micro = 0; micro < setup.grad_accum; ++micro)
+    for (int64_t micro = 0; micro < groups; ++micro)
       program.micro_step();
     program.optimizer_step(step == 1);
   }

@@ -38,9 +38,23 @@ struct RankPlan {
   bool fused_optimizer = false;       ///< DeepSpeed FusedAdam: no per-parameter temporaries
   int prefetch_layers = 0;            ///< layers gathered ahead in backward (FSDP BACKWARD_PRE)
   bool reshard_after_forward = true;  ///< false: SHARD_GRAD_OP keeps gathered params to backward
+  /// ZeRO-Offload / FSDP CPU offload: optimizer states, master weights and
+  /// reduced gradient shards live in host memory; the step runs on the CPU.
+  bool offload_optimizer = false;
+  bool offload_params = false;  ///< ZeRO-3 / FSDP: parameter shards in host memory
+  // Pipeline stage: decoder layers [first_layer, end_layer); the first stage
+  // embeds, the last one holds the final norm, the head and the loss.
+  int first_layer = 0;
+  int end_layer = -1;  ///< -1: every layer
+  bool first_stage = true;
+  bool last_stage = true;
+  int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
+  /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
+  /// the caching allocator; counted in device_bytes only).
+  uint64_t comm_bytes = 0;
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
-           ddp_buckets;
+           ddp_buckets || offload_optimizer;
   }
 };
 

@@ -169,6 +169,15 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   std::string method = lower(get("method"));
   if (!method.empty() && method != "single") {
     express_layout(method, get("world_size"), get("tp"), get("command"), &s->parallel);
+    std::string pp = get("pp");
+    if (!pp.empty()) {
+      s->parallel.pp = std::stoi(pp);
+      if (s->parallel.pp < 1 || s->parallel.dp % s->parallel.pp != 0)
+        throw Skip{"world_size is not a multiple of tp * pp"};
+      s->parallel.dp /= s->parallel.pp;
+    }
+    if (lower(get("schedule")) == "gpipe")
+      s->parallel.schedule = PipelineSchedule::kGpipe;
   }
   std::string gpu_type = get("gpu_type");
   s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
@@ -266,6 +275,8 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     throw Skip{"micro-batch or sequence length not given"};
   s->batch = std::stoll(mb);
   s->seq = std::stoll(seq);
+  if (!get("grad_accum").empty())
+    s->grad_accum = std::stoll(get("grad_accum"));
   std::string what = lower(get("measured_what"));
   if (what == "oom")
     throw Skip{"row records an OOM, not a peak"};

@@ -101,6 +101,9 @@ class ApiTest(unittest.TestCase):
     def test_no_local_files(self):
         for path in ["/etc/passwd", "../../etc/passwd", "./config.json"]:
             self.error(400, "/api/estimate", body={"model": path}, field="model")
+        self.error(400, "/api/estimate", body={"model": "facebook/opt-125m",
+                                               "deepspeed_config": "/etc/hostname"},
+                   field="deepspeed_config")
 
     def test_oversize_body(self):
         big = json.dumps({"model": "facebook/opt-125m", "pad": "x" * (2 << 20)}).encode()

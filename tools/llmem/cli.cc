@@ -107,8 +107,11 @@ int run_inspect(const InspectOptions& o, std::ostream& out, std::ostream& err) {
   return kExitOk;
 }
 
-int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostream& out) {
+int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostream& out,
+                 std::ostream& err) {
   Request r = parse_request(flags.request(), {.style = KeyStyle::kCli});
+  for (const std::string& w : r.warnings)
+    err << "warning: " << w << "\n";
   if (o.format == "json") {
     out << estimate_request_json(r);
     return kExitOk;
@@ -235,13 +238,20 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--method",
                           "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
   est.option<int64_t>("--dp", "Data-parallel degree");
+  est.option<std::string>("--deepspeed-config",
+                          "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
+                          "(overrides --method and those options)");
   est.option<int64_t>("--tp", "Tensor-parallel degree");
   est.option<int64_t>("--pp", "Pipeline stages");
+  est.option<std::string>("--schedule", "Pipeline schedule: 1f1b or gpipe");
   est.option<std::string>("--zero-impl", "zero1: deepspeed or torch (ZeroRedundancyOptimizer)");
   est.option<std::string>("--fsdp-sharding", "full-shard, shard-grad-op, hybrid-shard or no-shard");
   est.option<int64_t>("--fsdp-version", "FSDP 1 (flat parameters) or 2");
   est.flag("--gradient-as-bucket-view", "DDP gradient_as_bucket_view=True");
   est.flag("--sequence-parallel", "Megatron sequence parallelism");
+  est.option<std::vector<std::string>>("--offload",
+                                       "CPU offload: optimizer, params (comma-separated)")
+      ->delimiter(',');
   est.option<int64_t>("--reduce-bucket-size", "DeepSpeed reduce_bucket_size (elements)");
   EstimateOutput est_out;
   est_cmd
@@ -290,7 +300,7 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
     if (val_cmd->parsed())
       return run_validate(val, out);
     if (est_cmd->parsed())
-      return run_estimate(est, est_out, out);
+      return run_estimate(est, est_out, out, err);
     if (arch_cmd->parsed())
       return run_architectures(out);
     if (serve_cmd->parsed())

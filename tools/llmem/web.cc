@@ -101,6 +101,15 @@ void check_model_value(const json& req) {
   } else if (!m.is_object()) {
     throw BadRequest{400, "key 'model': expected a catalog name or a config.json object", "model"};
   }
+  // Other keys that the request layer reads as a path or an object.
+  for (const char* key : {"deepspeed_config"}) {
+    if (req.contains(key) && req[key].is_string()) {
+      throw BadRequest{400,
+                       std::string("key '") + key +
+                           "': the server opens no local files; give the config as a JSON object",
+                       key};
+    }
+  }
 }
 
 ModelSpec load_request_model(const json& m) {

@@ -243,6 +243,10 @@ TEST(Request, ParallelKeys) {
   EXPECT_EQ(parse(base({{"fsdp_sharding", "SHARD_GRAD_OP"}})).setup.parallel.fsdp_sharding,
             FsdpSharding::kShardGradOp);
   EXPECT_FALSE(parse(base()).setup.parallel.torch_zero);
+  const ParallelSetup& o = parse(base({{"offload", {"params", "optimizer"}}})).setup.parallel;
+  EXPECT_TRUE(o.offload_params && o.offload_optimizer);
+  EXPECT_TRUE(parse(base({{"offload", "optimizer"}})).setup.parallel.offload_optimizer);
+  EXPECT_FALSE(parse(base({{"offload", "optimizer"}})).setup.parallel.offload_params);
   EXPECT_EQ(p.fsdp_version, 2);
   EXPECT_FALSE(p.limit_all_gathers);
 }
@@ -285,6 +289,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"gpus_per_node", 8},
                  {"schedule", "1f1b"},
                  {"sequence_parallel", false},
+                 {"offload", "optimizer"},
                  {"offload_optimizer", false},
                  {"offload_params", false},
                  {"ddp_bucket_mb", 25},
@@ -298,6 +303,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"fsdp_sharding", "no-shard"},
                  {"fsdp_version", 1},
                  {"limit_all_gathers", true},
+                 {"deepspeed_config", {{"zero_optimization", {{"stage", 1}}}}},
                  {"estimator", "llmem"},
                  {"chunk_elems", 0}};
   for (const std::string& key : request_keys()) {
@@ -396,6 +402,8 @@ TEST(Request, UnknownValues) {
   EXPECT_ERROR(base({{"schedule", "interleaved"}}), "key 'schedule'");
   EXPECT_ERROR(base({{"fsdp_sharding", "full"}}), "key 'fsdp_sharding'");
   EXPECT_ERROR(base({{"zero_impl", "colossal"}}), "key 'zero_impl'");
+  EXPECT_ERROR(base({{"offload", "gpu"}}), "key 'offload': unknown value \"gpu\"");
+  EXPECT_ERROR(base({{"offload", 3}}), "key 'offload': expected a list of optimizer, params");
   EXPECT_ERROR(base({{"estimator", "guess"}}), "key 'estimator'");
   EXPECT_ERROR(base({{"gpu", "A100-81GB"}}),
                "request: key 'gpu': unknown GPU \"A100-81GB\" (did you mean");
@@ -495,6 +503,86 @@ TEST(Request, RequestJsonRoundTrips) {
   Request r = parse_request(text);
   EXPECT_EQ(r.setup.batch, 3);
   EXPECT_EQ(r.setup.checkpointing, CheckpointMode::kReentrant);
+}
+
+}  // namespace
+}  // namespace llmem
+
+namespace llmem {
+namespace {
+
+// Every key, and every LoraConfig field, with a value of every JSON type:
+// parsing either succeeds or throws llmem::Error naming that key.
+TEST(Request, AnyValueOfAnyKeyEndsInAnErrorNamingIt) {
+  const json values[] = {nullptr,
+                         true,
+                         false,
+                         0,
+                         -1,
+                         1.5,
+                         1e300,
+                         int64_t{1} << 62,
+                         "",
+                         "x",
+                         "q_proj,v_proj",
+                         json::array(),
+                         json::array({1}),
+                         json::array({"a"}),
+                         json::object(),
+                         json({{"r", 4}})};
+  std::vector<std::string> keys = request_keys();
+  for (const char* field : {"r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "bias",
+                            "modules_to_save", "peft_type", "task_type"}) {
+    keys.push_back(std::string("lora.") + field);
+  }
+  int errors = 0;
+  for (const std::string& key : keys) {
+    for (const json& value : values) {
+      json j = base();
+      if (key.rfind("lora.", 0) == 0)
+        j["lora"][key.substr(5)] = value;
+      else
+        j[key] = value;
+      try {
+        parse_request(j.dump());
+      } catch (const Error& e) {
+        ++errors;
+        std::string what = e.what();
+        EXPECT_TRUE(what.find("'" + key + "'") != std::string::npos ||
+                    what.find("gpu or gpu_mem") != std::string::npos ||
+                    what.find("'lora'") != std::string::npos ||
+                    (key == "model" && what.rfind("model: ", 0) == 0))
+            << j.dump() << " -> " << what;
+      } catch (const std::exception& e) {
+        ADD_FAILURE() << j.dump() << " threw a non-llmem exception: " << e.what();
+      }
+    }
+  }
+  EXPECT_GT(errors, 500);
+}
+
+}  // namespace
+}  // namespace llmem
+
+namespace llmem {
+namespace {
+
+TEST(Request, DeepSpeedConfig) {
+  Request r = parse(base(
+      {{"deepspeed_config", LLMEM_TEST_DATA_DIR "/deepspeed/zero3-offload-auto.json"}, {"dp", 4}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kZero3);
+  EXPECT_TRUE(r.setup.parallel.offload_optimizer);
+  EXPECT_TRUE(r.setup.parallel.offload_params);
+  json object = {{"zero_optimization", {{"stage", 2}}}, {"bf16", {{"enabled", true}}}};
+  r = parse(base({{"deepspeed_config", object}, {"method", "ddp"}, {"dp", 2}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kZero2);  // the config overrides method
+  EXPECT_ERROR(base({{"deepspeed_config", "/nonexistent/ds.json"}}),
+               "request: key 'deepspeed_config': cannot open \"/nonexistent/ds.json\"");
+  EXPECT_ERROR(base({{"deepspeed_config", 2}}), "key 'deepspeed_config': expected a path");
+  EXPECT_ERROR(base({{"deepspeed_config", LLMEM_TEST_DATA_DIR "/deepspeed/bad-stage.json"}}),
+               "bad-stage.json: key 'zero_optimization.stage'");
+  EXPECT_ERROR(base({{"deepspeed_config", {{"zero_optimization", {{"stage", 7}}}}}}),
+               "deepspeed_config: key 'zero_optimization.stage'");
 }
 
 }  // namespace

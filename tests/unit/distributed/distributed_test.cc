@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
 #include "llmem/validate.h"
@@ -186,6 +187,60 @@ TEST(Distributed, TorchZeroPartitionsWholeTensorsGreedily) {
   EXPECT_EQ(e.peak.allocated_bytes, e.ranks[0].peak.allocated_bytes);  // the worst rank
 }
 
+TEST(Distributed, PipelineStagesSplitLayersAndHoldMicroBatchesInFlight) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.grad_accum = 8;
+  s.parallel.method = Method::kDdp;
+  s.parallel.dp = 2;
+  s.parallel.pp = 4;
+  Estimate e = estimate(m, s, gpu);
+  ASSERT_EQ(e.ranks.size(), 4u);
+  EXPECT_EQ(e.ranks[1].ranks, (std::vector<int>{2, 3}));
+  EXPECT_NE(e.ranks[3].role.find("layers 24-31"), std::string::npos) << e.ranks[3].role;
+  // Every stage holds its eight layers; the first adds the embedding, the
+  // last the head (fp32 weights under autocast).
+  uint64_t layer = 0;
+  for (const TensorSpec& t : m.tensors)
+    layer += t.layer == 0 ? static_cast<uint64_t>(t.numel) * 4 : 0;
+  uint64_t embed = 32000ull * 4096 * 4;
+  EXPECT_EQ(component(e.ranks[1].peak, Component::kParameters), 8 * layer);
+  EXPECT_EQ(component(e.ranks[0].peak, Component::kParameters), 8 * layer + embed);
+  // 1F1B: stage 0 keeps four micro-batches of activations, stage 2 two.
+  double a0 = static_cast<double>(component(e.ranks[0].peak, Component::kActivations));
+  double a2 = static_cast<double>(component(e.ranks[2].peak, Component::kActivations));
+  EXPECT_NEAR(a0 / a2, 2.0, 0.25);
+  // GPipe runs all eight forwards first: more than 1F1B on every stage.
+  s.parallel.schedule = PipelineSchedule::kGpipe;
+  Estimate g = estimate(m, s, gpu);
+  for (size_t k = 0; k < 4; ++k)
+    EXPECT_GT(g.ranks[k].peak.allocated_bytes, e.ranks[k].peak.allocated_bytes) << k;
+  EXPECT_EQ(e.peak.allocated_bytes, e.ranks[0].peak.allocated_bytes);
+}
+
+TEST(Distributed, OffloadLeavesOnlyWorkingMemoryOnTheGpu) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.parallel.method = Method::kZero3;
+  s.parallel.dp = 8;
+  s.parallel.offload_optimizer = true;
+  Estimate opt = estimate(m, s, gpu);
+  EXPECT_EQ(component(opt.peak, Component::kOptimizerStates), 0u);
+  EXPECT_EQ(component(opt.peak, Component::kMasterWeights), 0u);
+  EXPECT_GT(component(opt.peak, Component::kParameters), 0u);
+  s.parallel.offload_params = true;
+  Estimate both = estimate(m, s, gpu);
+  EXPECT_EQ(component(both.peak, Component::kParameters), 0u);
+  EXPECT_LT(both.peak.allocated_bytes, opt.peak.allocated_bytes);
+}
+
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
@@ -201,9 +256,12 @@ TEST(Distributed, BadLayoutsAreErrors) {
   fails(s, "needs a method");
   s = cpu_setup(Method::kDdp, 0);
   fails(s, "at least 1");
-  s = cpu_setup(Method::kDdp, 2);
+  s = cpu_setup(Method::kZero3, 2);
   s.parallel.pp = 2;
-  fails(s, "pipeline");
+  fails(s, "pipeline parallelism combines");
+  s = cpu_setup(Method::kDdp, 1);
+  s.parallel.pp = 3;  // tiny-llama has 2 layers
+  fails(s, "each stage needs at least one layer");
   s = cpu_setup(Method::kGemini, 2);
   fails(s, "--estimator paper");
   s = cpu_setup(Method::kZero3, 2);
@@ -237,6 +295,72 @@ TEST(Distributed, CpuTierTwoRankRowsAgree) {
     }
   }
   EXPECT_EQ(compared, 12);
+}
+
+}  // namespace
+}  // namespace llmem
+
+namespace llmem {
+namespace {
+
+std::string read_ds(const std::string& name) {
+  std::ifstream in(std::string(LLMEM_TEST_DATA_DIR) + "/deepspeed/" + name);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST(DeepSpeedConfig, ReadsStageOffloadBucketsAndPrecision) {
+  TrainingSetup s;
+  s.batch = 3;
+  s.parallel.dp = 8;
+  std::vector<std::string> w =
+      apply_deepspeed_config(read_ds("zero3-offload-auto.json"), "zero3-offload-auto.json", &s);
+  EXPECT_EQ(s.parallel.method, Method::kZero3);
+  EXPECT_TRUE(s.parallel.offload_optimizer);
+  EXPECT_TRUE(s.parallel.offload_params);
+  EXPECT_EQ(s.parallel.dp, 8);
+  EXPECT_EQ(s.batch, 3);  // "auto": the Trainer's value stays
+  EXPECT_EQ(s.parallel.stage3_max_live_parameters, 1'000'000'000);
+  // The keys that matter but are not modelled are named.
+  std::string all;
+  for (const std::string& x : w)
+    all += x + "\n";
+  EXPECT_NE(all.find("zero_optimization.sub_group_size is not modelled"), std::string::npos) << all;
+  EXPECT_NE(all.find("stage3_param_persistence_threshold"), std::string::npos) << all;
+  EXPECT_EQ(all.find("gradient_clipping"), std::string::npos) << all;
+
+  TrainingSetup t;
+  w = apply_deepspeed_config(read_ds("zero2-bf16.json"), "zero2-bf16.json", &t);
+  EXPECT_EQ(t.parallel.method, Method::kZero2);
+  EXPECT_EQ(t.precision, Precision::kBf16Mixed);
+  EXPECT_EQ(t.batch, 4);
+  EXPECT_EQ(t.grad_accum, 2);
+  EXPECT_EQ(t.parallel.reduce_bucket_size, 200'000'000);
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_NE(w[0].find("activation_checkpointing"), std::string::npos);
+  t.parallel.dp = 4;
+  Estimate e = estimate(load_model("meta-llama/Llama-3.2-1B"), t, find_gpu("A100-80GB"));
+  EXPECT_EQ(e.ranks.size(), 1u);
+}
+
+TEST(DeepSpeedConfig, BadConfigsNameTheFileAndKey) {
+  struct Case {
+    const char* file;
+    const char* needle;
+  } cases[] = {{"bad-stage.json", "bad-stage.json: key 'zero_optimization.stage': expected 0, 1"},
+               {"bad-offload.json", "zero_optimization.offload_optimizer.device"},
+               {"bad-bucket.json", "zero_optimization.reduce_bucket_size"},
+               {"malformed.json", "line 1"}};
+  for (const Case& c : cases) {
+    TrainingSetup s;
+    try {
+      apply_deepspeed_config(read_ds(c.file), c.file, &s);
+      ADD_FAILURE() << "no error for " << c.file;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -141,6 +141,10 @@ TEST(Web, BadRequestsNameTheField) {
             P(400, "model"));
   EXPECT_EQ(error_of(handle("POST", "/api/estimate", R"({"model": "../x/config.json"})")),
             P(400, "model"));
+  EXPECT_EQ(
+      error_of(handle("POST", "/api/estimate",
+                      R"({"model": "facebook/opt-125m", "deepspeed_config": "/etc/passwd"})")),
+      P(400, "deepspeed_config"));
   EXPECT_EQ(error_of(handle("POST", "/api/estimate",
                             R"({"model": "facebook/opt-125m", "batch": "four"})")),
             P(400, "batch"));
