@@ -10,7 +10,7 @@ const COLORS = {
   master_weights: '#a0cbe8', weight_copies: '#76b7b2', activations: '#59a14f', logits_loss: '#edc948',
   temporaries: '#b07aa1', inputs: '#ff9da7', workspace: '#9c755f',
 };
-const CACHED = '#c7c7c7', CONTEXT = '#7f7f7f';
+const CACHED = '#c7c7c7', CONTEXT = '#7f7f7f', COMM = '#3b3b3b';
 const PHASE_BANDS = {setup: '#eeeeee', forward: '#dbe9f6', loss: '#fde2c8', backward: '#e2f0d9',
                      optimizer: '#efe0f5'};
 
@@ -178,6 +178,7 @@ function renderBreakdown(j) {
     segs.push(['allocator cache (reserved − allocated)', p.reserved_bytes - p.allocated_bytes,
                CACHED]);
     segs.push(['CUDA context', j.gpu.context_bytes, CONTEXT]);
+    if (j.gpu.comm_bytes > 0) segs.push(['NCCL buffers', j.gpu.comm_bytes, COMM]);
   }
   const device = Math.max(p.device_bytes, p.allocated_bytes);
   const scale = Math.max(device, cap, 1);
@@ -209,7 +210,8 @@ function renderBreakdown(j) {
   const total = cuda ? p.device_bytes : p.allocated_bytes;
   for (const [name, b, color] of segs) {
     const key = name in j.components ? 'components.' + name :
-        name === 'CUDA context' ? 'gpu.context_bytes' : 'cached';
+        name === 'CUDA context' ? 'gpu.context_bytes' :
+        name === 'NCCL buffers' ? 'gpu.comm_bytes' : 'cached';
     rows += `<tr><td><span class="sw" style="background:${color}"></span>${esc(name)}</td>` +
         `<td class="n">${gib(b)}</td><td class="n">${exact(key, b)}</td>` +
         `<td class="n">${total ? (100 * b / total).toFixed(1) : '0.0'} %</td></tr>`;

@@ -102,7 +102,10 @@ std::string breakdown_svg(const Estimate& e, const std::string& gpu_name) {
             "allocator cache (reserved - allocated)");
   }
   if (e.peak.device_bytes > e.peak.reserved_bytes && e.capacity_bytes > 0) {
-    segment(e.peak.device_bytes - e.peak.reserved_bytes, kContextColor, "CUDA context");
+    uint64_t outside = e.peak.device_bytes - e.peak.reserved_bytes;
+    uint64_t context = std::min(outside, e.context_bytes);
+    segment(context, kContextColor, "CUDA context");
+    segment(outside - context, kCommColor, "NCCL buffers");
   }
   // Marker at the end of the stack, and the capacity line.
   out << "<text x=\"" << left << "\" y=\"20\" font-size=\"13\">0</text>\n";

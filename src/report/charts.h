@@ -39,6 +39,7 @@ std::string rank_bar_svg(const PeakInfo& peak, uint64_t capacity_bytes);
 std::string_view component_color(Component c);
 inline constexpr std::string_view kCachedColor = "#c7c7c7";
 inline constexpr std::string_view kContextColor = "#7f7f7f";
+inline constexpr std::string_view kCommColor = "#3b3b3b";
 
 }  // namespace llmem::report
 

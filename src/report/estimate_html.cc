@@ -162,6 +162,8 @@ std::string estimate_html(const ModelSpec& model, const TrainingSetup& setup, co
     bytes_row(out, "allocator cache (reserved − allocated)", "cached",
               e.peak.reserved_bytes - e.peak.allocated_bytes, report::kCachedColor);
     bytes_row(out, "CUDA context", "gpu.context_bytes", e.context_bytes, report::kContextColor);
+    if (e.comm_bytes > 0)
+      bytes_row(out, "NCCL buffers", "gpu.comm_bytes", e.comm_bytes, report::kCommColor);
   }
   out << "</table></section>\n";
 

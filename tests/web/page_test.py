@@ -52,6 +52,8 @@ def check_case(server, out_dir, profile, name, params, cli_args):
     keys += ["components." + c for c in expected["components"]]
     keys += ["phase_peaks." + p for p in expected["phase_peaks"]]
     keys += ["ranks.%d.device_bytes" % i for i in range(len(expected.get("ranks", [])))]
+    if expected["gpu"].get("comm_bytes", 0) > 0:
+        keys.append("gpu.comm_bytes")
     def json_value(doc, key):
         for part in key.split("."):
             doc = doc[int(part)] if isinstance(doc, list) else doc[part]
@@ -135,11 +137,13 @@ def main():
                         "seq": "1024", "precision": "bf16"},
                        ["--model", "meta-llama/Llama-3.1-8B", "--gpu-mem", "24", "--batch", "1",
                         "--seq", "1024", "--precision", "bf16"])
-            check_case(server, out_dir, profile, "zero2-dp4-llama8b-a100",
-                       {"model": "meta-llama/Llama-3.1-8B", "method": "zero2", "dp": "4",
-                        "batch": "2", "seq": "1024", "attention": "sdpa", "grad_ckpt": "true"},
-                       ["--model", "meta-llama/Llama-3.1-8B", "--method", "zero2", "--dp", "4",
-                        "--batch", "2", "--seq", "1024", "--attention", "sdpa", "--grad-ckpt"])
+            check_case(server, out_dir, profile, "zero1-dp2-pp2-llama8b-h100",
+                       {"model": "meta-llama/Llama-3.1-8B", "gpu": "H100-80GB",
+                        "method": "zero1", "dp": "2", "pp": "2", "batch": "1", "seq": "2048",
+                        "grad_ckpt": "true"},
+                       ["--model", "meta-llama/Llama-3.1-8B", "--gpu", "H100-80GB", "--method",
+                        "zero1", "--dp", "2", "--pp", "2", "--batch", "1", "--seq", "2048",
+                        "--grad-ckpt"])
             check_error(server, profile)
             check_report(server, out_dir, profile)
     finally:

@@ -127,6 +127,25 @@ TEST(EstimateHtml, DoesNotFitAndRanksAndEscaping) {
             std::string::npos);
 }
 
+TEST(EstimateHtml, DistributedLayoutShowsRanksAndNccl) {
+  TrainingSetup setup;
+  setup.batch = 1;
+  setup.seq = 1024;
+  setup.checkpointing = CheckpointMode::kReentrant;
+  setup.parallel.method = Method::kDdp;
+  setup.parallel.dp = 2;
+  setup.parallel.pp = 2;
+  Rendered r = render("meta-llama/Llama-3.2-1B", setup, find_gpu("H100-80GB"));
+  expect_well_formed(r.html);
+  ASSERT_TRUE(r.json.contains("ranks"));
+  EXPECT_NE(r.html.find("<h2>Per rank</h2>"), std::string::npos);
+  EXPECT_NE(r.html.find("class=\"rankbar\""), std::string::npos);
+  int64_t comm = r.json["gpu"].value("comm_bytes", int64_t{0});
+  if (comm > 0) {
+    EXPECT_NE(r.html.find(tagged("gpu.comm_bytes", comm)), std::string::npos);
+  }
+}
+
 TEST(EstimateHtml, EveryComponentHasItsOwnColour) {
   std::set<std::string_view> seen = {report::kCachedColor, report::kContextColor};
   for (size_t c = 0; c < static_cast<size_t>(Component::kCount); ++c) {
