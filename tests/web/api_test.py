@@ -5,6 +5,7 @@ Usage: api_test.py path/to/llmem
 """
 
 import json
+import subprocess
 import sys
 import threading
 import unittest
@@ -38,6 +39,13 @@ class ApiTest(unittest.TestCase):
 
     def test_binds_localhost_by_default(self):
         self.assertTrue(self.server.url.startswith("http://127.0.0.1:"), self.server.url)
+
+    def test_port_in_use(self):
+        port = self.server.url.rsplit(":", 1)[1]
+        second = subprocess.run([BINARY, "serve", "--port", port], capture_output=True, text=True,
+                                timeout=30)
+        self.assertEqual(second.returncode, 2, second.stdout)
+        self.assertIn("cannot listen", second.stderr)
 
     def test_page_and_assets(self):
         for path, ctype in [("/", "text/html"), ("/app.js", "text/javascript"),

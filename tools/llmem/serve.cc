@@ -33,6 +33,12 @@ int run_serve(const ServeOptions&, std::ostream&, std::ostream& err) {
 int run_serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
   httplib::Server server;
   server.set_payload_max_length(web::kMaxBodyBytes);
+  // httplib's default sets SO_REUSEPORT, which lets a second server bind the
+  // same port silently; SO_REUSEADDR alone still allows a quick restart.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   auto respond = [](const httplib::Request& req, httplib::Response& res, std::string_view body) {
     web::Response r = web::handle(req.method, req.path, body);
     res.status = r.status;
