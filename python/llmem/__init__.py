@@ -36,6 +36,9 @@ class Error(ValueError):
         self.source = source
         self.key = key
 
+    def __reduce__(self):
+        return (type(self), (str(self), self.source, self.key))
+
 
 _llmem._set_error_class(Error)
 
@@ -94,6 +97,9 @@ class Record(Mapping):
         """A deep copy as plain dicts and lists."""
         return copy.deepcopy(self._data)
 
+    def __reduce__(self):
+        return (type(self), (self._data,))
+
 
 class Result(Record):
     """A document the CLI prints with ``--format json``; ``to_json()`` is that text."""
@@ -107,6 +113,9 @@ class Result(Record):
     def to_json(self):
         """The CLI's JSON text, byte for byte."""
         return self._text
+
+    def __reduce__(self):
+        return (type(self), (self._text,))
 
     @property
     def ranks(self):

@@ -274,6 +274,32 @@ def test_non_ascii_and_long_values_in_messages():
     assert e.key == "batch" and str(e).endswith("...")
 
 
+def test_threads_share_the_engine():
+    from concurrent.futures import ThreadPoolExecutor
+    args = [dict(seq=64 * (i % 3 + 1), batch=i % 2 + 1) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda a: llmem.estimate("facebook/opt-125m", **a).to_json(),
+                                 args))
+    assert together == [llmem.estimate("facebook/opt-125m", **a).to_json() for a in args]
+
+
+def test_results_and_errors_pickle():
+    import pickle
+    r = llmem.estimate("facebook/opt-125m", seq=64)
+    back = pickle.loads(pickle.dumps(r))
+    assert back.to_json() == r.to_json() and back.peak == r.peak
+    assert pickle.loads(pickle.dumps(r.peak)) == r.peak
+    e = error(lambda: llmem.estimate("facebook/opt-125m", seq=1))
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (str(e2), e2.source, e2.key) == (str(e), "request", "seq")
+
+
+def test_every_key_is_documented():
+    doc = (ROOT / "docs/python.md").read_text()
+    missing = [k for k in llmem.request_keys() if k != "model" and f"`{k}`" not in doc]
+    assert not missing, f"keys missing from docs/python.md: {missing}"
+
+
 def test_none_means_default():
     a = llmem.estimate("facebook/opt-125m", seq=64, gpu=None, lora=None, dropout=None)
     b = llmem.estimate("facebook/opt-125m", seq=64)

@@ -610,13 +610,35 @@ void apply_deepspeed(const json& value, const Context& c, Request* r) {
   }
 }
 
-json parse_object(std::string_view text, const Context& c) {
+// Parses JSON text and refuses documents nested deeper than any request or
+// config needs: rendering and comparing JSON recurse, so depth must be bounded
+// before any of that happens (the web API takes requests from anyone).
+json parse_bounded(std::string_view text, const Context& c) {
+  constexpr size_t kMaxDepth = 64;
   json j;
   try {
     j = config::parse_json(text, c.options().source);
   } catch (...) {
     c.restyle();
   }
+  std::vector<std::pair<const json*, size_t>> stack = {{&j, 0}};
+  while (!stack.empty()) {
+    auto [v, depth] = stack.back();
+    stack.pop_back();
+    if (depth > kMaxDepth) {
+      throw Error(c.options().source, "",
+                  "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels");
+    }
+    if (v->is_structured()) {
+      for (const json& child : *v)
+        stack.emplace_back(&child, depth + 1);
+    }
+  }
+  return j;
+}
+
+json parse_object(std::string_view text, const Context& c) {
+  json j = parse_bounded(text, c);
   if (!j.is_object()) {
     throw Error(c.options().source, "", "expected a JSON object of options, got " + shown(j));
   }
@@ -663,13 +685,7 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
 
 ModelSpec load_model_json(std::string_view json_value, const RequestOptions& options) {
   Context c(options);
-  json value;
-  try {
-    value = config::parse_json(json_value, options.source);
-  } catch (...) {
-    c.restyle();
-  }
-  return model_from(value, c);
+  return model_from(parse_bounded(json_value, c), c);
 }
 
 std::string estimate_request_json(const Request& request) {

@@ -277,6 +277,11 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   if (r.offload_optimizer)
     notes.push_back(
         "offload: optimizer states, master weights and reduced gradients in host memory");
+  if (tp_method) {
+    // Megatron and ColossalAI run their own model code: no Hugging Face
+    // DynamicCache during training.
+    s.use_cache = UseCache::kOff;
+  }
   if (p.sequence_parallel)
     notes.push_back("sequence parallelism is not modelled yet: activations as without it");
 

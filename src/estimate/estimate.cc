@@ -75,8 +75,10 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   Replay r;
   CachingAllocator caching(options);
   uint64_t exact_allocated = 0;
-  std::vector<uint32_t> handle;
-  std::vector<uint64_t> size;
+  thread_local std::vector<uint32_t> handle;  // reused: no fresh pages per estimate
+  thread_local std::vector<uint64_t> size;
+  handle.clear();
+  size.clear();
   std::array<uint64_t, kComponents> live{};
   uint64_t thin = 0;
   for (size_t i = 0; i < events.size(); ++i) {
@@ -168,7 +170,9 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   TrainingSetup setup = setup_in;
   bool cuda = setup.device == Device::kCuda;
   setup.workspace_bytes = cuda ? gpu.cublas_workspace_bytes : 0;
-  trace::TraceResult trace = trace::build_trace(model, setup, rank);
+  // Reused across estimates on this thread: a plan runs thousands back to back.
+  thread_local trace::TraceResult trace;
+  trace::build_trace(model, setup, rank, &trace);
 
   Estimate est;
   est.params = trace.params;

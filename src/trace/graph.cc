@@ -159,6 +159,13 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
   return out;
 }
 
+void Graph::pass_boundary() {
+  Node node;
+  node.layer = layer_;
+  node.boundary = true;
+  nodes_.push_back(std::move(node));
+}
+
 void Graph::accumulate(Tid target, Tid g) {
   Tensor& t = tensors_[static_cast<size_t>(target)];
   if (t.storage != kNone && !t.is_leaf)
@@ -201,6 +208,12 @@ void Graph::run_backward(size_t begin) {
   for (size_t k = nodes_.size(); k-- > begin;) {
     Node node = std::move(nodes_[k]);
     nodes_.pop_back();
+    if (node.boundary) {
+      for (Tid t : touched_)
+        tensors_[static_cast<size_t>(t)].grad_this_pass = false;
+      touched_.clear();
+      continue;
+    }
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
     enter_layer(node.layer);
     if (out_grad != kNone) {

@@ -37,6 +37,11 @@ class Graph {
  public:
   explicit Graph(std::vector<Event>* events) : events_(events) {}
 
+  /// Room for `tensors` tensors and as many nodes (a hint from an earlier trace).
+  void reserve(size_t tensors) {
+    tensors_.reserve(tensors);
+    nodes_.reserve(tensors / 2);
+  }
   void set_phase(Phase p) { phase_ = p; }
   void set_layer(int layer) { layer_ = static_cast<int16_t>(layer); }
   void set_step(int step) { step_ = static_cast<uint8_t>(step); }
@@ -66,6 +71,11 @@ class Graph {
          std::initializer_list<Tid> saved, Component c = Component::kActivations,
          std::initializer_list<std::pair<int64_t, int>> saved_new = {}, int64_t backward_temp = 0,
          bool save_output = false);
+
+  /// Marks where one backward call would end when several forwards share one
+  /// simulated backward (pipeline micro-batches): gradients arriving on the
+  /// far side of the mark accumulate into .grad as a separate backward's do.
+  void pass_boundary();
 
   /// Reentrant activation checkpointing: runs `fn` without grad now and again
   /// with grad during backward.
@@ -123,6 +133,7 @@ class Graph {
     int64_t backward_temp = 0;
     int16_t layer = -1;
     int32_t checkpoint = -1;  // index into checkpoints_
+    bool boundary = false;    // pass_boundary(): no op, ends a backward pass
   };
 
   Tid new_tensor(int64_t numel, int elem, Component c);

@@ -317,6 +317,8 @@ class Program {
     setup_distributed();
     // Registered buffers (rotary inv_freq, causal masks) live on the device too.
     for (const TensorSpec& b : m_.buffers) {
+      if (b.layer >= 0 && !on_stage(b))
+        continue;  // a layer's own buffer (GPT-2's causal mask) lives on its stage only
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
     if (m_.family == "codegen" || m_.family == "gptj") {
@@ -365,6 +367,8 @@ class Program {
     for (int k = 0; k < r_.in_flight; ++k) {
       g_.set_phase(Phase::kForward);
       g_.set_layer(-1);
+      if (k > 0)
+        g_.pass_boundary();  // each micro-batch has a backward call of its own
       // The batch on the device: input_ids, attention_mask, labels (int64).
       Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
       Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
@@ -1761,9 +1765,19 @@ void Program::optimizer_step(bool first) {
 
 }  // namespace
 
-TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
-                        const RankPlan& rank) {
+TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank) {
   TraceResult result;
+  build_trace(model, setup, rank, &result);
+  return result;
+}
+
+void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const RankPlan& rank,
+                 TraceResult* out) {
+  out->events.clear();
+  out->params = 0;
+  out->trainable_params = 0;
+  out->notes.clear();
+  TraceResult& result = *out;
   TrainingSetup setup = setup_in;
   if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
     // transformers v4.57: GPTBigCodeBlock is not a GradientCheckpointingLayer and
@@ -1773,7 +1787,9 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
     setup.checkpointing = CheckpointMode::kOff;
     setup.lora_input_grads = setup_in.finetune != FinetuneMode::kFull;
   }
+  size_t hint = result.events.capacity();  // the previous trace's size, when reused
   Graph g(&result.events);
+  g.reserve(hint / 2);
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   Program program(g, model, setup, rank, &result);
   program.setup();
@@ -1785,7 +1801,6 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup_in,
       program.micro_step();
     program.optimizer_step(step == 1);
   }
-  return result;
 }
 
 }  // namespace llmem::trace

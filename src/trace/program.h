@@ -63,6 +63,10 @@ struct RankPlan {
 /// backward, then the optimizer step and zero_grad(set_to_none=True)).
 TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup,
                         const RankPlan& rank = {});
+/// The same into `out`, reusing its events' storage (estimates run back to
+/// back, as a plan does, then allocate nothing new for the events).
+void build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank,
+                 TraceResult* out);
 
 }  // namespace llmem::trace
 

@@ -398,14 +398,20 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
       row.estimated_bytes = row.counter == "reserved" ? peak.reserved_bytes
                             : row.counter == "device" ? peak.device_bytes
                                                       : peak.allocated_bytes;
-      row.setting = std::string(precision_name(setup.precision)) + " b" +
-                    std::to_string(setup.batch) + " s" + std::to_string(setup.seq) +
-                    (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
-                    (setup.finetune == FinetuneMode::kLora ? " lora" : "") +
-                    (setup.parallel.method != Method::kSingle
-                         ? " " + std::string(method_name(setup.parallel.method)) + " dp" +
-                               std::to_string(setup.parallel.dp)
-                         : "");
+      row.setting =
+          std::string(precision_name(setup.precision)) + " b" + std::to_string(setup.batch) + " s" +
+          std::to_string(setup.seq) + (setup.checkpointing != CheckpointMode::kOff ? " ckpt" : "") +
+          (setup.finetune == FinetuneMode::kLora ? " lora" : "") +
+          (setup.parallel.method != Method::kSingle
+               ? " " + std::string(method_name(setup.parallel.method)) + " dp" +
+                     std::to_string(setup.parallel.dp) +
+                     (setup.parallel.tp > 1 ? " tp" + std::to_string(setup.parallel.tp) : "") +
+                     (setup.parallel.pp > 1
+                          ? " pp" + std::to_string(setup.parallel.pp) +
+                                (setup.parallel.schedule == PipelineSchedule::kGpipe ? " gpipe"
+                                                                                     : " 1f1b")
+                          : "")
+               : "");
       row.error_pct =
           100.0 *
           (static_cast<double>(row.estimated_bytes) - static_cast<double>(row.measured_bytes)) /
@@ -429,7 +435,7 @@ std::string validation_table(const ValidationReport& report) {
   for (const ValidationRow& r : report.rows) {
     if (r.skipped_reason.empty()) {
       std::snprintf(line, sizeof(line),
-                    "%s:%-4d %-40.40s %-24.24s %-9s meas %9.3f GiB est %9.3f GiB %+7.2f%%\n",
+                    "%s:%-4d %-40.40s %-36.36s %-9s meas %9.3f GiB est %9.3f GiB %+7.2f%%\n",
                     r.file.c_str(), r.line, r.model.c_str(), r.setting.c_str(), r.counter.c_str(),
                     static_cast<double>(r.measured_bytes) / 1073741824.0,
                     static_cast<double>(r.estimated_bytes) / 1073741824.0, r.error_pct);

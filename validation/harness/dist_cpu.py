@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), gloo backend,
-2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
+"""Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), 2 pipeline stages
+(--method pp, --schedule 1f1b|gpipe, --grad-accum m micro-batches) and Megatron-style tensor parallelism tp 2
+(--method megatron; both in parallel_cpu.py), gloo backend, 2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
 measure_cpu.py does (baseline taken in the rank before the model is built).
 
     /usr/bin/python3 validation/harness/dist_cpu.py --config validation/configs/tiny-llama.json \
@@ -38,6 +39,8 @@ def _worker(rank, world, argv, port, outdir):
     args = parser().parse_args(argv)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    if args.method in ("pp", "megatron"):
+        return _worker_parallel(rank, world, args, outdir)
     import gc
     gc.collect()
     baseline = mc.malloc_used()
@@ -81,6 +84,83 @@ def _worker(rank, world, argv, port, outdir):
     dist.destroy_process_group()
 
 
+def _micro_batches(args, cfg, rank):
+    """--grad-accum micro-batches of --batch sequences (the same on every rank of a pipeline or a
+    tensor-parallel group: one data-parallel replica)."""
+    out = []
+    for k in range(args.grad_accum):
+        g = torch.Generator().manual_seed(args.seed + 1 + k)
+        ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq), generator=g)
+        out.append((ids, torch.ones_like(ids), ids.clone()))
+    return out
+
+
+def _worker_parallel(rank, world, args, outdir):
+    """pp: rank = pipeline stage (world 2, dp 1). megatron: rank = tensor-parallel rank (tp 2, dp 1)."""
+    import gc
+    import parallel_cpu as par
+    gc.collect()
+    baseline = mc.malloc_used()
+    sampler = mc.MallocSampler(baseline)
+    with open(args.config) as f:
+        cfg = json.load(f)
+    torch.manual_seed(args.seed)
+    full = models.build_model(cfg)   # same weights as the single-process run, then cut to this rank's part
+    if args.precision == "bf16":
+        full.to(torch.bfloat16)
+    full.train()
+    if args.method == "pp":
+        model = par.Stage(full, world, rank)
+    else:
+        model = par.apply_megatron(full, world, rank)
+    del full
+    gc.collect()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
+    micro = _micro_batches(args, cfg, rank)
+    autocast = args.precision == "bf16-mixed"
+    hidden = cfg.get("hidden_size", cfg.get("n_embd"))
+    hdtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+
+    def mark_phase(key):
+        sampler.set_phase(key)
+        models.PHASE_HOOK = (lambda name: sampler.set_phase((key[0], name))) if key[1] == "forward" else None
+
+    losses = []
+    with sampler:
+        for step in range(1, args.steps + 1):
+            if args.method == "pp":
+                loss = par.pipeline_step(model, micro, args.schedule, rank, world, (args.batch, args.seq, hidden),
+                                         hdtype, autocast, mark_phase, step)
+            else:
+                loss = 0.0
+                for ids, mask, labels in micro:
+                    mark_phase((step, "forward"))
+                    if autocast:
+                        with torch.autocast("cpu", dtype=torch.bfloat16):
+                            out = par.megatron_forward(model, ids, mask, labels)
+                    else:
+                        out = par.megatron_forward(model, ids, mask, labels)
+                    out = out / len(micro)
+                    loss += float(out.detach())
+                    mark_phase((step, "backward"))
+                    out.backward()
+                    del out
+            mark_phase((step, "optimizer"))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            mark_phase((step, "end"))
+            losses.append(loss)
+    models.PHASE_HOOK = None
+    res = mc._summ(sampler.peaks, args.steps)
+    res.update(rank=rank, torch_version=torch.__version__, losses=losses,
+               param_bytes=sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()))
+    with open(os.path.join(outdir, "rank%d.json" % rank), "w") as f:
+        json.dump(res, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def command_line(args):
     parts = ["/usr/bin/python3", "validation/harness/dist_cpu.py", "--config", args.config, "--method", args.method,
              "--batch", str(args.batch), "--seq", str(args.seq), "--precision", args.precision,
@@ -89,6 +169,10 @@ def command_line(args):
         parts.append("--grad-ckpt")
     if args.lora_rank:
         parts += ["--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha)]
+    if args.method in ("pp", "megatron"):
+        parts += ["--grad-accum", str(args.grad_accum)]
+    if args.method == "pp":
+        parts += ["--schedule", args.schedule]
     return " ".join(parts)
 
 
@@ -109,7 +193,10 @@ def run(argv):
 def parser():
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
-    p.add_argument("--method", choices=["ddp", "zero1"], default="ddp")
+    p.add_argument("--method", choices=["ddp", "zero1", "pp", "megatron"], default="ddp",
+                   help="pp: 2 pipeline stages (dp 1); megatron: tensor parallelism tp 2 (dp 1)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (pp, megatron)")
+    p.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"], default="fp32")
@@ -128,7 +215,24 @@ DIST_RUNS = [
     ["--config", "validation/configs/tiny-llama.json", "--method", "zero1", "--precision", "bf16-mixed"],
     ["--config", "validation/configs/tiny-gpt2.json", "--method", "ddp", "--precision", "fp32"],
     ["--config", "validation/configs/tiny-gpt2.json", "--method", "zero1", "--precision", "fp32"],
+    # 2 pipeline stages (dp 1), 4 micro-batches; Megatron tensor parallelism tp 2 (dp 1)
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "bf16-mixed",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "gpipe"],
+    ["--config", "validation/configs/tiny-gpt2.json", "--method", "pp", "--precision", "fp32",
+     "--grad-accum", "4", "--schedule", "1f1b"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed"],
 ]
+
+
+def stage_layers_of(cfg, stage):
+    import parallel_cpu
+    n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
+    return parallel_cpu.stage_layers(n, 2, stage)
 
 
 def matrix_rows():
@@ -144,23 +248,39 @@ def matrix_rows():
             m = models.build_model(cfg)
             nparams = sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
             del m
+            pp = args.method == "pp"
             for o in outs:
+                if pp:
+                    lo, hi = stage_layers_of(cfg, o["rank"])
+                    how = ("pipeline stage %d of 2 (layers %d-%d), %s over %d micro-batches, dp 1; p2p "
+                           "send/recv, fresh receive buffers, no KV cache%s"
+                           % (o["rank"], lo, hi - 1, args.schedule.upper(), args.grad_accum,
+                              "; tied head copied to the last stage, grads all-reduced"
+                              if cfg.get("tie_word_embeddings", cfg["model_type"] == "gpt2") else ""))
+                elif args.method == "megatron":
+                    how = ("tp rank %d of 2 (Megatron layout: column/row-parallel q,k,v,o/gate,up,down, "
+                           "vocab-parallel embedding, head and cross-entropy), dp 1, no KV cache; gloo "
+                           "reduces bf16 through an fp32 copy" % o["rank"])
+                else:
+                    how = "DDP default buckets (gradient_as_bucket_view=False)"
                 rows.append({
                     "source_url": "", "model": args.config, "params_b": "%.6f" % (nparams / 1e9), "gpus": 2,
-                    "gpu_type": "cpu", "method": args.method, "world_size": 2, "tp": 1,
+                    "gpu_type": "cpu", "method": "ddp" if pp else args.method, "world_size": 2,
+                    "tp": 2 if args.method == "megatron" else 1,
                     "precision": args.precision, "optimizer": "adamw", "micro_batch": args.batch,
                     "seq_len": args.seq, "grad_ckpt": "on" if args.grad_ckpt else "off",
                     "finetune": "lora" if args.lora_rank else "full", "lora_rank": args.lora_rank or "",
                     "attention_impl": "eager", "measured_what": "cpu_peak_live_bytes",
                     "peak_gib": "%.6f" % (o["peak_bytes"] / 2 ** 30),
-                    "notes": "rank=%d of 2; gloo; mallinfo2 only (no storage count); "
-                             "DDP default buckets (gradient_as_bucket_view=False)" % o["rank"],
+                    "notes": "rank=%d of 2; gloo; mallinfo2 only (no storage count); %s" % (o["rank"], how),
                     "peak_bytes": o["peak_bytes"], "peak_forward_bytes": o["peak_forward_bytes"],
                     "peak_loss_bytes": o["peak_loss_bytes"], "peak_backward_bytes": o["peak_backward_bytes"],
                     "peak_optimizer_bytes": o["peak_optimizer_bytes"],
                     "first_step_peak_bytes": o["first_step_peak_bytes"], "storage_peak_bytes": "",
                     "lora_alpha": "", "lora_dropout": "", "lora_targets": "",
                     "torch_version": o["torch_version"], "command": o["command"], "date": o["date"],
+                    "pp": 2 if pp else 1, "schedule": args.schedule if pp else "",
+                    "grad_accum": args.grad_accum,
                 })
     finally:
         os.chdir(cwd)

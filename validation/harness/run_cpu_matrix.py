@@ -28,7 +28,10 @@ PUBLISHED_COLS = ["source_url", "model", "params_b", "gpus", "gpu_type", "method
                   "attention_impl", "measured_what", "peak_gib", "notes"]
 EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backward_bytes",
               "peak_optimizer_bytes", "first_step_peak_bytes", "storage_peak_bytes", "lora_alpha",
-              "lora_dropout", "lora_targets", "torch_version", "command", "date"]
+              "lora_dropout", "lora_targets", "torch_version", "command", "date",
+              # distributed layouts: pipeline stages (method ddp with pp 2 = pipeline over DDP with dp 1),
+              # 1f1b / gpipe, micro-batches per step
+              "pp", "schedule", "grad_accum"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen"]
@@ -135,7 +138,29 @@ def row_from(fam, a, res, nparams):
         "lora_dropout": opt("--lora-dropout", "") if lora_rank else "",
         "lora_targets": opt("--lora-targets", "") if lora_rank else "",
         "torch_version": res["torch_version"], "command": res["command"], "date": res["date"],
+        "pp": 1, "schedule": "", "grad_accum": 1,
     }
+
+
+def distributed_only(out):
+    t0 = time.time()
+    with open(out, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "single"]
+    for r in rows:  # rows written before the distributed-layout columns existed
+        r["pp"] = r.get("pp") or 1
+        r["schedule"] = r.get("schedule") or ""
+        r["grad_accum"] = r.get("grad_accum") or 1
+    sys.path.insert(0, HERE)
+    import dist_cpu
+    for r in dist_cpu.matrix_rows():
+        rows.append(r)
+        print("[%5.1fs] dist %s %s %s" % (time.time() - t0, r["method"], r["model"], r["notes"]), flush=True)
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
+    print("wrote %d rows to %s in %.1fs" % (len(rows), out, time.time() - t0))
 
 
 def main():
@@ -145,7 +170,11 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-distributed", action="store_true")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--distributed-only", action="store_true",
+                    help="keep the single-process rows of --out as they are; rerun only the distributed ones")
     o = ap.parse_args()
+    if o.distributed_only:
+        return distributed_only(o.out)
     runs = matrix()
     if o.only:
         keep = set(o.only.split(","))

@@ -11,6 +11,9 @@
 3. in process, bloom / gpt_neo / gpt_bigcode / codegen: the v4.57 details that decide memory (ALiBi shape,
    fp32 attention of gpt_neo and codegen, logits dtypes, MQA c_attn width, gpt_bigcode's no-op gradient
    checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init.
+4. two gloo ranks (dist_cpu.py): 2-stage pipeline (llama 1F1B, gpt2 GPipe with its tied head copied to the last
+   stage) and Megatron tp=2 (llama): step-1 loss equals the dense single-process loss on the same micro-batches.
+   Only these: `test_harness.py --parallel`.
 """
 import json
 import os
@@ -204,8 +207,60 @@ def new_family_details():
           "codegen bf16: logits fp32, loss cast to bf16")
 
 
+def parallel_cases():
+    """Pipeline (2 stages, 1F1B and GPipe) and Megatron tp=2 over gloo: the step-1 loss (same weights, same
+    micro-batches) equals the single-process dense model's mean micro-batch loss; the schedules' op lists."""
+    import dist_cpu
+    import parallel_cpu as par
+    torch.set_num_threads(1)
+    check(par.schedule_ops("1f1b", 2, 0, 4) == [("F", 0), ("F", 1), ("B", 0), ("F", 2), ("B", 1), ("F", 3),
+                                                 ("B", 2), ("B", 3)], "1F1B stage 0 of 2, m=4: F0 F1 B0 F2 B1 F3 B2 B3")
+    check(par.schedule_ops("1f1b", 2, 1, 4) == [x for k in range(4) for x in (("F", k), ("B", k))],
+          "1F1B last stage: F B alternating")
+    check(par.stage_layers(5, 2, 0) == (0, 3) and par.stage_layers(5, 2, 1) == (3, 5), "stage layers 5/2 -> 3+2")
+    cwd = os.getcwd()
+    os.chdir(mc.REPO)
+    try:
+        for fam, method, extra in (("llama", "pp", ["--schedule", "1f1b"]), ("gpt2", "pp", ["--schedule", "gpipe"]),
+                                   ("llama", "megatron", [])):
+            c = "validation/configs/tiny-%s.json" % fam
+            m = 3 if method == "pp" else 2
+            argv = ["--config", c, "--method", method, "--batch", "1", "--seq", "8", "--grad-accum", str(m),
+                    "--steps", "2"] + extra
+            args, outs = dist_cpu.run(argv)
+            with open(c) as f:
+                cfg = json.load(f)
+            torch.manual_seed(0)
+            dense = models.build_model(cfg).train()
+            opt = torch.optim.AdamW(dense.parameters(), lr=1e-4, foreach=False)
+            ref = []
+            for step in range(2):  # dense steps with gradient accumulation: checks the gradients too
+                tot = 0.0
+                for ids, mask, labels in dist_cpu._micro_batches(args, cfg, 0):
+                    loss = dense(input_ids=ids, attention_mask=mask, labels=labels)["loss"] / m
+                    loss.backward()
+                    tot += float(loss)
+                opt.step()
+                opt.zero_grad()
+                ref.append(tot)
+            for step in range(2):
+                got = outs[1]["losses"][step]
+                check(abs(got - ref[step]) < 2e-5 * abs(ref[step]), "%s %s %s: step-%d loss %.7f == dense %.7f"
+                      % (fam, method, " ".join(extra), step + 1, got, ref[step]))
+            if method == "megatron":
+                check(outs[0]["losses"] == outs[1]["losses"], "megatron: both tp ranks see the same loss")
+            check(all(o["peak_bytes"] > 0 for o in outs), "%s %s: both ranks measured" % (fam, method))
+    finally:
+        os.chdir(cwd)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--parallel"]:
+        parallel_cases()
+        print("%d failure(s)" % len(FAILS))
+        sys.exit(1 if FAILS else 0)
     pure_parameter_case()
+    parallel_cases()
     new_family_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))

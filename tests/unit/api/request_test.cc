@@ -441,6 +441,15 @@ TEST(Request, BadDocumentsAndModels) {
   } catch (const Error& e) {
     EXPECT_EQ(std::string(e.what()).rfind("request: malformed JSON", 0), 0u) << e.what();
   }
+  std::string deep = "{\"model\": \"facebook/opt-125m\", \"batch\": " + std::string(100000, '[') +
+                     std::string(100000, ']') + "}";
+  try {
+    parse_request(deep);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "request: JSON nested deeper than 64 levels");
+  }
+  EXPECT_THROW(load_model_json(std::string(1000, '[') + std::string(1000, ']')), Error);
   EXPECT_EQ(error_of(json::object()),
             "request: key 'model': required: a catalog name, a config.json path or a config "
             "object");

@@ -1,0 +1,373 @@
+"""Pipeline stages (2-stage 1F1B / GPipe over point-to-point sends) and Megatron-style tensor parallelism
+(tp ranks) on top of models.py's tiny llama / gpt2, for the CPU tier's distributed rows (dist_cpu.py).
+
+Pipeline: stage s holds decoder layers [first, end) (split evenly, the first stages take the remainder);
+the first stage embeds, the last holds the final norm, lm_head and HF's ForCausalLMLoss. The ops are
+LlamaModel / GPT2Model's forward cut at the stage boundary (no KV cache: a pipeline stage is not
+LlamaModel.forward, and torch.distributed.pipelining / Megatron never build one). Each stage computes its
+own position ids, rotary tables and eager causal mask from the micro-batch's attention_mask. The hidden
+state is received into a fresh buffer that becomes a leaf requiring grad; the stage output is kept (with
+its graph) until its backward, which starts from the gradient received for it; the gradient of the
+received input is sent back. A tied head (gpt2) is a copy of its own on the last stage; after the last
+backward of the step the two copies' gradients are all-reduced (Megatron's embedding-group all-reduce).
+
+Tensor parallelism (Megatron-LM layout): q/k/v and gate/up column-parallel, o_proj/down_proj
+row-parallel (output all-reduced in place), heads split across ranks, vocabulary-parallel embedding
+(masked lookup + all-reduce), vocab-parallel lm_head (column-parallel, outputs not gathered) and the
+vocab-parallel cross-entropy of megatron.core.tensor_parallel.cross_entropy (max and sum-exp all-reduced,
+the logits buffer reused in place for exp and softmax, softmax saved for backward). Norm weights are
+replicated. Loss: per-token losses times a loss mask over the mask sum (Megatron's loss_func) on the
+labels shifted as HF does, so it equals the dense model's ForCausalLMLoss.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+import models
+
+
+# ============================================================================================
+# pipeline
+def stage_layers(n_layers, pp, s):
+    base, extra = divmod(n_layers, pp)
+    first = s * base + min(s, extra)
+    return first, first + base + (1 if s < extra else 0)
+
+
+class Stage(nn.Module):
+    """One pipeline stage cut out of a built full model (the rest is dropped)."""
+
+    def __init__(self, full, pp, s):
+        super().__init__()
+        cfg = full.config
+        self.config = cfg
+        self.mt = cfg.model_type
+        self.first, self.last = s == 0, s == pp - 1
+        n = cfg.num_hidden_layers
+        lo, hi = stage_layers(n, pp, s)
+        self.layer_range = (lo, hi)
+        if self.mt in ("llama", "mistral", "qwen2"):
+            body = full.model
+            self.layers = nn.ModuleList(list(body.layers)[lo:hi])
+            self.rotary_emb = body.rotary_emb
+            if self.first:
+                self.embed_tokens = body.embed_tokens
+            if self.last:
+                self.norm = body.norm
+                self.lm_head = full.lm_head
+        elif self.mt == "gpt2":
+            body = full.transformer
+            self.h = nn.ModuleList(list(body.h)[lo:hi])
+            if self.first:
+                self.wte, self.wpe, self.drop = body.wte, body.wpe, body.drop
+            if self.last:
+                self.ln_f = body.ln_f
+                self.lm_head = full.lm_head
+                if cfg.tie_word_embeddings and not self.first:
+                    # the tied head on a later stage: a copy of its own (same values)
+                    self.lm_head.weight = nn.Parameter(body.wte.weight.detach().clone())
+        else:
+            raise ValueError("pipeline stages: llama-style and gpt2 only, not %s" % self.mt)
+        self.tied_copy = self.mt == "gpt2" and cfg.tie_word_embeddings and pp > 1
+
+    def tied_grad(self):
+        if not self.tied_copy:
+            return None
+        return (self.wte.weight if self.first else self.lm_head.weight).grad
+
+    def forward(self, x, attention_mask, labels=None):
+        """x: input_ids on the first stage, the received hidden state elsewhere. Returns the loss on the
+        last stage, the hidden state otherwise."""
+        if self.mt == "gpt2":
+            return self._gpt2(x, attention_mask, labels)
+        return self._llama(x, attention_mask, labels)
+
+    def _llama(self, x, attention_mask, labels):
+        cfg = self.config
+        inputs_embeds = self.embed_tokens(x) if self.first else x
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        sw = cfg.sliding_window if self.mt == "mistral" else None
+        mask = models._eager_causal_mask(inputs_embeds, attention_mask, cache_position, sw)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask=mask, position_ids=position_ids,
+                                  past_key_values=None, use_cache=False, cache_position=cache_position,
+                                  position_embeddings=position_embeddings)
+        if not self.last:
+            return hidden_states
+        hidden_states = self.norm(hidden_states)
+        logits = self.lm_head(hidden_states[:, slice(0, None), :])
+        models._mark("loss")
+        return models.ForCausalLMLoss(logits=logits, labels=labels, vocab_size=cfg.vocab_size)
+
+    def _gpt2(self, x, attention_mask, labels):
+        cfg = self.config
+        if self.first:
+            input_shape = x.size()
+            input_ids = x.view(-1, input_shape[-1])
+            batch_size = input_ids.shape[0]
+            inputs_embeds = self.wte(input_ids)
+            cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+            position_ids = cache_position.unsqueeze(0)
+            position_embeds = self.wpe(position_ids)
+            hidden_states = inputs_embeds + position_embeds.to(inputs_embeds.device)
+        else:
+            input_shape = x.shape[:-1]
+            batch_size = x.shape[0]
+            inputs_embeds = hidden_states = x
+            cache_position = torch.arange(0, 0 + x.shape[1], device=x.device)
+        if attention_mask is not None and attention_mask.ndim < 4:
+            attention_mask = attention_mask.view(batch_size, -1)
+        causal_mask = models._eager_causal_mask(inputs_embeds, attention_mask, cache_position)
+        if self.first:
+            hidden_states = self.drop(hidden_states)
+        output_shape = (-1,) + tuple(input_shape[1:]) + (hidden_states.size(-1),)
+        for block in self.h:
+            outputs = block(hidden_states, None, cache_position, causal_mask, None,
+                            encoder_attention_mask=None, use_cache=False, output_attentions=False)
+            hidden_states = outputs[0]
+        if not self.last:
+            return hidden_states
+        hidden_states = self.ln_f(hidden_states)
+        hidden_states = hidden_states.view(output_shape)
+        logits = self.lm_head(hidden_states[:, slice(0, None), :])
+        models._mark("loss")
+        return models.ForCausalLMLoss(logits, labels, vocab_size=cfg.vocab_size)
+
+
+def schedule_ops(schedule, pp, s, m):
+    """[("F", k) / ("B", k)] for stage s. 1F1B: pp-s-1 warm-up forwards, then one forward, one backward
+    (so min(pp - s, m) forwards are in flight at the first backward), then the cool-down backwards.
+    GPipe: every forward, then every backward, oldest first (torch's ScheduleGPipe order)."""
+    if schedule == "gpipe":
+        return [("F", k) for k in range(m)] + [("B", k) for k in range(m)]
+    warm = min(pp - s - 1, m)
+    ops = [("F", k) for k in range(warm)]
+    f, b = warm, 0
+    while f < m:
+        ops += [("F", f), ("B", b)]
+        f, b = f + 1, b + 1
+    ops += [("B", k) for k in range(b, m)]
+    return ops
+
+
+def pipeline_step(stage, micro, schedule, rank, pp, hidden_shape, hidden_dtype, autocast, mark, step):
+    """One optimizer step's forwards and backwards on this stage over the micro-batches `micro`
+    [(ids, mask, labels)]. Returns the sum of the micro-batch losses / m on the last stage (a float)."""
+    m = len(micro)
+    prev, nxt = rank - 1, rank + 1
+    inflight = {}   # k -> (received input leaf or None, output or loss, send handle)
+    total = 0.0
+    for op, k in schedule_ops(schedule, pp, rank, m):
+        ids, mask, labels = micro[k]
+        if op == "F":
+            mark((step, "forward"))
+            if stage.first:
+                x = None
+                inp = ids
+            else:
+                x = torch.empty(hidden_shape, dtype=hidden_dtype)
+                dist.recv(x, src=prev)
+                x.requires_grad_(True)
+                inp = x
+            if autocast:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    out = stage(inp, mask, labels)
+            else:
+                out = stage(inp, mask, labels)
+            handle = None
+            if stage.last:
+                out = out / m
+                total += float(out.detach())
+            else:
+                handle = dist.isend(out.detach(), dst=nxt)
+            del inp
+            inflight[k] = (x, out, handle)
+            del x, out, handle
+        else:
+            mark((step, "backward"))
+            x, out, handle = inflight.pop(k)
+            if stage.last:
+                out.backward()
+            else:
+                g = torch.empty_like(out, memory_format=torch.contiguous_format)
+                dist.recv(g, src=nxt)
+                handle.wait()
+                torch.autograd.backward(out, g)
+                del g
+            del out, handle
+            if x is not None:
+                dist.send(x.grad, dst=prev)
+                x.grad = None
+            del x
+    if stage.tied_copy:
+        mark((step, "backward"))
+        dist.all_reduce(stage.tied_grad())
+    return total
+
+
+# ============================================================================================
+# Megatron-style tensor parallelism
+def _all_reduce(t, op=dist.ReduceOp.SUM):
+    """In-place all-reduce. gloo (torch 1.13) has no bfloat16: a 16-bit tensor is reduced through an fp32
+    copy (a transient of twice its size that NCCL would not need; at most [b, s, h] fp32 here)."""
+    if t.dtype in (torch.bfloat16, torch.float16):
+        t32 = t.float()
+        dist.all_reduce(t32, op=op)
+        t.copy_(t32)
+        del t32
+    else:
+        dist.all_reduce(t, op=op)
+
+
+class _CopyToTP(torch.autograd.Function):
+    """Identity forward; all-reduce of the input gradient in backward (copy_to_tensor_model_parallel_region)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        _all_reduce(g)
+        return g
+
+
+class _ReduceFromTP(torch.autograd.Function):
+    """All-reduce in place in forward; identity backward (reduce_from_tensor_model_parallel_region)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        _all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class ColumnParallelLinear(nn.Module):
+    def __init__(self, dense, tp, rank):
+        super().__init__()
+        out = dense.weight.shape[0] // tp
+        sl = slice(rank * out, (rank + 1) * out)
+        self.weight = nn.Parameter(dense.weight.detach()[sl].clone())
+        self.bias = nn.Parameter(dense.bias.detach()[sl].clone()) if dense.bias is not None else None
+
+    def forward(self, x):
+        return F.linear(_CopyToTP.apply(x), self.weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    def __init__(self, dense, tp, rank):
+        super().__init__()
+        inp = dense.weight.shape[1] // tp
+        self.weight = nn.Parameter(dense.weight.detach()[:, rank * inp:(rank + 1) * inp].clone())
+        self.bias = nn.Parameter(dense.bias.detach().clone()) if dense.bias is not None else None
+
+    def forward(self, x):
+        out = _ReduceFromTP.apply(F.linear(x, self.weight))
+        return out + self.bias if self.bias is not None else out
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, dense, tp, rank):
+        super().__init__()
+        v = dense.weight.shape[0] // tp
+        self.start, self.end = rank * v, (rank + 1) * v
+        self.weight = nn.Parameter(dense.weight.detach()[self.start:self.end].clone())
+
+    def forward(self, input_):
+        input_mask = (input_ < self.start) | (input_ >= self.end)
+        masked_input = input_.clone() - self.start
+        masked_input[input_mask] = 0
+        output_parallel = F.embedding(masked_input, self.weight)
+        output_parallel[input_mask, :] = 0.0
+        return _ReduceFromTP.apply(output_parallel)
+
+
+class _VocabParallelCE(torch.autograd.Function):
+    """megatron.core.tensor_parallel.cross_entropy._VocabParallelCrossEntropy (label_smoothing 0)."""
+
+    @staticmethod
+    def forward(ctx, vocab_parallel_logits, target, start, end):
+        vocab_parallel_logits = vocab_parallel_logits.float()
+        logits_max = torch.max(vocab_parallel_logits, dim=-1)[0]
+        _all_reduce(logits_max, op=dist.ReduceOp.MAX)
+        vocab_parallel_logits -= logits_max.unsqueeze(dim=-1)     # in place, as Megatron
+        target_mask = (target < start) | (target >= end)
+        masked_target = target.clone() - start
+        masked_target[target_mask] = 0
+        partition = vocab_parallel_logits.size()[-1]
+        logits_2d = vocab_parallel_logits.view(-1, partition)
+        masked_target_1d = masked_target.view(-1)
+        arange_1d = torch.arange(start=0, end=logits_2d.size()[0], device=logits_2d.device)
+        predicted_logits_1d = logits_2d[arange_1d, masked_target_1d]
+        predicted_logits_1d = predicted_logits_1d.clone().contiguous()
+        predicted_logits = predicted_logits_1d.view_as(target)
+        predicted_logits[target_mask] = 0.0
+        exp_logits = vocab_parallel_logits
+        torch.exp(vocab_parallel_logits, out=exp_logits)
+        sum_exp_logits = exp_logits.sum(dim=-1)
+        _all_reduce(predicted_logits)
+        _all_reduce(sum_exp_logits)
+        loss = torch.log(sum_exp_logits) - predicted_logits
+        exp_logits.div_(sum_exp_logits.unsqueeze(dim=-1))
+        ctx.save_for_backward(exp_logits, target_mask, masked_target_1d)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        softmax, target_mask, masked_target_1d = ctx.saved_tensors
+        grad_input = softmax
+        partition = softmax.size()[-1]
+        grad_2d = grad_input.view(-1, partition)
+        arange_1d = torch.arange(start=0, end=grad_2d.size()[0], device=grad_2d.device)
+        softmax_update = 1.0 - target_mask.view(-1).float()
+        grad_2d[arange_1d, masked_target_1d] -= softmax_update
+        grad_input.mul_(grad_output.unsqueeze(dim=-1))
+        return grad_input, None, None, None
+
+
+def megatron_loss(logits, labels, start, end, ignore_index=-100):
+    """Vocab-parallel CE on HF-shifted labels; mean over the non-ignored tokens (Megatron's loss_func)."""
+    labels = F.pad(labels, (0, 1), value=ignore_index)
+    shift_labels = labels[..., 1:].contiguous()
+    loss_mask = (shift_labels != ignore_index).float()
+    target = shift_labels.masked_fill(shift_labels == ignore_index, 0)
+    losses = _VocabParallelCE.apply(logits, target, start, end)
+    return torch.sum(losses.view(-1) * loss_mask.view(-1)) / loss_mask.sum()
+
+
+def apply_megatron(model, tp, rank):
+    """Turn a built dense llama-style model into this rank's tensor-parallel shard (in place)."""
+    cfg = model.config
+    if cfg.model_type not in ("llama", "mistral", "qwen2"):
+        raise ValueError("megatron tp: llama-style models only")
+    if cfg.tie_word_embeddings:
+        raise ValueError("megatron tp: untied embeddings only")
+    for layer in model.model.layers:
+        at, mlp = layer.self_attn, layer.mlp
+        for n in ("q_proj", "k_proj", "v_proj"):
+            setattr(at, n, ColumnParallelLinear(getattr(at, n), tp, rank))
+        at.o_proj = RowParallelLinear(at.o_proj, tp, rank)
+        mlp.gate_proj = ColumnParallelLinear(mlp.gate_proj, tp, rank)
+        mlp.up_proj = ColumnParallelLinear(mlp.up_proj, tp, rank)
+        mlp.down_proj = RowParallelLinear(mlp.down_proj, tp, rank)
+    model.model.embed_tokens = VocabParallelEmbedding(model.model.embed_tokens, tp, rank)
+    model.lm_head = ColumnParallelLinear(model.lm_head, tp, rank)
+    model.vocab_range = (model.model.embed_tokens.start, model.model.embed_tokens.end)
+    return model
+
+
+def megatron_forward(model, input_ids, attention_mask, labels):
+    """LlamaForCausalLM.forward with the vocab-parallel head and loss; no KV cache (Megatron has none)."""
+    outputs = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden_states = outputs.last_hidden_state
+    logits = model.lm_head(hidden_states[:, slice(0, None), :])
+    models._mark("loss")
+    start, end = model.vocab_range
+    return megatron_loss(logits, labels, start, end)
