@@ -2,8 +2,8 @@
 # Installs the Debian packages llmem needs, only when some are missing.
 # Usage: scripts/deps.sh [extra-package ...]
 set -euo pipefail
-packages=(cmake g++ make nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-          libbenchmark-dev "$@")
+packages=(cmake g++ make pkg-config nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
+          libbenchmark-dev libcpp-httplib-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,13 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh libyaml-cpp-dev clang-14 libclang-rt-14-dev clang-format python3-torch \
   pybind11-dev python3-pybind11 python3-dev python3-venv python3-setuptools python3-wheel \
-  python3-pip python3-pytest
+  python3-pip python3-pytest chromium
 jobs=$(nproc)
 
 echo "== ci build (warnings as errors)"
 cmake --preset ci >/dev/null
 cmake --build --preset ci -j"$jobs"
 ctest --preset ci -j"$jobs"
+
+echo "== web: llmem serve's API, the page in headless Chromium, the HTML report"
+bash scripts/test_web.sh build/ci/tools/llmem/llmem
 
 echo "== Python package (venv, offline pip install --no-build-isolation ., pytest)"
 LLMEM_BUILD_JOBS="$jobs" bash scripts/test_python.sh

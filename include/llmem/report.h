@@ -40,6 +40,14 @@ std::string estimate_csv(const Estimate& e);
 /// The timeline as an SVG chart with phase bands and the capacity line.
 std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estimate& e);
 
+/// A self-contained HTML page (inline CSS and SVG, no scripts, no network):
+/// the verdict, the breakdown at the peak as a stacked bar against the
+/// capacity, the timeline, the per-rank table (distributed layouts), the
+/// peaks and the inputs. Byte counts equal estimate_json's; each is tagged
+/// with data-key="<json path>" (e.g. "peak.device_bytes").
+std::string estimate_html(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
+                          const Estimate& e);
+
 /// The paper's equations, alone or beside llmem's estimate (`llmem` may be null).
 std::string paper_table(const ModelSpec& model, const TrainingSetup& setup, const GpuSpec& gpu,
                         const PaperEstimate& p, const Estimate* llmem);

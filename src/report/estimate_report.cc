@@ -8,6 +8,8 @@
 
 #include "llmem/report.h"
 
+#include "report/charts.h"
+
 namespace llmem {
 namespace {
 
@@ -209,6 +211,11 @@ std::string estimate_csv(const Estimate& e) {
 }
 
 std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estimate& e) {
+  return report::timeline_svg(model, gpu, e, true);
+}
+
+std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, const Estimate& e,
+                                 bool standalone) {
   const double width = 960, height = 420, left = 70, right = 20, top = 40, bottom = 50;
   double plot_w = width - left - right;
   double plot_h = height - top - bottom;
@@ -221,10 +228,15 @@ std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estim
     return top + plot_h * (1.0 - static_cast<double>(b) / static_cast<double>(ymax));
   };
   std::ostringstream out;
-  out << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-  out << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  out << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\">" << model.name
+  if (standalone) {
+    out << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
+        << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+    out << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  } else {
+    out << "<svg class=\"timeline\" viewBox=\"0 0 " << width << " " << height
+        << "\" role=\"img\" font-family=\"sans-serif\" font-size=\"12\">\n";
+  }
+  out << "<text x=\"" << left << "\" y=\"22\" font-size=\"15\">" << html_escape(model.name)
       << ": memory over one training step (peak " << gib(e.peak.allocated_bytes)
       << " allocated)</text>\n";
   // Phase bands.
@@ -240,9 +252,10 @@ std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estim
     auto ph = static_cast<size_t>(e.timeline[start].phase);
     out << "<rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << std::max(0.0, x1 - x0)
         << "\" height=\"" << plot_h << "\" fill=\"" << colors[ph % 5] << "\"/>\n";
-    if (x1 - x0 > 40) {
-      out << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 << "\" fill=\"#555\">"
-          << phase_name(e.timeline[start].phase) << "</text>\n";
+    std::string_view label = phase_name(e.timeline[start].phase);
+    if (x1 - x0 > 7.0 * static_cast<double>(label.size()) + 8) {
+      out << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 << "\" fill=\"#555\">" << label
+          << "</text>\n";
     }
     start = i;
   }
@@ -258,8 +271,8 @@ std::string estimate_svg(const ModelSpec& model, const GpuSpec& gpu, const Estim
   if (e.capacity_bytes > 0) {
     out << "<line x1=\"" << left << "\" x2=\"" << left + plot_w << "\" y1=\"" << y(e.capacity_bytes)
         << "\" y2=\"" << y(e.capacity_bytes) << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/>\n";
-    out << "<text x=\"" << left + 4 << "\" y=\"" << y(e.capacity_bytes) - 4 << "\">" << gpu.name
-        << " capacity " << gib(e.capacity_bytes) << "</text>\n";
+    out << "<text x=\"" << left + 4 << "\" y=\"" << y(e.capacity_bytes) - 4 << "\">"
+        << html_escape(gpu.name) << " capacity " << gib(e.capacity_bytes) << "</text>\n";
   }
   for (int t = 0; t <= 4; ++t) {
     uint64_t b = ymax / 4 * static_cast<uint64_t>(t);

@@ -20,6 +20,7 @@
 
 #include "plan_cmd.h"
 #include "request_flags.h"
+#include "serve.h"
 
 namespace llmem::cli {
 namespace {
@@ -80,6 +81,8 @@ int run_estimate(const RequestFlags& flags, const EstimateOutput& o, std::ostrea
     out << estimate_csv(e);
   } else if (o.format == "svg") {
     out << estimate_svg(r.model, r.gpu, e);
+  } else if (o.format == "html") {
+    out << estimate_html(r.model, r.setup, r.gpu, e);
   } else {
     out << estimate_table(r.model, r.setup, r.gpu, e);
   }
@@ -213,8 +216,10 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       ->delimiter(',');
   est.option<int64_t>("--reduce-bucket-size", "DeepSpeed reduce_bucket_size (elements)");
   EstimateOutput est_out;
-  est_cmd->add_option("--format", est_out.format, "table, json, csv (timeline) or svg (timeline)")
-      ->check(CLI::IsMember({"table", "json", "csv", "svg"}));
+  est_cmd
+      ->add_option("--format", est_out.format,
+                   "table, json, csv (timeline), svg (timeline) or html (self-contained report)")
+      ->check(CLI::IsMember({"table", "json", "csv", "svg", "html"}));
 
   ValidateOptions val;
   CLI::App* val_cmd =
@@ -236,6 +241,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       app.add_subcommand("architectures", "List the supported architectures (model_type values)");
 
   PlanCommand plan_cmd(app);
+  ServeOptions serve;
+  CLI::App* serve_cmd = add_serve_command(app, &serve);
 
   try {
     app.parse(argc, argv);
@@ -261,6 +268,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
       return run_architectures(out);
     if (plan_cmd.parsed())
       return plan_cmd.run(out, err);
+    if (serve_cmd->parsed())
+      return run_serve(serve, out, err);
   } catch (const Error& e) {
     err << "llmem: error: " << e.what() << "\n";
     return kExitBadInput;
