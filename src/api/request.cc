@@ -709,16 +709,34 @@ json parse_object(std::string_view text, const Context& c) {
   return j;
 }
 
+// The GPU of a request: a catalog name (gpu) or a size (gpu_mem), not both.
+GpuSpec gpu_from(const Fields& f, const Context& c) {
+  try {
+    if (f.has("gpu") && f.has("gpu_mem"))
+      f.fail("gpu_mem", "give " + c.name("gpu") + " or " + c.name("gpu_mem") + ", not both");
+    if (f.has("gpu_mem"))
+      return custom_gpu(f.number("gpu_mem", 0, -1e300, 1e300, ""));
+    return find_gpu(f.text("gpu", "A100-80GB"));
+  } catch (...) {
+    c.restyle();
+  }
+}
+
+// A request's JSON object: only `keys`, with a model.
+json request_object(std::string_view text, const Context& c, const std::vector<std::string>& keys) {
+  json j = parse_object(text, c);
+  Fields(j, c).reject_unknown(keys);
+  if (!j.contains("model") || j.at("model").is_null())
+    c.fail("model", "required: a catalog name, a config.json path or a config object");
+  return j;
+}
+
 }  // namespace
 
 Request parse_request(std::string_view json_text, const RequestOptions& options) {
   Context c(options);
-  json j = parse_object(json_text, c);
+  json j = request_object(json_text, c, all_keys());
   Fields f(j, c);
-  f.reject_unknown(all_keys());
-  if (!f.has("model"))
-    f.fail("model", "required: a catalog name, a config.json path or a config object");
-
   Request r;
   r.options = options;
   r.model = model_from(j.at("model"), c);
@@ -729,17 +747,7 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   if (f.has("deepspeed_config"))
     apply_deepspeed(j.at("deepspeed_config"), c, &r);
 
-  try {
-    if (f.has("gpu") && f.has("gpu_mem"))
-      f.fail("gpu_mem", "give " + c.name("gpu") + " or " + c.name("gpu_mem") + ", not both");
-    if (f.has("gpu_mem")) {
-      r.gpu = custom_gpu(f.number("gpu_mem", 0, -1e300, 1e300, ""));
-    } else {
-      r.gpu = find_gpu(f.text("gpu", "A100-80GB"));
-    }
-  } catch (...) {
-    c.restyle();
-  }
+  r.gpu = gpu_from(f, c);
   constexpr EstimatorKind kEstimators[] = {EstimatorKind::kLlmem, EstimatorKind::kPaper,
                                            EstimatorKind::kBoth};
   r.estimator = kEstimators[f.choice("estimator", "llmem", {"llmem", "paper", "both"})];
@@ -794,24 +802,14 @@ const std::vector<std::string>& plan_request_keys() {
 
 PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& options) {
   Context c(options);
-  json j = parse_object(json_text, c);
+  json j = request_object(json_text, c, plan_request_keys());
   Fields f(j, c);
-  f.reject_unknown(plan_request_keys());
-  if (!f.has("model"))
-    f.fail("model", "required: a catalog name, a config.json path or a config object");
   if (!f.has("gpus"))
     f.fail("gpus", "required: the number of GPUs");
   PlanQuery q;
   q.options = options;
   q.model = model_from(j.at("model"), c);
-  try {
-    if (f.has("gpu") && f.has("gpu_mem"))
-      f.fail("gpu_mem", "give " + c.name("gpu") + " or " + c.name("gpu_mem") + ", not both");
-    q.gpu = f.has("gpu_mem") ? custom_gpu(f.number("gpu_mem", 0, -1e300, 1e300, ""))
-                             : find_gpu(f.text("gpu", "A100-80GB"));
-  } catch (...) {
-    c.restyle();
-  }
+  q.gpu = gpu_from(f, c);
   PlanRequest& r = q.request;
   r.gpus = static_cast<int>(f.integer("gpus", 1, 1, 65536, "expected between 1 and 65536 GPUs"));
   r.nodes = static_cast<int>(f.integer("nodes", 1, 1, 8192, "expected between 1 and 8192 nodes"));

@@ -6,7 +6,7 @@
 
 namespace llmem::trace {
 
-Tid Graph::new_tensor(int64_t numel, int elem, Component c) {
+Tid Graph::push_tensor(int64_t numel, int elem, Component c) {
   Tensor t;
   t.numel = numel;
   t.elem = elem;
@@ -14,7 +14,11 @@ Tid Graph::new_tensor(int64_t numel, int elem, Component c) {
   t.live = true;
   t.component = c;
   tensors_.push_back(t);
-  auto id = static_cast<Tid>(tensors_.size() - 1);
+  return static_cast<Tid>(tensors_.size() - 1);
+}
+
+Tid Graph::new_tensor(int64_t numel, int elem, Component c) {
+  Tid id = push_tensor(numel, elem, c);
   emit(id, true);
   return id;
 }
@@ -36,17 +40,12 @@ Tid Graph::leaf(int64_t numel, int elem, Component c, bool requires_grad) {
 }
 
 Tid Graph::virtual_leaf(int64_t numel, int elem, bool requires_grad) {
-  Tensor t;
-  t.numel = numel;
-  t.elem = elem;
-  t.refs = 1;
-  t.live = true;
-  t.component = Component::kParameters;
+  Tid id = push_tensor(numel, elem, Component::kParameters);
+  Tensor& t = tensors_[static_cast<size_t>(id)];
   t.owns_memory = false;
   t.is_leaf = true;
   t.requires_grad = requires_grad;
-  tensors_.push_back(t);
-  return static_cast<Tid>(tensors_.size() - 1);
+  return id;
 }
 
 void Graph::enter_layer(int16_t layer) {

@@ -155,6 +155,7 @@ class Graph {
     bool boundary = false;    // pass_boundary(): no op, ends a backward pass
   };
 
+  Tid push_tensor(int64_t numel, int elem, Component c);  // no event
   Tid new_tensor(int64_t numel, int elem, Component c);
   void emit(Tid t, bool alloc);
   void accumulate(Tid target, Tid g);

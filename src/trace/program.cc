@@ -486,6 +486,35 @@ class Program {
   }
 
   void optimizer_step(bool first);
+  /// The states `kind` keeps for a tensor of `n` elements of `e` bytes.
+  void add_states(OptimizerKind kind, int64_t n, int e) {
+    switch (kind) {
+      case OptimizerKind::kSgd:
+        break;
+      case OptimizerKind::kSgdMomentum:
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        break;
+      case OptimizerKind::kAdafactor:
+        // factored second moment for matrices (row and column vectors, fp32)
+        opt_state_.push_back(
+            g_.leaf(std::max<int64_t>(1, n / 1024), kF32, Component::kOptimizerStates, false));
+        break;
+      case OptimizerKind::kAdamW8bit:
+      case OptimizerKind::kPagedAdamW8bit:
+        if (n < 4096) {  // bnb min_8bit_size: small tensors keep 32-bit states
+          opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
+        } else {
+          opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
+          opt_state_.push_back(
+              g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
+        }
+        break;
+      default:  // AdamW: exp_avg and exp_avg_sq in the stepped tensor's dtype
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
+        break;
+    }
+  }
   /// torchtune optimizer_in_bwd (training.register_optim_in_bwd_hooks): a
   /// post-accumulate-grad hook steps this parameter's own optimizer, then
   /// zero_grad(set_to_none=True) frees its gradient.
@@ -1822,38 +1851,10 @@ void Program::optimizer_step(bool first) {
   }
   if (first) {
     for (const auto& [n, e] : stepped) {
-      switch (kind) {
-        case OptimizerKind::kAdamWForeach:
-        case OptimizerKind::kAdamWFused:
-        case OptimizerKind::kAdamWForLoop:
-          // step: a CPU tensor on CUDA unless fused/capturable; on a CPU it is real memory.
-          if (!cuda_ || kind == OptimizerKind::kAdamWFused) {
-            opt_state_.push_back(g_.leaf(1, kF32, Component::kOptimizerStates, false));
-          }
-          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-          break;
-        case OptimizerKind::kSgdMomentum:
-          opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-          break;
-        case OptimizerKind::kAdafactor:
-          // factored second moment for matrices (row and column vectors, fp32)
-          opt_state_.push_back(
-              g_.leaf(std::max<int64_t>(1, n / 1024), kF32, Component::kOptimizerStates, false));
-          break;
-        case OptimizerKind::kAdamW8bit:
-        case OptimizerKind::kPagedAdamW8bit:
-          if (n < 4096) {  // bnb min_8bit_size: small tensors keep 32-bit states
-            opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
-          } else {
-            opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
-            opt_state_.push_back(
-                g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
-          }
-          break;
-        default:
-          break;
-      }
+      // step: a CPU tensor on CUDA unless fused/capturable; on a CPU it is real memory.
+      if (adam && (!cuda_ || kind == OptimizerKind::kAdamWFused))
+        opt_state_.push_back(g_.leaf(1, kF32, Component::kOptimizerStates, false));
+      add_states(kind, n, e);
     }
   }
   if (adam && kind == OptimizerKind::kAdamWForeach) {
@@ -1902,27 +1903,7 @@ void Program::step_in_backward(Tid p) {
   int e = g_.elem(p);
   if (!s_.fw.paged_optimizer && stepped_in_bwd_.insert(p).second) {
     // The parameter's own optimizer creates its states at its first step.
-    switch (s_.optimizer) {
-      case OptimizerKind::kSgd:
-        break;
-      case OptimizerKind::kSgdMomentum:
-        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-        break;
-      case OptimizerKind::kAdamW8bit:
-      case OptimizerKind::kPagedAdamW8bit:
-        if (n < 4096) {
-          opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
-        } else {
-          opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
-          opt_state_.push_back(
-              g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
-        }
-        break;
-      default:  // AdamW: exp_avg and exp_avg_sq in the parameter's dtype
-        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-        opt_state_.push_back(g_.leaf(n, e, Component::kOptimizerStates, false));
-        break;
-    }
+    add_states(s_.optimizer, n, e);
   }
   bool adam_temps = !s_.fw.paged_optimizer && (s_.optimizer == OptimizerKind::kAdamW ||
                                                s_.optimizer == OptimizerKind::kAdamWForeach ||

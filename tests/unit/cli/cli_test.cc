@@ -10,22 +10,13 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "cli/run_cli.h"
+
 namespace llmem::cli {
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-Result run_cli(std::vector<const char*> args) {
-  args.insert(args.begin(), "llmem");
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = run(static_cast<int>(args.size()), args.data(), out, err);
-  return {code, out.str(), err.str()};
-}
+using testing::Result;
+using testing::run_cli;
 
 TEST(Cli, InspectJsonContract) {
   Result r = run_cli({"inspect", "--model", "facebook/opt-1.3b", "--format", "json"});

@@ -41,6 +41,17 @@ TrainingSetup cpu_setup(Method m, int dp) {
   return s;
 }
 
+// Llama-2-7B-sized ranks: micro-batch 1 of 1024 tokens, checkpointing on.
+TrainingSetup seven_b(Method m, int dp) {
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.parallel.method = m;
+  s.parallel.dp = dp;
+  return s;
+}
+
 int64_t trainable_bytes(const ModelSpec& m, int elem) {
   return m.params() * elem;
 }
@@ -73,13 +84,8 @@ TEST(Distributed, ZeroStagesShardStatesThenGradientsThenParameters) {
   GpuSpec gpu = find_gpu("H100-80GB");
   uint64_t last = UINT64_MAX;
   for (Method method : {Method::kZero1, Method::kZero2, Method::kZero3}) {
-    TrainingSetup s;
+    TrainingSetup s = seven_b(method, 8);
     s.device = Device::kCpu;  // exact sizes
-    s.batch = 1;
-    s.seq = 1024;
-    s.checkpointing = CheckpointMode::kReentrant;
-    s.parallel.method = method;
-    s.parallel.dp = 8;
     Estimate e = estimate(m, s, gpu);
     SCOPED_TRACE(std::string(method_name(method)));
     uint64_t psi = static_cast<uint64_t>(m.params());
@@ -104,12 +110,7 @@ TEST(Distributed, ZeroStagesShardStatesThenGradientsThenParameters) {
 TEST(Distributed, FsdpShardsAndGathersOneLayerAtATime) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
   GpuSpec gpu = find_gpu("H100-80GB");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.checkpointing = CheckpointMode::kReentrant;
-  s.parallel.method = Method::kFsdp;
-  s.parallel.dp = 8;
+  TrainingSetup s = seven_b(Method::kFsdp, 8);
   Estimate full = estimate(m, s, gpu);
   // fp32 shards of every unit.
   EXPECT_NEAR(static_cast<double>(component(full.peak, Component::kParameters)),
@@ -228,12 +229,7 @@ TEST(Distributed, PipelineStagesSplitLayersAndHoldMicroBatchesInFlight) {
 TEST(Distributed, OffloadLeavesOnlyWorkingMemoryOnTheGpu) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
   GpuSpec gpu = find_gpu("H100-80GB");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.checkpointing = CheckpointMode::kReentrant;
-  s.parallel.method = Method::kZero3;
-  s.parallel.dp = 8;
+  TrainingSetup s = seven_b(Method::kZero3, 8);
   s.parallel.offload_optimizer = true;
   Estimate opt = estimate(m, s, gpu);
   EXPECT_EQ(component(opt.peak, Component::kOptimizerStates), 0u);

@@ -21,6 +21,7 @@
 #include "llmem/model.h"
 
 #include "cli.h"
+#include "cli/run_cli.h"
 
 namespace llmem {
 namespace {
@@ -514,19 +515,8 @@ TEST(PaperPlan, DpTpGatherTermForAnyLayout) {
 namespace cli {
 namespace {
 
-struct Result {
-  int code;
-  std::string out;
-  std::string err;
-};
-
-Result run_cli(std::vector<const char*> args) {
-  args.insert(args.begin(), "llmem");
-  std::ostringstream out;
-  std::ostringstream err;
-  int code = run(static_cast<int>(args.size()), args.data(), out, err);
-  return {code, out.str(), err.str()};
-}
+using testing::Result;
+using testing::run_cli;
 
 TEST(PlanCli, JsonContractWhenSomethingFits) {
   Result r =
