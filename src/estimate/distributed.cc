@@ -183,19 +183,17 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     }
   }
   bool sharding = p.method == Method::kZero1 || p.method == Method::kZero2 ||
-                  p.method == Method::kZero3 || p.method == Method::kFsdp;
+                  p.method == Method::kZero3 || p.method == Method::kFsdp ||
+                  p.method == Method::kGemini;
   if ((p.offload_optimizer || p.offload_params) && (!sharding || p.torch_zero)) {
     throw Error("--offload", "",
                 "CPU offload is modelled for DeepSpeed ZeRO and FSDP, not " +
                     std::string(method_name(p.method)));
   }
-  if (p.offload_params && p.method != Method::kZero3 && p.method != Method::kFsdp) {
-    throw Error("--offload", "", "parameter offload needs sharded parameters (zero3 or fsdp)");
-  }
-  if (p.method == Method::kGemini) {
-    throw Error("--method", "",
-                "ColossalAI Gemini is not simulated yet; --estimator paper gives the paper's "
-                "equations for it");
+  if (p.offload_params && p.method != Method::kZero3 && p.method != Method::kFsdp &&
+      p.method != Method::kGemini) {
+    throw Error("--offload", "",
+                "parameter offload needs sharded parameters (zero3, fsdp or gemini)");
   }
   bool tp_method = p.method == Method::kMegatron || p.method == Method::kColossal1d;
   if (p.tp > 1 && !(tp_method || p.method == Method::kDdp || p.method == Method::kZero1 ||
@@ -219,7 +217,6 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   switch (p.method) {
     case Method::kDdp:
     case Method::kMegatron:
-    case Method::kColossal1d:
       // Data parallelism over the replicas (or tensor-parallel groups) by DDP.
       r.ddp_buckets = dp > 1;
       r.bucket_view = dp > 1 && p.gradient_as_bucket_view;
@@ -253,6 +250,30 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       notes.push_back(
           "DeepSpeed: 16-bit weights without autocast, fp32 master and optimizer partitions, "
           "FusedAdam");
+      break;
+    case Method::kGemini:
+    case Method::kColossal1d:
+      // ColossalAI GeminiDDP (the paper's "advanced DP"), placement "cuda":
+      // fp16 parameters in chunks sharded over the replicas and gathered for
+      // use, gradients reduced into the fp16 chunks (reuse_fp16_chunk), fp32
+      // master chunks and HybridAdam states of this rank's shard, no autocast.
+      // Chunks are modelled as one per decoder layer (the chunk-size search
+      // is not simulated).
+      s.precision = s.precision == Precision::kBf16Mixed || s.precision == Precision::kBf16
+                        ? Precision::kBf16
+                        : Precision::kFp16;
+      r.master_fp32 = true;
+      r.fused_optimizer = true;
+      r.param_shards = dp;
+      r.grad_shards = dp;
+      r.state_shards = dp;
+      r.grads_in_param_chunks = true;
+      r.prefetch_layers = 1;
+      // With 1D tensor parallelism the paper's DP+TP: Gemini over the dp
+      // replicas of each tensor-parallel shard.
+      notes.push_back(
+          "Gemini: fp16 chunks sharded over dp, gradients in the fp16 chunks, fp32 master and "
+          "HybridAdam states on the GPU; one chunk per decoder layer");
       break;
     case Method::kFsdp: {
       int shards =

@@ -565,7 +565,7 @@ class Program {
   /// complete they leave their own buffers (copied into a bucket view, or
   /// reduce-scattered into this rank's shard).
   void reduce_grads(int layer) {
-    if (r_.grad_shards <= 1 && !r_.bucket_view)
+    if (r_.grad_shards <= 1 && !r_.bucket_view && !r_.grads_in_param_chunks)
       return;
     bool any = false;
     for (Tid p : trainable_) {
@@ -575,7 +575,8 @@ class Program {
       any = true;
     }
     auto slot = static_cast<size_t>(layer + 1);
-    if (any && r_.grad_shards > 1 && !r_.offload_optimizer && grad_shards_[slot] == kNone)
+    if (any && r_.grad_shards > 1 && !r_.offload_optimizer && !r_.grads_in_param_chunks &&
+        grad_shards_[slot] == kNone)
       grad_shards_[slot] =
           g_.buffer(trainable_numel_[slot] * grad_store_elem_, Component::kGradients);
   }

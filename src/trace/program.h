@@ -48,8 +48,11 @@ struct RankPlan {
   int end_layer = -1;  ///< -1: every layer
   bool first_stage = true;
   bool last_stage = true;
-  int in_flight = 1;               ///< micro-batches whose activations the stage holds at once
-  bool vocab_parallel_ce = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
+  int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
+  bool vocab_parallel_ce = false;
+  /// ColossalAI Gemini: reduced gradients are written into the 16-bit
+  /// parameter chunks (no gradient buffers of their own).
+  bool grads_in_param_chunks = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
