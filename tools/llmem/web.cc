@@ -3,9 +3,9 @@
 #include "web.h"
 
 #include <algorithm>
+#include <cctype>
 #include <exception>
 #include <filesystem>
-#include <regex>
 
 #include <nlohmann/json.hpp>
 
@@ -122,13 +122,26 @@ ModelSpec load_request_model(const json& m) {
 
 /// The key a message is about ("unknown key 'x'", "--batch: ..." -> "batch"), or "model".
 std::string field_of(const std::string& message) {
-  static const std::regex kKey("key '([^']+)'");
-  static const std::regex kOption("--([a-z0-9][a-z0-9-]*)");
-  std::smatch m;
-  if (std::regex_search(message, m, kKey))
-    return m[1];
-  if (std::regex_search(message, m, kOption) && m[1] != "help") {
-    std::string field = m[1];
+  // Plain scans (std::regex recurses per character: long messages could
+  // exhaust the stack).
+  size_t key = message.find("key '");
+  if (key != std::string::npos) {
+    size_t end = message.find('\'', key + 5);
+    if (end != std::string::npos && end > key + 5)
+      return message.substr(key + 5, end - key - 5);
+  }
+  for (size_t at = message.find("--"); at != std::string::npos; at = message.find("--", at + 2)) {
+    size_t end = at + 2;
+    while (end < message.size() &&
+           (std::islower(static_cast<unsigned char>(message[end])) != 0 ||
+            std::isdigit(static_cast<unsigned char>(message[end])) != 0 || message[end] == '-')) {
+      ++end;
+    }
+    if (end == at + 2 || message[at + 2] == '-')
+      continue;
+    std::string field = message.substr(at + 2, end - at - 2);
+    if (field == "help")
+      continue;
     for (char& c : field)
       c = c == '-' ? '_' : c;
     return field;
