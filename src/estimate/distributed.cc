@@ -166,7 +166,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   if (p.method == Method::kSingle) {
     throw Error("--method", "",
                 "a layout of " + std::to_string(p.gpus()) +
-                    " GPUs needs a method (ddp, zero1, zero2, zero3, fsdp, megatron, "
+                    " GPUs needs a method (ddp, zero1, zero2, zero3, fsdp, gemini, megatron, "
                     "colossalai-1d)");
   }
   if (p.pp > 1) {

@@ -197,8 +197,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--estimator", "llmem (simulation), paper (LLMem equations 1-5) or both");
   est.option<int64_t>("--chunk-elems",
                       "Paper estimator: Gemini chunk size in elements (0: largest tensor)");
-  est.option<std::string>("--method",
-                          "single, ddp, zero1, zero2, zero3, fsdp, megatron, colossalai-1d");
+  est.option<std::string>(
+      "--method", "single, ddp, zero1, zero2, zero3, fsdp, gemini, megatron, colossalai-1d");
   est.option<int64_t>("--dp", "Data-parallel degree");
   est.option<std::string>("--deepspeed-config",
                           "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
