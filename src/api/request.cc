@@ -775,6 +775,10 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   read_step(f, c, &r.setup);
   read_finetune(f, j, c, r.model, &r.setup, &r.warnings);
   read_parallel(f, c, &r.setup.parallel);
+  if (f.has("deepspeed_config") && f.has("fsdp_config")) {
+    c.fail("fsdp_config",
+           "give " + c.name("deepspeed_config") + " or " + c.name("fsdp_config") + ", not both");
+  }
   if (f.has("deepspeed_config"))
     apply_deepspeed(j.at("deepspeed_config"), c, &r);
   if (f.has("fsdp_config"))

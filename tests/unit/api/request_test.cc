@@ -634,6 +634,8 @@ TEST(Request, FsdpConfig) {
                "bad-sharding.yaml: key 'fsdp_config.fsdp_sharding_strategy'");
   EXPECT_ERROR(base({{"fsdp_config", {{"distributed_type", "MULTI_GPU"}}}}),
                "fsdp_config: key 'distributed_type'");
+  EXPECT_ERROR(base({{"fsdp_config", object}, {"deepspeed_config", json::object({{"fp16", {}}})}}),
+               "key 'fsdp_config': give");
 }
 
 }  // namespace
