@@ -96,6 +96,10 @@ struct Request {
 /// - deepspeed_config: a path to a DeepSpeed JSON config, or the config as an
 ///   object; applied last (apply_deepspeed_config: it overrides method and
 ///   the ZeRO knobs), its warnings go to Request::warnings.
+/// - fsdp_config: a path to an accelerate FSDP config (YAML), or the config
+///   as an object; applied after deepspeed_config (apply_fsdp_config: it
+///   overrides method, dp and the FSDP knobs), its warnings go to
+///   Request::warnings.
 ///
 /// Throws llmem::Error naming the key and what was expected: malformed JSON,
 /// a wrong type, a value out of range, an unknown key (with a suggestion), an

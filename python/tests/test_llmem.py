@@ -270,6 +270,30 @@ def test_deepspeed_config_dict_and_file(tmp_path):
     assert e.key == "deepspeed_config"
 
 
+def test_fsdp_config_dict_and_file(tmp_path):
+    text = ("distributed_type: FSDP\nmixed_precision: bf16\nnum_machines: 1\nnum_processes: 4\n"
+            "fsdp_config:\n  fsdp_sharding_strategy: FULL_SHARD\n  fsdp_offload_params: false\n"
+            "  fsdp_activation_checkpointing: true\n  fsdp_version: 1\n")
+    cfg = {"distributed_type": "FSDP", "mixed_precision": "bf16", "num_machines": 1,
+           "num_processes": 4,
+           "fsdp_config": {"fsdp_sharding_strategy": "FULL_SHARD", "fsdp_offload_params": False,
+                           "fsdp_activation_checkpointing": True, "fsdp_version": 1}}
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(text)
+    a = llmem.estimate("meta-llama/Llama-3.2-1B", fsdp_config=cfg)
+    b = llmem.estimate("meta-llama/Llama-3.2-1B", fsdp_config=str(path))
+    out = cli("estimate", "--model", "meta-llama/Llama-3.2-1B", "--fsdp-config", str(path),
+              "--format", "json").stdout
+    assert a.to_json() == b.to_json() == out
+    assert a.setup.method == "fsdp"
+    with pytest.warns(llmem.Warning, match="fsdp_forward_prefetch"):
+        llmem.estimate("meta-llama/Llama-3.2-1B", fsdp_config={
+            "distributed_type": "FSDP", "num_processes": 2,
+            "fsdp_config": {"fsdp_forward_prefetch": True}})
+    e = error(lambda: llmem.estimate("facebook/opt-125m", fsdp_config={"distributed_type": "NO"}))
+    assert e.key == "distributed_type"
+
+
 def test_non_ascii_and_long_values_in_messages():
     e = error(lambda: llmem.estimate("facebook/opt-125m", precision="é" * 80))
     assert e.key == "precision"

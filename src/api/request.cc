@@ -22,6 +22,7 @@
 #include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
+#include "llmem/fsdp_config.h"
 #include "llmem/recipe.h"
 #include "llmem/report.h"
 
@@ -53,7 +54,7 @@ const std::vector<std::string>& all_keys() {
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
       "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
-      "fsdp_version", "limit_all_gathers", "deepspeed_config",
+      "fsdp_version", "limit_all_gathers", "deepspeed_config", "fsdp_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -674,6 +675,36 @@ void apply_deepspeed(const json& value, const Context& c, Request* r) {
   }
 }
 
+// fsdp_config: a path to an accelerate config (YAML), or the config itself as
+// an object (JSON is YAML, so the object is read as its JSON text). Applied
+// after the other keys, as it sets the method and its knobs
+// (include/llmem/fsdp_config.h).
+void apply_fsdp(const json& value, const Context& c, Request* r) {
+  std::string text;
+  std::string source = "fsdp_config";
+  if (value.is_object()) {
+    text = value.dump();
+  } else if (value.is_string()) {
+    source = value.get<std::string>();
+    std::ifstream in(source, std::ios::binary);
+    if (!in)
+      c.fail("fsdp_config", "cannot open \"" + source + "\" for reading");
+    std::ostringstream buffer;
+    buffer << in.rdbuf();
+    text = buffer.str();
+  } else {
+    c.fail(
+        "fsdp_config",
+        "expected a path to an accelerate FSDP config or the config object, got " + shown(value));
+  }
+  try {
+    std::vector<std::string> warnings = apply_fsdp_config(text, source, &r->setup);
+    r->warnings.insert(r->warnings.end(), warnings.begin(), warnings.end());
+  } catch (...) {
+    c.restyle();
+  }
+}
+
 // Parses JSON text and refuses documents nested deeper than any request or
 // config needs: rendering and comparing JSON recurse, so depth must be bounded
 // before any of that happens (the web API takes requests from anyone).
@@ -744,8 +775,14 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
   read_step(f, c, &r.setup);
   read_finetune(f, j, c, r.model, &r.setup, &r.warnings);
   read_parallel(f, c, &r.setup.parallel);
+  if (f.has("deepspeed_config") && f.has("fsdp_config")) {
+    c.fail("fsdp_config",
+           "give " + c.name("deepspeed_config") + " or " + c.name("fsdp_config") + ", not both");
+  }
   if (f.has("deepspeed_config"))
     apply_deepspeed(j.at("deepspeed_config"), c, &r);
+  if (f.has("fsdp_config"))
+    apply_fsdp(j.at("fsdp_config"), c, &r);
 
   r.gpu = gpu_from(f, c);
   constexpr EstimatorKind kEstimators[] = {EstimatorKind::kLlmem, EstimatorKind::kPaper,

@@ -203,6 +203,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--deepspeed-config",
                           "A DeepSpeed JSON config: ZeRO stage, offload, buckets, precision "
                           "(overrides --method and those options)");
+  est.option<std::string>("--fsdp-config",
+                          "An accelerate FSDP config (YAML): sharding, version, offload, "
+                          "checkpointing, precision, processes (overrides --method and those)");
   est.option<int64_t>("--tp", "Tensor-parallel degree");
   est.option<int64_t>("--pp", "Pipeline stages");
   est.option<std::string>("--schedule", "Pipeline schedule: 1f1b or gpipe");

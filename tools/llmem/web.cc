@@ -102,7 +102,7 @@ void check_model_value(const json& req) {
     throw BadRequest{400, "key 'model': expected a catalog name or a config.json object", "model"};
   }
   // Other keys that the request layer reads as a path or an object.
-  for (const char* key : {"deepspeed_config"}) {
+  for (const char* key : {"deepspeed_config", "fsdp_config"}) {
     if (req.contains(key) && req[key].is_string()) {
       throw BadRequest{400,
                        std::string("key '") + key +

@@ -304,6 +304,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"fsdp_version", 1},
                  {"limit_all_gathers", true},
                  {"deepspeed_config", {{"zero_optimization", {{"stage", 1}}}}},
+                 {"fsdp_config", {{"distributed_type", "FSDP"}}},
                  {"estimator", "llmem"},
                  {"chunk_elems", 0},
                  {"recipe", LLMEM_TEST_DATA_DIR "/recipes/litgpt-llama-2-7b-lora.yaml"},
@@ -604,6 +605,37 @@ TEST(Request, DeepSpeedConfig) {
                "bad-stage.json: key 'zero_optimization.stage'");
   EXPECT_ERROR(base({{"deepspeed_config", {{"zero_optimization", {{"stage", 7}}}}}}),
                "deepspeed_config: key 'zero_optimization.stage'");
+}
+
+TEST(Request, FsdpConfig) {
+  Request r = parse(base({{"fsdp_config", LLMEM_TEST_DATA_DIR "/fsdp/full-shard-bf16.yaml"},
+                          {"method", "ddp"},
+                          {"dp", 2}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kFsdp);  // the config overrides method and dp
+  EXPECT_EQ(r.setup.parallel.dp, 8);
+  EXPECT_EQ(r.setup.checkpointing, CheckpointMode::kNonReentrant);
+  json object = {{"distributed_type", "FSDP"},
+                 {"num_processes", 4},
+                 {"fsdp_config",
+                  {{"fsdp_version", 2},
+                   {"fsdp_reshard_after_forward", false},
+                   {"fsdp_backward_prefetch", "NO_PREFETCH"}}}};
+  r = parse(base({{"fsdp_config", object}}));
+  EXPECT_EQ(r.setup.parallel.method, Method::kFsdp);
+  EXPECT_EQ(r.setup.parallel.fsdp_version, 2);
+  EXPECT_EQ(r.setup.parallel.fsdp_sharding, FsdpSharding::kShardGradOp);
+  EXPECT_EQ(r.setup.parallel.dp, 4);
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("fsdp_config.fsdp_backward_prefetch"), std::string::npos);
+  EXPECT_ERROR(base({{"fsdp_config", "/nonexistent/fsdp.yaml"}}),
+               "request: key 'fsdp_config': cannot open \"/nonexistent/fsdp.yaml\"");
+  EXPECT_ERROR(base({{"fsdp_config", 2}}), "key 'fsdp_config': expected a path");
+  EXPECT_ERROR(base({{"fsdp_config", LLMEM_TEST_DATA_DIR "/fsdp/bad-sharding.yaml"}}),
+               "bad-sharding.yaml: key 'fsdp_config.fsdp_sharding_strategy'");
+  EXPECT_ERROR(base({{"fsdp_config", {{"distributed_type", "MULTI_GPU"}}}}),
+               "fsdp_config: key 'distributed_type'");
+  EXPECT_ERROR(base({{"fsdp_config", object}, {"deepspeed_config", json::object({{"fp16", {}}})}}),
+               "key 'fsdp_config': give");
 }
 
 }  // namespace

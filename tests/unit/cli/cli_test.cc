@@ -234,5 +234,19 @@ TEST(Cli, FrameworkOptionIsChecked) {
   EXPECT_NE(r.err.find("missing.yaml"), std::string::npos);
 }
 
+TEST(Cli, FsdpConfigSetsTheMethodAndWarnsOnStderr) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--fsdp-config",
+                      LLMEM_TEST_DATA_DIR "/fsdp/shard-grad-op-offload.yaml", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["setup"]["method"], "fsdp");
+  EXPECT_NE(r.err.find("warning:"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("fsdp_backward_prefetch"), std::string::npos) << r.err;
+  Result bad = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--fsdp-config",
+                        LLMEM_TEST_DATA_DIR "/fsdp/bad-distributed-type.yaml"});
+  EXPECT_EQ(bad.code, kExitBadInput);
+  EXPECT_NE(bad.err.find("distributed_type"), std::string::npos) << bad.err;
+}
+
 }  // namespace
 }  // namespace llmem::cli

@@ -16,6 +16,7 @@
 #include "llmem/deepspeed.h"
 #include "llmem/error.h"
 #include "llmem/estimate.h"
+#include "llmem/fsdp_config.h"
 #include "llmem/validate.h"
 
 namespace llmem {
@@ -392,6 +393,107 @@ TEST(DeepSpeedConfig, BadConfigsNameTheFileAndKey) {
       EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
     }
   }
+}
+
+std::string read_fsdp(const std::string& name) {
+  std::ifstream in(std::string(LLMEM_TEST_DATA_DIR) + "/fsdp/" + name);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string joined(const std::vector<std::string>& w) {
+  std::string all;
+  for (const std::string& x : w)
+    all += x + "\n";
+  return all;
+}
+
+TEST(FsdpConfig, ReadsFullShardBf16WithCheckpointing) {
+  TrainingSetup s;
+  s.precision = Precision::kFp32;
+  std::vector<std::string> w =
+      apply_fsdp_config(read_fsdp("full-shard-bf16.yaml"), "full-shard-bf16.yaml", &s);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_EQ(s.parallel.fsdp_sharding, FsdpSharding::kFullShard);
+  EXPECT_EQ(s.parallel.fsdp_version, 1);
+  EXPECT_EQ(s.parallel.dp, 8);
+  EXPECT_EQ(s.parallel.gpus_per_node, 8);
+  EXPECT_FALSE(s.parallel.offload_params);
+  EXPECT_FALSE(s.parallel.offload_optimizer);
+  EXPECT_EQ(s.precision, Precision::kBf16Mixed);
+  EXPECT_EQ(s.checkpointing, CheckpointMode::kNonReentrant);
+  EXPECT_TRUE(w.empty()) << joined(w);
+  Estimate e = estimate(load_model("meta-llama/Llama-3.2-1B"), s, find_gpu("A100-80GB"));
+  EXPECT_FALSE(e.ranks.empty());
+}
+
+TEST(FsdpConfig, ReadsShardGradOpOffloadAndWarns) {
+  TrainingSetup s;
+  std::vector<std::string> w =
+      apply_fsdp_config(read_fsdp("shard-grad-op-offload.yaml"), "shard-grad-op-offload.yaml", &s);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_EQ(s.parallel.fsdp_sharding, FsdpSharding::kShardGradOp);  // numeric form 2
+  EXPECT_TRUE(s.parallel.offload_params);
+  EXPECT_TRUE(s.parallel.offload_optimizer);
+  EXPECT_EQ(s.parallel.dp, 8);
+  EXPECT_EQ(s.parallel.gpus_per_node, 4);  // 8 processes on 2 machines
+  EXPECT_EQ(s.precision, Precision::kFp16Mixed);
+  EXPECT_EQ(s.checkpointing, CheckpointMode::kOff);
+  std::string all = joined(w);
+  EXPECT_NE(all.find("fsdp_config.fsdp_backward_prefetch = BACKWARD_POST is not modelled"),
+            std::string::npos)
+      << all;
+  EXPECT_NE(all.find("fsdp_config.fsdp_forward_prefetch"), std::string::npos) << all;
+  EXPECT_NE(all.find("fsdp_config.fsdp_auto_wrap_policy = SIZE_BASED_WRAP"), std::string::npos)
+      << all;
+  EXPECT_EQ(all.find("fsdp_state_dict_type"), std::string::npos) << all;
+  EXPECT_EQ(w.size(), 3u) << all;
+}
+
+TEST(FsdpConfig, Fsdp2ReshardAfterForwardFalseIsShardGradOp) {
+  TrainingSetup s;
+  s.parallel.gpus_per_node = 8;
+  std::vector<std::string> w =
+      apply_fsdp_config(read_fsdp("fsdp2-no-reshard.yaml"), "fsdp2-no-reshard.yaml", &s);
+  EXPECT_EQ(s.parallel.fsdp_version, 2);
+  EXPECT_EQ(s.parallel.fsdp_sharding, FsdpSharding::kShardGradOp);
+  EXPECT_EQ(s.parallel.dp, 4);
+  EXPECT_EQ(s.precision, Precision::kFp32);  // mixed_precision: 'no'
+  EXPECT_TRUE(w.empty()) << joined(w);
+  // Inline JSON (what the request layer passes for an object) is YAML too.
+  TrainingSetup t;
+  apply_fsdp_config(R"({"fsdp_config": {"fsdp_reshard_after_forward": true, "fsdp_version": 2}})",
+                    "fsdp_config", &t);
+  EXPECT_EQ(t.parallel.method, Method::kFsdp);
+  EXPECT_EQ(t.parallel.fsdp_sharding, FsdpSharding::kFullShard);
+  EXPECT_EQ(t.parallel.dp, 1);  // no num_processes: the setup's dp stays
+}
+
+TEST(FsdpConfig, BadConfigsNameTheFileAndKey) {
+  struct Case {
+    const char* file;
+    const char* needle;
+  } cases[] = {
+      {"bad-distributed-type.yaml",
+       "bad-distributed-type.yaml: key 'distributed_type': expected FSDP, not \"DEEPSPEED\" (line "
+       "2)"},
+      {"bad-sharding.yaml", "bad-sharding.yaml: key 'fsdp_config.fsdp_sharding_strategy'"},
+      {"bad-type.yaml", "key 'fsdp_config.fsdp_offload_params': expected true or false"},
+      {"malformed.yaml", "malformed.yaml: not valid YAML (line"}};
+  for (const Case& c : cases) {
+    TrainingSetup s;
+    try {
+      apply_fsdp_config(read_fsdp(c.file), c.file, &s);
+      ADD_FAILURE() << "no error for " << c.file;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.needle), std::string::npos) << e.what();
+    }
+  }
+  TrainingSetup s;
+  EXPECT_THROW(apply_fsdp_config("num_processes: 6\nnum_machines: 4\n", "x", &s), Error);
+  EXPECT_THROW(apply_fsdp_config("fsdp_config:\n  fsdp_version: 3\n", "x", &s), Error);
+  EXPECT_THROW(apply_fsdp_config("- a list\n", "x", &s), Error);
 }
 
 }  // namespace

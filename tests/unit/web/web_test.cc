@@ -161,6 +161,9 @@ TEST(Web, BadRequestsNameTheField) {
                       R"({"model": "facebook/opt-125m", "deepspeed_config": "/etc/passwd"})")),
       P(400, "deepspeed_config"));
   EXPECT_EQ(error_of(handle("POST", "/api/estimate",
+                            R"({"model": "facebook/opt-125m", "fsdp_config": "/etc/passwd"})")),
+            P(400, "fsdp_config"));
+  EXPECT_EQ(error_of(handle("POST", "/api/estimate",
                             R"({"model": "facebook/opt-125m", "batch": "four"})")),
             P(400, "batch"));
   EXPECT_EQ(
