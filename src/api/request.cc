@@ -647,58 +647,32 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);
 }
 
-// deepspeed_config: a path to the JSON file, or the config itself as an
-// object. Applied after the other keys, as it overrides the method and its
-// knobs (include/llmem/deepspeed.h).
-void apply_deepspeed(const json& value, const Context& c, Request* r) {
+// deepspeed_config / fsdp_config: a path to the file, or the config itself as
+// an object (an accelerate YAML config reads JSON too, so an object is passed
+// as its JSON text). Applied after the other keys, as they set the method and
+// its knobs (include/llmem/deepspeed.h, include/llmem/fsdp_config.h).
+using ConfigReaderFn = std::vector<std::string> (*)(std::string_view, const std::string&,
+                                                    TrainingSetup*);
+void apply_config_file(const char* key, const char* what, ConfigReaderFn read, const json& value,
+                       const Context& c, Request* r) {
   std::string text;
-  std::string source = "deepspeed_config";
+  std::string source = key;
   if (value.is_object()) {
     text = value.dump();
   } else if (value.is_string()) {
     source = value.get<std::string>();
     std::ifstream in(source, std::ios::binary);
     if (!in)
-      c.fail("deepspeed_config", "cannot open \"" + source + "\" for reading");
+      c.fail(key, "cannot open \"" + source + "\" for reading");
     std::ostringstream buffer;
     buffer << in.rdbuf();
     text = buffer.str();
   } else {
-    c.fail("deepspeed_config",
-           "expected a path to a DeepSpeed JSON config or the config object, got " + shown(value));
+    c.fail(key, std::string("expected a path to ") + what + " or the config object, got " +
+                    shown(value));
   }
   try {
-    std::vector<std::string> warnings = apply_deepspeed_config(text, source, &r->setup);
-    r->warnings.insert(r->warnings.end(), warnings.begin(), warnings.end());
-  } catch (...) {
-    c.restyle();
-  }
-}
-
-// fsdp_config: a path to an accelerate config (YAML), or the config itself as
-// an object (JSON is YAML, so the object is read as its JSON text). Applied
-// after the other keys, as it sets the method and its knobs
-// (include/llmem/fsdp_config.h).
-void apply_fsdp(const json& value, const Context& c, Request* r) {
-  std::string text;
-  std::string source = "fsdp_config";
-  if (value.is_object()) {
-    text = value.dump();
-  } else if (value.is_string()) {
-    source = value.get<std::string>();
-    std::ifstream in(source, std::ios::binary);
-    if (!in)
-      c.fail("fsdp_config", "cannot open \"" + source + "\" for reading");
-    std::ostringstream buffer;
-    buffer << in.rdbuf();
-    text = buffer.str();
-  } else {
-    c.fail(
-        "fsdp_config",
-        "expected a path to an accelerate FSDP config or the config object, got " + shown(value));
-  }
-  try {
-    std::vector<std::string> warnings = apply_fsdp_config(text, source, &r->setup);
+    std::vector<std::string> warnings = read(text, source, &r->setup);
     r->warnings.insert(r->warnings.end(), warnings.begin(), warnings.end());
   } catch (...) {
     c.restyle();
@@ -780,9 +754,11 @@ Request parse_request(std::string_view json_text, const RequestOptions& options)
            "give " + c.name("deepspeed_config") + " or " + c.name("fsdp_config") + ", not both");
   }
   if (f.has("deepspeed_config"))
-    apply_deepspeed(j.at("deepspeed_config"), c, &r);
+    apply_config_file("deepspeed_config", "a DeepSpeed JSON config", &apply_deepspeed_config,
+                      j.at("deepspeed_config"), c, &r);
   if (f.has("fsdp_config"))
-    apply_fsdp(j.at("fsdp_config"), c, &r);
+    apply_config_file("fsdp_config", "an accelerate FSDP config", &apply_fsdp_config,
+                      j.at("fsdp_config"), c, &r);
 
   r.gpu = gpu_from(f, c);
   constexpr EstimatorKind kEstimators[] = {EstimatorKind::kLlmem, EstimatorKind::kPaper,

@@ -57,30 +57,29 @@ void Graph::enter_layer(int16_t layer) {
     layer_hook_(from, layer);
 }
 
-Tid Graph::alias(Tid base, bool requires_grad) {
+Tid Graph::share(Tid base) {
   Tensor t = tensors_[static_cast<size_t>(base)];
   Tid storage = t.storage == kNone ? base : t.storage;
   retain(storage);
   t.storage = storage;
   t.refs = 1;
   t.grad = kNone;
-  t.requires_grad = requires_grad;
-  t.is_leaf = true;
   tensors_.push_back(t);
   return static_cast<Tid>(tensors_.size() - 1);
 }
 
+Tid Graph::alias(Tid base, bool requires_grad) {
+  Tid id = share(base);
+  tensors_[static_cast<size_t>(id)].requires_grad = requires_grad;
+  tensors_[static_cast<size_t>(id)].is_leaf = true;
+  return id;
+}
+
 Tid Graph::view(Tid base, int64_t numel) {
-  Tensor t = tensors_[static_cast<size_t>(base)];
-  Tid storage = t.storage == kNone ? base : t.storage;
-  retain(storage);
-  t.storage = storage;
-  t.numel = numel;
-  t.refs = 1;
-  t.grad = kNone;
-  t.is_leaf = false;
-  tensors_.push_back(t);
-  return static_cast<Tid>(tensors_.size() - 1);
+  Tid id = share(base);
+  tensors_[static_cast<size_t>(id)].numel = numel;
+  tensors_[static_cast<size_t>(id)].is_leaf = false;
+  return id;
 }
 
 Tid Graph::buffer(int64_t bytes, Component c) {

@@ -156,6 +156,7 @@ class Graph {
   };
 
   Tid push_tensor(int64_t numel, int elem, Component c);  // no event
+  Tid share(Tid base);  // a tensor on base's storage (alias, view)
   Tid new_tensor(int64_t numel, int elem, Component c);
   void emit(Tid t, bool alloc);
   void accumulate(Tid target, Tid g);
