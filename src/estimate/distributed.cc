@@ -269,11 +269,19 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       r.state_shards = dp;
       r.grads_in_param_chunks = true;
       r.prefetch_layers = 1;
+      // ColossalAI d4fb7bf (the paper's pin), zero/gemini/gemini_hook.py:
+      // in training, post_op only marks tensors HOLD, so a chunk gathered in
+      // the forward pass stays gathered until grad_handle reduces it in the
+      // backward pass (by then the whole 16-bit model is on every GPU); the
+      // gathered chunk replaces its shard (chunk/chunk.py __gather, reduce).
+      r.reshard_after_forward = false;
+      r.gather_frees_shard = true;
       // With 1D tensor parallelism the paper's DP+TP: Gemini over the dp
       // replicas of each tensor-parallel shard.
       notes.push_back(
-          "Gemini: fp16 chunks sharded over dp, gradients in the fp16 chunks, fp32 master and "
-          "HybridAdam states on the GPU; one chunk per decoder layer");
+          "Gemini: fp16 chunks sharded over dp and kept gathered from their first use in the "
+          "forward pass until their gradients are reduced, gradients in the fp16 chunks, fp32 "
+          "master and HybridAdam states on the GPU; one chunk per decoder layer");
       break;
     case Method::kFsdp: {
       int shards =

@@ -541,13 +541,24 @@ class Program {
     if (slot >= layer_numel_.size() || layer_numel_[slot] == 0 || gathered_[slot] != kNone)
       return;
     gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_, Component::kWeightCopies);
+    if (r_.gather_frees_shard && param_shard_[slot] != kNone) {
+      g_.release(param_shard_[slot]);
+      param_shard_[slot] = kNone;
+    }
   }
   void reshard(int layer) {
     auto slot = static_cast<size_t>(layer + 1);
     if (slot < gathered_.size() && gathered_[slot] != kNone) {
+      if (r_.gather_frees_shard)
+        param_shard_[slot] = param_shard(slot);
       g_.release(gathered_[slot]);
       gathered_[slot] = kNone;
     }
+  }
+  /// A unit's persistent flat shard, in the stored dtype.
+  Tid param_shard(size_t slot) {
+    return g_.buffer(shard(layer_numel_[slot], r_.param_shards) * store_elem_,
+                     Component::kParameters);
   }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
   /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
@@ -1123,6 +1134,7 @@ class Program {
   std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
   std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
   std::vector<Tid> gathered_;
+  std::vector<Tid> param_shard_;  ///< per unit, when gather_frees_shard
   std::vector<Tid> grad_shards_;
   Style style_ = Style::kLlama;
   Names names_;
@@ -1161,6 +1173,7 @@ void Program::setup_distributed() {
   layer_numel_.resize(slots, 0);
   trainable_numel_.assign(slots, 0);
   gathered_.assign(slots, kNone);
+  param_shard_.assign(slots, kNone);
   grad_shards_.assign(slots, kNone);
   int64_t trainable_bytes = 0;
   int64_t trainable_numel = 0;
@@ -1177,7 +1190,7 @@ void Program::setup_distributed() {
     // Each unit's flat shard, in the stored dtype.
     for (size_t slot = 0; slot < slots; ++slot) {
       if (layer_numel_[slot] > 0)
-        g_.buffer(shard(layer_numel_[slot], r_.param_shards) * store_elem_, Component::kParameters);
+        param_shard_[slot] = param_shard(slot);
     }
   }
   if (r_.ddp_buckets) {
@@ -1840,7 +1853,7 @@ void Program::optimizer_step(bool first) {
       stepped.emplace_back(n, e);
   }
   Tid fp32_grads = kNone;
-  if (r_.master_fp32 && !stepped.empty()) {
+  if (r_.master_fp32 && !stepped.empty() && !r_.grads_in_param_chunks) {
     // DeepSpeed flattens this rank's partition: one fp32 master, one state
     // tensor of each kind, and the gradient partition converted to fp32 for
     // the step.
