@@ -228,6 +228,7 @@ class Program {
       pe_ = 2;
     cuda_ = s.device == Device::kCuda;
     tokens_ = s.batch * s.seq;
+    sp_ = r.sequence_parallel;
     if (m.family == "gpt2") {
       style_ = Style::kGpt2;
     } else if (m.family == "opt") {
@@ -650,6 +651,8 @@ class Program {
   /// and W when x does). Under autocast both are cast to the low precision.
   Tid base_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
     int64_t rows = g_.numel(x) / in;
+    if (sp_ > 1 && rows * sp_ == tokens_)
+      return sp_column_linear(x, w, b, in, out);
     if (w.quantized > 0) {
       // bnb Linear4bit.forward: x.to(compute_dtype); matmul_4bit dequantizes
       // the weight to the compute dtype for the matmul (and again in
@@ -694,6 +697,46 @@ class Program {
     return y;
   }
 
+  /// Megatron sequence parallelism, column-parallel linear on a sequence
+  /// shard (megatron/core/tensor_parallel/layers.py,
+  /// LinearWithGradAccumulationAndAsyncCommunication): the shard is
+  /// all-gathered into the persistent GlobalMemoryBuffer ("mpu", one per
+  /// dtype; megatron/core/utils.py) for the matmul and saved as the shard;
+  /// backward gathers it again into the same buffer and computes the full
+  /// input gradient before reduce-scattering it (a temporary).
+  Tid sp_column_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
+    Tid xc = autocast_ ? cast(x, ae_) : (g_.retain(x), x);
+    int e = autocast_ ? ae_ : promote(g_.elem(x), g_.elem(w.id));
+    int64_t gathered = tokens_ * in * g_.elem(xc);
+    if (gathered > sp_buffer_bytes_) {
+      // get_tensor() replaces a buffer that is too small.
+      if (sp_buffer_ != kNone)
+        g_.release(sp_buffer_);
+      sp_buffer_ = g_.buffer(gathered, Component::kTemporaries);
+      sp_buffer_bytes_ = gathered;
+    }
+    Tid wc = autocast_ ? autocast_weight(w) : (g_.retain(w.id), w.id);
+    Tid bc = b == nullptr ? kNone : autocast_ ? autocast_weight(*b) : (g_.retain(b->id), b->id);
+    Tid y = g_.op(tokens_ * out, e, {xc, wc, bc},
+                  {g_.requires_grad(wc) ? xc : kNone, g_.requires_grad(xc) ? wc : kNone},
+                  Component::kActivations, {}, g_.requires_grad(xc) ? gathered : 0);
+    g_.release(xc);
+    g_.release(wc);
+    if (bc != kNone)
+      g_.release(bc);
+    return y;
+  }
+  /// Megatron sequence parallelism: a row-parallel linear's (or the
+  /// embedding's) partial sums are reduce-scattered to this rank's s/tp tokens
+  /// (reduce_scatter_to_sequence_parallel_region); backward all-gathers.
+  Tid sp_scatter(Tid y) {
+    if (sp_ <= 1)
+      return y;
+    Tid z = g_.op(g_.numel(y) / sp_, g_.elem(y), {y}, {});
+    g_.release(y);
+    return z;
+  }
+
   /// A Linear (or GPT-2 Conv1D) module by state-dict prefix, with its LoRA
   /// adapter when the module is targeted (peft/tuners/lora/layer.py Linear.forward:
   /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
@@ -701,6 +744,8 @@ class Program {
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
     Param& w = param(prefix + ".weight");
     Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
+    if (sp_ > 1 && row_parallel(prefix + ".weight"))
+      y = sp_scatter(y);
     auto it = lora_.find(prefix);
     if (it == lora_.end())
       return y;
@@ -1143,6 +1188,9 @@ class Program {
   bool autocast_ = false;
   bool cuda_ = true;
   int64_t tokens_ = 0;
+  int sp_ = 1;             ///< sequence-parallel degree (RankPlan::sequence_parallel)
+  Tid sp_buffer_ = kNone;  ///< Megatron's GlobalMemoryBuffer for gathered inputs
+  int64_t sp_buffer_bytes_ = 0;
   std::unordered_map<std::string, Param> params_;
   std::unordered_map<Tid, Param> lora_params_;
   std::map<std::string, Lora> lora_;
@@ -1285,9 +1333,10 @@ Tid Program::forward(Tid ids) {
   if (first) {
     // nn.Embedding saves the indices; it is not an autocast op.
     x = g_.op(tokens_ * ew, pe_, {param(embed_name).id, ids}, {ids});
+    x = sp_scatter(x);
   } else {
     // The hidden states received from the previous stage (they need a gradient).
-    x = g_.leaf(tokens_ * h, pe_, Component::kActivations, true);
+    x = g_.leaf(tokens_ * h / sp_, pe_, Component::kActivations, true);
   }
   bool lora_ckpt = s_.finetune != FinetuneMode::kFull &&
                    (s_.checkpointing != CheckpointMode::kOff || s_.lora_input_grads);
@@ -1983,6 +2032,18 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
       program.micro_step();
     program.optimizer_step(step == 1);
   }
+}
+
+bool row_parallel(const std::string& tensor_name) {
+  static const char* const kRow[] = {"o_proj", "out_proj", "down_proj", "dense", "dense_4h_to_h",
+                                     "fc2",    "c_proj",   "fc_out",    "w2",    "wo"};
+  size_t end = tensor_name.rfind('.');
+  if (end == std::string::npos || end == 0)
+    return false;
+  size_t begin = tensor_name.rfind('.', end - 1);
+  size_t from = begin == std::string::npos ? 0 : begin + 1;
+  std::string module = tensor_name.substr(from, end - from);
+  return std::find(std::begin(kRow), std::end(kRow), module) != std::end(kRow);
 }
 
 }  // namespace llmem::trace

@@ -280,6 +280,78 @@ TEST(Distributed, GeminiKeepsGradientsInTheFp16Chunks) {
               8 << 20);
 }
 
+TEST(Distributed, SequenceParallelShardsTheReplicatedActivations) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 2048;
+  s.precision = Precision::kBf16;
+  s.parallel.method = Method::kMegatron;
+  s.parallel.tp = 4;
+  s.device = Device::kCpu;  // exact sizes
+  Estimate tp = estimate(m, s, gpu);
+  s.parallel.sequence_parallel = true;
+  Estimate sp = estimate(m, s, gpu);
+  // Model states are untouched.
+  for (Component c : {Component::kParameters, Component::kGradients}) {
+    EXPECT_EQ(component(sp.peak, c), component(tp.peak, c));
+  }
+  uint64_t forward_tp = tp.phase_peaks[static_cast<size_t>(Phase::kForward)];
+  uint64_t forward_sp = sp.phase_peaks[static_cast<size_t>(Phase::kForward)];
+  ASSERT_LT(forward_sp, forward_tp);
+  // Per layer, everything between the attention and MLP blocks is replicated
+  // without SP and sharded with it: the norms' inputs and outputs and the
+  // residual stream, at least 3 × [s, h] 16-bit tensors, of which (tp-1)/tp
+  // is saved. Layers × that is a lower bound for the saving.
+  const int64_t sh = s.seq * m.hidden_size * 2;
+  EXPECT_GT(forward_tp - forward_sp, static_cast<uint64_t>(m.num_layers * 3 * sh * 3 / 4));
+  // The gathered-input buffer is persistent: one [s, h] (the widest gathered
+  // input is the hidden size) 16-bit tensor among the temporaries after the step.
+  uint64_t opt_sp = sp.phase_peaks[static_cast<size_t>(Phase::kOptimizer)];
+  uint64_t opt_tp = tp.phase_peaks[static_cast<size_t>(Phase::kOptimizer)];
+  EXPECT_EQ(opt_sp, opt_tp + static_cast<uint64_t>(sh));
+  // tp 1: nothing to shard.
+  s.parallel.tp = 1;
+  s.parallel.dp = 1;
+  TrainingSetup single = s;
+  single.parallel.sequence_parallel = false;
+  EXPECT_EQ(estimate(m, s, gpu).peak.allocated_bytes,
+            estimate(m, single, gpu).peak.allocated_bytes);
+}
+
+TEST(Distributed, SequenceParallelBadSettingsAreErrors) {
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  auto fails = [&](const ModelSpec& m, TrainingSetup s, const std::string& needle) {
+    try {
+      estimate(m, s, gpu);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  ModelSpec llama = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.parallel.method = Method::kMegatron;
+  s.parallel.tp = 2;
+  s.parallel.sequence_parallel = true;
+  TrainingSetup odd = s;
+  odd.seq = 1023;
+  fails(llama, odd, "must divide by tp");
+  TrainingSetup lora = s;
+  lora.finetune = FinetuneMode::kLora;
+  lora.lora.rank = 8;
+  fails(llama, lora, "LoRA");
+  TrainingSetup ddp = s;
+  ddp.parallel.method = Method::kDdp;
+  ddp.parallel.tp = 1;
+  ddp.parallel.dp = 2;
+  fails(llama, ddp, "Megatron's");
+  fails(load_model("openai-community/gpt2"), s, "Llama-style");
+}
+
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
