@@ -312,6 +312,8 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     }
     if (lower(get("schedule")) == "gpipe")
       s->parallel.schedule = PipelineSchedule::kGpipe;
+    std::string sp = lower(get("sequence_parallel"));
+    s->parallel.sequence_parallel = sp == "1" || sp == "true" || sp == "on";
   }
   std::string gpu_type = get("gpu_type");
   s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
