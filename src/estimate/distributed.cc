@@ -316,12 +316,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
                     "the sequence length " + std::to_string(s.seq) + " must divide by tp " +
                         std::to_string(p.tp));
       }
-      const LayerSpec& l = model.layers.front();
-      bool llama_like = model.family == "llama" || model.family == "mistral" ||
-                        model.family == "qwen2" || model.family == "qwen3" ||
-                        model.family == "gemma" || model.family == "gemma2" ||
-                        model.family == "olmo" || model.family == "phi3";
-      if (!llama_like || l.mlp.is_moe() || l.attention.kind != AttentionKind::kStandard) {
+      if (!sequence_parallel_modelled(model, FinetuneMode::kFull)) {
         throw Error("--sequence-parallel", "",
                     "sequence parallelism is modelled for dense Llama-style decoders (llama, "
                     "mistral, qwen2, qwen3, gemma, gemma2, olmo, phi3), not " +
@@ -409,6 +404,19 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   for (std::string& n : notes)
     est.notes.push_back(std::move(n));
   return est;
+}
+
+bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune) {
+  static const char* const kFamilies[] = {"llama", "mistral", "qwen2", "qwen3",
+                                          "gemma", "gemma2",  "olmo",  "phi3"};
+  if (finetune != FinetuneMode::kFull || model.layers.empty() ||
+      std::find(std::begin(kFamilies), std::end(kFamilies), model.family) == std::end(kFamilies))
+    return false;
+  for (const LayerSpec& l : model.layers) {
+    if (l.mlp.is_moe() || l.attention.kind != AttentionKind::kStandard)
+      return false;
+  }
+  return true;
 }
 
 }  // namespace llmem

@@ -85,7 +85,9 @@ TEST(Plan, EnumeratesMethodsLayoutsAndOptions) {
     labels.insert(candidate_label(c));
   }
   EXPECT_EQ(labels.size(), 14u);
-  EXPECT_TRUE(labels.count("megatron dp=2 tp=2 pp=2"));
+  // Megatron with tp > 1 on a dense Llama: sequence parallelism on.
+  EXPECT_TRUE(labels.count("megatron dp=2 tp=2 pp=2 +sp"));
+  EXPECT_TRUE(labels.count("megatron dp=4 pp=2"));
   EXPECT_TRUE(labels.count("zero3 dp=8"));
   EXPECT_EQ(p.configurations, 14u * 8);
 
