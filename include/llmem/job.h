@@ -144,6 +144,10 @@ struct FrameworkSetup {
   /// Early torchtune recipes shift with logits[..., :-1, :].contiguous():
   /// one more fp32 copy of the logits.
   bool logits_shift_copy = false;
+  /// LitGPT QLoRA since litgpt PR #1770 (2024-10-04): wte is replaced by a
+  /// bitsandbytes StableEmbedding after the optimizer is built. Off for
+  /// measurements taken with earlier LitGPT.
+  bool stable_embedding = true;
 };
 
 struct TrainingSetup {

@@ -143,6 +143,10 @@ struct ModelSpec {
   double hidden_dropout = 0;      ///< residual / hidden-state dropout probability
   double attention_dropout = 0;   ///< dropout on attention probabilities
   double embedding_dropout = 0;   ///< dropout after the embeddings
+  /// Gemma-2 soft-capping, cap · tanh(x / cap), of the attention scores and of
+  /// the final logits (0: none; a null config value turns it off).
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
   std::vector<LayerSpec> layers;
   std::vector<TensorSpec> tensors;  ///< parameters, in state-dict order
   std::vector<TensorSpec> buffers;  ///< registered buffers (not parameters)

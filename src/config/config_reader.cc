@@ -98,6 +98,11 @@ bool ConfigReader::has(Keys keys) const {
   return find(keys, &found_as) != nullptr;
 }
 
+bool ConfigReader::is_null(const char* key) const {
+  auto it = object_.find(key);
+  return it != object_.end() && it->is_null();
+}
+
 const nlohmann::json& ConfigReader::raw(Keys keys) const {
   static const nlohmann::json kNull;
   std::string found_as;

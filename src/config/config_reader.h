@@ -32,6 +32,8 @@ class ConfigReader {
 
   const std::string& source() const { return source_; }
   bool has(Keys keys) const;
+  /// The key is present with a JSON null (has() treats that as absent).
+  bool is_null(const char* key) const;
 
   /// Integer ≥ 1 (sizes, counts). `default_source` names the Hugging Face
   /// class whose default applies when the key is absent.

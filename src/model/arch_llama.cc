@@ -340,8 +340,17 @@ void read_gemma2(ConfigReader& r, ModelSpec& s) {
   layer.norms = 4;  // input, post-attention, pre-feedforward, post-feedforward
   repeat_layer(s, layer);
   r.number({"query_pre_attn_scalar"}, 256, kGemma2.src);
-  r.number({"attn_logit_softcapping"}, 50.0, kGemma2.src);
-  r.number({"final_logit_softcapping"}, 30.0, kGemma2.src);
+  // A null value switches soft-capping off (configs for flash attention).
+  auto cap = [&](const char* key, double fallback) {
+    if (r.is_null(key))
+      return 0.0;
+    double v = r.number({key}, fallback, kGemma2.src);
+    if (v < 0)
+      r.fail(key, "expected a positive soft-capping value or null, got " + std::to_string(v));
+    return v;
+  };
+  s.attn_logit_softcapping = cap("attn_logit_softcapping", 50.0);
+  s.final_logit_softcapping = cap("final_logit_softcapping", 30.0);
   int64_t window = r.count({"sliding_window"}, 4096, kGemma2.src);
   // Gemma2DecoderLayer: even-indexed layers use the sliding window.
   apply_sliding(r, s, window, [](int64_t i) { return i % 2 == 0; });

@@ -303,7 +303,8 @@ class Program {
             (t.numel + 1) / 2 +
             (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
         p.id = g_.leaf(bytes, 1, Component::kParameters, false);
-      } else if (qlora && s_.framework == Framework::kLitgpt && t.role == TensorRole::kEmbedding) {
+      } else if (qlora && s_.framework == Framework::kLitgpt && s_.fw.stable_embedding &&
+                 t.role == TensorRole::kEmbedding) {
         // litgpt/finetune/lora.py (quantized): after the optimizer is built,
         // wte is replaced by a bitsandbytes StableEmbedding whose weight is a
         // new trainable Parameter outside the optimizer (its .grad is never
@@ -848,6 +849,26 @@ class Program {
     return y;
   }
 
+  /// Gemma-2 soft-capping, cap * tanh(x / cap): the division and the product
+  /// by a Python float save nothing; tanh saves its output.
+  Tid softcap(Tid x) {
+    Tid d = plain(x);
+    Tid t = g_.op(g_.numel(d), g_.elem(d), {d}, {}, Component::kActivations, {}, 0, true);
+    g_.release(d);
+    Tid y = plain(t);
+    g_.release(t);
+    return y;
+  }
+  /// The head's output with the final soft-capping of the model, if any
+  /// (Gemma2ForCausalLM.forward; LitGPT GPT.forward clamp_head, per chunk).
+  Tid capped_logits(Tid logits) {
+    if (m_.final_logit_softcapping <= 0)
+      return logits;
+    Tid y = softcap(logits);
+    g_.release(logits);
+    return y;
+  }
+
   /// softmax without a dtype: CUDA autocast runs it in fp32; otherwise in the input dtype.
   Tid softmax_plain(Tid x) {
     int e = autocast_ && cuda_ ? kF32 : g_.elem(x);
@@ -991,7 +1012,11 @@ class Program {
     int64_t heads = a.num_heads;
     int64_t kv = a.num_kv_heads;
     int64_t vd = a.kind == AttentionKind::kMLA ? a.v_head_dim : d;
-    if (s_.attention != AttentionImpl::kEager) {
+    // LitGPT computes soft-capped attention by hand whatever the attention
+    // setting (litgpt/model.py scaled_dot_product_attention: "with
+    // softcapping we cannot use SDPA"); Hugging Face applies it in eager only.
+    bool litgpt_capped = s_.framework == Framework::kLitgpt && m_.attn_logit_softcapping > 0;
+    if (s_.attention != AttentionImpl::kEager && !litgpt_capped) {
       // SDPA (flash / memory-efficient kernels): saves q, k, v, the output
       // and a float logsumexp [b, heads, s]; no s×s matrix.
       Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
@@ -1035,6 +1060,13 @@ class Program {
       Tid scores = batched_matmul(qe, kr, b * heads * s * s);
       Tid scaled = plain(scores);  // * scaling (in place for Falcon: counted the same)
       g_.release(scores);
+      if (m_.attn_logit_softcapping > 0) {
+        // Gemma-2 eager attention (HF eager_attention_forward, LitGPT): capped
+        // before the mask.
+        Tid capped = softcap(scaled);
+        g_.release(scaled);
+        scaled = capped;
+      }
       masked = mask_ != kNone ? plain(scaled, mask_) : (g_.retain(scaled), scaled);
       g_.release(scaled);
     }
@@ -1474,12 +1506,13 @@ Tid Program::forward(Tid ids) {
   std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
   if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
-    logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw,
-                                 [&](Tid slice) { return linear(slice, head, ew, m_.vocab_size); });
+    logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw, [&](Tid slice) {
+      return capped_logits(linear(slice, head, ew, m_.vocab_size));
+    });
     g_.release(hn);
     return kNone;
   }
-  Tid logits = linear(hn, head, ew, m_.vocab_size);
+  Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   g_.release(hn);
   if (s_.framework == Framework::kTorchtune) {
     // TransformerDecoder.unembed: output = self.output(h).float()

@@ -186,6 +186,11 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   // the steady-state peak is the same for any count of 2 or more.
   if (fw == Framework::kLitgpt && has(url, "config_hub"))
     s->grad_accum = 2;
+  // config_hub/finetune/README.md's table was last changed on 2024-09-27
+  // (litgpt 00af8b0d), before QLoRA swapped in a StableEmbedding (#1770,
+  // 2024-10-04); the tutorials are older still.
+  if (fw == Framework::kLitgpt)
+    s->fw.stable_embedding = false;
 }
 
 // The LoRA targets a framework row names in its notes ("LoRA q,v,output_proj +
