@@ -138,6 +138,22 @@ TEST(Estimate, ParallelResidualKeepsNoPostAttentionSum) {
   EXPECT_LT(extra, 32 * per_layer);
 }
 
+TEST(Estimate, AllLinearAdaptsEveryDecoderProjectionButTheHead) {
+  // PEFT target_modules="all-linear": the seven projections of each Llama layer, not lm_head.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  s.lora.targets = {"all-linear"};
+  Estimate all = estimate(m, s, find_gpu("A100-80GB"));
+  s.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  Estimate seven = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_EQ(all.trainable_params, seven.trainable_params);
+  EXPECT_EQ(all.peak.allocated_bytes, seven.peak.allocated_bytes);
+  s.lora.targets = {"q_proj", "v_proj"};
+  EXPECT_LT(estimate(m, s, find_gpu("A100-80GB")).trainable_params, all.trainable_params);
+}
+
 TEST(Estimate, AdamStatesAreTwoCopiesOfTheTrainableWeights) {
   // At the optimizer peak of a fused AdamW step: parameters + grads + 2 states
   // (fp32 each), plus one 4-byte step tensor per parameter tensor.
