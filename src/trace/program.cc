@@ -1316,6 +1316,9 @@ void Program::add_lora() {
   // the base dtype.
   int elem = s_.lora.adapter_fp32 ? kF32 : pe_;
   bool conv1d = m_.family == "gpt2";
+  // PEFT's target_modules="all-linear": every linear layer of the decoder but
+  // the output layer (peft/tuners/tuners_utils.py _maybe_include_all_linear_layers).
+  bool all_linear = targets.size() == 1 && targets.front() == "all-linear";
   size_t matched = 0;
   for (const TensorSpec& t : m_.tensors) {
     const std::string suffix = ".weight";
@@ -1326,7 +1329,7 @@ void Program::add_lora() {
     }
     std::string prefix = t.name.substr(0, t.name.size() - suffix.size());
     std::string module = prefix.substr(prefix.rfind('.') + 1);
-    if (std::find(targets.begin(), targets.end(), module) == targets.end())
+    if (all_linear ? head : std::find(targets.begin(), targets.end(), module) == targets.end())
       continue;
     int64_t out = conv1d ? t.shape[1] : t.shape[0];
     int64_t in = conv1d ? t.shape[0] : t.shape[1];

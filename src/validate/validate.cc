@@ -332,7 +332,17 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   if (fw == Framework::kHf && (has(precision, "nf4") || lower(get("finetune")) == "qlora")) {
     throw Skip{"QLoRA not traced yet"};
   }
-  if (precision == "fp32") {
+  // PEFT's examples/sft (the runs in docs/source/accelerate/*.md) loads the model with
+  // torch_dtype=quant_storage_dtype or torch.float32 (utils.py, create_and_prepare_model):
+  // float32 unless 4-bit is asked for. Under FSDP, accelerate's mixed_precision bf16
+  // keeps those fp32 weights sharded and computes in bf16 — bf16-mixed, not pure bf16.
+  // (DeepSpeed with bf16 enabled casts the module to bf16 instead, so only FSDP.)
+  bool peft_sft_fp32 = fw == Framework::kHf && has(url, "huggingface/peft") &&
+                       has(url, "docs/source/accelerate/") && method == "fsdp" &&
+                       lower(get("finetune")) == "lora" && precision == "bf16";
+  if (peft_sft_fp32) {
+    s->precision = Precision::kBf16Mixed;
+  } else if (precision == "fp32") {
     s->precision = Precision::kFp32;
   } else if (has(precision, "bf16-mixed") || has(precision, "autocast") ||
              has(precision, "bf16 mixed")) {
@@ -399,6 +409,9 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
       if (!t.empty())
         s->lora.targets.push_back(t);
     }
+    // A row without a lora_targets column that names PEFT's "all-linear" in its notes.
+    if (fw == Framework::kHf && s->lora.targets.empty() && has(lower(notes), "all-linear"))
+      s->lora.targets.push_back("all-linear");
     if (!get("lora_dropout").empty())
       s->lora.dropout = std::stod(get("lora_dropout"));
     // Adapters kept in the base weights' dtype (PEFT autocast_adapter_dtype=False),

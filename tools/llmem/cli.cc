@@ -166,7 +166,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<int64_t>("--lora-rank", "LoRA rank (0: full fine-tuning)");
   est.option<double>("--lora-alpha", "LoRA alpha");
   est.option<double>("--lora-dropout", "LoRA dropout");
-  est.option<std::vector<std::string>>("--lora-targets", "Module names, e.g. q_proj,v_proj")
+  est.option<std::vector<std::string>>("--lora-targets",
+                                       "Module names, e.g. q_proj,v_proj, or all-linear")
       ->delimiter(',');
   est.option<double>("--dropout", "Override every dropout probability");
   est.option<std::string>("--quant", "QLoRA: 4-bit base weights, nf4 or fp4");

@@ -414,6 +414,36 @@ TEST(Distributed, CpuTierTwoRankRowsAgree) {
   EXPECT_EQ(compared, 24);
 }
 
+TEST(Distributed, PeftSftFsdpRowsLoadFloat32AndReadAllLinear) {
+  // PEFT's examples/sft loads the model in float32 unless 4-bit is asked for, so
+  // an FSDP run with --bf16 keeps fp32 shards (bf16-mixed); "all-linear" in the notes
+  // adapts every decoder projection. Other sources keep the row's own precision.
+  auto run = [](const std::string& url, const std::string& notes) {
+    std::string csv =
+        "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+        "seq_len,grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n" +
+        url +
+        ",meta-llama/Llama-3.2-1B,2,H100 80GB,fsdp,2,1,bf16,AdamW,2,512,on (non-reentrant),lora,8,"
+        "flash_attention_2,nvidia-smi per-GPU memory,20.0," +
+        notes + "\n";
+    ValidationReport r = validate_csv(csv, "inline.csv");
+    EXPECT_EQ(r.rows.size(), 1u);
+    EXPECT_EQ(r.rows.at(0).skipped_reason, "");
+    return r.rows.at(0);
+  };
+  std::string peft = "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md";
+  ValidationRow sft = run(peft, "LoRA r8 all-linear");
+  ValidationRow qv = run(peft, "LoRA r8");
+  ValidationRow other = run("https://example.org/notes.md", "LoRA r8 all-linear");
+  EXPECT_NE(sft.setting.find("bf16-mixed"), std::string::npos) << sft.setting;
+  EXPECT_EQ(other.setting.find("bf16-mixed"), std::string::npos) << other.setting;
+  // fp32 instead of bf16 shards: 1,235,814,400 parameters / 2 ranks × 2 more bytes each
+  // (other terms move a little with the precision, so allow 20 %).
+  uint64_t shard_extra = 1235814400ull;
+  EXPECT_GT(sft.estimated_bytes, other.estimated_bytes + shard_extra * 8 / 10);
+  EXPECT_GT(sft.estimated_bytes, qv.estimated_bytes);
+}
+
 }  // namespace
 }  // namespace llmem
 

@@ -113,6 +113,47 @@ TEST(Estimate, LoraLowersGradientsAndOptimizerStates) {
             component(full, Component::kOptimizerStates) / 50);
 }
 
+TEST(Estimate, ParallelResidualKeepsNoPostAttentionSum) {
+  // stablelm-base-alpha-3b (gpt_neox, use_parallel_residual, rotary_pct 0.25):
+  // x + attn(ln1(x)) + mlp(ln2(x)). The sequential layout computes
+  // h1 = x + attn(ln1(x)) and LayerNorm 2 saves it for backward, so it holds at
+  // least one more b·s·h tensor per layer than the parallel one.
+  ModelSpec par = load_model("stabilityai/stablelm-base-alpha-3b");
+  ModelSpec seq = par;
+  for (LayerSpec& l : seq.layers)
+    l.parallel_residual = false;
+  TrainingSetup s;
+  s.device = Device::kCpu;  // exact sizes, no allocator rounding
+  s.batch = 4;
+  s.seq = 512;
+  s.precision = Precision::kBf16;
+  s.finetune = FinetuneMode::kLora;
+  Estimate p = estimate(par, s, find_gpu("A100-80GB"));
+  Estimate q = estimate(seq, s, find_gpu("A100-80GB"));
+  // PEFT's default for gpt_neox: the fused query_key_value, A 8×4096 and B 12288×8 per layer.
+  EXPECT_EQ(p.trainable_params, 16 * 8 * (4096 + 12288));
+  uint64_t per_layer = 4 * 512 * 4096 * 2;
+  uint64_t extra = q.peak.allocated_bytes - p.peak.allocated_bytes;
+  EXPECT_GE(extra, 16 * per_layer);
+  EXPECT_LT(extra, 32 * per_layer);
+}
+
+TEST(Estimate, AllLinearAdaptsEveryDecoderProjectionButTheHead) {
+  // PEFT target_modules="all-linear": the seven projections of each Llama layer, not lm_head.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  s.lora.targets = {"all-linear"};
+  Estimate all = estimate(m, s, find_gpu("A100-80GB"));
+  s.lora.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  Estimate seven = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_EQ(all.trainable_params, seven.trainable_params);
+  EXPECT_EQ(all.peak.allocated_bytes, seven.peak.allocated_bytes);
+  s.lora.targets = {"q_proj", "v_proj"};
+  EXPECT_LT(estimate(m, s, find_gpu("A100-80GB")).trainable_params, all.trainable_params);
+}
+
 TEST(Estimate, AdamStatesAreTwoCopiesOfTheTrainableWeights) {
   // At the optimizer peak of a fused AdamW step: parameters + grads + 2 states
   // (fp32 each), plus one 4-byte step tensor per parameter tensor.

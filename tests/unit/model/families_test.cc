@@ -53,6 +53,27 @@ TEST(Families, GptNeoXMatchesPythiaCard) {
   EXPECT_EQ(s.buffers[0].shape, (std::vector<int64_t>{8}));  // 64 · 0.25 / 2
 }
 
+TEST(Families, StableLmBaseAlpha3bIsParallelNeoXWithQuarterRotary) {
+  // The catalog entry (data/models/stabilityai--stablelm-base-alpha-3b.json), published
+  // count 3,637,321,728: 2·50688·4096 + 16·(4·4096 + (12288·4096+12288) + (4096²+4096)
+  //   + (16384·4096+16384) + (4096·16384+4096)) + 2·4096.
+  ModelSpec s = load_model("stabilityai/stablelm-base-alpha-3b");
+  EXPECT_EQ(s.family, "gpt_neox");
+  EXPECT_EQ(s.params(), 3637321728);
+  ASSERT_EQ(s.layers.size(), 16u);
+  for (const LayerSpec& l : s.layers) {
+    EXPECT_TRUE(l.parallel_residual);
+    EXPECT_DOUBLE_EQ(l.attention.rotary_fraction, 0.25);
+    EXPECT_EQ(l.attention.head_dim, 128);
+  }
+  ASSERT_EQ(s.buffers.size(), 1u);
+  EXPECT_EQ(s.buffers[0].shape, (std::vector<int64_t>{16}));  // 128 · 0.25 / 2
+  ASSERT_NE(find_tensor(s, "embed_out.weight"), nullptr);
+  EXPECT_TRUE(find_tensor(s, "embed_out.weight")->tied_to.empty());
+  EXPECT_EQ(find_tensor(s, "gpt_neox.layers.0.attention.query_key_value.weight")->shape,
+            (std::vector<int64_t>{12288, 4096}));
+}
+
 TEST(Families, GptJMatchesModelCard) {
   // 50400·4096 + 28·(2·4096 + 4·4096² + (16384·4096+16384) + (4096·16384+4096)) + 2·4096
   //   + (50400·4096 + 50400) = 6,050,882,784. The model card's 6,053,381,344 counts the
