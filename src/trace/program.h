@@ -56,6 +56,10 @@ struct RankPlan {
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
+  /// Parameters live as flat shards gathered per unit: sharded over ranks, or
+  /// offloaded to host memory (ZeRO-3 / FSDP on one GPU still partitions and
+  /// offloads them).
+  bool sharded_params() const { return param_shards > 1 || offload_params; }
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
            ddp_buckets || offload_optimizer;
