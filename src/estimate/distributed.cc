@@ -246,6 +246,11 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       if (p.method == Method::kZero3) {
         r.param_shards = dp;
         r.prefetch_layers = 1;
+        // deepspeed/runtime/zero/stage3.py (DeepSpeedZeroOptimizer_Stage3
+        // __init__): with contiguous_gradients (default on) the ipg bucket is
+        // torch.empty(reduce_bucket_size) on the device, whatever the number
+        // of trainable elements (a LoRA run gets the whole 5e8-element bucket).
+        r.reduce_bucket_whole = p.contiguous_gradients;
       }
       notes.push_back(
           "DeepSpeed: 16-bit weights without autocast, fp32 master and optimizer partitions, "
@@ -316,8 +321,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     // adapters' flat parameters to fp32 (Accelerator.prepare_model); DeepSpeed
     // keeps them 16-bit with an fp32 master partition.
     s.quant.prepare_kbit = false;
-    bool mixed =
-        s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
+    bool mixed = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
     s.lora.adapter_fp32 = p.method == Method::kFsdp && mixed;
     notes.push_back(
         "sharded QLoRA: packed 4-bit weights (bnb_4bit_quant_storage = the model's dtype) "

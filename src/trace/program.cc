@@ -1155,10 +1155,10 @@ class Program {
   const TrainingSetup& s_;
   const RankPlan& r_;
   TraceResult* out_;
-  int store_elem_ = kF32;       // dtype of the stored (sharded) parameters
-  int base_store_elem_ = kF32;  // dtype of the stored frozen base (QLoRA: the quant storage)
+  int store_elem_ = kF32;              // dtype of the stored (sharded) parameters
+  int base_store_elem_ = kF32;         // dtype of the stored frozen base (QLoRA: the quant storage)
   std::vector<int64_t> layer_packed_;  // sharded QLoRA: packed 4-bit bytes per layer + 1
-  int grad_store_elem_ = kF32;  // dtype of reduced gradient shards
+  int grad_store_elem_ = kF32;         // dtype of reduced gradient shards
   std::unordered_map<Tid, int> param_layer_;
   std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
   std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
@@ -1232,7 +1232,9 @@ void Program::setup_distributed() {
     g_.buffer(trainable_bytes, Component::kGradients);
   }
   if (r_.reduce_bucket_bytes > 0) {
-    g_.buffer(std::min(r_.reduce_bucket_bytes, trainable_numel * pe_), Component::kGradients);
+    g_.buffer(r_.reduce_bucket_whole ? r_.reduce_bucket_bytes
+                                     : std::min(r_.reduce_bucket_bytes, trainable_numel * pe_),
+              Component::kGradients);
   }
   if (r_.master_fp32 && !r_.offload_optimizer) {
     int64_t master = 0;

@@ -499,8 +499,9 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     // "GA 4" in the notes: the Trainer's gradient_accumulation_steps.
     std::string n = lower(notes);
     size_t at = n.find("ga ");
-    if (at != std::string::npos && (at == 0 || !std::isalnum(static_cast<unsigned char>(n[at - 1]))) &&
-        at + 3 < n.size() && std::isdigit(static_cast<unsigned char>(n[at + 3])))
+    if (at != std::string::npos &&
+        (at == 0 || !std::isalnum(static_cast<unsigned char>(n[at - 1]))) && at + 3 < n.size() &&
+        std::isdigit(static_cast<unsigned char>(n[at + 3])))
       s->grad_accum = std::atoll(n.c_str() + at + 3);
   }
   std::string what = lower(get("measured_what"));

@@ -316,6 +316,21 @@ TEST(Distributed, ShardedQloraOffloadKeepsOnlyTheQuantStateAndAdapters) {
   EXPECT_GT(component(zo.peak, Component::kParameters), 1u << 30);
 }
 
+// DeepSpeed stage3.py allocates its ipg bucket (reduce_bucket_size elements,
+// contiguous_gradients) whole, even when LoRA trains a few million elements.
+TEST(Distributed, Zero3AllocatesTheWholeGradientBucket) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s = seven_b(Method::kZero3, 2);
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  Estimate whole = estimate(m, s, gpu);
+  EXPECT_GE(component(whole.peak, Component::kGradients), 500'000'000u * 2);
+  s.parallel.contiguous_gradients = false;
+  Estimate capped = estimate(m, s, gpu);
+  EXPECT_LT(component(capped.peak, Component::kGradients), 100'000'000u);
+}
+
 TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
