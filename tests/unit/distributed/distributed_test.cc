@@ -331,6 +331,43 @@ TEST(Distributed, Zero3AllocatesTheWholeGradientBucket) {
   EXPECT_LT(component(capped.peak, Component::kGradients), 100'000'000u);
 }
 
+// ZeRO-3 and FSDP on one GPU still partition (1-way) and offload parameters.
+TEST(Distributed, OneRankParameterOffloadLeavesTheGpu) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  for (Method method : {Method::kZero3, Method::kFsdp}) {
+    TrainingSetup s = seven_b(method, 1);
+    s.finetune = FinetuneMode::kLora;
+    s.parallel.offload_optimizer = true;
+    s.parallel.offload_params = true;
+    Estimate e = estimate(m, s, gpu);
+    // Only the adapters (r8 on q and v: 8.4 M elements) stay.
+    EXPECT_LT(component(e.peak, Component::kParameters), 64u << 20);
+  }
+}
+
+TEST(Distributed, ValidateExpressesPeftQloraRows) {
+  std::string header =
+      "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+      "seq_len,grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n";
+  std::string url = "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md";
+  std::string text =
+      header + url +
+      ",meta-llama/Llama-2-7b-hf,2,,fsdp,2,1,\"bf16 compute, NF4 base, quant storage "
+      "bf16\",AdamW,2,256,on (reentrant),qlora,8,flash_attention_2,nvidia-smi,10,"
+      "\"same FSDP-QLoRA run; LoRA r8 all-linear; GA 2\"\n" +
+      url +
+      ",meta-llama/Llama-2-7b-hf,2,A100 80GB,fsdp,2,1,\"bf16 compute, NF4 base\",AdamW,2,256,"
+      "on,qlora,8,flash_attention_2,nvidia-smi,10,\n";
+  ValidationReport r = validate_csv(text, "mem.csv");
+  ASSERT_EQ(r.rows.size(), 2u);
+  EXPECT_EQ(r.rows[0].skipped_reason, "");
+  EXPECT_NE(r.rows[0].setting.find("bf16-mixed b2 s256 ckpt qlora fsdp dp2"), std::string::npos)
+      << r.rows[0].setting;
+  EXPECT_NE(r.rows[0].setting.find("card not named"), std::string::npos);
+  EXPECT_NE(r.rows[1].skipped_reason.find("quant storage"), std::string::npos);
+}
+
 TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
