@@ -232,6 +232,11 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       if (p.method == Method::kZero3) {
         r.param_shards = dp;
         r.prefetch_layers = 1;
+        // deepspeed/runtime/zero/stage3.py (DeepSpeedZeroOptimizer_Stage3
+        // __init__): with contiguous_gradients (default on) the ipg bucket is
+        // torch.empty(reduce_bucket_size) on the device, whatever the number
+        // of trainable elements (a LoRA run gets the whole 5e8-element bucket).
+        r.reduce_bucket_whole = p.contiguous_gradients;
       }
       notes.push_back(
           "DeepSpeed: 16-bit weights without autocast, fp32 master and optimizer partitions, "
@@ -294,6 +299,28 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   } else if (sharding) {
     r.offload_params = p.offload_params;
     r.offload_optimizer = p.offload_optimizer || p.offload_params;
+  }
+  if (s.finetune == FinetuneMode::kQlora && r.sharded_params()) {
+    if (p.method == Method::kGemini) {
+      throw Error("--quant", "",
+                  "QLoRA with Gemini is not modelled (ColossalAI's chunks hold fp16 weights, not "
+                  "bitsandbytes 4-bit parameters)");
+    }
+    // FSDP-QLoRA and ZeRO-3 QLoRA as TRL's SFTTrainer prepares them (trl
+    // trainer/sft_trainer.py _prepare_peft_model, is_sharded_qlora): no
+    // prepare_model_for_kbit_training (it would cast the norms to fp32 next
+    // to the 16-bit packed weights of the same flat parameter), and
+    // get_peft_model(autocast_adapter_dtype=False): adapters in the model's
+    // dtype. Under FSDP with mixed precision accelerate then upcasts the
+    // adapters' flat parameters to fp32 (Accelerator.prepare_model); DeepSpeed
+    // keeps them 16-bit with an fp32 master partition.
+    s.quant.prepare_kbit = false;
+    bool mixed = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
+    s.lora.adapter_fp32 = p.method == Method::kFsdp && mixed;
+    notes.push_back(
+        "sharded QLoRA: packed 4-bit weights (bnb_4bit_quant_storage = the model's dtype) "
+        "sharded with the other frozen parameters; quant state (absmax) whole on every rank; "
+        "no prepare_model_for_kbit_training (TRL is_sharded_qlora); LoRA adapters whole");
   }
   if (r.offload_optimizer)
     notes.push_back(

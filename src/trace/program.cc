@@ -224,7 +224,13 @@ class Program {
     // bf16/fp16): the gathered parameters the ops see are already 16-bit; the
     // fp32 shards are the masters.
     store_elem_ = pe_;
-    if (r.param_shards > 1 && autocast_)
+    // Sharded QLoRA loads the model in the quant storage dtype (PEFT
+    // docs/source/accelerate/fsdp.md: dtype = bnb_4bit_quant_storage, bf16 in
+    // its recipe): the frozen flat parameters stay 16-bit, and only the
+    // trainable ones are upcast to fp32 (accelerate Accelerator.prepare_model
+    // upcasts FSDP flat parameters that require grad under mixed precision).
+    base_store_elem_ = s.finetune == FinetuneMode::kQlora && autocast_ ? 2 : pe_;
+    if (r.sharded_params() && autocast_)
       pe_ = 2;
     cuda_ = s.device == Device::kCuda;
     tokens_ = s.batch * s.seq;
@@ -299,10 +305,32 @@ class Program {
         // absmax per 256 blocks with double quantization).
         p.quantized = t.numel;
         int64_t blocks = (t.numel + s_.quant.block - 1) / s_.quant.block;
-        int64_t bytes =
-            (t.numel + 1) / 2 +
-            (s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32);
-        p.id = g_.leaf(bytes, 1, Component::kParameters, false);
+        int64_t packed = (t.numel + 1) / 2;
+        int64_t state =
+            s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32;
+        if (r_.sharded_params()) {
+          // FSDP-QLoRA / ZeRO-3 QLoRA (bnb_4bit_quant_storage = the model's
+          // dtype): quantize_4bit packs the bytes into a tensor of the storage
+          // dtype (bitsandbytes/functional.py: ((n + 1) // (2 * itemsize), 1)),
+          // an ordinary parameter to FSDP's flat parameter or ZeRO-3's
+          // partitioning: stored 1/n, gathered with its unit, dequantized per
+          // linear at compute. The QuantState (absmax, nested absmax, codes)
+          // is a Python attribute of the module (Params4bit.quant_state,
+          // Linear4bit.quant_state; bitsandbytes/nn/modules.py
+          // fix_4bit_weight_quant_state_from_module), not a parameter: neither
+          // wrapper shards or offloads it, so every rank keeps all of it on
+          // the device.
+          int64_t storage = base_store_elem_;
+          packed = (packed + storage - 1) / storage * storage;
+          p.id = g_.virtual_leaf(packed, 1, false);
+          auto slot = static_cast<size_t>(t.layer + 1);
+          if (layer_packed_.size() <= slot)
+            layer_packed_.resize(slot + 1, 0);
+          layer_packed_[slot] += packed;
+          g_.leaf(state, 1, Component::kParameters, false);
+        } else {
+          p.id = g_.leaf(packed + state, 1, Component::kParameters, false);
+        }
       } else if (qlora && s_.framework == Framework::kLitgpt && s_.fw.stable_embedding &&
                  t.role == TensorRole::kEmbedding) {
         // litgpt/finetune/lora.py (quantized): after the optimizer is built,
@@ -311,9 +339,13 @@ class Program {
         // cleared), while the local `old_embedding` keeps the old weight alive.
         g_.leaf(t.numel, pe_, Component::kParameters, false);
         p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
-      } else if (r_.param_shards > 1) {
-        if (qlora)
-          throw Error("--method", "", "QLoRA with sharded parameters is not modelled yet");
+      } else if (r_.sharded_params()) {
+        if (qlora && s_.framework != Framework::kHf) {
+          throw Error("--method", "",
+                      "QLoRA with sharded parameters is modelled for the Hugging Face profile "
+                      "(PEFT + bitsandbytes quant_storage) only, not " +
+                          std::string(framework_name(s_.framework)));
+        }
         p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
         auto slot = static_cast<size_t>(t.layer + 1);
         if (layer_numel_.size() <= slot)
@@ -537,12 +569,18 @@ class Program {
   /// ZeRO-3 / FSDP: all-gathers the parameters of `layer` (-1: the root
   /// unit) into a full buffer of the compute dtype, once.
   void gather(int layer) {
-    if (r_.param_shards <= 1)
+    if (!r_.sharded_params())
       return;
     auto slot = static_cast<size_t>(layer + 1);
-    if (slot >= layer_numel_.size() || layer_numel_[slot] == 0 || gathered_[slot] != kNone)
+    if (slot >= layer_numel_.size() || gathered_[slot] != kNone)
       return;
-    gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_, Component::kWeightCopies);
+    int64_t packed = slot < layer_packed_.size() ? layer_packed_[slot] : 0;
+    if (layer_numel_[slot] == 0 && packed == 0)
+      return;
+    // The unit's parameters in the compute dtype, and its packed 4-bit bytes
+    // as they are stored (their storage dtype is the compute dtype, so
+    // MixedPrecision casts nothing).
+    gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_ + packed, Component::kWeightCopies);
     if (r_.gather_frees_shard && param_shard_[slot] != kNone) {
       g_.release(param_shard_[slot]);
       param_shard_[slot] = kNone;
@@ -557,10 +595,14 @@ class Program {
       gathered_[slot] = kNone;
     }
   }
-  /// A unit's persistent flat shard, in the stored dtype.
+  /// A unit's persistent flat shard, in the stored dtype (kNone when the unit
+  /// holds nothing). QLoRA: every base parameter is frozen, stored in the
+  /// quant storage dtype, with the packed 4-bit bytes in the same flat shard.
   Tid param_shard(size_t slot) {
-    return g_.buffer(shard(layer_numel_[slot], r_.param_shards) * store_elem_,
-                     Component::kParameters);
+    int elem = s_.finetune == FinetuneMode::kQlora ? base_store_elem_ : store_elem_;
+    int64_t bytes = shard(layer_numel_[slot], r_.param_shards) * elem +
+                    shard(layer_packed_[slot], r_.param_shards);
+    return bytes > 0 ? g_.buffer(bytes, Component::kParameters) : kNone;
   }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
   /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
@@ -1205,8 +1247,10 @@ class Program {
   const TrainingSetup& s_;
   const RankPlan& r_;
   TraceResult* out_;
-  int store_elem_ = kF32;       // dtype of the stored (sharded) parameters
-  int grad_store_elem_ = kF32;  // dtype of reduced gradient shards
+  int store_elem_ = kF32;              // dtype of the stored (sharded) parameters
+  int base_store_elem_ = kF32;         // dtype of the stored frozen base (QLoRA: the quant storage)
+  std::vector<int64_t> layer_packed_;  // sharded QLoRA: packed 4-bit bytes per layer + 1
+  int grad_store_elem_ = kF32;         // dtype of reduced gradient shards
   std::unordered_map<Tid, int> param_layer_;
   std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
   std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
@@ -1251,6 +1295,7 @@ void Program::setup_distributed() {
     return;
   auto slots = static_cast<size_t>(m_.num_layers + 1);
   layer_numel_.resize(slots, 0);
+  layer_packed_.resize(slots, 0);
   trainable_numel_.assign(slots, 0);
   gathered_.assign(slots, kNone);
   param_shard_.assign(slots, kNone);
@@ -1265,12 +1310,11 @@ void Program::setup_distributed() {
   }
   // Reduced gradient shards: fp32 under FSDP mixed precision (the shard's
   // dtype), the weights' dtype otherwise.
-  grad_store_elem_ = r_.param_shards > 1 ? store_elem_ : pe_;
-  if (r_.param_shards > 1 && !r_.offload_params) {
+  grad_store_elem_ = r_.sharded_params() ? store_elem_ : pe_;
+  if (r_.sharded_params() && !r_.offload_params) {
     // Each unit's flat shard, in the stored dtype.
     for (size_t slot = 0; slot < slots; ++slot) {
-      if (layer_numel_[slot] > 0)
-        param_shard_[slot] = param_shard(slot);
+      param_shard_[slot] = param_shard(slot);
     }
   }
   if (r_.ddp_buckets) {
@@ -1279,7 +1323,9 @@ void Program::setup_distributed() {
     g_.buffer(trainable_bytes, Component::kGradients);
   }
   if (r_.reduce_bucket_bytes > 0) {
-    g_.buffer(std::min(r_.reduce_bucket_bytes, trainable_numel * pe_), Component::kGradients);
+    g_.buffer(r_.reduce_bucket_whole ? r_.reduce_bucket_bytes
+                                     : std::min(r_.reduce_bucket_bytes, trainable_numel * pe_),
+              Component::kGradients);
   }
   if (r_.master_fp32 && !r_.offload_optimizer) {
     int64_t master = 0;
@@ -1933,7 +1979,7 @@ void Program::optimizer_step(bool first) {
     int64_t n = shard(g_.numel(p), r_.state_shards);
     if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
       n = 0;
-    int e = r_.master_fp32 ? kF32 : r_.param_shards > 1 ? store_elem_ : g_.elem(p);
+    int e = r_.master_fp32 ? kF32 : r_.sharded_params() ? store_elem_ : g_.elem(p);
     if (n > 0 && !r_.offload_optimizer)
       stepped.emplace_back(n, e);
   }

@@ -34,7 +34,10 @@ struct RankPlan {
   bool ddp_buckets = false;  ///< DDP reducer: flat gradient buckets of every trainable tensor
   bool bucket_view = false;  ///< gradient_as_bucket_view: grads live in the buckets
   bool master_fp32 = false;  ///< DeepSpeed with 16-bit weights: fp32 master partition
-  int64_t reduce_bucket_bytes = 0;    ///< DeepSpeed ZeRO-2/3 gradient bucket (ipg buffer)
+  int64_t reduce_bucket_bytes = 0;  ///< DeepSpeed ZeRO-2/3 gradient bucket (ipg buffer)
+  /// ZeRO-3 allocates the whole bucket when the optimizer is built, however
+  /// few the trainable elements (else: at most their size).
+  bool reduce_bucket_whole = false;
   bool fused_optimizer = false;       ///< DeepSpeed FusedAdam: no per-parameter temporaries
   int prefetch_layers = 0;            ///< layers gathered ahead in backward (FSDP BACKWARD_PRE)
   bool reshard_after_forward = true;  ///< false: SHARD_GRAD_OP keeps gathered params to backward
@@ -66,6 +69,10 @@ struct RankPlan {
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
+  /// Parameters live as flat shards gathered per unit: sharded over ranks, or
+  /// offloaded to host memory (ZeRO-3 / FSDP on one GPU still partitions and
+  /// offloads them).
+  bool sharded_params() const { return param_shards > 1 || offload_params; }
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
            ddp_buckets || offload_optimizer;

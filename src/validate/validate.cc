@@ -256,15 +256,53 @@ void framework_lora_targets_from_notes(Framework fw, const std::string& notes, T
   }
 }
 
+// The offload part of a method string. A bare "offload" on ZeRO-3 is what
+// PEFT v0.2.0's accelerate DeepSpeed config for the *_ds_zero3_offload.py
+// scripts sets (offload_optimizer_device and offload_param_device cpu; the
+// README rows say "CPU offload of params and optimizer"); on ZeRO-1/2 only the
+// optimizer can go. "(params, optim ...)" names the parts. FSDP's
+// "cpu_offload" is CPUOffload(offload_params=True), which moves parameters,
+// gradients and optimizer states together.
+void express_offload(const std::string& text, const std::string& method, ParallelSetup* p) {
+  std::string t = lower(text);
+  if (t.rfind("offload", 0) != 0 && t.rfind("cpu_offload", 0) != 0)
+    throw Skip{"method \"" + method + "\": \"" + text + "\" is not an offload llmem knows"};
+  if (has(t, "nvme"))
+    throw Skip{"method \"" + method + "\": NVMe offload not modelled"};
+  bool sharded_params = p->method == Method::kZero3 || p->method == Method::kFsdp;
+  size_t open = t.find('(');
+  if (open == std::string::npos) {
+    p->offload_optimizer = true;
+    p->offload_params = sharded_params;
+    return;
+  }
+  std::string parts = t.substr(open);
+  p->offload_params = has(parts, "param");
+  p->offload_optimizer = has(parts, "optim");
+  if (!p->offload_params && !p->offload_optimizer)
+    throw Skip{"method \"" + method + "\": the offloaded parts are not named"};
+}
+
 // The layout of a distributed row: data parallelism over world_size / tp.
 // The CPU tier's zero1 rows (dist_cpu.py) use torch's ZeroRedundancyOptimizer.
 void express_layout(const std::string& method, const std::string& world, const std::string& tp,
                     const std::string& command, ParallelSetup* p) {
+  // "zero3+offload", "zero3+offload(params,optim to CPU)", "fsdp+cpu_offload":
+  // the method, then what goes to host memory.
+  std::string base = method;
+  std::string offload;
+  size_t plus = method.find('+');
+  if (plus != std::string::npos) {
+    base = method.substr(0, plus);
+    offload = method.substr(plus + 1);
+  }
   try {
-    p->method = parse_method(method, "method");
+    p->method = parse_method(base, "method");
   } catch (const Error&) {
     throw Skip{"distributed method \"" + method + "\" not modelled yet"};
   }
+  if (!offload.empty())
+    express_offload(offload, method, p);
   if (world.empty())
     throw Skip{"world_size not given"};
   p->tp = tp.empty() ? 1 : std::stoi(tp);
@@ -290,7 +328,7 @@ const PeakInfo& rank_peak(const Estimate& e, const std::string& notes) {
 
 // Turns one row into a setup, or explains why it cannot be expressed.
 void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std::string* counter,
-             GpuSpec* gpu) {
+             GpuSpec* gpu, std::string* gpu_note) {
   auto get = [&](const char* key) {
     auto it = r.find(key);
     return it == r.end() ? std::string() : it->second;
@@ -324,28 +362,45 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   s->device = lower(gpu_type) == "cpu" ? Device::kCpu : Device::kCuda;
   if (s->device == Device::kCuda && !(fw != Framework::kHf && gpu_type.empty())) {
     const GpuSpec* g = match_gpu(gpu_type);
-    if (g == nullptr)
+    int class_gb = 0;
+    if (g == nullptr && std::sscanf(lower(gpu_type).c_str(), "%dgb-class", &class_gb) == 1 &&
+        class_gb > 0) {
+      // "24GB-class GPUs": the card is not named. What the card changes in an
+      // estimate is its CUDA context (the catalog's 400 MiB is the same for
+      // every card: data/gpus.json context_source) and its cuBLAS workspace
+      // (8 MiB before Hopper, 32 MiB on it); a custom card of that size takes
+      // the A100's, so the row can be off by the difference (< 0.1 GiB).
+      *gpu = custom_gpu(class_gb);
+      *gpu_note = " (" + std::to_string(class_gb) + " GB card, context as A100)";
+    } else if (g == nullptr && gpu_type.empty() && has(notes, "same fsdp-qlora run")) {
+      // PEFT's fsdp.md gives this run (35.6 GB per GPU) next to the 2x24 GB
+      // offload run without naming its cards; they cannot be the 24 GB ones.
+      // The card's size does not enter the peak; its context is the
+      // catalog's (the same for every card), so the A100-80GB stands in.
+      *gpu = find_gpu("A100-80GB");
+      *gpu_note = " (card not named, A100-80GB context)";
+    } else if (g == nullptr) {
       throw Skip{"GPU type \"" + gpu_type + "\" not in the catalog"};
-    *gpu = *g;
+    } else {
+      *gpu = *g;
+    }
   }
   std::string precision = lower(get("precision"));
-  if (fw == Framework::kHf && (has(precision, "nf4") || lower(get("finetune")) == "qlora")) {
-    throw Skip{"QLoRA not traced yet"};
-  }
-  // PEFT's examples/sft (the runs in docs/source/accelerate/*.md) loads the model with
-  // torch_dtype=quant_storage_dtype or torch.float32 (utils.py, create_and_prepare_model):
-  // float32 unless 4-bit is asked for. Under FSDP, accelerate's mixed_precision bf16
-  // keeps those fp32 weights sharded and computes in bf16 — bf16-mixed, not pure bf16.
-  // (DeepSpeed with bf16 enabled casts the module to bf16 instead, so only FSDP.)
-  bool peft_sft_fp32 = fw == Framework::kHf && has(url, "huggingface/peft") &&
-                       has(url, "docs/source/accelerate/") && method == "fsdp" &&
-                       lower(get("finetune")) == "lora" && precision == "bf16";
-  if (peft_sft_fp32) {
-    s->precision = Precision::kBf16Mixed;
-  } else if (precision == "fp32") {
+  std::string finetune = lower(get("finetune"));
+  bool hf_qlora = fw == Framework::kHf && (has(precision, "nf4") || finetune == "qlora");
+  if (hf_qlora && !has(precision, "quant storage bf16"))
+    throw Skip{"QLoRA: the quant storage dtype is not stated"};
+  // PEFT's examples/sft recipe behind docs/source/accelerate/{fsdp,deepspeed}.md
+  // (examples/sft/utils.py create_and_prepare_model) loads the model in
+  // bnb_4bit_quant_storage's dtype when quantizing and in float32 otherwise;
+  // --bf16 True then runs the Trainer under bf16 autocast (FSDP's
+  // MixedPrecision, or DeepSpeed's bf16 section). Both are bf16-mixed here;
+  // the sharded-QLoRA path keeps the quantized model's frozen weights 16-bit.
+  bool peft_sft = fw == Framework::kHf && has(url, "peft/blob/main/docs/source/accelerate/");
+  if (precision == "fp32") {
     s->precision = Precision::kFp32;
   } else if (has(precision, "bf16-mixed") || has(precision, "autocast") ||
-             has(precision, "bf16 mixed")) {
+             has(precision, "bf16 mixed") || (peft_sft && has(precision, "bf16"))) {
     s->precision = Precision::kBf16Mixed;
   } else if (has(precision, "fp16") && (has(precision, "amp") || has(precision, "mixed"))) {
     s->precision = Precision::kFp16Mixed;
@@ -394,8 +449,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
                            ? CheckpointMode::kNonReentrant
                            : CheckpointMode::kReentrant;
   }
-  std::string finetune = lower(get("finetune"));
-  if (finetune == "lora" || (fw != Framework::kHf && finetune == "qlora")) {
+  if (finetune == "lora" || finetune == "qlora") {
     s->finetune = finetune == "qlora" ? FinetuneMode::kQlora : FinetuneMode::kLora;
     std::string rank = get("lora_rank");
     if (rank.empty())
@@ -414,6 +468,8 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
       s->lora.targets.push_back("all-linear");
     if (!get("lora_dropout").empty())
       s->lora.dropout = std::stod(get("lora_dropout"));
+    else if (peft_sft)
+      s->lora.dropout = 0.1;  // every launch command of those docs: --lora_dropout 0.1
     // Adapters kept in the base weights' dtype (PEFT autocast_adapter_dtype=False),
     // as the CPU harness records in its notes.
     if (has(notes, "lora_dtype=base"))
@@ -433,8 +489,17 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     throw Skip{"micro-batch or sequence length not given"};
   s->batch = std::stoll(mb);
   s->seq = std::stoll(seq);
-  if (!get("grad_accum").empty())
+  if (!get("grad_accum").empty()) {
     s->grad_accum = std::stoll(get("grad_accum"));
+  } else if (fw == Framework::kHf) {
+    // "GA 4" in the notes: the Trainer's gradient_accumulation_steps.
+    std::string n = lower(notes);
+    size_t at = n.find("ga ");
+    if (at != std::string::npos &&
+        (at == 0 || !std::isalnum(static_cast<unsigned char>(n[at - 1]))) && at + 3 < n.size() &&
+        std::isdigit(static_cast<unsigned char>(n[at + 3])))
+      s->grad_accum = std::atoll(n.c_str() + at + 3);
+  }
   std::string what = lower(get("measured_what"));
   if (what == "oom")
     throw Skip{"row records an OOM, not a peak"};
@@ -574,7 +639,8 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
     try {
       TrainingSetup setup;
       GpuSpec gpu = find_gpu("A100-80GB");
-      express(r, &setup, &row.counter, &gpu);
+      std::string gpu_note;
+      express(r, &setup, &row.counter, &gpu, &gpu_note);
       row.measured_bytes = measured_bytes(r);
       ModelSpec model;
       try {
@@ -611,7 +677,11 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
                                 (setup.parallel.schedule == PipelineSchedule::kGpipe ? " gpipe"
                                                                                      : " 1f1b")
                           : "")
-               : "");
+               : "") +
+          (setup.parallel.offload_params      ? " offload(params,optim)"
+           : setup.parallel.offload_optimizer ? " offload(optim)"
+                                              : "") +
+          gpu_note;
       row.error_pct = band_error_pct(row);
     } catch (const Skip& s) {
       row.skipped_reason = s.reason;

@@ -242,6 +242,185 @@ TEST(Distributed, OffloadLeavesOnlyWorkingMemoryOnTheGpu) {
   EXPECT_LT(both.peak.allocated_bytes, opt.peak.allocated_bytes);
 }
 
+// FSDP-QLoRA / ZeRO-3 QLoRA: the packed NF4 bytes (0.5 byte per quantized
+// weight) are sharded with the other frozen parameters; the quant state
+// (uint8 absmax per 64 weights, fp32 per 256 blocks) stays whole on every rank.
+TEST(Distributed, ShardedQloraStoresHalfAByteOverNPlusTheQuantState) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  double quantized = 0;
+  double state = 0;
+  double other = 0;
+  for (const TensorSpec& t : m.tensors) {
+    if (t.layer >= 0 && t.shape.size() == 2 && t.role != TensorRole::kNorm) {
+      quantized += static_cast<double>(t.numel);
+      double blocks = std::ceil(static_cast<double>(t.numel) / 64);
+      state += blocks + std::ceil(blocks / 256) * 4;
+    } else if (t.tied_to.empty()) {
+      other += static_cast<double>(t.numel);
+    }
+  }
+  auto params = [&](Method method, int n) {
+    TrainingSetup s = seven_b(method, n);
+    s.finetune = FinetuneMode::kQlora;
+    s.lora.rank = 8;
+    return static_cast<double>(component(estimate(m, s, gpu).peak, Component::kParameters));
+  };
+  for (Method method : {Method::kFsdp, Method::kZero3}) {
+    double p2 = params(method, 2);
+    double p4 = params(method, 4);
+    double p8 = params(method, 8);
+    // What halves with the shard count: 0.5 byte per quantized weight and the
+    // 16-bit frozen rest (embeddings, norms, head) over n.
+    double sharded = 0.5 * quantized + 2 * other;
+    EXPECT_NEAR(p2 - p4, sharded / 4, 1 << 20);
+    EXPECT_NEAR(p4 - p8, sharded / 8, 1 << 20);
+    // What does not: the quant state and the LoRA adapters.
+    EXPECT_GT(p8 - sharded / 8, state);
+    EXPECT_LT(p8 - sharded / 8, state + 64e6);
+  }
+  // The former error is gone, and the estimate is far below a 16-bit shard.
+  TrainingSetup s = seven_b(Method::kFsdp, 2);
+  s.finetune = FinetuneMode::kQlora;
+  Estimate q = estimate(m, s, gpu);
+  EXPECT_LT(static_cast<double>(component(q.peak, Component::kParameters)),
+            0.3 * 2 * static_cast<double>(m.params()) / 2);
+  bool noted = false;
+  for (const std::string& n : q.notes)
+    noted = noted || n.find("sharded QLoRA") != std::string::npos;
+  EXPECT_TRUE(noted);
+}
+
+TEST(Distributed, ShardedQloraOffloadKeepsOnlyTheQuantStateAndAdapters) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s = seven_b(Method::kFsdp, 2);
+  s.finetune = FinetuneMode::kQlora;
+  Estimate on_gpu = estimate(m, s, gpu);
+  s.parallel.offload_params = true;
+  Estimate off = estimate(m, s, gpu);
+  EXPECT_EQ(component(off.peak, Component::kOptimizerStates), 0u);
+  EXPECT_GT(component(on_gpu.peak, Component::kOptimizerStates), 0u);
+  // Left on the GPU: the quant state (~1/64 byte per weight) and the adapters.
+  EXPECT_LT(static_cast<double>(component(off.peak, Component::kParameters)),
+            0.1 * static_cast<double>(component(on_gpu.peak, Component::kParameters)));
+  EXPECT_GT(component(off.peak, Component::kParameters), 50u << 20);
+  EXPECT_LT(off.peak.allocated_bytes, on_gpu.peak.allocated_bytes);
+  // ZeRO-3 with the optimizer offloaded only: parameters stay, states go.
+  s = seven_b(Method::kZero3, 2);
+  s.finetune = FinetuneMode::kQlora;
+  s.parallel.offload_optimizer = true;
+  Estimate zo = estimate(m, s, gpu);
+  EXPECT_EQ(component(zo.peak, Component::kOptimizerStates), 0u);
+  EXPECT_EQ(component(zo.peak, Component::kMasterWeights), 0u);
+  EXPECT_GT(component(zo.peak, Component::kParameters), 1u << 30);
+}
+
+// DeepSpeed stage3.py allocates its ipg bucket (reduce_bucket_size elements,
+// contiguous_gradients) whole, even when LoRA trains a few million elements.
+TEST(Distributed, Zero3AllocatesTheWholeGradientBucket) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s = seven_b(Method::kZero3, 2);
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  Estimate whole = estimate(m, s, gpu);
+  EXPECT_GE(component(whole.peak, Component::kGradients), 500'000'000u * 2);
+  s.parallel.contiguous_gradients = false;
+  Estimate capped = estimate(m, s, gpu);
+  EXPECT_LT(component(capped.peak, Component::kGradients), 100'000'000u);
+}
+
+// ZeRO-3 and FSDP on one GPU still partition (1-way) and offload parameters.
+TEST(Distributed, OneRankParameterOffloadLeavesTheGpu) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  for (Method method : {Method::kZero3, Method::kFsdp}) {
+    TrainingSetup s = seven_b(method, 1);
+    s.finetune = FinetuneMode::kLora;
+    s.parallel.offload_optimizer = true;
+    s.parallel.offload_params = true;
+    Estimate e = estimate(m, s, gpu);
+    // Only the adapters (r8 on q and v: 8.4 M elements) stay.
+    EXPECT_LT(component(e.peak, Component::kParameters), 64u << 20);
+  }
+}
+
+TEST(Distributed, ValidateExpressesPeftQloraRows) {
+  std::string header =
+      "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+      "seq_len,grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n";
+  std::string url = "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md";
+  std::string text =
+      header + url +
+      ",meta-llama/Llama-2-7b-hf,2,,fsdp,2,1,\"bf16 compute, NF4 base, quant storage "
+      "bf16\",AdamW,2,256,on (reentrant),qlora,8,flash_attention_2,nvidia-smi,10,"
+      "\"same FSDP-QLoRA run; LoRA r8 all-linear; GA 2\"\n" +
+      url +
+      ",meta-llama/Llama-2-7b-hf,2,A100 80GB,fsdp,2,1,\"bf16 compute, NF4 base\",AdamW,2,256,"
+      "on,qlora,8,flash_attention_2,nvidia-smi,10,\n";
+  ValidationReport r = validate_csv(text, "mem.csv");
+  ASSERT_EQ(r.rows.size(), 2u);
+  EXPECT_EQ(r.rows[0].skipped_reason, "");
+  EXPECT_NE(r.rows[0].setting.find("bf16-mixed b2 s256 ckpt qlora fsdp dp2"), std::string::npos)
+      << r.rows[0].setting;
+  EXPECT_NE(r.rows[0].setting.find("card not named"), std::string::npos);
+  EXPECT_NE(r.rows[1].skipped_reason.find("quant storage"), std::string::npos);
+}
+
+TEST(Distributed, ShardedQloraCombosThatStayErrors) {
+  ModelSpec m = tiny();
+  GpuSpec gpu = find_gpu("A100-80GB");
+  auto fails = [&](TrainingSetup s, const std::string& needle) {
+    try {
+      estimate(m, s, gpu);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  TrainingSetup s = seven_b(Method::kGemini, 2);
+  s.batch = 1;
+  s.seq = 32;
+  s.finetune = FinetuneMode::kQlora;
+  fails(s, "QLoRA with Gemini");
+  s.parallel.method = Method::kFsdp;
+  s.framework = Framework::kLitgpt;
+  fails(s, "Hugging Face profile");
+}
+
+TEST(Distributed, ValidateReadsOffloadMethodStrings) {
+  std::string header =
+      "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+      "seq_len,grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n";
+  auto row = [](const std::string& method, const std::string& gpu) {
+    return "x,meta-llama/Llama-2-7b-hf,2," + gpu + ",\"" + method +
+           "\",2,1,fp32,AdamW,1,128,on,lora,8,sdpa,torch.cuda.max_memory_allocated,10,\n";
+  };
+  std::string text = header + row("zero3+offload", "A100 80GB") +
+                     row("zero3+offload(params,optim to CPU)", "A100 80GB") +
+                     row("fsdp+cpu_offload", "A100 80GB") + row("zero2+offload", "A100 80GB") +
+                     row("zero3+offload(optim to CPU)", "A100 80GB") +
+                     row("zero3+sideways", "A100 80GB") + row("zero3+offload(nvme)", "A100 80GB") +
+                     row("fsdp", "24GB-class GPUs (doc says 2x24GB)");
+  ValidationReport r = validate_csv(text, "mem.csv");
+  ASSERT_EQ(r.rows.size(), 8u);
+  auto setting = [&](size_t k) {
+    EXPECT_EQ(r.rows[k].skipped_reason, "") << k;
+    return r.rows[k].setting;
+  };
+  EXPECT_NE(setting(0).find("zero3 dp2 offload(params,optim)"), std::string::npos) << setting(0);
+  EXPECT_NE(setting(1).find("zero3 dp2 offload(params,optim)"), std::string::npos);
+  EXPECT_NE(setting(2).find("fsdp dp2 offload(params,optim)"), std::string::npos);
+  EXPECT_NE(setting(3).find("zero2 dp2 offload(optim)"), std::string::npos);
+  EXPECT_NE(setting(4).find("zero3 dp2 offload(optim)"), std::string::npos);
+  EXPECT_NE(r.rows[5].skipped_reason.find("not an offload"), std::string::npos);
+  EXPECT_NE(r.rows[6].skipped_reason.find("NVMe"), std::string::npos);
+  EXPECT_NE(setting(7).find("24 GB card"), std::string::npos);
+  // Offload lowers the estimate of the same row.
+  EXPECT_LT(r.rows[0].estimated_bytes, r.rows[4].estimated_bytes);
+}
+
 TEST(Distributed, GeminiKeepsGradientsInTheFp16Chunks) {
   // The paper's setting: ColossalAI Gemini, fp16, checkpointing, 4 replicas.
   ModelSpec m = load_model("facebook/opt-1.3b");
