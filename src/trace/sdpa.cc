@@ -7,13 +7,18 @@
 //        check_for_attn_mask and check_for_non_zero_dropout on the
 //        memory-efficient path, check_head_dim_gt64_and_sm_ge86, and the
 //        xFormers-derived priority_order)
-//   2.1  cuda/sdp_utils.cpp: memory-efficient attention takes attn_mask and
+//   2.1  cuda/sdp_utils.cpp (check_gpu_sm75_or_greater over [sm75, sm90],
+//        check_requires_grad_and_head_dim_gt64_and_sm_ge86_lt90, bf16 on the
+//        memory-efficient path refused only on sm5x, the training
+//        priority heuristic of pytorch#99644): memory-efficient attention takes attn_mask and
 //        dropout (pytorch#102038 and the attn_bias support; transformers
 //        requires torch >= 2.1.1 for SDPA with a custom mask because of a
 //        2.1.0 bug in that path); flash still FlashAttention-1 on [sm75, sm90]
 //   2.2+ cuda/sdp_utils.cpp: FlashAttention-2, [sm80, sm90] (later sm121),
-//        head_dim <= 256, training with head_dim > 192 refused on sm86-sm89;
-//        priority flash > efficient > math.
+//        head_dim <= 256, training with head_dim > 192 refused on sm86-sm89,
+//        later narrowed to (192, 224] or > 224 with dropout
+//        (check_requires_grad_and_head_dim_gt192_constraints_on_sm86_89);
+//        bf16 memory-efficient needs sm80; priority flash > efficient > math.
 //   now  can_use_mem_efficient_attention: bf16 needs sm80
 //        (less_than_sm80_mem_efficient_dtypes = {half, float});
 //        minimum_gemm_alignment: 8 for 16-bit and 4 for fp32 on sm80+,
@@ -68,8 +73,11 @@ std::string flash_refusal(const SdpaCall& c, int sm) {
     return "training with head_dim > 64 on sm86+ (2.0)";
   if (v == 201 && sm >= 86 && sm <= 89 && d > 64)
     return "training with head_dim > 64 on sm86-sm89 (2.1)";
-  if (v >= 202 && sm >= 86 && sm <= 89 && d > 192)
-    return "training with head_dim > 192 on sm86-sm89";
+  if (v == 202 && sm >= 86 && sm <= 89 && d > 192)
+    return "training with head_dim > 192 on sm86-sm89 (2.2)";
+  bool consumer = (sm >= 86 && sm <= 89) || (v >= 207 && sm >= 120 && sm <= 121);
+  if (v >= 203 && consumer && ((d > 192 && d <= 224) || (d > 224 && c.dropout > 0)))
+    return "training with head_dim in (192, 224], or > 224 with dropout, on " + sm_text(sm);
   return "";
 }
 
@@ -90,8 +98,9 @@ std::string efficient_refusal(const SdpaCall& c, int sm) {
     return "not built for " + sm_text(sm);
   if (c.kv_heads_differ)
     return "q and k/v head counts differ";
-  if (c.dtype == SdpaDtype::kBf16 && sm < 80)
-    return "bf16 needs sm80";
+  // 2.0 took bf16 everywhere, 2.1 everywhere but sm5x; 2.2 on needs sm80.
+  if (c.dtype == SdpaDtype::kBf16 && (v >= 202 ? sm < 80 : v == 201 && sm < 60))
+    return v >= 202 ? "bf16 needs sm80" : "bf16 not on sm5x";
   if (c.attn_mask && v < 201)
     return "attn_mask needs torch >= 2.1";
   if (c.dropout > 0 && v < 201)
@@ -104,11 +113,15 @@ std::string efficient_refusal(const SdpaCall& c, int sm) {
   return "";
 }
 
-/// torch 2.0/2.1 priority_order (taken from xFormers): memory-efficient
-/// first for head_dim 128, or for few (batch * heads) blocks with long queries.
+/// torch 2.0/2.1 priority_order (taken from xFormers): 2.0 ranks
+/// memory-efficient first for head_dim 128, or for few (batch * heads)
+/// blocks with long queries; 2.1 uses a training heuristic of its own
+/// (pytorch#99644): memory-efficient first when 6 * batch * heads > seq.
 bool efficient_first(const SdpaCall& c) {
   if (c.torch_version > 201)
     return false;
+  if (c.torch_version == 201)
+    return 6 * c.batch * c.heads > c.seq;
   int64_t flash_threads = c.batch * c.heads;
   int64_t cutlass_threads = flash_threads * (c.seq / 64);
   bool more_cutlass = cutlass_threads / 2 >= flash_threads;
@@ -147,7 +160,7 @@ SdpaChoice select_sdpa_kernel(const SdpaCall& c) {
   } else if (no_eff.empty()) {
     out.kernel = SdpaKernel::kEfficient;
     out.reason = where + "; " +
-                 (no_flash.empty() ? std::string("efficient ranked first (torch <= 2.1 heuristic)")
+                 (no_flash.empty() ? std::string("efficient ranked first (torch 2.0/2.1 heuristic)")
                                    : "flash: " + no_flash);
   } else {
     out.kernel = SdpaKernel::kMath;

@@ -43,12 +43,20 @@ TEST(Sdpa, SelectsTheKernelPyTorchRuns) {
       {"head 256 on 2.1: flash-1 stops at 128", 80, SdpaDtype::kBf16, 256, false, 0, 201,
        SdpaKernel::kEfficient},
       {"head 256 on 2.2: flash-2", 80, SdpaDtype::kBf16, 256, false, 0, 202, SdpaKernel::kFlash},
-      {"head 256 on 2.4, sm89 training", 89, SdpaDtype::kBf16, 256, false, 0, 204,
+      {"head 256 on 2.2, sm89 training", 89, SdpaDtype::kBf16, 256, false, 0, 202,
        SdpaKernel::kEfficient},
       {"head 256 on 2.0, sm86: neither fused kernel", 86, SdpaDtype::kFp16, 256, false, 0, 200,
        SdpaKernel::kMath},
       {"V100 bf16: efficient needs sm80 for bf16", 70, SdpaDtype::kBf16, 128, false, 0, 204,
        SdpaKernel::kMath},
+      {"V100 bf16 on 2.1: only sm5x lacked bf16 then", 70, SdpaDtype::kBf16, 128, false, 0, 201,
+       SdpaKernel::kEfficient},
+      {"head 256 on 2.4, sm89 training without dropout", 89, SdpaDtype::kBf16, 256, false, 0, 204,
+       SdpaKernel::kFlash},
+      {"head 256 on 2.4, sm89 training with dropout", 89, SdpaDtype::kBf16, 256, false, 0.1, 204,
+       SdpaKernel::kEfficient},
+      {"head 208 on 2.4, sm86 training", 86, SdpaDtype::kBf16, 208, false, 0, 204,
+       SdpaKernel::kEfficient},
       {"T4 fp16 on 2.1: flash-1 runs on sm75", 75, SdpaDtype::kFp16, 64, false, 0, 201,
        SdpaKernel::kFlash},
       {"T4 fp16 on 2.2: flash-2 needs sm80", 75, SdpaDtype::kFp16, 64, false, 0, 202,
@@ -76,7 +84,7 @@ TEST(Sdpa, SelectsTheKernelPyTorchRuns) {
     call.torch_version = c.torch;
     call.batch = 4;
     call.heads = 32;
-    call.seq = 512;
+    call.seq = 4096;  // 6 * batch * heads < seq: 2.1 ranks flash first
     SdpaChoice got = select_sdpa_kernel(call);
     EXPECT_EQ(sdpa_kernel_name(got.kernel), sdpa_kernel_name(c.expected)) << got.reason;
     EXPECT_FALSE(got.reason.empty());
@@ -88,7 +96,7 @@ TEST(Sdpa, UnexpandedMultiQueryKvRunsMath) {
   call.sm = 80;
   call.head_dim = 64;
   call.torch_version = 201;
-  call.batch = 4;  // batch * heads >= 60: flash ranked first on 2.1
+  call.seq = 4096;  // 6 * batch * heads < seq: flash ranked first on 2.1
   EXPECT_EQ(select_sdpa_kernel(call).kernel, SdpaKernel::kFlash);
   call.kv_heads_differ = true;
   SdpaChoice c = select_sdpa_kernel(call);
@@ -116,6 +124,23 @@ TEST(Sdpa, LitgptFalconBeforePr667UsesMath) {
   EXPECT_GT(static_cast<double>(then.peak.allocated_bytes) -
                 static_cast<double>(now.peak.allocated_bytes),
             32.0 * 71 * 1024 * 1024 * 2 * 0.8);
+}
+
+TEST(Sdpa, PriorityHeuristicsOfEarlyReleases) {
+  SdpaCall call;
+  call.sm = 80;
+  call.head_dim = 64;
+  call.batch = 8;
+  call.heads = 32;
+  call.seq = 1024;
+  call.torch_version = 201;  // 6 * 8 * 32 > 1024: memory-efficient first in training
+  SdpaChoice c = select_sdpa_kernel(call);
+  EXPECT_EQ(c.kernel, SdpaKernel::kEfficient);
+  EXPECT_NE(c.reason.find("ranked first"), std::string::npos) << c.reason;
+  call.torch_version = 200;  // batch * heads >= 60, head 64: flash first
+  EXPECT_EQ(select_sdpa_kernel(call).kernel, SdpaKernel::kFlash);
+  call.torch_version = 202;  // FlashAttention-2: always first
+  EXPECT_EQ(select_sdpa_kernel(call).kernel, SdpaKernel::kFlash);
 }
 
 TEST(Sdpa, ReasonNamesTheRefusals) {
