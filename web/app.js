@@ -344,7 +344,8 @@ function renderDetails(j) {
   $('peaks').innerHTML = '<tr><th></th><th class="n">GiB</th><th class="n">bytes</th></tr>' +
       rows.map(([label, key, b]) => `<tr><td>${label}</td><td class="n">${gib(b)}</td>` +
                `<td class="n">${exact(key, b)}</td></tr>`).join('');
-  $('notes').innerHTML = (j.notes || []).map((n) => `<li>${esc(n)}</li>`).join('');
+  const notes = (j.attention_kernel ? [`attention: ${j.attention_kernel}`] : []).concat(j.notes || []);
+  $('notes').innerHTML = notes.map((n) => `<li>${esc(n)}</li>`).join('');
   $('details-card').hidden = false;
 }
 

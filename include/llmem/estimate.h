@@ -85,6 +85,8 @@ struct Estimate {
   size_t events = 0;
   std::vector<TimelinePoint> timeline;
   std::vector<std::string> notes;  ///< modelling approximations that apply to this estimate
+  /// The attention kernel traced and why ("sdpa math: sm70, bf16, ..."); empty for eager.
+  std::string attention_kernel;
 };
 
 /// Simulates one training step (first iteration and a steady-state one) of

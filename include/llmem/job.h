@@ -34,7 +34,16 @@ enum class OptimizerKind {
   kPagedAdamW8bit,  ///< bitsandbytes PagedAdamW8bit: states in unified memory
 };
 
-enum class AttentionImpl { kEager, kSdpa, kFlashAttention2 };
+/// kSdpa lets PyTorch pick the kernel as it does (llmem/sdpa.h); the
+/// kSdpa* values force one backend (torch.nn.attention.sdpa_kernel).
+enum class AttentionImpl {
+  kEager,
+  kSdpa,
+  kFlashAttention2,
+  kSdpaFlash,
+  kSdpaEfficient,
+  kSdpaMath,
+};
 
 enum class CheckpointMode { kOff, kReentrant, kNonReentrant };
 
@@ -148,6 +157,14 @@ struct FrameworkSetup {
   /// bitsandbytes StableEmbedding after the optimizer is built. Off for
   /// measurements taken with earlier LitGPT.
   bool stable_embedding = true;
+  /// The model passes an explicit attn_mask tensor to SDPA instead of
+  /// is_causal=True (lit-gpt between PR #51 and PR #171, May-June 2023; HF
+  /// with a padded 4-D mask). It decides PyTorch's SDPA kernel.
+  bool sdpa_attn_mask = false;
+  /// lit-gpt before PR #667 (2023-10-24) expanded K/V only when
+  /// n_query_groups != 1, so multi-query models (Falcon-7B) reached SDPA with
+  /// one K/V head: the fused kernels need equal head counts, PyTorch runs math.
+  bool mqa_kv_unexpanded = false;
 };
 
 struct TrainingSetup {
@@ -176,6 +193,9 @@ struct TrainingSetup {
   /// version-specific behaviour such as the foreach AdamW temporaries.
   int torch_version = 204;
   uint64_t workspace_bytes = 0;
+  /// GPU compute capability * 10 (80 = A100), set from the GPU catalog;
+  /// 0 = unknown. Decides the SDPA kernel PyTorch picks.
+  int gpu_sm = 0;
   /// PEFT's enable_input_require_grads hook without checkpointing (set internally).
   bool lora_input_grads = false;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
 };

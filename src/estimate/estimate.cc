@@ -176,6 +176,8 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   TrainingSetup setup = setup_in;
   bool cuda = setup.device == Device::kCuda;
   setup.workspace_bytes = cuda ? gpu.cublas_workspace_bytes : 0;
+  if (setup.gpu_sm <= 0 && gpu.compute_capability > 0)
+    setup.gpu_sm = static_cast<int>(gpu.compute_capability * 10 + 0.5);
   // Reused across estimates on this thread: a plan runs thousands back to back.
   thread_local trace::TraceResult trace;
   trace::build_trace(model, setup, rank, &trace);
@@ -185,6 +187,7 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   est.trainable_params = trace.trainable_params;
   est.events = trace.events.size();
   est.notes = trace.notes;
+  est.attention_kernel = trace.attention_kernel;
   AllocatorOptions unlimited = setup.allocator;
   unlimited.capacity = UINT64_MAX;
   Replay r = replay(trace.events, cuda, unlimited, true);

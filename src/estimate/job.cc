@@ -57,7 +57,10 @@ constexpr std::pair<const char*, OptimizerKind> kOptimizers[] = {
 constexpr std::pair<const char*, AttentionImpl> kAttention[] = {
     {"eager", AttentionImpl::kEager},
     {"sdpa", AttentionImpl::kSdpa},
-    {"flash_attention_2", AttentionImpl::kFlashAttention2}};
+    {"flash_attention_2", AttentionImpl::kFlashAttention2},
+    {"sdpa-flash", AttentionImpl::kSdpaFlash},
+    {"sdpa-efficient", AttentionImpl::kSdpaEfficient},
+    {"sdpa-math", AttentionImpl::kSdpaMath}};
 
 constexpr std::pair<const char*, CheckpointMode> kCheckpointing[] = {
     {"off", CheckpointMode::kOff},

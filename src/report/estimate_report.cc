@@ -118,6 +118,8 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
         static_cast<int64_t>(e.capacity_bytes) - static_cast<int64_t>(e.peak.device_bytes);
   }
   j["events"] = e.events;
+  if (!e.attention_kernel.empty())
+    j["attention_kernel"] = e.attention_kernel;
   j["notes"] = e.notes;
   return j.dump(2) + "\n";
 }
@@ -195,6 +197,8 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
     out << " " << phase_name(static_cast<Phase>(p)) << " " << gib(e.phase_peaks[p]) << ";";
   }
   out << "\n";
+  if (!e.attention_kernel.empty())
+    out << "  attention: " << e.attention_kernel << "\n";
   for (const std::string& n : e.notes)
     out << "  note: " << n << "\n";
   return out.str();

@@ -18,6 +18,7 @@
 #include <unordered_set>
 
 #include "llmem/error.h"
+#include "llmem/sdpa.h"
 
 #include "trace/framework.h"
 
@@ -835,6 +836,16 @@ class Program {
 
   double hidden_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.hidden_dropout; }
   double attention_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.attention_dropout; }
+  /// lit-gpt before PR #667: multi-query K/V reach SDPA with one head.
+  bool litgpt_mqa_unexpanded(int64_t kv_heads) const {
+    return s_.framework == Framework::kLitgpt && s_.fw.mqa_kv_unexpanded && kv_heads == 1;
+  }
+  /// Transformers builds a 4-D float mask for SDPA only when it cannot use
+  /// is_causal (a padded batch); the profile says so with fw.sdpa_attn_mask.
+  bool hf_sdpa_mask() const {
+    return s_.attention != AttentionImpl::kEager && s_.framework == Framework::kHf &&
+           s_.fw.sdpa_attn_mask;
+  }
   double embedding_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.embedding_dropout; }
 
   /// Elementwise binary op whose backward needs the other operand (mul).
@@ -1045,6 +1056,74 @@ class Program {
     return y;
   }
 
+  /// PyTorch's _scaled_dot_product_attention_math (aten/src/ATen/native/
+  /// transformers/attention.cpp) on q, k, v as SDPA receives them; returns
+  /// the [b, heads, s, vd] output. Since 2.5 fp16/bf16 inputs are computed in
+  /// fp32 unless allow_fp16_bf16_reduction_math_sdp(True) (the
+  /// allowFP16BF16ReductionMathSDP check, default off). It runs
+  /// q * sqrt(scale) and k^T * sqrt(scale) (new tensors that matmul saves),
+  /// matmul -> [b, H, s, s] scores, adds the mask in place (is_causal builds
+  /// a bool ones(s, s).tril() and its float copy), softmax (saves its
+  /// output), dropout (saves a bool mask and the dropped probabilities), and
+  /// matmul with v (saves the probabilities and v).
+  Tid sdpa_math(Tid qc, Tid kc, Tid vc, const AttentionSpec& a, bool kv_expanded) {
+    int64_t b = s_.batch;
+    int64_t s = s_.seq;
+    int64_t d = a.head_dim;
+    int64_t heads = a.num_heads;
+    int64_t vd = a.kind == AttentionKind::kMLA ? a.v_head_dim : d;
+    int e = g_.elem(qc);
+    int ce = cuda_ && e == 2 && s_.torch_version >= 205 ? kF32 : e;
+    Tid k = kc;
+    Tid v = vc;
+    g_.retain(k);
+    g_.retain(v);
+    if (a.num_kv_heads != heads && !kv_expanded) {
+      // transformers repeat_kv, the math kernel's own repeat_interleave with
+      // enable_gqa, or matmul broadcasting one K/V head (expand + reshape:
+      // bmm saves the copy): K and V copied to every query head.
+      g_.release(k);
+      g_.release(v);
+      k = g_.op(b * heads * s * d, g_.elem(kc), {kc}, {});
+      v = g_.op(b * heads * s * vd, g_.elem(vc), {vc}, {});
+    }
+    Tid q32 = cast(qc, ce);
+    Tid k32 = cast(k, ce);
+    Tid v32 = cast(v, ce);
+    g_.release(k);
+    g_.release(v);
+    Tid qs = plain(q32);  // query * sqrt(scale)
+    g_.release(q32);
+    Tid ks = g_.op(g_.numel(k32), ce, {k32}, {});  // key.transpose(-2, -1) * sqrt(scale)
+    g_.release(k32);
+    Tid qf = fold(qs);
+    g_.release(qs);
+    Tid scores = g_.op(b * heads * s * s, ce, {qf, ks}, {qf, ks});
+    g_.release(qf);
+    g_.release(ks);
+    if (!s_.fw.sdpa_attn_mask) {
+      // is_causal: ones({s, s}, bool).tril(), then convert_boolean_attn_mask
+      // to a float [s, s] added in place.
+      Tid mb = g_.leaf(s * s, 1, Component::kActivations, false);
+      Tid mf = g_.op(s * s, ce, {mb}, {});
+      g_.release(mb);
+      g_.release(mf);
+    }
+    Tid probs = g_.op(g_.numel(scores), ce, {scores}, {}, Component::kActivations, {}, 0, true);
+    g_.release(scores);
+    Tid pd = dropout(probs, attention_dropout());
+    g_.release(probs);
+    Tid o = g_.op(b * heads * s * vd, ce, {pd, v32}, {pd, v32});
+    g_.release(pd);
+    g_.release(v32);
+    if (ce != e) {
+      Tid oe = g_.op(g_.numel(o), e, {o}, {});  // .to(origin_dtype)
+      g_.release(o);
+      o = oe;
+    }
+    return o;
+  }
+
   /// Attention on projected q (after rotary), k and v; returns the [T, H·d]
   /// contiguous output that goes into the output projection.
   Tid attention_core(Tid qe, Tid ke, Tid v, const AttentionSpec& a, AttnFlavor flavor) {
@@ -1064,7 +1143,8 @@ class Program {
       Tid qc = autocast_ ? cast(qe, ae_) : (g_.retain(qe), qe);
       Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
       Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
-      if (s_.framework == Framework::kLitgpt && heads != kv) {
+      bool expanded = false;
+      if (s_.framework == Framework::kLitgpt && heads != kv && !litgpt_mqa_unexpanded(kv)) {
         // litgpt/model.py CausalSelfAttention: k and v are expanded to every
         // query head (expand + reshape / repeat_interleave: copies) before SDPA.
         Tid kr = g_.op(b * heads * s * d, g_.elem(kc), {kc}, {});
@@ -1073,6 +1153,16 @@ class Program {
         g_.release(vc);
         kc = kr;
         vc = vr;
+        expanded = true;
+      }
+      if (s_.attention == AttentionImpl::kSdpaMath) {
+        Tid o = sdpa_math(qc, kc, vc, a, expanded);
+        g_.release(qc);
+        g_.release(kc);
+        g_.release(vc);
+        Tid out = g_.op(g_.numel(o), g_.elem(o), {o}, {});  // transpose(1, 2).contiguous()
+        g_.release(o);
+        return out;
       }
       Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
                     Component::kActivations, {{b * heads * s, kF32}}, 0, true);
@@ -1438,8 +1528,9 @@ Tid Program::forward(Tid ids) {
     int64_t d = m_.layers.front().attention.head_dim;
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
-    if (s_.attention == AttentionImpl::kEager) {
-      // masking_utils eager mask: bool [b, 1, s, s], then float in the dtype.
+    if (s_.attention == AttentionImpl::kEager || hf_sdpa_mask()) {
+      // masking_utils eager mask: bool [b, 1, s, s], then float in the dtype
+      // (also what SDPA receives when the batch is padded).
       Tid mb = g_.leaf(b * s * s, 1, Component::kInputs, false);
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       g_.release(mb);
@@ -1484,7 +1575,7 @@ Tid Program::forward(Tid ids) {
       cos_ = g_.leaf(s * rot, g_.elem(x), Component::kInputs, false);
       sin_ = g_.leaf(s * rot, g_.elem(x), Component::kInputs, false);
     }
-    if (s_.attention == AttentionImpl::kEager) {
+    if (s_.attention == AttentionImpl::kEager || hf_sdpa_mask()) {
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       if (m_.position == PositionKind::kAlibi) {
         alibi_ = g_.leaf(b * a.num_heads * s, kF32, Component::kInputs, false);
@@ -2070,12 +2161,77 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup, cons
   return result;
 }
 
+namespace {
+
+SdpaDtype sdpa_dtype(Precision p) {
+  switch (p) {
+    case Precision::kFp32:
+      return SdpaDtype::kFp32;
+    case Precision::kFp16Mixed:
+    case Precision::kFp16:
+      return SdpaDtype::kFp16;
+    case Precision::kBf16Mixed:
+    case Precision::kBf16:
+      return SdpaDtype::kBf16;
+  }
+  return SdpaDtype::kBf16;
+}
+
+/// Turns --attention sdpa into the kernel PyTorch would run (llmem/sdpa.h)
+/// and records the choice; explicit sdpa-* kinds are kept as given.
+void resolve_attention(const ModelSpec& model, TrainingSetup* setup, TraceResult* result) {
+  AttentionImpl a = setup->attention;
+  if (a == AttentionImpl::kEager)
+    return;
+  if (a == AttentionImpl::kFlashAttention2) {
+    result->attention_kernel = "flash_attention_2";
+    return;
+  }
+  if (a != AttentionImpl::kSdpa) {
+    result->attention_kernel =
+        "sdpa " +
+        std::string(sdpa_kernel_name(a == AttentionImpl::kSdpaMath        ? SdpaKernel::kMath
+                                     : a == AttentionImpl::kSdpaEfficient ? SdpaKernel::kEfficient
+                                                                          : SdpaKernel::kFlash)) +
+        " (forced by --attention)";
+    return;
+  }
+  if (setup->device == Device::kCpu || model.layers.empty()) {
+    // PyTorch's CPU flash kernel (2.2+) also keeps no s x s matrix.
+    setup->attention = AttentionImpl::kSdpaFlash;
+    result->attention_kernel = "sdpa fused CPU kernel";
+    return;
+  }
+  const AttentionSpec& at = model.layers.front().attention;
+  SdpaCall call;
+  call.sm = setup->gpu_sm;
+  call.dtype = sdpa_dtype(setup->precision);
+  call.head_dim = at.head_dim;
+  call.v_head_dim = at.kind == AttentionKind::kMLA ? at.v_head_dim : at.head_dim;
+  call.attn_mask = setup->fw.sdpa_attn_mask;
+  call.kv_heads_differ = setup->framework == Framework::kLitgpt && setup->fw.mqa_kv_unexpanded &&
+                         at.num_kv_heads == 1 && at.num_heads > 1;
+  call.dropout = setup->dropout >= 0 ? setup->dropout : model.attention_dropout;
+  call.torch_version = setup->torch_version;
+  call.batch = setup->batch;
+  call.heads = at.num_heads;
+  call.seq = setup->seq;
+  SdpaChoice c = select_sdpa_kernel(call);
+  setup->attention = c.kernel == SdpaKernel::kMath        ? AttentionImpl::kSdpaMath
+                     : c.kernel == SdpaKernel::kEfficient ? AttentionImpl::kSdpaEfficient
+                                                          : AttentionImpl::kSdpaFlash;
+  result->attention_kernel = "sdpa " + std::string(sdpa_kernel_name(c.kernel)) + ": " + c.reason;
+}
+
+}  // namespace
+
 void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const RankPlan& rank,
                  TraceResult* out) {
   out->events.clear();
   out->params = 0;
   out->trainable_params = 0;
   out->notes.clear();
+  out->attention_kernel.clear();
   TraceResult& result = *out;
   TrainingSetup setup = setup_in;
   if (model.family == "gpt_bigcode" && setup.checkpointing != CheckpointMode::kOff) {
@@ -2086,6 +2242,7 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
     setup.checkpointing = CheckpointMode::kOff;
     setup.lora_input_grads = setup_in.finetune != FinetuneMode::kFull;
   }
+  resolve_attention(model, &setup, &result);
   size_t hint = result.events.capacity();  // the previous trace's size, when reused
   Graph g(&result.events);
   g.reserve(hint / 2);

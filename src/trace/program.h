@@ -20,6 +20,8 @@ struct TraceResult {
   int64_t params = 0;
   int64_t trainable_params = 0;
   std::vector<std::string> notes;
+  /// The attention kernel traced and why (empty for eager attention).
+  std::string attention_kernel;
 };
 
 /// What one rank of a distributed layout holds and does differently from a

@@ -191,6 +191,17 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   // 2024-10-04); the tutorials are older still.
   if (fw == Framework::kLitgpt)
     s->fw.stable_embedding = false;
+  if (fw == Framework::kLitgpt && has(url, "tutorials/prepare_dataset.md")) {
+    // The Falcon-7B figures were added by lit-gpt 29de2828 (2023-09-27, PR #588),
+    // whose README asks for the torch 2.1.0 release candidate. lit_gpt/model.py
+    // CausalSelfAttention then expanded K/V only `if n_query_groups != 1`, so
+    // Falcon's single K/V head reached SDPA unexpanded (training passed
+    // mask=None, is_causal=True); the fused kernels need equal head counts and
+    // PyTorch ran the math kernel. PR #667 (50b1974b, 2023-10-24) expands them
+    // in training ("flash attention requires it").
+    s->torch_version = 201;
+    s->fw.mqa_kv_unexpanded = true;
+  }
 }
 
 // The LoRA targets a framework row names in its notes ("LoRA q,v,output_proj +

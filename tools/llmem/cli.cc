@@ -160,7 +160,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--optimizer",
                           "adamw, adamw-foreach, adamw-fused, adamw-forloop, sgd, sgd-momentum, "
                           "adafactor, adamw-8bit, paged-adamw-8bit");
-  est.option<std::string>("--attention", "eager, sdpa, flash_attention_2");
+  est.option<std::string>("--attention",
+                          "eager, sdpa (the kernel PyTorch picks), sdpa-flash, sdpa-efficient, "
+                          "sdpa-math, flash_attention_2");
   est.flag("--grad-ckpt", "Gradient checkpointing per decoder layer");
   est.option<std::string>("--ckpt-mode", "reentrant or non-reentrant");
   est.option<int64_t>("--lora-rank", "LoRA rank (0: full fine-tuning)");
@@ -188,6 +190,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.flag("--optimizer-in-bwd", "torchtune optimizer_in_bwd: step each parameter inside backward");
   est.flag("--activation-offload", "torchtune enable_activation_offloading (needs --grad-ckpt)");
   est.flag("--paged-optimizer", "bitsandbytes paged optimizer: states outside the allocator");
+  est.flag("--sdpa-mask",
+           "SDPA gets an explicit attn_mask (a padded batch) instead of is_causal; decides the "
+           "kernel with --attention sdpa");
   est.option<int64_t>("--output-chunks",
                       "torchtune num_output_chunks of the LM head and loss (0: off)");
   est.option<int64_t>("--lm-head-chunk", "LitGPT lm_head_chunk_size in tokens (0: off)");

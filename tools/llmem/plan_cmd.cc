@@ -58,7 +58,9 @@ PlanCommand::PlanCommand(CLI::App& app) {
                         "hf, or colossalai (the paper's: Gemini, 1D TP, fp16, checkpointing)");
   f.option<std::string>("--precision", "fp32, fp16-mixed, bf16-mixed, bf16, fp16");
   f.option<std::string>("--optimizer", "adamw, adamw-fused, sgd, adamw-8bit, ...");
-  f.option<std::string>("--attention", "eager, sdpa, flash_attention_2");
+  f.option<std::string>("--attention",
+                        "eager, sdpa (the kernel PyTorch picks), sdpa-flash, sdpa-efficient, "
+                        "sdpa-math, flash_attention_2");
   f.option<int64_t>("--lora-rank", "LoRA rank of the lora and qlora candidates");
   f.option<int64_t>("--max-micro-batch", "Largest micro-batch searched");
   f.option<int64_t>("--max-pp", "Most pipeline stages searched (0: no limit)");

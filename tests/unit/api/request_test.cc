@@ -311,6 +311,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"optimizer_in_bwd", false},
                  {"activation_offload", false},
                  {"paged_optimizer", false},
+                 {"sdpa_mask", true},
                  {"output_chunks", 0},
                  {"lm_head_chunk", 0}};
   for (const std::string& key : request_keys()) {
