@@ -60,6 +60,11 @@ REASONS = {
         "as gemma-7b QLoRA",
     ("config_hub", "meta-llama/Llama-2-7b-hf", "litgpt bf16 b2 s512 qlora"):
         "QLoRA: unexplained 0.7 GiB",
+    ("0217d44c2", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b4 s2048 ckpt"):
+        "7B_full_low_memory (PagedAdamW + optimizer_in_bwd): the README's 24.1 GB is 2 GiB above llmem's "
+        "reserved peak. bitsandbytes' paged fp32 states live in cudaMallocManaged pages that none of "
+        "torchtune's three counters (torchtune/utils/memory.py: active, allocated, reserved) see, so "
+        "they are not the gap; the config's batch_size is 2 while the README says 4; not yet explained",
 }
 
 
@@ -107,7 +112,8 @@ def framework_section(path, doc):
         comp = [r for r in groups[name] if "error_pct" in r]
         high += [r for r in comp if conf.get(r["line"]) == "high"]
         med, p90, mx, under = stats(comp)
-        lines.append(f"| {name} | {len(comp)} | {len(groups[name]) - len(comp)} | {med} | {p90} | {mx} | {under} |")
+        skipped = sum(1 for r in groups[name] if "skipped_reason" in r)
+        lines.append(f"| {name} | {len(comp)} | {skipped} | {med} | {p90} | {mx} | {under} |")
     med, p90, mx, under = stats(high)
     lines.append(f"| **both, confidence=high** | {len(high)} | | {med} | {p90} | {mx} | {under} |")
     lines += ["", "| line | source | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
@@ -119,6 +125,21 @@ def framework_section(path, doc):
         lines.append(f"| {r['line']} | {source(r['source_url'])} | {r['model']} | {r['setting']} | {r['counter']} | "
                      f"{r['measured_bytes'] / 2**30:.2f} | {r['estimated_bytes'] / 2**30:.2f} | "
                      f"{r['error_pct']:+.2f} % | {why} |")
+    band = [r for r in rows if "band_error_pct" in r]
+    if band:
+        lines += ["", "#### Counter not named",
+                  "",
+                  "torchtune's README tables quote a peak without saying whether it is allocated, active or "
+                  "reserved memory. Those rows are compared with the band [allocated, reserved] llmem "
+                  "estimates and kept out of the statistics above; the distance is to the nearer end "
+                  "(0 inside).", "",
+                  "| line | model | setting | measured GiB | allocated GiB | reserved GiB | distance | why (> 5 %) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in band:
+            why = reason(r) if abs(r["band_error_pct"]) > 5 else ""
+            lines.append(f"| {r['line']} | {r['model']} | {r['setting']} | {r['measured_bytes'] / 2**30:.2f} | "
+                         f"{r['estimated_allocated_bytes'] / 2**30:.2f} | "
+                         f"{r['estimated_reserved_bytes'] / 2**30:.2f} | {r['band_error_pct']:+.2f} % | {why} |")
     lines.append("")
     return lines
 
@@ -135,7 +156,9 @@ def main():
         lines += [f"## {title}", "",
                   f"Compared {s['compared']}, skipped {s['skipped']}. |error| median "
                   f"{s['median_abs_pct']:.2f} %, p90 {s['p90_abs_pct']:.2f} %, max {s['max_abs_pct']:.2f} %; "
-                  f"under-predictions {s['under_predictions']} (beyond 1 %: {s['under_predictions_beyond_1pct']}).", ""]
+                  f"under-predictions {s['under_predictions']} (beyond 1 %: {s['under_predictions_beyond_1pct']})."
+                  + (f" Counter not named: {s['band_rows']} rows compared with [allocated, reserved], "
+                     f"{s['band_within']} inside." if s.get("band_rows") else ""), ""]
         compared = [r for r in doc["rows"] if "error_pct" in r]
         if compared:
             groups = collections.defaultdict(list)

@@ -76,6 +76,9 @@ struct PlanCandidate {
   CheckpointMode checkpointing = CheckpointMode::kOff;
   Offload offload = Offload::kNone;
   FinetuneMode finetune = FinetuneMode::kFull;
+  /// Megatron with tp > 1 on a model where it is modelled: sequence
+  /// parallelism on (it only lowers memory; the communication volume is the same).
+  bool sequence_parallel = false;
   int64_t micro_batch = 0;      ///< chosen (0 when nothing fits)
   int64_t max_micro_batch = 0;  ///< largest that fits (0 when even 1 does not)
   int64_t grad_accum = 1;       ///< micro-batches per optimizer step at `micro_batch`

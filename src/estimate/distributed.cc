@@ -18,20 +18,6 @@ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// Megatron's row-parallel linears (input dimension split, output all-reduced);
-// every other decoder-layer linear is column-parallel.
-bool row_parallel(const std::string& name) {
-  static const char* const kRow[] = {"o_proj", "out_proj", "down_proj", "dense", "dense_4h_to_h",
-                                     "fc2",    "c_proj",   "fc_out",    "w2",    "wo"};
-  size_t end = name.rfind('.');
-  if (end == std::string::npos)
-    return false;
-  size_t begin = name.rfind('.', end - 1);
-  std::string module = name.substr(begin == std::string::npos ? 0 : begin + 1,
-                                   end - (begin == std::string::npos ? 0 : begin + 1));
-  return std::find(std::begin(kRow), std::end(kRow), module) != std::end(kRow);
-}
-
 void check_divides(int64_t value, int tp, const std::string& what) {
   if (value % tp != 0) {
     throw Error(
@@ -169,13 +155,13 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
     if (t.role == TensorRole::kEmbedding || t.role == TensorRole::kLmHead) {
       t.shape[0] = ceil_div(t.shape[0], tp);  // vocabulary-parallel rows
     } else if (t.shape.size() == 1) {
-      if (row_parallel(t.name))
+      if (trace::row_parallel(t.name))
         continue;  // the bias after the all-reduce is whole
       t.shape[0] = ceil_div(t.shape[0], tp);
     } else {
       bool conv1d = model.family == "gpt2";  // Conv1D weights are [in, out]
       size_t out_dim = conv1d ? 1 : 0;
-      size_t dim = row_parallel(t.name) ? 1 - out_dim : out_dim;
+      size_t dim = trace::row_parallel(t.name) ? 1 - out_dim : out_dim;
       t.shape[dim] = ceil_div(t.shape[dim], tp);
     }
     t.numel = 1;
@@ -299,11 +285,19 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       r.state_shards = dp;
       r.grads_in_param_chunks = true;
       r.prefetch_layers = 1;
+      // ColossalAI d4fb7bf (the paper's pin), zero/gemini/gemini_hook.py:
+      // in training, post_op only marks tensors HOLD, so a chunk gathered in
+      // the forward pass stays gathered until grad_handle reduces it in the
+      // backward pass (by then the whole 16-bit model is on every GPU); the
+      // gathered chunk replaces its shard (chunk/chunk.py __gather, reduce).
+      r.reshard_after_forward = false;
+      r.gather_frees_shard = true;
       // With 1D tensor parallelism the paper's DP+TP: Gemini over the dp
       // replicas of each tensor-parallel shard.
       notes.push_back(
-          "Gemini: fp16 chunks sharded over dp, gradients in the fp16 chunks, fp32 master and "
-          "HybridAdam states on the GPU; one chunk per decoder layer");
+          "Gemini: fp16 chunks sharded over dp and kept gathered from their first use in the "
+          "forward pass until their gradients are reduced, gradients in the fp16 chunks, fp32 "
+          "master and HybridAdam states on the GPU; one chunk per decoder layer");
       break;
     case Method::kFsdp: {
       int shards =
@@ -362,8 +356,34 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     s.use_cache = UseCache::kOff;
   }
   r.vocab_parallel_ce = p.method == Method::kMegatron && p.tp > 1;
-  if (p.sequence_parallel)
-    notes.push_back("sequence parallelism is not modelled yet: activations as without it");
+  if (p.sequence_parallel) {
+    if (p.method != Method::kMegatron) {
+      throw Error("--sequence-parallel", "",
+                  "sequence parallelism is Megatron's (--method megatron), got " +
+                      std::string(method_name(p.method)));
+    }
+    if (p.tp > 1) {
+      if (s.seq % p.tp != 0) {
+        throw Error("--sequence-parallel", "",
+                    "the sequence length " + std::to_string(s.seq) + " must divide by tp " +
+                        std::to_string(p.tp));
+      }
+      if (!sequence_parallel_modelled(model, FinetuneMode::kFull)) {
+        throw Error("--sequence-parallel", "",
+                    "sequence parallelism is modelled for dense Llama-style decoders (llama, "
+                    "mistral, qwen2, qwen3, gemma, gemma2, olmo, phi3), not " +
+                        model.family);
+      }
+      if (s.finetune != FinetuneMode::kFull) {
+        throw Error("--sequence-parallel", "",
+                    "sequence parallelism with LoRA/QLoRA adapters is not modelled");
+      }
+      r.sequence_parallel = p.tp;
+      notes.push_back(
+          "sequence parallelism: norms, residuals and dropouts on s/tp tokens; column-parallel "
+          "linears gather into one persistent buffer and save the shard");
+    }
+  }
 
   // Rank order: tensor-parallel fastest, then data-parallel, then stages.
   struct Role {
@@ -436,6 +456,19 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   for (std::string& n : notes)
     est.notes.push_back(std::move(n));
   return est;
+}
+
+bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune) {
+  static const char* const kFamilies[] = {"llama", "mistral", "qwen2", "qwen3",
+                                          "gemma", "gemma2",  "olmo",  "phi3"};
+  if (finetune != FinetuneMode::kFull || model.layers.empty() ||
+      std::find(std::begin(kFamilies), std::end(kFamilies), model.family) == std::end(kFamilies))
+    return false;
+  for (const LayerSpec& l : model.layers) {
+    if (l.mlp.is_moe() || l.attention.kind != AttentionKind::kStandard)
+      return false;
+  }
+  return true;
 }
 
 }  // namespace llmem

@@ -25,6 +25,10 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
 ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
                                std::vector<std::string>* notes);
 
+/// Whether Megatron sequence parallelism is modelled for this model and mode:
+/// dense Llama-style decoders with standard attention, full fine-tuning.
+bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune);
+
 }  // namespace llmem
 
 #endif  // LLMEM_SRC_ESTIMATE_DISTRIBUTED_H_

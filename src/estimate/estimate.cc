@@ -145,6 +145,12 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
       }
     }
   }
+  // The optimizer runs last; when it allocates nothing in the steady state
+  // (a fused step on existing buffers, Gemini's fp16 gradient slices) it
+  // runs at the level backward left.
+  auto opt = static_cast<size_t>(Phase::kOptimizer);
+  if (r.phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
+    r.phase_peaks[opt] = cuda ? caching.stats().allocated : exact_allocated;
   return r;
 }
 

@@ -15,6 +15,7 @@
 
 #include "llmem/error.h"
 
+#include "estimate/distributed.h"
 #include "plan/plan_internal.h"
 
 namespace llmem {
@@ -91,6 +92,7 @@ class Searcher {
     s.parallel.dp = c.dp;
     s.parallel.tp = c.tp;
     s.parallel.pp = c.pp;
+    s.parallel.sequence_parallel = c.sequence_parallel;
     s.parallel.gpus_per_node = std::max(1, c.dp * c.tp * c.pp / std::max(1, r.nodes));
     s.parallel.offload_optimizer = c.offload != Offload::kNone;
     s.parallel.offload_params = c.offload == Offload::kOptimizerAndParams;
@@ -351,6 +353,8 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
             f.c.offload = off;
             f.c.checkpointing = ck;
             f.c.finetune = ft;
+            f.c.sequence_parallel = m == Method::kMegatron && l.tp > 1 && r.seq % l.tp == 0 &&
+                                    sequence_parallel_modelled(model, ft);
             f.c.rejected_reason = invalid_layout(model, f.c);
             if (r.global_batch > 0) {
               if (r.global_batch % l.dp != 0) {
@@ -667,6 +671,8 @@ std::string candidate_label(const PlanCandidate& c) {
     if (c.pp > 1)
       s += " pp=" + std::to_string(c.pp);
   }
+  if (c.sequence_parallel)
+    s += " +sp";
   if (c.checkpointing != CheckpointMode::kOff)
     s += " +ckpt";
   if (c.finetune != FinetuneMode::kFull)

@@ -228,6 +228,7 @@ class Program {
       pe_ = 2;
     cuda_ = s.device == Device::kCuda;
     tokens_ = s.batch * s.seq;
+    sp_ = r.sequence_parallel;
     if (m.family == "gpt2") {
       style_ = Style::kGpt2;
     } else if (m.family == "opt") {
@@ -320,7 +321,7 @@ class Program {
         }
         layer_numel_[slot] += t.numel;
         param_rows_[p.id] = t.shape.empty() ? 1 : t.shape[0];
-        layer_shard_numel_[slot] += param_shard(p.id, r_.param_shards);
+        layer_shard_numel_[slot] += tensor_shard(p.id, r_.param_shards);
       } else {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
@@ -558,13 +559,23 @@ class Program {
       return;
     }
     gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_, Component::kWeightCopies);
+    if (r_.gather_frees_shard && param_shard_[slot] != kNone) {
+      g_.release(param_shard_[slot]);
+      param_shard_[slot] = kNone;
+    }
   }
   void reshard(int layer) {
     auto slot = static_cast<size_t>(layer + 1);
     if (slot < gathered_.size() && gathered_[slot] != kNone) {
+      if (r_.gather_frees_shard)
+        param_shard_[slot] = param_shard(slot);
       g_.release(gathered_[slot]);
       gathered_[slot] = kNone;
     }
+  }
+  /// A unit's persistent flat shard, in the stored dtype.
+  Tid param_shard(size_t slot) {
+    return g_.buffer(unit_shard(slot) * store_elem_, Component::kParameters);
   }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
   /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
@@ -596,7 +607,7 @@ class Program {
       int64_t padded = 0;
       for (Tid p : trainable_) {
         if (param_layer_[p] == layer && g_.grad(p) != kNone)
-          padded += param_shard(p, r_.grad_shards) * r_.grad_shards;
+          padded += tensor_shard(p, r_.grad_shards) * r_.grad_shards;
       }
       if (padded > 0)
         rs_input = g_.buffer(padded * pe_, Component::kGradients);
@@ -663,7 +674,7 @@ class Program {
   /// Elements of parameter `p` one rank holds of `shards`: FSDP2 pads each
   /// parameter's dim 0 to a multiple of the shard count (rank 0, the fullest,
   /// holds ceil(rows / shards) rows); flat layouts split the elements evenly.
-  int64_t param_shard(Tid p, int shards) const {
+  int64_t tensor_shard(Tid p, int shards) const {
     auto it = param_rows_.find(p);
     if (r_.per_param_shards && it != param_rows_.end() && it->second > 0) {
       int64_t rows = it->second;
@@ -735,6 +746,8 @@ class Program {
   /// and W when x does). Under autocast both are cast to the low precision.
   Tid base_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
     int64_t rows = g_.numel(x) / in;
+    if (sp_ > 1 && rows * sp_ == tokens_)
+      return sp_column_linear(x, w, b, in, out);
     if (w.quantized > 0) {
       // bnb Linear4bit.forward: x.to(compute_dtype); matmul_4bit dequantizes
       // the weight to the compute dtype for the matmul (and again in
@@ -779,6 +792,46 @@ class Program {
     return y;
   }
 
+  /// Megatron sequence parallelism, column-parallel linear on a sequence
+  /// shard (megatron/core/tensor_parallel/layers.py,
+  /// LinearWithGradAccumulationAndAsyncCommunication): the shard is
+  /// all-gathered into the persistent GlobalMemoryBuffer ("mpu", one per
+  /// dtype; megatron/core/utils.py) for the matmul and saved as the shard;
+  /// backward gathers it again into the same buffer and computes the full
+  /// input gradient before reduce-scattering it (a temporary).
+  Tid sp_column_linear(Tid x, Param& w, Param* b, int64_t in, int64_t out) {
+    Tid xc = autocast_ ? cast(x, ae_) : (g_.retain(x), x);
+    int e = autocast_ ? ae_ : promote(g_.elem(x), g_.elem(w.id));
+    int64_t gathered = tokens_ * in * g_.elem(xc);
+    if (gathered > sp_buffer_bytes_) {
+      // get_tensor() replaces a buffer that is too small.
+      if (sp_buffer_ != kNone)
+        g_.release(sp_buffer_);
+      sp_buffer_ = g_.buffer(gathered, Component::kTemporaries);
+      sp_buffer_bytes_ = gathered;
+    }
+    Tid wc = autocast_ ? autocast_weight(w) : (g_.retain(w.id), w.id);
+    Tid bc = b == nullptr ? kNone : autocast_ ? autocast_weight(*b) : (g_.retain(b->id), b->id);
+    Tid y = g_.op(tokens_ * out, e, {xc, wc, bc},
+                  {g_.requires_grad(wc) ? xc : kNone, g_.requires_grad(xc) ? wc : kNone},
+                  Component::kActivations, {}, g_.requires_grad(xc) ? gathered : 0);
+    g_.release(xc);
+    g_.release(wc);
+    if (bc != kNone)
+      g_.release(bc);
+    return y;
+  }
+  /// Megatron sequence parallelism: a row-parallel linear's (or the
+  /// embedding's) partial sums are reduce-scattered to this rank's s/tp tokens
+  /// (reduce_scatter_to_sequence_parallel_region); backward all-gathers.
+  Tid sp_scatter(Tid y) {
+    if (sp_ <= 1)
+      return y;
+    Tid z = g_.op(g_.numel(y) / sp_, g_.elem(y), {y}, {});
+    g_.release(y);
+    return z;
+  }
+
   /// A Linear (or GPT-2 Conv1D) module by state-dict prefix, with its LoRA
   /// adapter when the module is targeted (peft/tuners/lora/layer.py Linear.forward:
   /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
@@ -786,6 +839,8 @@ class Program {
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
     Param& w = param(prefix + ".weight");
     Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
+    if (sp_ > 1 && row_parallel(prefix + ".weight"))
+      y = sp_scatter(y);
     auto it = lora_.find(prefix);
     if (it == lora_.end())
       return y;
@@ -1224,6 +1279,7 @@ class Program {
   bool sync_ = true;                             // this micro-batch reduces gradients
   std::vector<int64_t> trainable_numel_;         // trainable elements per layer + 1, sharded
   std::vector<Tid> gathered_;
+  std::vector<Tid> param_shard_;  ///< per unit, when gather_frees_shard
   std::vector<Tid> grad_shards_;
   Style style_ = Style::kLlama;
   Names names_;
@@ -1232,6 +1288,9 @@ class Program {
   bool autocast_ = false;
   bool cuda_ = true;
   int64_t tokens_ = 0;
+  int sp_ = 1;             ///< sequence-parallel degree (RankPlan::sequence_parallel)
+  Tid sp_buffer_ = kNone;  ///< Megatron's GlobalMemoryBuffer for gathered inputs
+  int64_t sp_buffer_bytes_ = 0;
   std::unordered_map<std::string, Param> params_;
   std::unordered_map<Tid, Param> lora_params_;
   std::map<std::string, Lora> lora_;
@@ -1263,13 +1322,14 @@ void Program::setup_distributed() {
   layer_shard_numel_.resize(slots, 0);
   trainable_numel_.assign(slots, 0);
   gathered_.assign(slots, kNone);
+  param_shard_.assign(slots, kNone);
   grad_shards_.assign(slots, kNone);
   flat_grad_.assign(slots, kNone);
   int64_t trainable_bytes = 0;
   int64_t trainable_numel = 0;
   for (Tid p : trainable_) {
     auto slot = static_cast<size_t>(param_layer_[p] + 1);
-    trainable_numel_[slot] += param_shard(p, r_.grad_shards);
+    trainable_numel_[slot] += tensor_shard(p, r_.grad_shards);
     trainable_bytes += g_.bytes(p);
     trainable_numel += g_.numel(p);
   }
@@ -1280,7 +1340,7 @@ void Program::setup_distributed() {
     // Each unit's flat shard, in the stored dtype.
     for (size_t slot = 0; slot < slots; ++slot) {
       if (layer_numel_[slot] > 0)
-        g_.buffer(unit_shard(slot) * store_elem_, Component::kParameters);
+        param_shard_[slot] = param_shard(slot);
     }
   }
   if (r_.ddp_buckets) {
@@ -1375,9 +1435,10 @@ Tid Program::forward(Tid ids) {
   if (first) {
     // nn.Embedding saves the indices; it is not an autocast op.
     x = g_.op(tokens_ * ew, pe_, {param(embed_name).id, ids}, {ids});
+    x = sp_scatter(x);
   } else {
     // The hidden states received from the previous stage (they need a gradient).
-    x = g_.leaf(tokens_ * h, pe_, Component::kActivations, true);
+    x = g_.leaf(tokens_ * h / sp_, pe_, Component::kActivations, true);
   }
   bool lora_ckpt = s_.finetune != FinetuneMode::kFull &&
                    (s_.checkpointing != CheckpointMode::kOff || s_.lora_input_grads);
@@ -1935,7 +1996,7 @@ void Program::optimizer_step(bool first) {
   std::vector<std::pair<int64_t, int>> stepped;  // numel, state dtype
   for (size_t k = 0; k < trainable_.size(); ++k) {
     Tid p = trainable_[k];
-    int64_t n = param_shard(p, r_.state_shards);
+    int64_t n = tensor_shard(p, r_.state_shards);
     if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
       n = 0;
     int e = r_.master_fp32 ? kF32 : r_.param_shards > 1 ? store_elem_ : g_.elem(p);
@@ -1943,7 +2004,7 @@ void Program::optimizer_step(bool first) {
       stepped.emplace_back(n, e);
   }
   Tid fp32_grads = kNone;
-  if (r_.master_fp32 && !stepped.empty()) {
+  if (r_.master_fp32 && !stepped.empty() && !r_.grads_in_param_chunks) {
     // DeepSpeed flattens this rank's partition: one fp32 master, one state
     // tensor of each kind, and the gradient partition converted to fp32 for
     // the step.
@@ -2009,7 +2070,7 @@ void Program::step_in_backward(Tid p) {
   if (sharded) {
     // FSDP: the hook is on the sharded parameter; it steps this rank's shard
     // (states in the stored dtype) once the reduced gradient lands.
-    n = param_shard(p, r_.state_shards);
+    n = tensor_shard(p, r_.state_shards);
     e = r_.param_shards > 1 ? store_elem_ : e;
   }
   if (!s_.fw.paged_optimizer && !r_.offload_optimizer && stepped_in_bwd_.insert(p).second) {
@@ -2084,6 +2145,18 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
     }
     program.optimizer_step(step == 1);
   }
+}
+
+bool row_parallel(const std::string& tensor_name) {
+  static const char* const kRow[] = {"o_proj", "out_proj", "down_proj", "dense", "dense_4h_to_h",
+                                     "fc2",    "c_proj",   "fc_out",    "w2",    "wo"};
+  size_t end = tensor_name.rfind('.');
+  if (end == std::string::npos || end == 0)
+    return false;
+  size_t begin = tensor_name.rfind('.', end - 1);
+  size_t from = begin == std::string::npos ? 0 : begin + 1;
+  std::string module = tensor_name.substr(from, end - from);
+  return std::find(std::begin(kRow), std::end(kRow), module) != std::end(kRow);
 }
 
 }  // namespace llmem::trace

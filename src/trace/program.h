@@ -64,11 +64,21 @@ struct RankPlan {
   int end_layer = -1;  ///< -1: every layer
   bool first_stage = true;
   bool last_stage = true;
-  int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
-  bool vocab_parallel_ce = false;
+  int in_flight = 1;               ///< micro-batches whose activations the stage holds at once
+  bool vocab_parallel_ce = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
+  /// Megatron sequence parallelism over this many tensor-parallel ranks (1:
+  /// off): norms, residuals and dropouts hold s/tp tokens; column-parallel
+  /// linears gather their input into a persistent buffer and save the shard;
+  /// row-parallel linears and the embedding reduce-scatter their output.
+  int sequence_parallel = 1;
   /// ColossalAI Gemini: reduced gradients are written into the 16-bit
-  /// parameter chunks (no gradient buffers of their own).
-  bool grads_in_param_chunks = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
+  /// parameter chunks (no gradient buffers of their own), and the optimizer
+  /// steps on those fp16 slices directly (no fp32 gradient copy).
+  bool grads_in_param_chunks = false;
+  /// ColossalAI Gemini: a gathered chunk replaces its shard (Chunk.__gather
+  /// frees cuda_shard; Chunk.reduce allocates a new one before freeing the
+  /// gathered chunk).
+  bool gather_frees_shard = false;
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
@@ -87,6 +97,11 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup,
 /// back, as a plan does, then allocate nothing new for the events).
 void build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank,
                  TraceResult* out);
+
+/// Megatron's row-parallel linears (input dimension split, output all-reduced
+/// or reduce-scattered), by the tensor name ("...o_proj.weight"); every other
+/// decoder-layer linear is column-parallel.
+bool row_parallel(const std::string& tensor_name);
 
 }  // namespace llmem::trace
 

@@ -1,0 +1,92 @@
+// Copyright 2026 The llmem Authors.
+// llmem validate: how measured rows are expressed and compared.
+
+#include "llmem/validate.h"
+
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace llmem {
+namespace {
+
+constexpr const char* kHeader =
+    "source_url,model,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,seq_len,"
+    "grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n";
+
+// A torchtune README row whose counter is not named, measuring `gib`.
+std::string unnamed_row(double gib) {
+  return "https://github.com/pytorch/torchtune/blob/0217d44c2/README.md,openai-community/gpt2,"
+         "A100 80GB,single,1,1,bf16 (pure),AdamW,2,256,off,full,,torchtune SDPA,"
+         "torchtune peak memory (stat not named; GiB)," +
+         std::to_string(gib) + ",confidence=medium\n";
+}
+
+TEST(Validate, UnnamedCounterIsComparedWithTheAllocatedReservedBand) {
+  // One far below the band, one far above, then one at the allocated end.
+  ValidationReport r =
+      validate_csv(std::string(kHeader) + unnamed_row(0.001) + unnamed_row(1000), "t.csv");
+  ASSERT_EQ(r.rows.size(), 2u);
+  const ValidationRow& low = r.rows[0];
+  const ValidationRow& high = r.rows[1];
+  ASSERT_TRUE(low.skipped_reason.empty()) << low.skipped_reason;
+  EXPECT_TRUE(low.band());
+  EXPECT_EQ(low.counter, "unnamed");
+  EXPECT_GT(low.estimated_reserved_bytes, low.estimated_bytes);
+  // Below the band: measured against allocated, an over-prediction.
+  EXPECT_NEAR(low.error_pct,
+              100.0 * (double(low.estimated_bytes) - double(low.measured_bytes)) /
+                  double(low.measured_bytes),
+              1e-9);
+  // Above the band: measured against reserved, an under-prediction.
+  EXPECT_NEAR(high.error_pct,
+              100.0 * (double(high.estimated_reserved_bytes) - double(high.measured_bytes)) /
+                  double(high.measured_bytes),
+              1e-9);
+  EXPECT_LT(high.error_pct, -99.0);
+  // Band rows stay out of the like-for-like statistics.
+  EXPECT_EQ(r.summary.compared, 0);
+  EXPECT_EQ(r.summary.band_rows, 2);
+  EXPECT_EQ(r.summary.band_within, 0);
+
+  // Inside the band: distance zero.
+  double mid =
+      (double(low.estimated_bytes) + double(low.estimated_reserved_bytes)) / 2 / 1073741824.0;
+  ValidationReport in = validate_csv(std::string(kHeader) + unnamed_row(mid), "t.csv");
+  ASSERT_EQ(in.rows.size(), 1u);
+  EXPECT_EQ(in.rows[0].error_pct, 0.0);
+  EXPECT_EQ(in.summary.band_within, 1);
+
+  nlohmann::json j = nlohmann::json::parse(validation_json(r));
+  EXPECT_FALSE(j["rows"][0].contains("error_pct"));
+  EXPECT_TRUE(j["rows"][0].contains("band_error_pct"));
+  EXPECT_EQ(j["rows"][0]["estimated_reserved_bytes"].get<uint64_t>(), low.estimated_reserved_bytes);
+  EXPECT_EQ(j["summary"]["band_rows"], 2);
+  EXPECT_NE(validation_table(r).find("counter not named: 2 rows"), std::string::npos);
+}
+
+TEST(Validate, AnUnnamedCounterOutsideTorchtuneIsSkipped) {
+  std::string row =
+      "https://example.com/x,openai-community/gpt2,A100 80GB,single,1,1,bf16,AdamW,2,256,off,full,"
+      ",sdpa,peak memory (stat not named),3.0,confidence=high\n";
+  ValidationReport r = validate_csv(std::string(kHeader) + row, "t.csv");
+  ASSERT_EQ(r.rows.size(), 1u);
+  EXPECT_NE(r.rows[0].skipped_reason.find("counter not named"), std::string::npos);
+}
+
+TEST(Validate, TorchtuneReadmeRowsMeasuredWithCompileAreSkipped) {
+  // torchtune's README at 1814feb: the memory table was measured with a packed
+  // dataset and torch.compile, which the row only says through "packed".
+  std::string row =
+      "https://github.com/pytorch/torchtune/blob/1814feb17a9038e1a8053ce93111bd26774a8db6/"
+      "README.md,openai-community/gpt2,RTX 4090,single,1,1,bf16 (pure),AdamW,2,256,on,full,,"
+      "torchtune SDPA/flex (packed),torchtune logged peak memory (stat not named; GiB),3.0,"
+      "confidence=medium\n";
+  ValidationReport r = validate_csv(std::string(kHeader) + row, "t.csv");
+  ASSERT_EQ(r.rows.size(), 1u);
+  EXPECT_NE(r.rows[0].skipped_reason.find("torch.compile"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace llmem
