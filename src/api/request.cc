@@ -637,13 +637,16 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->contiguous_gradients = f.boolean("contiguous_gradients", p->contiguous_gradients);
   p->torch_zero = f.choice("zero_impl", "deepspeed", {"deepspeed", "torch"}) == 1;
   // The CLI's spelling (full-shard); torch's (FULL_SHARD, full_shard) too.
-  std::string sharding = f.text("fsdp_sharding", "full-shard");
-  for (char& ch : sharding)
-    ch = ch == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-  constexpr FsdpSharding kSharding[] = {FsdpSharding::kFullShard, FsdpSharding::kShardGradOp,
-                                        FsdpSharding::kHybridShard, FsdpSharding::kNoShard};
-  p->fsdp_sharding = kSharding[f.choose(
-      "fsdp_sharding", sharding, {"full-shard", "shard-grad-op", "hybrid-shard", "no-shard"})];
+  // Not given: the framework's (or its recipe's) strategy stays.
+  if (f.has("fsdp_sharding")) {
+    std::string sharding = f.text("fsdp_sharding", "full-shard");
+    for (char& ch : sharding)
+      ch = ch == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    constexpr FsdpSharding kSharding[] = {FsdpSharding::kFullShard, FsdpSharding::kShardGradOp,
+                                          FsdpSharding::kHybridShard, FsdpSharding::kNoShard};
+    p->fsdp_sharding = kSharding[f.choose(
+        "fsdp_sharding", sharding, {"full-shard", "shard-grad-op", "hybrid-shard", "no-shard"})];
+  }
   p->fsdp_version =
       static_cast<int>(f.integer("fsdp_version", p->fsdp_version, 1, 2, "expected 1 or 2"));
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);

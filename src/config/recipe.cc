@@ -22,7 +22,8 @@ namespace {
 
 class Reader {
  public:
-  Reader(const std::string& file, TrainingSetup* s, RecipeResult* r) : file_(file), s_(s), r_(r) {}
+  Reader(const std::string& file, const std::string& text, TrainingSetup* s, RecipeResult* r)
+      : file_(file), text_(text), s_(s), r_(r) {}
 
   template <typename T>
   T as(const YAML::Node& n, const std::string& key, const char* expected) {
@@ -105,7 +106,14 @@ class Reader {
   void lora_targets_torchtune(const YAML::Node& model);
   void optimizer(const YAML::Node& opt, const std::string& key, bool torchtune);
 
+  /// torchtune: the `tune run [--nproc_per_node N] <recipe>` line of the
+  /// config's header comment; true if it names a *_distributed recipe.
+  bool torchtune_launch(int64_t* nproc) const;
+  /// torchtune distributed recipe keys (training.shard_model's arguments).
+  void torchtune_fsdp(const std::string& key, const YAML::Node& v);
+
   std::string file_;
+  std::string text_;
   TrainingSetup* s_;
   RecipeResult* r_;
 };
@@ -169,9 +177,88 @@ void Reader::lora_targets_torchtune(const YAML::Node& model) {
   }
 }
 
+bool Reader::torchtune_launch(int64_t* nproc) const {
+  // recipes/configs/**.yaml open with a comment such as
+  //   tune run --nproc_per_node 4 full_finetune_distributed --config llama3_1/8B_full
+  std::istringstream lines(text_);
+  std::string line;
+  while (std::getline(lines, line)) {
+    size_t hash = line.find_first_not_of(" \t");
+    if (hash == std::string::npos || line[hash] != '#')
+      continue;
+    size_t run = line.find("tune run");
+    if (run == std::string::npos)
+      continue;
+    bool distributed = line.find("_distributed", run) != std::string::npos;
+    size_t n = line.find("--nproc_per_node", run);
+    if (n != std::string::npos) {
+      size_t digits = line.find_first_of("0123456789", n);
+      size_t space = line.find_first_not_of(" =\t", n + 16);
+      if (digits != std::string::npos && digits == space)
+        *nproc = std::stoll(line.substr(digits, 6));
+    }
+    return distributed;
+  }
+  return false;
+}
+
+void Reader::torchtune_fsdp(const std::string& key, const YAML::Node& v) {
+  ParallelSetup& p = s_->parallel;
+  if (key == "fsdp_cpu_offload") {
+    // training.shard_model(cpu_offload=True): CPUOffloadPolicy, parameters,
+    // gradients and the optimizer step on the CPU.
+    bool off = flag(v, key);
+    p.offload_params = off;
+    p.offload_optimizer = off;
+  } else if (key == "fsdp_reshard_after_forward") {
+    p.fsdp_sharding = flag(v, key) ? FsdpSharding::kFullShard : FsdpSharding::kShardGradOp;
+  } else if (key == "fsdp_sharding_strategy") {
+    std::string name = str(v, key);
+    if (name == "FULL_SHARD")
+      p.fsdp_sharding = FsdpSharding::kFullShard;
+    else if (name == "SHARD_GRAD_OP")
+      p.fsdp_sharding = FsdpSharding::kShardGradOp;
+    else if (name == "NO_SHARD")
+      p.fsdp_sharding = FsdpSharding::kNoShard;
+    else if (name == "HYBRID_SHARD")
+      p.fsdp_sharding = FsdpSharding::kHybridShard;
+    else
+      throw Error(
+          file_, key,
+          "expected FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD, got \"" + name + "\"");
+  } else if (key == "custom_sharded_layers") {
+    if (!v.IsNull() && !(v.IsSequence() && v.size() == 0))
+      warn(key,
+           "layers sharded as units of their own (resharded after forward) are traced in the "
+           "root unit, gathered for the whole step (an upper bound by their gathered size)");
+  } else {  // tensor_parallel_dim, data_parallel_shard_dim, data_parallel_replicate_dim
+    if (!v.IsNull() && v.IsScalar() && v.as<std::string>() != "1" &&
+        !(key == "data_parallel_shard_dim" && v.as<std::string>() == "-1"))
+      warn(key, "tensor parallelism and device meshes are not modelled for torchtune");
+  }
+}
+
 void Reader::torchtune(const YAML::Node& root) {
   apply_framework_defaults(Framework::kTorchtune, s_);
   r_->framework = Framework::kTorchtune;
+  int64_t nproc = 0;
+  bool distributed = torchtune_launch(&nproc);
+  for (const char* key : {"fsdp_cpu_offload", "fsdp_sharding_strategy",
+                          "fsdp_reshard_after_forward", "custom_sharded_layers"}) {
+    if (root[key])
+      distributed = true;
+  }
+  if (distributed) {
+    // recipes/full_finetune_distributed.py, lora_finetune_distributed.py:
+    // FSDP over every process (training.shard_model).
+    s_->parallel.method = Method::kFsdp;
+    if (nproc > 0) {
+      s_->parallel.dp = static_cast<int>(nproc);
+    } else {
+      warn("tune run",
+           "a distributed recipe whose --nproc_per_node is not in the config; give --dp");
+    }
+  }
   s_->fw.output_chunks = 0;  // nn.CrossEntropyLoss unless the loss says otherwise
   int64_t max_seq = 0;
   bool packed = false;
@@ -261,8 +348,9 @@ void Reader::torchtune(const YAML::Node& root) {
         warn(key, "torch.compile fusions not modelled; traced eagerly (an upper bound)");
     } else if (key == "fsdp_cpu_offload" || key == "fsdp_sharding_strategy" ||
                key == "custom_sharded_layers" || key == "fsdp_reshard_after_forward" ||
-               key == "tensor_parallel_dim" || key == "data_parallel_shard_dim") {
-      warn(key, "distributed recipes are not modelled by the framework profile");
+               key == "tensor_parallel_dim" || key == "data_parallel_shard_dim" ||
+               key == "data_parallel_replicate_dim") {
+      torchtune_fsdp(key, v);
     } else if (!no_memory_effect(key)) {
       warn(key, "not modelled");
     }
@@ -322,10 +410,16 @@ void Reader::litgpt(const YAML::Node& root) {
         warn(key, "\"" + q + "\" not modelled");
       }
     } else if (key == "devices") {
-      if (v.IsScalar() && v.as<std::string>() != "auto")
+      if (v.IsScalar() && v.as<std::string>() == "auto") {
+        warn(key, "\"auto\": every visible GPU; give --dp (one GPU traced without it)");
+      } else if (!v.IsNull()) {
         devices = count(v, key);
-      if (devices > 1)
-        warn(key, "multi-GPU (Fabric FSDP) not modelled by the framework profile; one GPU traced");
+      }
+      if (devices > 1) {
+        // litgpt/finetune/*.py: devices > 1 selects FSDPStrategy (Fabric FSDP1).
+        s_->parallel.method = Method::kFsdp;
+        s_->parallel.dp = static_cast<int>(devices);
+      }
     } else if (key == "lora_r") {
       s_->lora.rank = count(v, key);
     } else if (key == "lora_alpha") {
@@ -398,7 +492,7 @@ RecipeResult read_recipe(const std::string& text, const std::string& file, Train
   if (!root.IsMap())
     throw Error(file, "", "expected a YAML mapping of recipe options");
   RecipeResult result;
-  Reader reader(file, setup, &result);
+  Reader reader(file, text, setup, &result);
   try {
     if (root["model"] && root["model"].IsMap() && root["model"]["_component_"]) {
       reader.torchtune(root);

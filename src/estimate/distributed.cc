@@ -75,6 +75,35 @@ bool half(Precision p) {
   return p != Precision::kFp32;
 }
 
+// The layouts the framework profiles' training loops can run.
+void check_framework_layout(const TrainingSetup& s) {
+  const ParallelSetup& p = s.parallel;
+  if (s.framework == Framework::kHf)
+    return;
+  std::string fw(framework_name(s.framework));
+  if (p.method != Method::kFsdp || p.tp > 1 || p.pp > 1) {
+    // torchtune recipes/*_distributed.py shard with training.shard_model
+    // (FSDP); LitGPT's finetune scripts use FSDPStrategy whenever devices > 1.
+    throw Error("--method", "",
+                fw +
+                    "'s multi-GPU recipes run FSDP over data-parallel ranks (--method fsdp "
+                    "--dp N), not " +
+                    std::string(method_name(p.method)) +
+                    (p.tp > 1 || p.pp > 1 ? " with --tp/--pp" : ""));
+  }
+  if (s.framework == Framework::kLitgpt) {
+    if (p.fsdp_version != 1)
+      throw Error("--fsdp-version", "",
+                  "LitGPT's Fabric FSDPStrategy wraps the model in FSDP1 "
+                  "(FullyShardedDataParallel); expected 1");
+    if (p.offload_params || p.offload_optimizer)
+      throw Error("--offload", "", "LitGPT's finetune scripts set FSDPStrategy(cpu_offload=False)");
+    if (s.finetune == FinetuneMode::kQlora)
+      throw Error("--finetune", "",
+                  "LitGPT raises NotImplementedError for --quantize with devices > 1");
+  }
+}
+
 }  // namespace
 
 ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
@@ -191,6 +220,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   }
   if (p.method == Method::kFsdp && p.fsdp_version != 1 && p.fsdp_version != 2)
     throw Error("--fsdp-version", "", "expected 1 or 2");
+  check_framework_layout(setup);
 
   Estimate est;
   std::vector<std::string> notes;
@@ -286,7 +316,29 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       r.reshard_after_forward = p.fsdp_sharding != FsdpSharding::kShardGradOp;
       if (shards == 1)
         r.ddp_buckets = false;
-      notes.push_back("FSDP: one unit per decoder layer plus the root (embeddings, norm, head)");
+      r.per_param_shards = p.fsdp_version == 2;
+      r.flat_param_grads = p.fsdp_version == 1 && shards > 1;
+      notes.push_back(std::string(p.fsdp_version == 2
+                                      ? "FSDP2: per-parameter dim-0 shards (padded), "
+                                      : "FSDP1: flat parameters, ") +
+                      "one unit per decoder layer plus the root (embeddings, norm, head)");
+      if (s.framework == Framework::kLitgpt) {
+        // litgpt/finetune/full.py and lora.py (26857050f) with devices > 1:
+        // FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block},
+        // limit_all_gathers=True, cpu_offload=False); Lightning Fabric
+        // (src/lightning/fabric/strategies/fsdp.py, 7f0c3436cd) wraps with FSDP1
+        // and checkpoints each Block (checkpoint_wrapper, non-reentrant), and its
+        // no_backward_sync is FSDP's no_sync() on every accumulating micro-batch.
+        s.checkpointing = CheckpointMode::kNonReentrant;
+        r.no_sync_accum = true;
+        notes.push_back(
+            "LitGPT Fabric FSDP: every Block checkpointed; accumulating micro-batches run under "
+            "no_sync() and keep unsharded gradients");
+      } else if (s.framework == Framework::kTorchtune && p.fsdp_version == 2) {
+        notes.push_back(
+            "torchtune shard_model: fully_shard per TransformerSelfAttentionLayer, the root kept "
+            "gathered (reshard_after_forward=False)");
+      }
       break;
     }
     default:

@@ -44,6 +44,9 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     s->fw.loss_fp32 = true;
     s->lora.dropout = 0.0;
     s->quant.double_quant = true;  // torchao NF4 quantizes its scalers (scaler_block_size 256)
+    // Distributed recipes: training.shard_model, FSDP2 fully_shard (since
+    // 2024; recipes at 0217d44c2 / 5cbc1967b used FSDP1: --fsdp-version 1).
+    s->parallel.fsdp_version = 2;
     if (s->checkpointing != CheckpointMode::kOff)
       s->checkpointing = CheckpointMode::kNonReentrant;
   } else {
@@ -52,6 +55,7 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     s->fw.logits_outlive_step = true;
     s->lora.dropout = 0.05;
     s->quant.double_quant = false;  // --quantize bnb.nf4 (bnb.nf4-dq is the double-quant one)
+    s->parallel.fsdp_version = 1;   // Fabric FSDPStrategy: FullyShardedDataParallel
   }
 }
 

@@ -349,9 +349,13 @@ class Program {
         }
         p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
         auto slot = static_cast<size_t>(t.layer + 1);
-        if (layer_numel_.size() <= slot)
+        if (layer_numel_.size() <= slot) {
           layer_numel_.resize(slot + 1, 0);
+          layer_shard_numel_.resize(slot + 1, 0);
+        }
         layer_numel_[slot] += t.numel;
+        param_rows_[p.id] = t.shape.empty() ? 1 : t.shape[0];
+        layer_shard_numel_[slot] += tensor_shard(p.id, r_.param_shards);
       } else {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
@@ -466,6 +470,7 @@ class Program {
     }
     g_.backward(total);
     reduce_grads(-1);
+    end_reduce();
     for (size_t i = 0; i < gathered_.size(); ++i)
       reshard(static_cast<int>(i) - 1);
     release_shared();
@@ -554,6 +559,8 @@ class Program {
   /// post-accumulate-grad hook steps this parameter's own optimizer, then
   /// zero_grad(set_to_none=True) frees its gradient.
   void step_in_backward(Tid p);
+  /// Whether this micro-batch is the step's last (FSDP no_sync before it).
+  void set_sync(bool sync) { sync_ = sync; }
   void zero_grad() {
     for (Tid p : trainable_)
       g_.clear_grad(p);
@@ -578,6 +585,16 @@ class Program {
     int64_t packed = slot < layer_packed_.size() ? layer_packed_[slot] : 0;
     if (layer_numel_[slot] == 0 && packed == 0)
       return;
+    if (r_.per_param_shards) {
+      // FSDP2 foreach_all_gather: one flat all_gather_output of every rank's
+      // padded shards; foreach_all_gather_copy_out splits it into each
+      // parameter's own (padded) all_gather_outputs, then the flat one dies.
+      int64_t padded = layer_shard_numel_[slot] * r_.param_shards;
+      Tid flat = g_.buffer(padded * pe_ + packed, Component::kWeightCopies);
+      gathered_[slot] = g_.buffer(padded * pe_ + packed, Component::kWeightCopies);
+      g_.release(flat);
+      return;
+    }
     // The unit's parameters in the compute dtype, and its packed 4-bit bytes
     // as they are stored (their storage dtype is the compute dtype, so
     // MixedPrecision casts nothing).
@@ -601,8 +618,7 @@ class Program {
   /// quant storage dtype, with the packed 4-bit bytes in the same flat shard.
   Tid param_shard(size_t slot) {
     int elem = s_.finetune == FinetuneMode::kQlora ? base_store_elem_ : store_elem_;
-    int64_t bytes = shard(layer_numel_[slot], r_.param_shards) * elem +
-                    shard(layer_packed_[slot], r_.param_shards);
+    int64_t bytes = unit_shard(slot) * elem + shard(layer_packed_[slot], r_.param_shards);
     return bytes > 0 ? g_.buffer(bytes, Component::kParameters) : kNone;
   }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
@@ -623,6 +639,49 @@ class Program {
   void reduce_grads(int layer) {
     if (r_.grad_shards <= 1 && !r_.bucket_view && !r_.grads_in_param_chunks)
       return;
+    auto slot = static_cast<size_t>(layer + 1);
+    Tid rs_input = kNone;
+    if (r_.per_param_shards && r_.grad_shards > 1) {
+      // FSDP2 foreach_reduce: the unsharded gradients are copied into one
+      // flat reduce_scatter_input (padded, compute dtype) and dropped; that
+      // buffer lives until the next unit's reduce-scatter is issued.
+      if (rs_pending_ != kNone)
+        g_.release(rs_pending_);
+      rs_pending_ = kNone;
+      int64_t padded = 0;
+      for (Tid p : trainable_) {
+        if (param_layer_[p] == layer && g_.grad(p) != kNone)
+          padded += tensor_shard(p, r_.grad_shards) * r_.grad_shards;
+      }
+      if (padded > 0)
+        rs_input = g_.buffer(padded * pe_, Component::kGradients);
+    }
+    if (r_.flat_param_grads && r_.grad_shards > 1 && slot < flat_grad_.size()) {
+      // FSDP1: the unit's fresh gradients are cat'ed into one flat tensor
+      // (SplitBackward), which becomes FlatParameter.grad or is added into
+      // the one no_sync() kept; a synced micro-batch then reduce-scatters it.
+      bool fresh = false;
+      for (Tid p : trainable_) {
+        if (param_layer_[p] == layer && g_.grad(p) != kNone)
+          fresh = true;
+      }
+      if (fresh) {
+        Tid cat = g_.buffer(trainable_numel_[slot] * r_.grad_shards * pe_, Component::kGradients);
+        for (Tid p : trainable_) {
+          if (param_layer_[p] == layer && g_.grad(p) != kNone)
+            g_.clear_grad(p);
+        }
+        if (flat_grad_[slot] == kNone) {
+          flat_grad_[slot] = cat;
+        } else {
+          g_.release(cat);  // accumulated in place
+        }
+      }
+      if (r_.no_sync_accum && !sync_)
+        return;  // no_sync(): the flat gradient stays unsharded
+    } else if (r_.no_sync_accum && !sync_) {
+      return;  // no_sync(): the unsharded gradients stay and accumulate
+    }
     bool any = false;
     for (Tid p : trainable_) {
       if (param_layer_[p] != layer || g_.grad(p) == kNone)
@@ -630,11 +689,47 @@ class Program {
       g_.clear_grad(p);
       any = true;
     }
-    auto slot = static_cast<size_t>(layer + 1);
+    if (slot < flat_grad_.size() && flat_grad_[slot] != kNone) {
+      any = true;
+    }
     if (any && r_.grad_shards > 1 && !r_.offload_optimizer && !r_.grads_in_param_chunks &&
-        grad_shards_[slot] == kNone)
+        grad_shards_[slot] == kNone) {
       grad_shards_[slot] =
           g_.buffer(trainable_numel_[slot] * grad_store_elem_, Component::kGradients);
+      if (s_.fw.optimizer_in_bwd) {
+        // torchtune optimizer_in_bwd: the hook steps the sharded parameter
+        // as its reduced gradient lands and frees that gradient.
+        g_.release(grad_shards_[slot]);
+        grad_shards_[slot] = kNone;
+      }
+    }
+    if (slot < flat_grad_.size() && flat_grad_[slot] != kNone) {
+      g_.release(flat_grad_[slot]);  // reduce-scattered into the shard
+      flat_grad_[slot] = kNone;
+    }
+    rs_pending_ = rs_input;
+  }
+  /// FSDP2's last reduce_scatter_input dies when backward's final callback runs.
+  void end_reduce() {
+    if (rs_pending_ != kNone)
+      g_.release(rs_pending_);
+    rs_pending_ = kNone;
+  }
+  /// Elements of parameter `p` one rank holds of `shards`: FSDP2 pads each
+  /// parameter's dim 0 to a multiple of the shard count (rank 0, the fullest,
+  /// holds ceil(rows / shards) rows); flat layouts split the elements evenly.
+  int64_t tensor_shard(Tid p, int shards) const {
+    auto it = param_rows_.find(p);
+    if (r_.per_param_shards && it != param_rows_.end() && it->second > 0) {
+      int64_t rows = it->second;
+      return shard(rows, shards) * (g_.numel(p) / rows);
+    }
+    return shard(g_.numel(p), shards);
+  }
+  /// One rank's stored elements of a unit (slot: layer + 1).
+  int64_t unit_shard(size_t slot) const {
+    return r_.per_param_shards ? layer_shard_numel_[slot]
+                               : shard(layer_numel_[slot], r_.param_shards);
   }
   int64_t shard(int64_t numel, int shards) const { return (numel + shards - 1) / shards; }
 
@@ -1342,8 +1437,13 @@ class Program {
   std::vector<int64_t> layer_packed_;  // sharded QLoRA: packed 4-bit bytes per layer + 1
   int grad_store_elem_ = kF32;         // dtype of reduced gradient shards
   std::unordered_map<Tid, int> param_layer_;
-  std::vector<int64_t> layer_numel_;      // per layer + 1 (slot 0: root unit)
-  std::vector<int64_t> trainable_numel_;  // trainable elements per layer + 1, sharded
+  std::vector<int64_t> layer_numel_;             // per layer + 1 (slot 0: root unit)
+  std::vector<int64_t> layer_shard_numel_;       // FSDP2: one rank's padded shards per unit
+  std::unordered_map<Tid, int64_t> param_rows_;  // sharded parameters: dim 0
+  Tid rs_pending_ = kNone;                       // FSDP2: the last reduce_scatter_input
+  std::vector<Tid> flat_grad_;                   // FSDP1: unsharded flat gradient per unit
+  bool sync_ = true;                             // this micro-batch reduces gradients
+  std::vector<int64_t> trainable_numel_;         // trainable elements per layer + 1, sharded
   std::vector<Tid> gathered_;
   std::vector<Tid> param_shard_;  ///< per unit, when gather_frees_shard
   std::vector<Tid> grad_shards_;
@@ -1386,15 +1486,17 @@ void Program::setup_distributed() {
   auto slots = static_cast<size_t>(m_.num_layers + 1);
   layer_numel_.resize(slots, 0);
   layer_packed_.resize(slots, 0);
+  layer_shard_numel_.resize(slots, 0);
   trainable_numel_.assign(slots, 0);
   gathered_.assign(slots, kNone);
   param_shard_.assign(slots, kNone);
   grad_shards_.assign(slots, kNone);
+  flat_grad_.assign(slots, kNone);
   int64_t trainable_bytes = 0;
   int64_t trainable_numel = 0;
   for (Tid p : trainable_) {
     auto slot = static_cast<size_t>(param_layer_[p] + 1);
-    trainable_numel_[slot] += shard(g_.numel(p), r_.grad_shards);
+    trainable_numel_[slot] += tensor_shard(p, r_.grad_shards);
     trainable_bytes += g_.bytes(p);
     trainable_numel += g_.numel(p);
   }
@@ -2067,7 +2169,7 @@ void Program::optimizer_step(bool first) {
   std::vector<std::pair<int64_t, int>> stepped;  // numel, state dtype
   for (size_t k = 0; k < trainable_.size(); ++k) {
     Tid p = trainable_[k];
-    int64_t n = shard(g_.numel(p), r_.state_shards);
+    int64_t n = tensor_shard(p, r_.state_shards);
     if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
       n = 0;
     int e = r_.master_fp32 ? kF32 : r_.sharded_params() ? store_elem_ : g_.elem(p);
@@ -2137,19 +2239,28 @@ void Program::step_in_backward(Tid p) {
   Phase was = g_.phase();
   int64_t n = g_.numel(p);
   int e = g_.elem(p);
-  if (!s_.fw.paged_optimizer && stepped_in_bwd_.insert(p).second) {
+  bool sharded = r_.grad_shards > 1;
+  if (sharded) {
+    // FSDP: the hook is on the sharded parameter; it steps this rank's shard
+    // (states in the stored dtype) once the reduced gradient lands.
+    n = tensor_shard(p, r_.state_shards);
+    e = r_.param_shards > 1 ? store_elem_ : e;
+  }
+  if (!s_.fw.paged_optimizer && !r_.offload_optimizer && stepped_in_bwd_.insert(p).second) {
     // The parameter's own optimizer creates its states at its first step.
     add_states(s_.optimizer, n, e);
   }
-  bool adam_temps = !s_.fw.paged_optimizer && (s_.optimizer == OptimizerKind::kAdamW ||
-                                               s_.optimizer == OptimizerKind::kAdamWForeach ||
-                                               s_.optimizer == OptimizerKind::kAdamWForLoop);
+  bool adam_temps =
+      !s_.fw.paged_optimizer && !r_.offload_optimizer &&
+      (s_.optimizer == OptimizerKind::kAdamW || s_.optimizer == OptimizerKind::kAdamWForeach ||
+       s_.optimizer == OptimizerKind::kAdamWForLoop);
   if (adam_temps) {
     // One-tensor foreach / for-loop AdamW: the sqrt (and denom) temporary.
-    Tid t = g_.buffer(g_.bytes(p), Component::kTemporaries);
+    Tid t = g_.buffer(n * e, Component::kTemporaries);
     g_.release(t);
   }
-  g_.clear_grad(p);
+  if (!sharded)
+    g_.clear_grad(p);  // sharded: reduce_grads turns it into the stepped shard
   g_.set_phase(was);
 }
 
@@ -2267,8 +2378,10 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;
   for (int step = 1; step <= 2; ++step) {
     g.set_step(step);
-    for (int64_t micro = 0; micro < groups; ++micro)
+    for (int64_t micro = 0; micro < groups; ++micro) {
+      program.set_sync(micro + 1 == groups);
       program.micro_step();
+    }
     program.optimizer_step(step == 1);
   }
 }

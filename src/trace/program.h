@@ -43,6 +43,22 @@ struct RankPlan {
   bool fused_optimizer = false;       ///< DeepSpeed FusedAdam: no per-parameter temporaries
   int prefetch_layers = 0;            ///< layers gathered ahead in backward (FSDP BACKWARD_PRE)
   bool reshard_after_forward = true;  ///< false: SHARD_GRAD_OP keeps gathered params to backward
+  /// FSDP2 (fully_shard): every parameter is its own DTensor sharded on dim 0,
+  /// padded to a multiple of the shard count (not one flat unit padded once);
+  /// all-gathers go through a flat output buffer copied out into per-parameter
+  /// tensors, reduce-scatters through a flat input buffer (torch
+  /// distributed/fsdp/_fully_shard/_fsdp_collectives.py).
+  bool per_param_shards = false;
+  /// FSDP1 no_sync() during gradient accumulation (Lightning Fabric's
+  /// no_backward_sync, used by LitGPT): micro-batches before a step's last
+  /// keep every unit's unsharded gradient; only the last one reduce-scatters.
+  bool no_sync_accum = false;
+  /// FSDP1: a unit's parameters are views split from its FlatParameter, so
+  /// autograd's SplitBackward cats their gradients into one unit-sized
+  /// tensor when the unit's backward ends; it becomes (or is added into) the
+  /// unsharded flat gradient that is reduce-scattered
+  /// (torch/distributed/fsdp/_flat_param.py, _use_unsharded_views).
+  bool flat_param_grads = false;
   /// ZeRO-Offload / FSDP CPU offload: optimizer states, master weights and
   /// reduced gradient shards live in host memory; the step runs on the CPU.
   bool offload_optimizer = false;

@@ -134,10 +134,7 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   std::string ckpt = lower(get("grad_ckpt"));
   std::string seq = get("seq_len");
   std::string method = lower(get("method"));
-  if (!method.empty() && method != "single") {
-    throw Skip{"distributed " + std::string(framework_name(fw)) + " recipes (" + get("method") +
-               ") not modelled by the framework profile yet"};
-  }
+  bool distributed = !method.empty() && method != "single";
   if (has(notes, "low confidence") || has(notes, "confidence=low"))
     throw Skip{"the source's setup is unclear (row marked low confidence)"};
   // torchtune's Llama-3.2-3B flag table adds one flag per row ("previous +
@@ -174,6 +171,13 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
       s->fw.optimizer_in_bwd = true;
     if (has(ckpt, "offload"))
       s->fw.activation_offload = true;
+    // training.shard_model: FSDP2 fully_shard; the 2024-03/04 recipes
+    // (5cbc1967b, 0217d44c2) wrapped the model in FSDP1.
+    s->parallel.fsdp_version = early ? 1 : 2;
+    if (distributed && (has(lower(notes), "fsdp_cpu_offload=true") || has(opt, "cpu offload"))) {
+      s->parallel.offload_params = true;
+      s->parallel.offload_optimizer = true;
+    }
   } else if (has(get("precision"), "bf16-mixed")) {
     // LitGPT --precision bf16-mixed: fp32 weights (adapters too) under
     // autocast; log_softmax autocasts to fp32.
@@ -201,6 +205,27 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
     // in training ("flash attention requires it").
     s->torch_version = 201;
     s->fw.mqa_kv_unexpanded = true;
+  }
+  if (fw == Framework::kLitgpt && distributed) {
+    // With devices > 1 the micro-batches per step are global_batch_size /
+    // (micro_batch_size * devices) (TrainArgs.gradient_accumulation_iters);
+    // global_batch_size of the config_hub/finetune files the rows name
+    // (litgpt 26857050f): gemma-2b/full.yaml 16, phi-2/full.yaml 8,
+    // stablelm-base-alpha-3b/full.yaml 8.
+    static const std::pair<const char*, int64_t> kGlobal[] = {
+        {"google/gemma-2b", 16}, {"microsoft/phi-2", 8}, {"stabilityai/stablelm-base-alpha-3b", 8}};
+    int64_t global = 0;
+    for (const auto& [model, g] : kGlobal) {
+      if (get("model") == model && has(notes, "full.yaml"))
+        global = g;
+    }
+    if (global == 0)
+      throw Skip{"the config_hub file (and so its global_batch_size) is not named"};
+    int64_t micro = std::atoll(get("micro_batch").c_str());
+    int64_t world = std::atoll(get("world_size").c_str());
+    if (micro <= 0 || world <= 0)
+      throw Skip{"micro_batch or world_size not given"};
+    s->grad_accum = std::max<int64_t>(1, global / (micro * world));
   }
 }
 

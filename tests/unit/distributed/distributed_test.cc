@@ -386,6 +386,8 @@ TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   fails(s, "QLoRA with Gemini");
   s.parallel.method = Method::kFsdp;
   s.framework = Framework::kLitgpt;
+  fails(s, "devices > 1");  // LitGPT itself refuses
+  s.framework = Framework::kTorchtune;
   fails(s, "Hugging Face profile");
 }
 

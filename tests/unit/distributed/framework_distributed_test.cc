@@ -1,0 +1,323 @@
+// Copyright 2026 The llmem Authors.
+// FSDP2 per-parameter sharding, LitGPT's Fabric FSDP and torchtune's
+// distributed recipes: what one rank holds, the recipes that select them and
+// the layouts the frameworks cannot run.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "llmem/error.h"
+#include "llmem/estimate.h"
+#include "llmem/gpu.h"
+#include "llmem/model.h"
+#include "llmem/recipe.h"
+
+#include "estimate/distributed.h"
+#include "trace/program.h"
+
+namespace llmem {
+namespace {
+
+std::string recipe(const std::string& name) {
+  return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
+}
+
+// Live bytes of each component when step 2's optimizer phase begins: the
+// model states of a full step (parameter shards, reduced gradients, states).
+std::vector<int64_t> live_at_step2_optimizer(const std::vector<trace::Event>& events) {
+  std::vector<int64_t> live(static_cast<size_t>(Component::kCount), 0);
+  for (const trace::Event& e : events) {
+    if (e.step == 2 && e.phase == Phase::kOptimizer)
+      break;
+    live[static_cast<size_t>(e.component)] += e.alloc ? e.bytes : -e.bytes;
+  }
+  return live;
+}
+
+int64_t max_live(const std::vector<trace::Event>& events, Component c) {
+  int64_t live = 0;
+  int64_t peak = 0;
+  for (const trace::Event& e : events) {
+    if (e.component != c)
+      continue;
+    live += e.alloc ? e.bytes : -e.bytes;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+int64_t at(const std::vector<int64_t>& live, Component c) {
+  return live[static_cast<size_t>(c)];
+}
+
+trace::RankPlan fsdp_plan(int n, bool fsdp2) {
+  trace::RankPlan r;
+  r.param_shards = r.grad_shards = r.state_shards = n;
+  r.prefetch_layers = 1;
+  r.per_param_shards = fsdp2;
+  r.flat_param_grads = !fsdp2;
+  return r;
+}
+
+TEST(FrameworkDistributed, Fsdp2PureBf16HoldsEightBytesPerParameterOverN) {
+  // torchtune full_finetune_distributed: bf16 DTensor shards, bf16 reduced
+  // gradients, bf16 AdamW moments: 2 + 2 + 4 bytes per parameter over N.
+  // Every Llama-2-7B dim 0 divides by 8, so there is no padding.
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.batch = 1;
+  s.seq = 256;
+  trace::TraceResult t = trace::build_trace(m, s, fsdp_plan(8, true));
+  std::vector<int64_t> live = live_at_step2_optimizer(t.events);
+  int64_t psi = m.params();
+  EXPECT_EQ(at(live, Component::kParameters), 2 * psi / 8);
+  EXPECT_EQ(at(live, Component::kGradients), 2 * psi / 8);
+  EXPECT_EQ(at(live, Component::kOptimizerStates), 4 * psi / 8);
+  EXPECT_EQ(at(live, Component::kWeightCopies), 0);  // every unit resharded
+  EXPECT_EQ(at(live, Component::kMasterWeights), 0);
+}
+
+TEST(FrameworkDistributed, Fsdp2PadsEachParameterOnDimZero) {
+  // Over 3 ranks, FSDP2 gives rank 0 ceil(rows / 3) rows of every parameter;
+  // FSDP1 splits each unit's flat parameter evenly, so it holds less.
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.batch = 1;
+  s.seq = 128;
+  int64_t padded = 0;
+  for (const TensorSpec& t : m.tensors) {
+    if (!t.tied_to.empty())
+      continue;
+    int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+    padded += (rows + 2) / 3 * (t.numel / rows);
+  }
+  std::vector<int64_t> v2 =
+      live_at_step2_optimizer(trace::build_trace(m, s, fsdp_plan(3, true)).events);
+  std::vector<int64_t> v1 =
+      live_at_step2_optimizer(trace::build_trace(m, s, fsdp_plan(3, false)).events);
+  EXPECT_EQ(at(v2, Component::kParameters), 2 * padded);
+  EXPECT_EQ(at(v2, Component::kOptimizerStates), 4 * padded);
+  EXPECT_GT(padded, (m.params() + 2) / 3);  // 4096 / 3 and 11008 / 3 leave remainders
+  EXPECT_LT(at(v1, Component::kParameters), at(v2, Component::kParameters));
+  // The all-gather: a flat output and the per-parameter copies, one unit
+  // more than FSDP1's single gathered flat parameter.
+  EXPECT_GT(
+      max_live(trace::build_trace(m, s, fsdp_plan(3, true)).events, Component::kWeightCopies),
+      max_live(trace::build_trace(m, s, fsdp_plan(3, false)).events, Component::kWeightCopies));
+}
+
+TEST(FrameworkDistributed, FsdpVersionTwoReachesTheTrace) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 256;
+  s.precision = Precision::kBf16;
+  s.parallel.method = Method::kFsdp;
+  s.parallel.dp = 3;
+  Estimate one = estimate(m, s, find_gpu("A100-80GB"));
+  s.parallel.fsdp_version = 2;
+  Estimate two = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_NE(one.peak.allocated_bytes, two.peak.allocated_bytes);
+  bool named = std::any_of(two.notes.begin(), two.notes.end(),
+                           [](const std::string& n) { return n.rfind("FSDP2", 0) == 0; });
+  EXPECT_TRUE(named);
+}
+
+TEST(FrameworkDistributed, LitgptNoSyncKeepsUnshardedGradientsWhileAccumulating) {
+  // Fabric's no_backward_sync is FSDP1 no_sync(): before a step's last
+  // micro-batch every unit's bf16 gradient stays whole (2 bytes per parameter).
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kLitgpt, &s);
+  s.batch = 1;
+  s.seq = 256;
+  trace::RankPlan r = fsdp_plan(4, false);
+  r.no_sync_accum = true;
+  int64_t psi = 0;
+  for (const TensorSpec& t : m.tensors)
+    psi += t.numel;  // LitGPT unties the head: every tensor is a parameter
+  s.grad_accum = 2;
+  std::vector<trace::Event> events = trace::build_trace(m, s, r).events;
+  // When step 2's second forward starts, every unit's flat gradient (one
+  // padded flat parameter each) is still whole.
+  int64_t live = 0;
+  bool backward = false;
+  int64_t kept = -1;
+  for (const trace::Event& e : events) {
+    if (e.step == 2 && e.phase == Phase::kBackward)
+      backward = true;
+    if (backward && e.phase == Phase::kForward) {
+      kept = live;
+      break;
+    }
+    if (e.component == Component::kGradients)
+      live += e.alloc ? e.bytes : -e.bytes;
+  }
+  EXPECT_GE(kept, 2 * psi);
+  EXPECT_LT(kept, 2 * psi + (1 << 20));
+  // Synced, only the bf16 shards are left for the optimizer.
+  std::vector<int64_t> at_step = live_at_step2_optimizer(events);
+  EXPECT_NEAR(static_cast<double>(at(at_step, Component::kGradients)),
+              2.0 * static_cast<double>(psi) / 4, 1 << 20);
+}
+
+TEST(FrameworkDistributed, LitgptFsdpCheckpointsEveryBlock) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kLitgpt, &s);
+  s.batch = 2;
+  s.seq = 1024;
+  s.parallel.method = Method::kFsdp;
+  s.parallel.dp = 2;
+  Estimate fsdp = estimate(m, s, find_gpu("A100-80GB"));
+  // The same ranks without LitGPT's activation_checkpointing_policy={Block}.
+  trace::RankPlan r = fsdp_plan(2, false);
+  r.no_sync_accum = true;
+  Estimate plain = estimate_rank(m, s, find_gpu("A100-80GB"), r);
+  EXPECT_LT(fsdp.peak.allocated_bytes, plain.peak.allocated_bytes);
+  s.checkpointing = CheckpointMode::kNonReentrant;
+  Estimate ckpt = estimate_rank(m, s, find_gpu("A100-80GB"), r);
+  EXPECT_EQ(fsdp.peak.allocated_bytes, ckpt.peak.allocated_bytes);
+}
+
+TEST(FrameworkDistributed, FrameworksRejectLayoutsTheyCannotRun) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  GpuSpec gpu = find_gpu("A100-80GB");
+  auto setup = [](Framework f, Method method) {
+    TrainingSetup s;
+    apply_framework_defaults(f, &s);
+    s.batch = 1;
+    s.seq = 128;
+    s.parallel.method = method;
+    s.parallel.dp = 2;
+    return s;
+  };
+  EXPECT_THROW(estimate(m, setup(Framework::kTorchtune, Method::kDdp), gpu), Error);
+  EXPECT_THROW(estimate(m, setup(Framework::kLitgpt, Method::kZero3), gpu), Error);
+  TrainingSetup v2 = setup(Framework::kLitgpt, Method::kFsdp);
+  v2.parallel.fsdp_version = 2;
+  try {
+    estimate(m, v2, gpu);
+    ADD_FAILURE() << "LitGPT with FSDP2 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FSDP1"), std::string::npos) << e.what();
+  }
+  TrainingSetup off = setup(Framework::kLitgpt, Method::kFsdp);
+  off.parallel.offload_params = off.parallel.offload_optimizer = true;
+  EXPECT_THROW(estimate(m, off, gpu), Error);
+  TrainingSetup q = setup(Framework::kLitgpt, Method::kFsdp);
+  q.finetune = FinetuneMode::kQlora;
+  EXPECT_THROW(estimate(m, q, gpu), Error);
+  // torchtune with fsdp_cpu_offload is a layout it runs.
+  TrainingSetup tt = setup(Framework::kTorchtune, Method::kFsdp);
+  tt.parallel.offload_params = tt.parallel.offload_optimizer = true;
+  EXPECT_NO_THROW(estimate(m, tt, gpu));
+}
+
+TEST(FrameworkDistributed, TorchtuneOffloadAndOptimizerInBackwardLeaveNoStates) {
+  // Row 7's layout: fsdp_cpu_offload + optimizer_in_bwd: no optimizer states
+  // and no parameter shards on the GPU.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.batch = 1;
+  s.seq = 128;
+  s.fw.optimizer_in_bwd = true;
+  trace::RankPlan r = fsdp_plan(8, true);
+  r.offload_params = r.offload_optimizer = true;
+  trace::TraceResult t = trace::build_trace(m, s, r);
+  EXPECT_EQ(max_live(t.events, Component::kOptimizerStates), 0);
+  EXPECT_EQ(max_live(t.events, Component::kParameters), 0);
+  // On the GPU, optimizer_in_bwd steps each shard as it lands: bf16 states
+  // of the shards, no gradient shard kept.
+  r.offload_params = r.offload_optimizer = false;
+  std::vector<int64_t> live = live_at_step2_optimizer(trace::build_trace(m, s, r).events);
+  EXPECT_EQ(at(live, Component::kGradients), 0);
+  EXPECT_GT(at(live, Component::kOptimizerStates), 0);
+}
+
+TEST(FrameworkDistributedRecipe, TorchtuneFullDistributedConfig) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("torchtune-llama3_1-8B_full.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kTorchtune);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_EQ(s.parallel.dp, 4);  // tune run --nproc_per_node 4 full_finetune_distributed
+  EXPECT_EQ(s.parallel.fsdp_version, 2);
+  EXPECT_EQ(s.finetune, FinetuneMode::kFull);
+  EXPECT_EQ(s.checkpointing, CheckpointMode::kNonReentrant);
+  bool custom = false;
+  for (const std::string& w : r.warnings) {
+    EXPECT_EQ(w.find("distributed recipes are not modelled"), std::string::npos) << w;
+    custom = custom || w.find("custom_sharded_layers") != std::string::npos;
+  }
+  EXPECT_TRUE(custom);
+}
+
+TEST(FrameworkDistributedRecipe, TorchtuneLoraDistributedConfigFromItsHeader) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("torchtune-llama3_1-8B_lora.yaml"), &s);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_EQ(s.parallel.dp, 2);  // tune run --nproc_per_node 2 lora_finetune_distributed
+  EXPECT_EQ(s.finetune, FinetuneMode::kLora);
+  // A single-device config stays on one GPU.
+  TrainingSetup one;
+  read_recipe_file(recipe("torchtune-llama3_2-3B_lora_single_device.yaml"), &one);
+  EXPECT_EQ(one.parallel.method, Method::kSingle);
+  EXPECT_EQ(one.parallel.dp, 1);
+}
+
+TEST(FrameworkDistributedRecipe, TorchtuneFsdpKeys) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe(
+      "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+      "tokenizer:\n  max_seq_len: 512\n"
+      "fsdp_cpu_offload: True\nfsdp_reshard_after_forward: False\n",
+      "tt.yaml", &s);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_TRUE(s.parallel.offload_params);
+  EXPECT_TRUE(s.parallel.offload_optimizer);
+  EXPECT_EQ(s.parallel.fsdp_sharding, FsdpSharding::kShardGradOp);
+  bool dp_warned = false;
+  for (const std::string& w : r.warnings)
+    dp_warned = dp_warned || w.find("--dp") != std::string::npos;
+  EXPECT_TRUE(dp_warned);  // no tune run line: the GPU count is the user's
+  TrainingSetup bad;
+  try {
+    read_recipe(
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "fsdp_sharding_strategy: HALF_SHARD\n",
+        "bad.yaml", &bad);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fsdp_sharding_strategy"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("bad.yaml"), std::string::npos);
+  }
+}
+
+TEST(FrameworkDistributedRecipe, LitgptDevicesSelectFabricFsdp) {
+  TrainingSetup s;
+  RecipeResult r = read_recipe_file(recipe("litgpt-gemma-2b-full.yaml"), &s);
+  EXPECT_EQ(r.framework, Framework::kLitgpt);
+  EXPECT_EQ(s.parallel.method, Method::kFsdp);
+  EXPECT_EQ(s.parallel.dp, 4);
+  EXPECT_EQ(s.parallel.fsdp_version, 1);
+  EXPECT_EQ(s.grad_accum, 4);  // global 16 / (micro 1 * 4 devices)
+  for (const std::string& w : r.warnings)
+    EXPECT_EQ(w.find("devices"), std::string::npos) << w;
+  TrainingSetup phi;
+  read_recipe_file(recipe("litgpt-phi-2-full.yaml"), &phi);
+  EXPECT_EQ(phi.parallel.dp, 2);
+  EXPECT_EQ(phi.grad_accum, 1);  // global 8 / (micro 4 * 2 devices)
+  TrainingSetup one;
+  read_recipe_file(recipe("litgpt-tiny-llama-full.yaml"), &one);
+  EXPECT_EQ(one.parallel.method, Method::kSingle);
+}
+
+}  // namespace
+}  // namespace llmem
