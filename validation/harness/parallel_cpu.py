@@ -250,6 +250,8 @@ class _ReduceFromTP(torch.autograd.Function):
 
 
 class ColumnParallelLinear(nn.Module):
+    sequence_parallel = False   # set by apply_megatron_sp: input [s/tp, b, in], gathered (see _LinearSP)
+
     def __init__(self, dense, tp, rank):
         super().__init__()
         out = dense.weight.shape[0] // tp
@@ -258,10 +260,18 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(dense.bias.detach()[sl].clone()) if dense.bias is not None else None
 
     def forward(self, x):
+        if self.sequence_parallel:
+            w, b = self.weight, self.bias
+            if torch.is_autocast_cpu_enabled():   # autocast's weight cast, its own autograd node as for F.linear
+                dt = torch.get_autocast_cpu_dtype()
+                w, b = w.to(dt), (b.to(dt) if b is not None else None)
+            return _LinearSP.apply(x, w, b)
         return F.linear(_CopyToTP.apply(x), self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
+    sequence_parallel = False   # set by apply_megatron_sp: output reduce-scattered to [s/tp, b, out]
+
     def __init__(self, dense, tp, rank):
         super().__init__()
         inp = dense.weight.shape[1] // tp
@@ -269,7 +279,10 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(dense.bias.detach().clone()) if dense.bias is not None else None
 
     def forward(self, x):
-        out = _ReduceFromTP.apply(F.linear(x, self.weight))
+        if self.sequence_parallel:
+            out = _ReduceScatterToSP.apply(F.linear(x, self.weight))
+        else:
+            out = _ReduceFromTP.apply(F.linear(x, self.weight))
         return out + self.bias if self.bias is not None else out
 
 
@@ -371,3 +384,246 @@ def megatron_forward(model, input_ids, attention_mask, labels):
     models._mark("loss")
     start, end = model.vocab_range
     return megatron_loss(logits, labels, start, end)
+
+
+# ============================================================================================
+# Megatron-style sequence parallelism (tp ranks, --sequence-parallel)
+#
+# Followed: NVIDIA/Megatron-LM d98e8a64ddf34856e74b24714e3bedb2f5a39553 (2026-08-22):
+#   megatron/core/tensor_parallel/mappings.py  _gather_along_first_dim, _reduce_scatter_along_first_dim,
+#       _ReduceScatterToSequenceParallelRegion (forward reduce-scatter into a fresh torch.empty [s/tp],
+#       backward all-gather into a fresh torch.empty [s]; use_global_buffer False by default)
+#   megatron/core/tensor_parallel/layers.py  LinearWithGradAccumulationAndAsyncCommunication
+#       (sequence_parallel=True), ColumnParallelLinear, RowParallelLinear.forward (reduce-scatter instead of
+#       all-reduce), VocabParallelEmbedding.forward (reduce_scatter_embeddings: [b s h] -> transpose(0, 1)
+#       .contiguous() -> reduce-scatter)
+#   megatron/core/models/common/embeddings/language_model_embedding.py  (reduce_scatter_embeddings for
+#       rotary models; clone_scatter_output_in_embedding=True clones the [s/tp] output)
+#   megatron/core/models/common/language_module/language_module.py  compute_language_model_loss (labels
+#       transposed to [s b], loss transposed back)
+#   megatron/core/utils.py  GlobalMemoryBuffer (one persistent flat tensor per (name, dtype), grown to the
+#       largest request, viewed per call)
+#
+# Layout [s, b, h] as Megatron; the residual stream, norms and residual adds live on [s/tp, b, h]. Hidden
+# dropout is 0 for llama (Megatron's dropout calls then return their input), so none is run.
+#
+# gloo (torch 1.13) has neither reduce_scatter nor _allgather_base, so:
+#   all-gather     = zero the [s] output, copy this rank's [s/tp] shard into its slice, all-reduce it in
+#                    place (no transient in fp32; bf16 goes through _all_reduce's fp32 copy of [s]).
+#   reduce-scatter = allocate the [s/tp] output (as Megatron does before the collective), all-reduce the
+#                    full-length input in place (it is a dead temporary at every call site: a linear
+#                    output, a fresh input gradient, the transposed embedding), copy this rank's slice out.
+#                    No transient in fp32; bf16 through the fp32 copy of [s].
+class GlobalMemoryBuffer:
+    """megatron.core.utils.GlobalMemoryBuffer: a persistent flat buffer per (name, dtype)."""
+
+    def __init__(self):
+        self.buffer = {}
+
+    def get_tensor(self, shape, dtype, name):
+        n = 1
+        for d in shape:
+            n *= d
+        cur = self.buffer.get((name, dtype))
+        if cur is None or cur.numel() < n:
+            self.buffer[(name, dtype)] = torch.empty(n, dtype=dtype)
+        return self.buffer[(name, dtype)][0:n].view(*shape)
+
+
+GLOBAL_MEMORY_BUFFER = GlobalMemoryBuffer()
+
+
+def _sp_gather(inp, out=None):
+    """All-gather along dim 0 into `out` (fresh torch.empty when None)."""
+    tp, rank = dist.get_world_size(), dist.get_rank()
+    n = inp.shape[0]
+    if out is None:
+        out = torch.empty((n * tp,) + tuple(inp.shape[1:]), dtype=inp.dtype)
+    out.zero_()
+    out[rank * n:(rank + 1) * n].copy_(inp)
+    _all_reduce(out)
+    return out
+
+
+def _sp_reduce_scatter(full):
+    """Reduce-scatter along dim 0 into a fresh [s/tp] tensor (`full` is reduced in place: see above)."""
+    tp, rank = dist.get_world_size(), dist.get_rank()
+    if full.shape[0] % tp:
+        raise ValueError("sequence parallel: dim 0 (%d) not divisible by tp %d" % (full.shape[0], tp))
+    n = full.shape[0] // tp
+    out = torch.empty((n,) + tuple(full.shape[1:]), dtype=full.dtype)
+    _all_reduce(full)
+    out.copy_(full[rank * n:(rank + 1) * n])
+    return out
+
+
+class _ReduceScatterToSP(torch.autograd.Function):
+    """reduce_scatter_to_sequence_parallel_region: forward reduce-scatter, backward all-gather (fresh)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _sp_reduce_scatter(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _sp_gather(g.contiguous())
+
+
+class _LinearSP(torch.autograd.Function):
+    """LinearWithGradAccumulationAndAsyncCommunication with sequence_parallel=True (no grad-accumulation
+    fusion). Saves the SEQUENCE-SHARDED input [s/tp, b, in] and the weight; all-gathers the input into the
+    global "mpu" buffer for the matmul; in backward re-gathers it into the same buffer for the weight
+    gradient, computes the full-length input gradient [s, b, in] and reduce-scatters it into a fresh
+    [s/tp, b, in]. Under CPU autocast (the harness's bf16-mixed) the caller passes the weight already cast
+    to bf16 by an autograd-visible .to() (as autocast's F.linear has it: the bf16 copy is saved here, its
+    gradient is cast back to fp32 by a ToCopyBackward node of its own); the forward runs inside autocast
+    and the backward re-enters it (Megatron's custom_fwd / custom_bwd), so the gathered fp32 input is cast
+    to bf16 for each matmul (a transient [s, b, in] bf16)."""
+
+    @staticmethod
+    def forward(ctx, inp, weight, bias):
+        ctx.autocast = torch.is_autocast_cpu_enabled()
+        ctx.save_for_backward(inp, weight)
+        ctx.use_bias = bias is not None
+        shape = (inp.shape[0] * dist.get_world_size(),) + tuple(inp.shape[1:])
+        total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(shape, inp.dtype, "mpu"))
+        return F.linear(total_input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inp, w = ctx.saved_tensors
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ctx.autocast):
+            shape = (inp.shape[0] * dist.get_world_size(),) + tuple(inp.shape[1:])
+            total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(shape, inp.dtype, "mpu"))
+            grad_input = grad_output.matmul(w)
+            sub_grad_input = _sp_reduce_scatter(grad_input)
+            # prepare_input_tensors_for_wgrad_compute: contiguous grad_output, both viewed 2-D
+            grad_output = grad_output.contiguous()
+            go = grad_output.view(-1, grad_output.shape[-1])
+            ti = total_input.view(-1, total_input.shape[-1])
+            grad_weight = go.t().matmul(ti)
+            grad_bias = go.sum(dim=0) if ctx.use_bias else None
+        return sub_grad_input, grad_weight, grad_bias
+
+
+def _sp_embedding(emb, input_):
+    """VocabParallelEmbedding with reduce_scatter_embeddings + LanguageModelEmbedding's clone: [s/tp, b, h]."""
+    input_mask = (input_ < emb.start) | (input_ >= emb.end)
+    masked_input = input_.clone() - emb.start
+    masked_input[input_mask] = 0
+    output_parallel = F.embedding(masked_input, emb.weight)
+    output_parallel[input_mask, :] = 0.0
+    output_parallel = output_parallel.transpose(0, 1).contiguous()   # [b s h] -> [s b h]
+    output = _ReduceScatterToSP.apply(output_parallel)
+    del output_parallel
+    return output.clone()   # clone_scatter_output_in_embedding (default True)
+
+
+def _sp_attention_core(module, query, key, value, attention_mask, scaling, dropout):
+    """HF v4.57 eager attention on [b, nh/tp, s, hd]; the context leaves as Megatron's core attention does:
+    permute(2, 0, 1, 3).contiguous() -> [s, b, nh/tp, hd]."""
+    key_states = models.repeat_kv(key, module.num_key_value_groups)
+    value_states = models.repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]
+        attn_weights = attn_weights + causal_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    return attn_output.permute(2, 0, 1, 3).contiguous()
+
+
+def _sp_decoder_layer(layer, hidden_states, mask, position_embeddings):
+    """LlamaDecoderLayer on the sequence-parallel residual stream [s/tp, b, h]."""
+    residual = hidden_states
+    hidden_states = layer.input_layernorm(hidden_states)
+    at = layer.self_attn
+    q = at.q_proj(hidden_states)       # [s, b, nh/tp * hd]: each gathers its input into the global buffer
+    k = at.k_proj(hidden_states)
+    v = at.v_proj(hidden_states)
+    del hidden_states
+    s, b = q.shape[0], q.shape[1]
+    query_states = q.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
+    key_states = k.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
+    value_states = v.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
+    del q, k, v
+    cos, sin = position_embeddings
+    query_states, key_states = models.apply_rotary_pos_emb(query_states, key_states, cos, sin)
+    attn_output = _sp_attention_core(at, query_states, key_states, value_states, mask, at.scaling,
+                                     0.0 if not at.training else at.attention_dropout)
+    del query_states, key_states, value_states
+    attn_output = attn_output.view(s, b, -1)
+    hidden_states = at.o_proj(attn_output)   # row-parallel: reduce-scattered to [s/tp, b, h]
+    del attn_output
+    hidden_states = residual + hidden_states
+    residual = hidden_states
+    hidden_states = layer.post_attention_layernorm(hidden_states)
+    hidden_states = layer.mlp(hidden_states)   # gate/up gather, down reduce-scatters
+    hidden_states = residual + hidden_states
+    return hidden_states
+
+
+def apply_megatron_sp(model, tp, rank):
+    """apply_megatron, then every column/row-parallel linear switched to its sequence-parallel form."""
+    apply_megatron(model, tp, rank)
+    for mod in model.modules():
+        if isinstance(mod, (ColumnParallelLinear, RowParallelLinear)):
+            mod.sequence_parallel = True
+    # replicated parameters that only see this rank's s/tp tokens (norm weights, row-parallel biases)
+    for mod in model.modules():
+        if isinstance(mod, models.RMSNorm):
+            mod.weight.sequence_parallel = True
+        if isinstance(mod, RowParallelLinear) and mod.bias is not None:
+            mod.bias.sequence_parallel = True
+    model.sequence_parallel = True
+    return model
+
+
+def finalize_sp_grads(model):
+    """finalize_model_grads' _allreduce_non_tensor_model_parallel_grads: after the step's last backward the
+    gradients of parameters marked sequence_parallel are flattened into one coalesced tensor, all-reduced
+    (sum) and copied back (a transient of their total size, plus the fp32 copy for bf16)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+    params = [p for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if not params:
+        return
+    grads = [p.grad.data for p in params]
+    coalesced = _flatten_dense_tensors(grads)
+    _all_reduce(coalesced)
+    for buf, synced in zip(grads, _unflatten_dense_tensors(coalesced, grads)):
+        buf.copy_(synced)
+
+
+def megatron_sp_forward(model, input_ids, attention_mask, labels):
+    """GPTModel forward with sequence parallelism on the llama layers; returns the mean token loss."""
+    body, cfg = model.model, model.config
+    b, s = input_ids.shape
+    tp = dist.get_world_size()
+    if s % tp:
+        raise ValueError("sequence parallel: seq %d not divisible by tp %d" % (s, tp))
+    hidden_states = _sp_embedding(body.embed_tokens, input_ids)            # [s/tp, b, h]
+    dtype = body.embed_tokens.weight.dtype
+    shape_only = torch.empty((b, s, 0), dtype=dtype)   # HF builds mask and rotary from inputs_embeds [b s h]
+    cache_position = torch.arange(0, s)
+    position_ids = cache_position.unsqueeze(0)
+    sw = cfg.sliding_window if cfg.model_type == "mistral" else None
+    mask = models._eager_causal_mask(shape_only, attention_mask, cache_position, sw)
+    position_embeddings = body.rotary_emb(shape_only, position_ids)
+    del shape_only
+    for layer in body.layers:
+        hidden_states = _sp_decoder_layer(layer, hidden_states, mask, position_embeddings)
+    hidden_states = body.norm(hidden_states)
+    logits = model.lm_head(hidden_states)                                   # gathered: [s, b, V/tp]
+    del hidden_states
+    models._mark("loss")
+    start, end = model.vocab_range
+    ignore_index = -100
+    labels = F.pad(labels, (0, 1), value=ignore_index)
+    shift_labels = labels[..., 1:].contiguous()
+    loss_mask = (shift_labels != ignore_index).float()
+    target = shift_labels.masked_fill(shift_labels == ignore_index, 0)
+    target = target.transpose(0, 1).contiguous()                            # [b s] -> [s b]
+    losses = _VocabParallelCE.apply(logits, target, start, end)
+    losses = losses.transpose(0, 1).contiguous()                            # [s b] -> [b s]
+    return torch.sum(losses.view(-1) * loss_mask.view(-1)) / loss_mask.sum()
