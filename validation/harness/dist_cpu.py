@@ -44,8 +44,9 @@ def _worker(rank, world, argv, port, outdir):
     if args.sequence_parallel and args.method != "megatron":
         raise ValueError("--sequence-parallel needs --method megatron")
     if args.method in ("pp", "megatron"):
-        if args.grad_ckpt or args.lora_rank:
-            raise ValueError("--method %s: no --grad-ckpt / --lora-rank in this harness" % args.method)
+        if args.lora_rank or (args.grad_ckpt and args.method == "pp"):
+            raise ValueError("--method %s: no --lora-rank%s in this harness"
+                             % (args.method, " / --grad-ckpt" if args.method == "pp" else ""))
         return _worker_parallel(rank, world, args, outdir)
     import gc
     gc.collect()
@@ -121,6 +122,8 @@ def _worker_parallel(rank, world, args, outdir):
         model = par.apply_megatron_sp(full, world, rank)
     else:
         model = par.apply_megatron(full, world, rank)
+    if args.grad_ckpt:   # megatron: every decoder layer recomputed (reentrant), as HF / Megatron's full recompute
+        models.gradient_checkpointing_enable(model, use_reentrant=True)
     del full
     gc.collect()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -262,6 +265,14 @@ DIST_RUNS = [
      "--seq", "64"],
     ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
      "--seq", "64", "--sequence-parallel"],
+    # ... under full recompute (every decoder layer checkpointed, reentrant)
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32", "--grad-ckpt"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32", "--grad-ckpt",
+     "--sequence-parallel"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--grad-ckpt"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--grad-ckpt", "--sequence-parallel"],
 ]
 
 
@@ -298,6 +309,8 @@ def matrix_rows(runs=None):
                     how = ("tp rank %d of 2 (Megatron layout: column/row-parallel q,k,v,o/gate,up,down, "
                            "vocab-parallel embedding, head and cross-entropy), dp 1, no KV cache; gloo "
                            "reduces bf16 through an fp32 copy" % o["rank"])
+                    if args.grad_ckpt:
+                        how += "; every decoder layer recomputed (reentrant checkpoint of its input)"
                     if args.sequence_parallel:
                         how += ("; sequence parallel (Megatron-LM d98e8a6: residual stream, norms and residual "
                                 "adds on s/tp tokens; column-parallel inputs all-gathered into a persistent "

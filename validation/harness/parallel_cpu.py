@@ -19,6 +19,8 @@ the logits buffer reused in place for exp and softmax, softmax saved for backwar
 replicated. Loss: per-token losses times a loss mask over the mask sum (Megatron's loss_func) on the
 labels shifted as HF does, so it equals the dense model's ForCausalLMLoss.
 """
+from functools import partial
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -612,7 +614,15 @@ def megatron_sp_forward(model, input_ids, attention_mask, labels):
     position_embeddings = body.rotary_emb(shape_only, position_ids)
     del shape_only
     for layer in body.layers:
-        hidden_states = _sp_decoder_layer(layer, hidden_states, mask, position_embeddings)
+        if layer.gradient_checkpointing and layer.training:
+            # Megatron's full recompute (tensor_parallel.random.CheckpointFunction, one layer per checkpoint):
+            # reentrant, keeps only the layer's [s/tp, b, h] input; torch's reentrant checkpoint is the same
+            # mechanism and also restores the autocast state for the recompute
+            hidden_states = layer._gradient_checkpointing_func(
+                partial(_sp_decoder_layer, layer, mask=mask, position_embeddings=position_embeddings),
+                hidden_states)
+        else:
+            hidden_states = _sp_decoder_layer(layer, hidden_states, mask, position_embeddings)
     hidden_states = body.norm(hidden_states)
     logits = model.lm_head(hidden_states)                                   # gathered: [s, b, V/tp]
     del hidden_states

@@ -13,8 +13,8 @@
    checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init.
 4. two gloo ranks (dist_cpu.py): 2-stage pipeline (llama 1F1B, gpt2 GPipe with its tied head copied to the last
    stage) and Megatron tp=2 (llama), without and with sequence parallelism: step-1 and step-2 losses equal the
-   dense single-process losses on the same micro-batches (step 2 checks the gradients, including the
-   sequence-parallel norm-weight all-reduce).
+   dense single-process losses on the same micro-batches; with sequence parallelism (also under gradient
+   checkpointing) every step-1 gradient equals the non-SP layout's (checks the norm-weight all-reduce).
    Only these: `test_harness.py --parallel`.
 """
 import json
@@ -224,7 +224,8 @@ def parallel_cases():
     os.chdir(mc.REPO)
     try:
         for fam, method, extra in (("llama", "pp", ["--schedule", "1f1b"]), ("gpt2", "pp", ["--schedule", "gpipe"]),
-                                   ("llama", "megatron", []), ("llama", "megatron", ["--sequence-parallel"])):
+                                   ("llama", "megatron", []), ("llama", "megatron", ["--sequence-parallel"]),
+                                   ("llama", "megatron", ["--sequence-parallel", "--grad-ckpt"])):
             c = "validation/configs/tiny-%s.json" % fam
             m = 3 if method == "pp" else 2
             argv = ["--config", c, "--method", method, "--batch", "1", "--seq", "8", "--grad-accum", str(m),
