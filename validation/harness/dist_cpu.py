@@ -312,8 +312,9 @@ def matrix_rows(runs=None):
                     if args.grad_ckpt:
                         how += "; every decoder layer recomputed (reentrant checkpoint of its input)"
                     if args.sequence_parallel:
-                        how += ("; sequence parallel (Megatron-LM d98e8a6: residual stream, norms and residual "
-                                "adds on s/tp tokens; column-parallel inputs all-gathered into a persistent "
+                        how += ("; sequence parallel (Megatron-LM d98e8a6, in HF's [b s h] layout: residual "
+                                "stream, norms and residual adds on s/tp tokens; norm-weight grads all-reduced; "
+                                "column-parallel inputs all-gathered into a persistent "
                                 "global buffer, sharded input saved and re-gathered in backward; row-parallel "
                                 "outputs and embedding reduce-scattered; gloo emulates all-gather and "
                                 "reduce-scatter with an in-place all-reduce of the full-length tensor, no "

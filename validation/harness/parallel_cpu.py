@@ -397,25 +397,34 @@ def megatron_forward(model, input_ids, attention_mask, labels):
 #       backward all-gather into a fresh torch.empty [s]; use_global_buffer False by default)
 #   megatron/core/tensor_parallel/layers.py  LinearWithGradAccumulationAndAsyncCommunication
 #       (sequence_parallel=True), ColumnParallelLinear, RowParallelLinear.forward (reduce-scatter instead of
-#       all-reduce), VocabParallelEmbedding.forward (reduce_scatter_embeddings: [b s h] -> transpose(0, 1)
-#       .contiguous() -> reduce-scatter)
+#       all-reduce), VocabParallelEmbedding.forward (reduce_scatter_embeddings: the masked lookup is
+#       reduce-scattered, not all-reduced)
 #   megatron/core/models/common/embeddings/language_model_embedding.py  (reduce_scatter_embeddings for
 #       rotary models; clone_scatter_output_in_embedding=True clones the [s/tp] output)
-#   megatron/core/models/common/language_module/language_module.py  compute_language_model_loss (labels
-#       transposed to [s b], loss transposed back)
+#   megatron/core/distributed/finalize_model_grads.py  _allreduce_non_tensor_model_parallel_grads (norm
+#       weights' gradients, partial per rank under SP, coalesced and all-reduced after the last backward)
 #   megatron/core/utils.py  GlobalMemoryBuffer (one persistent flat tensor per (name, dtype), grown to the
 #       largest request, viewed per call)
 #
-# Layout [s, b, h] as Megatron; the residual stream, norms and residual adds live on [s/tp, b, h]. Hidden
-# dropout is 0 for llama (Megatron's dropout calls then return their input), so none is run.
+# Layout: the harness keeps HF's [b, s, h] (as the non-SP megatron rows do) and shards the sequence along
+# dim 1; Megatron shards dim 0 of [s, b, h]. Every tensor has the same size either way; what the layout
+# leaves out are Megatron's layout-only transposes (the embedding's transpose(0, 1).contiguous(), which its
+# non-SP path has too, and the [s b] label / loss transposes), and it keeps HF's eager-attention copies
+# (the [b, nh, s, hd] views of q, k, v are copied for the bmm's) exactly as in the non-SP rows, so an SP
+# row differs from its non-SP twin only by sequence parallelism. The residual stream, norms and residual
+# adds live on [b, s/tp, h]. Hidden dropout is 0 for llama (Megatron's dropout calls then return their
+# input), so none is run.
 #
 # gloo (torch 1.13) has neither reduce_scatter nor _allgather_base, so:
 #   all-gather     = zero the [s] output, copy this rank's [s/tp] shard into its slice, all-reduce it in
 #                    place (no transient in fp32; bf16 goes through _all_reduce's fp32 copy of [s]).
 #   reduce-scatter = allocate the [s/tp] output (as Megatron does before the collective), all-reduce the
 #                    full-length input in place (it is a dead temporary at every call site: a linear
-#                    output, a fresh input gradient, the transposed embedding), copy this rank's slice out.
-#                    No transient in fp32; bf16 through the fp32 copy of [s].
+#                    output, a fresh input gradient, the masked embedding lookup), copy this rank's slice
+#                    out. No transient in fp32; bf16 through the fp32 copy of [s].
+SEQ_DIM = 1
+
+
 class GlobalMemoryBuffer:
     """megatron.core.utils.GlobalMemoryBuffer: a persistent flat buffer per (name, dtype)."""
 
@@ -435,27 +444,36 @@ class GlobalMemoryBuffer:
 GLOBAL_MEMORY_BUFFER = GlobalMemoryBuffer()
 
 
+def _full_shape(shard):
+    shape = list(shard.shape)
+    shape[SEQ_DIM] *= dist.get_world_size()
+    return shape
+
+
 def _sp_gather(inp, out=None):
-    """All-gather along dim 0 into `out` (fresh torch.empty when None)."""
-    tp, rank = dist.get_world_size(), dist.get_rank()
-    n = inp.shape[0]
+    """All-gather along the sequence dim into `out` (fresh torch.empty when None)."""
+    rank = dist.get_rank()
+    n = inp.shape[SEQ_DIM]
     if out is None:
-        out = torch.empty((n * tp,) + tuple(inp.shape[1:]), dtype=inp.dtype)
+        out = torch.empty(_full_shape(inp), dtype=inp.dtype)
     out.zero_()
-    out[rank * n:(rank + 1) * n].copy_(inp)
+    out.narrow(SEQ_DIM, rank * n, n).copy_(inp)
     _all_reduce(out)
     return out
 
 
 def _sp_reduce_scatter(full):
-    """Reduce-scatter along dim 0 into a fresh [s/tp] tensor (`full` is reduced in place: see above)."""
+    """Reduce-scatter along the sequence dim into a fresh [s/tp] tensor (`full` is reduced in place)."""
     tp, rank = dist.get_world_size(), dist.get_rank()
-    if full.shape[0] % tp:
-        raise ValueError("sequence parallel: dim 0 (%d) not divisible by tp %d" % (full.shape[0], tp))
-    n = full.shape[0] // tp
-    out = torch.empty((n,) + tuple(full.shape[1:]), dtype=full.dtype)
+    if full.shape[SEQ_DIM] % tp:
+        raise ValueError("sequence parallel: sequence length %d not divisible by tp %d"
+                         % (full.shape[SEQ_DIM], tp))
+    n = full.shape[SEQ_DIM] // tp
+    shape = list(full.shape)
+    shape[SEQ_DIM] = n
+    out = torch.empty(shape, dtype=full.dtype)
     _all_reduce(full)
-    out.copy_(full[rank * n:(rank + 1) * n])
+    out.copy_(full.narrow(SEQ_DIM, rank * n, n))
     return out
 
 
@@ -473,30 +491,28 @@ class _ReduceScatterToSP(torch.autograd.Function):
 
 class _LinearSP(torch.autograd.Function):
     """LinearWithGradAccumulationAndAsyncCommunication with sequence_parallel=True (no grad-accumulation
-    fusion). Saves the SEQUENCE-SHARDED input [s/tp, b, in] and the weight; all-gathers the input into the
+    fusion). Saves the SEQUENCE-SHARDED input [b, s/tp, in] and the weight; all-gathers the input into the
     global "mpu" buffer for the matmul; in backward re-gathers it into the same buffer for the weight
-    gradient, computes the full-length input gradient [s, b, in] and reduce-scatters it into a fresh
-    [s/tp, b, in]. Under CPU autocast (the harness's bf16-mixed) the caller passes the weight already cast
+    gradient, computes the full-length input gradient [b, s, in] and reduce-scatters it into a fresh
+    [b, s/tp, in]. Under CPU autocast (the harness's bf16-mixed) the caller passes the weight already cast
     to bf16 by an autograd-visible .to() (as autocast's F.linear has it: the bf16 copy is saved here, its
     gradient is cast back to fp32 by a ToCopyBackward node of its own); the forward runs inside autocast
     and the backward re-enters it (Megatron's custom_fwd / custom_bwd), so the gathered fp32 input is cast
-    to bf16 for each matmul (a transient [s, b, in] bf16)."""
+    to bf16 for each matmul (a transient [b, s, in] bf16)."""
 
     @staticmethod
     def forward(ctx, inp, weight, bias):
         ctx.autocast = torch.is_autocast_cpu_enabled()
         ctx.save_for_backward(inp, weight)
         ctx.use_bias = bias is not None
-        shape = (inp.shape[0] * dist.get_world_size(),) + tuple(inp.shape[1:])
-        total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(shape, inp.dtype, "mpu"))
+        total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(_full_shape(inp), inp.dtype, "mpu"))
         return F.linear(total_input, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
         inp, w = ctx.saved_tensors
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ctx.autocast):
-            shape = (inp.shape[0] * dist.get_world_size(),) + tuple(inp.shape[1:])
-            total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(shape, inp.dtype, "mpu"))
+            total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(_full_shape(inp), inp.dtype, "mpu"))
             grad_input = grad_output.matmul(w)
             sub_grad_input = _sp_reduce_scatter(grad_input)
             # prepare_input_tensors_for_wgrad_compute: contiguous grad_output, both viewed 2-D
@@ -509,54 +525,40 @@ class _LinearSP(torch.autograd.Function):
 
 
 def _sp_embedding(emb, input_):
-    """VocabParallelEmbedding with reduce_scatter_embeddings + LanguageModelEmbedding's clone: [s/tp, b, h]."""
+    """VocabParallelEmbedding with reduce_scatter_embeddings + LanguageModelEmbedding's clone: [b, s/tp, h]."""
     input_mask = (input_ < emb.start) | (input_ >= emb.end)
     masked_input = input_.clone() - emb.start
     masked_input[input_mask] = 0
     output_parallel = F.embedding(masked_input, emb.weight)
     output_parallel[input_mask, :] = 0.0
-    output_parallel = output_parallel.transpose(0, 1).contiguous()   # [b s h] -> [s b h]
     output = _ReduceScatterToSP.apply(output_parallel)
     del output_parallel
     return output.clone()   # clone_scatter_output_in_embedding (default True)
 
 
-def _sp_attention_core(module, query, key, value, attention_mask, scaling, dropout):
-    """HF v4.57 eager attention on [b, nh/tp, s, hd]; the context leaves as Megatron's core attention does:
-    permute(2, 0, 1, 3).contiguous() -> [s, b, nh/tp, hd]."""
-    key_states = models.repeat_kv(key, module.num_key_value_groups)
-    value_states = models.repeat_kv(value, module.num_key_value_groups)
-    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]
-        attn_weights = attn_weights + causal_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value_states)
-    return attn_output.permute(2, 0, 1, 3).contiguous()
-
-
 def _sp_decoder_layer(layer, hidden_states, mask, position_embeddings):
-    """LlamaDecoderLayer on the sequence-parallel residual stream [s/tp, b, h]."""
+    """LlamaDecoderLayer (HF v4.57 ops) on the sequence-parallel residual stream [b, s/tp, h]."""
     residual = hidden_states
     hidden_states = layer.input_layernorm(hidden_states)
     at = layer.self_attn
-    q = at.q_proj(hidden_states)       # [s, b, nh/tp * hd]: each gathers its input into the global buffer
+    q = at.q_proj(hidden_states)       # [b, s, nh/tp * hd]: each gathers its input into the global buffer
     k = at.k_proj(hidden_states)
     v = at.v_proj(hidden_states)
     del hidden_states
-    s, b = q.shape[0], q.shape[1]
-    query_states = q.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
-    key_states = k.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
-    value_states = v.view(s, b, -1, at.head_dim).permute(1, 2, 0, 3)
+    input_shape = q.shape[:-1]
+    hidden_shape = (*input_shape, -1, at.head_dim)
+    query_states = q.view(hidden_shape).transpose(1, 2)
+    key_states = k.view(hidden_shape).transpose(1, 2)
+    value_states = v.view(hidden_shape).transpose(1, 2)
     del q, k, v
     cos, sin = position_embeddings
     query_states, key_states = models.apply_rotary_pos_emb(query_states, key_states, cos, sin)
-    attn_output = _sp_attention_core(at, query_states, key_states, value_states, mask, at.scaling,
-                                     0.0 if not at.training else at.attention_dropout)
-    del query_states, key_states, value_states
-    attn_output = attn_output.view(s, b, -1)
-    hidden_states = at.o_proj(attn_output)   # row-parallel: reduce-scattered to [s/tp, b, h]
+    attn_output, attn_weights = models.llama_eager_attention_forward(
+        at, query_states, key_states, value_states, mask,
+        dropout=0.0 if not at.training else at.attention_dropout, scaling=at.scaling)
+    del query_states, key_states, value_states, attn_weights
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    hidden_states = at.o_proj(attn_output)   # row-parallel: reduce-scattered to [b, s/tp, h]
     del attn_output
     hidden_states = residual + hidden_states
     residual = hidden_states
@@ -598,13 +600,13 @@ def finalize_sp_grads(model):
 
 
 def megatron_sp_forward(model, input_ids, attention_mask, labels):
-    """GPTModel forward with sequence parallelism on the llama layers; returns the mean token loss."""
+    """megatron_forward with sequence parallelism on the llama layers; returns the mean token loss."""
     body, cfg = model.model, model.config
     b, s = input_ids.shape
     tp = dist.get_world_size()
     if s % tp:
         raise ValueError("sequence parallel: seq %d not divisible by tp %d" % (s, tp))
-    hidden_states = _sp_embedding(body.embed_tokens, input_ids)            # [s/tp, b, h]
+    hidden_states = _sp_embedding(body.embed_tokens, input_ids)            # [b, s/tp, h]
     dtype = body.embed_tokens.weight.dtype
     shape_only = torch.empty((b, s, 0), dtype=dtype)   # HF builds mask and rotary from inputs_embeds [b s h]
     cache_position = torch.arange(0, s)
@@ -616,7 +618,7 @@ def megatron_sp_forward(model, input_ids, attention_mask, labels):
     for layer in body.layers:
         if layer.gradient_checkpointing and layer.training:
             # Megatron's full recompute (tensor_parallel.random.CheckpointFunction, one layer per checkpoint):
-            # reentrant, keeps only the layer's [s/tp, b, h] input; torch's reentrant checkpoint is the same
+            # reentrant, keeps only the layer's [b, s/tp, h] input; torch's reentrant checkpoint is the same
             # mechanism and also restores the autocast state for the recompute
             hidden_states = layer._gradient_checkpointing_func(
                 partial(_sp_decoder_layer, layer, mask=mask, position_embeddings=position_embeddings),
@@ -624,16 +626,8 @@ def megatron_sp_forward(model, input_ids, attention_mask, labels):
         else:
             hidden_states = _sp_decoder_layer(layer, hidden_states, mask, position_embeddings)
     hidden_states = body.norm(hidden_states)
-    logits = model.lm_head(hidden_states)                                   # gathered: [s, b, V/tp]
+    logits = model.lm_head(hidden_states)                                   # gathered: [b, s, V/tp]
     del hidden_states
     models._mark("loss")
     start, end = model.vocab_range
-    ignore_index = -100
-    labels = F.pad(labels, (0, 1), value=ignore_index)
-    shift_labels = labels[..., 1:].contiguous()
-    loss_mask = (shift_labels != ignore_index).float()
-    target = shift_labels.masked_fill(shift_labels == ignore_index, 0)
-    target = target.transpose(0, 1).contiguous()                            # [b s] -> [s b]
-    losses = _VocabParallelCE.apply(logits, target, start, end)
-    losses = losses.transpose(0, 1).contiguous()                            # [s b] -> [b s]
-    return torch.sum(losses.view(-1) * loss_mask.view(-1)) / loss_mask.sum()
+    return megatron_loss(logits, labels, start, end)
