@@ -264,9 +264,8 @@ class ColumnParallelLinear(nn.Module):
     def forward(self, x):
         if self.sequence_parallel:
             w, b = self.weight, self.bias
-            if torch.is_autocast_cpu_enabled():   # autocast's weight cast, its own autograd node as for F.linear
-                dt = torch.get_autocast_cpu_dtype()
-                w, b = w.to(dt), (b.to(dt) if b is not None else None)
+            if torch.is_autocast_cpu_enabled():   # autocast's cached weight cast (an autograd node of its own)
+                w, b = _autocast_cached(w), (_autocast_cached(b) if b is not None else None)
             return _LinearSP.apply(x, w, b)
         return F.linear(_CopyToTP.apply(x), self.weight, self.bias)
 
@@ -424,6 +423,20 @@ def megatron_forward(model, input_ids, attention_mask, labels):
 #                    out. No transient in fp32; bf16 through the fp32 copy of [s].
 SEQ_DIM = 1
 
+# Autocast's cast cache, for the weights _LinearSP receives already cast: autocast casts an fp32 leaf that
+# requires grad once per autocast region (also under no_grad) and holds the copy until the region ends;
+# F.linear would do that inside _LinearSP, but the copy must be an input of the Function to be saved, as
+# autograd saves it for an autocast F.linear. Emptied where the harness's autocast region ends (end of
+# megatron_sp_forward) and where torch's checkpoint leaves its recompute's autocast region.
+_AUTOCAST_CACHE = {}
+
+
+def _autocast_cached(p):
+    c = _AUTOCAST_CACHE.get(p)
+    if c is None:
+        c = _AUTOCAST_CACHE[p] = p.to(torch.get_autocast_cpu_dtype())
+    return c
+
 
 class GlobalMemoryBuffer:
     """megatron.core.utils.GlobalMemoryBuffer: a persistent flat buffer per (name, dtype)."""
@@ -538,6 +551,16 @@ def _sp_embedding(emb, input_):
 
 def _sp_decoder_layer(layer, hidden_states, mask, position_embeddings):
     """LlamaDecoderLayer (HF v4.57 ops) on the sequence-parallel residual stream [b, s/tp, h]."""
+    if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
+        # the recompute inside torch's checkpoint backward: its autocast region ends with this call
+        try:
+            return _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings)
+        finally:
+            _AUTOCAST_CACHE.clear()
+    return _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings)
+
+
+def _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings):
     residual = hidden_states
     hidden_states = layer.input_layernorm(hidden_states)
     at = layer.self_attn
@@ -630,4 +653,6 @@ def megatron_sp_forward(model, input_ids, attention_mask, labels):
     del hidden_states
     models._mark("loss")
     start, end = model.vocab_range
-    return megatron_loss(logits, labels, start, end)
+    loss = megatron_loss(logits, labels, start, end)
+    _AUTOCAST_CACHE.clear()   # the caller's autocast region ends here
+    return loss
