@@ -18,6 +18,11 @@ vocab-parallel cross-entropy of megatron.core.tensor_parallel.cross_entropy (max
 the logits buffer reused in place for exp and softmax, softmax saved for backward). Norm weights are
 replicated. Loss: per-token losses times a loss mask over the mask sum (Megatron's loss_func) on the
 labels shifted as HF does, so it equals the dense model's ForCausalLMLoss.
+
+Sequence parallelism (apply_megatron_sp, megatron_sp_forward; Megatron-LM d98e8a64ddf3, see the section
+below): the residual stream, norms and residual adds on s/tp tokens, column-parallel inputs all-gathered
+into a persistent global buffer (the sharded input saved, re-gathered in backward), row-parallel outputs
+and the embedding reduce-scattered, norm-weight gradients all-reduced after the last backward.
 """
 from functools import partial
 
@@ -252,7 +257,7 @@ class _ReduceFromTP(torch.autograd.Function):
 
 
 class ColumnParallelLinear(nn.Module):
-    sequence_parallel = False   # set by apply_megatron_sp: input [s/tp, b, in], gathered (see _LinearSP)
+    sequence_parallel = False   # set by apply_megatron_sp: input [b, s/tp, in], gathered (see _LinearSP)
 
     def __init__(self, dense, tp, rank):
         super().__init__()
@@ -271,7 +276,7 @@ class ColumnParallelLinear(nn.Module):
 
 
 class RowParallelLinear(nn.Module):
-    sequence_parallel = False   # set by apply_megatron_sp: output reduce-scattered to [s/tp, b, out]
+    sequence_parallel = False   # set by apply_megatron_sp: output reduce-scattered to [b, s/tp, out]
 
     def __init__(self, dense, tp, rank):
         super().__init__()
