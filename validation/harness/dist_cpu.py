@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Distributed CPU rows: DDP and ZeRO-1 (torch.distributed.optim.ZeroRedundancyOptimizer), 2 pipeline stages
 (--method pp, --schedule 1f1b|gpipe, --grad-accum m micro-batches) and Megatron-style tensor parallelism tp 2
-(--method megatron; both in parallel_cpu.py), gloo backend, 2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
+(--method megatron; --sequence-parallel adds Megatron's sequence parallelism: the residual stream, norms and
+residual adds on [s/tp, b, h], inputs of column-parallel linears all-gathered into a persistent global buffer,
+row-parallel outputs and the embedding reduce-scattered; both in parallel_cpu.py), gloo backend, 2 local ranks (torch.multiprocessing). Each rank measures its own mallinfo2 peak per phase exactly as
 measure_cpu.py does (baseline taken in the rank before the model is built).
 
     /usr/bin/python3 validation/harness/dist_cpu.py --config validation/configs/tiny-llama.json \
@@ -39,7 +41,12 @@ def _worker(rank, world, argv, port, outdir):
     args = parser().parse_args(argv)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank, world_size=world)
+    if args.sequence_parallel and args.method != "megatron":
+        raise ValueError("--sequence-parallel needs --method megatron")
     if args.method in ("pp", "megatron"):
+        if args.lora_rank or (args.grad_ckpt and args.method == "pp"):
+            raise ValueError("--method %s: no --lora-rank%s in this harness"
+                             % (args.method, " / --grad-ckpt" if args.method == "pp" else ""))
         return _worker_parallel(rank, world, args, outdir)
     import gc
     gc.collect()
@@ -111,14 +118,19 @@ def _worker_parallel(rank, world, args, outdir):
     full.train()
     if args.method == "pp":
         model = par.Stage(full, world, rank)
+    elif args.sequence_parallel:
+        model = par.apply_megatron_sp(full, world, rank)
     else:
         model = par.apply_megatron(full, world, rank)
+    if args.grad_ckpt:   # megatron: every decoder layer recomputed (reentrant), as HF / Megatron's full recompute
+        models.gradient_checkpointing_enable(model, use_reentrant=True)
     del full
     gc.collect()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, foreach=False)
     micro = _micro_batches(args, cfg, rank)
     autocast = args.precision == "bf16-mixed"
+    forward = par.megatron_sp_forward if args.sequence_parallel else par.megatron_forward
     hidden = cfg.get("hidden_size", cfg.get("n_embd"))
     hdtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
 
@@ -127,6 +139,7 @@ def _worker_parallel(rank, world, args, outdir):
         models.PHASE_HOOK = (lambda name: sampler.set_phase((key[0], name))) if key[1] == "forward" else None
 
     losses = []
+    grads = None
     with sampler:
         for step in range(1, args.steps + 1):
             if args.method == "pp":
@@ -138,14 +151,19 @@ def _worker_parallel(rank, world, args, outdir):
                     mark_phase((step, "forward"))
                     if autocast:
                         with torch.autocast("cpu", dtype=torch.bfloat16):
-                            out = par.megatron_forward(model, ids, mask, labels)
+                            out = forward(model, ids, mask, labels)
                     else:
-                        out = par.megatron_forward(model, ids, mask, labels)
+                        out = forward(model, ids, mask, labels)
                     out = out / len(micro)
                     loss += float(out.detach())
                     mark_phase((step, "backward"))
                     out.backward()
                     del out
+                if args.sequence_parallel:
+                    par.finalize_sp_grads(model)   # norm-weight gradients summed over the tp ranks
+            if args.record_grads and step == 1:   # test only: perturbs the measured peaks
+                grads = {n: float(p.grad.double().pow(2).sum()) for n, p in model.named_parameters()
+                         if p.grad is not None}
             mark_phase((step, "optimizer"))
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -153,6 +171,8 @@ def _worker_parallel(rank, world, args, outdir):
             losses.append(loss)
     models.PHASE_HOOK = None
     res = mc._summ(sampler.peaks, args.steps)
+    if grads is not None:
+        res["grad_sq"] = grads
     res.update(rank=rank, torch_version=torch.__version__, losses=losses,
                param_bytes=sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()))
     with open(os.path.join(outdir, "rank%d.json" % rank), "w") as f:
@@ -171,6 +191,8 @@ def command_line(args):
         parts += ["--lora-rank", str(args.lora_rank), "--lora-alpha", str(args.lora_alpha)]
     if args.method in ("pp", "megatron"):
         parts += ["--grad-accum", str(args.grad_accum)]
+    if args.sequence_parallel:
+        parts.append("--sequence-parallel")
     if args.method == "pp":
         parts += ["--schedule", args.schedule]
     return " ".join(parts)
@@ -197,12 +219,16 @@ def parser():
                    help="pp: 2 pipeline stages (dp 1); megatron: tensor parallelism tp 2 (dp 1)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (pp, megatron)")
     p.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
+    p.add_argument("--sequence-parallel", action="store_true",
+                   help="megatron: Megatron-LM sequence parallelism (--seq divisible by tp 2)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"], default="fp32")
     p.add_argument("--grad-ckpt", action="store_true")
     p.add_argument("--lora-rank", type=int, default=0)
     p.add_argument("--lora-alpha", type=float, default=16)
+    p.add_argument("--record-grads", action="store_true",
+                   help="tests: report each parameter's squared gradient sum after step 1 (not for measuring)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2)
     return p
@@ -226,6 +252,27 @@ DIST_RUNS = [
      "--grad-accum", "4", "--schedule", "1f1b"],
     ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32"],
     ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed"],
+    # Megatron tp 2 with sequence parallelism (and the non-SP twin at the longer sequence)
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32",
+     "--sequence-parallel"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--sequence-parallel"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32",
+     "--seq", "64"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32",
+     "--seq", "64", "--sequence-parallel"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--seq", "64"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--seq", "64", "--sequence-parallel"],
+    # ... under full recompute (every decoder layer checkpointed, reentrant)
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32", "--grad-ckpt"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "fp32", "--grad-ckpt",
+     "--sequence-parallel"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--grad-ckpt"],
+    ["--config", "validation/configs/tiny-llama.json", "--method", "megatron", "--precision", "bf16-mixed",
+     "--grad-ckpt", "--sequence-parallel"],
 ]
 
 
@@ -235,12 +282,13 @@ def stage_layers_of(cfg, stage):
     return parallel_cpu.stage_layers(n, 2, stage)
 
 
-def matrix_rows():
+def matrix_rows(runs=None):
+    """CSV rows for `runs` (argv lists; default DIST_RUNS)."""
     rows = []
     cwd = os.getcwd()
     os.chdir(mc.REPO)
     try:
-        for argv in DIST_RUNS:
+        for argv in (DIST_RUNS if runs is None else runs):
             args, outs = run(argv)
             with open(args.config) as f:
                 cfg = json.load(f)
@@ -261,6 +309,16 @@ def matrix_rows():
                     how = ("tp rank %d of 2 (Megatron layout: column/row-parallel q,k,v,o/gate,up,down, "
                            "vocab-parallel embedding, head and cross-entropy), dp 1, no KV cache; gloo "
                            "reduces bf16 through an fp32 copy" % o["rank"])
+                    if args.grad_ckpt:
+                        how += "; every decoder layer recomputed (reentrant checkpoint of its input)"
+                    if args.sequence_parallel:
+                        how += ("; sequence parallel (Megatron-LM d98e8a6, in HF's [b s h] layout: residual "
+                                "stream, norms and residual adds on s/tp tokens; norm-weight grads all-reduced; "
+                                "column-parallel inputs all-gathered into a persistent "
+                                "global buffer, sharded input saved and re-gathered in backward; row-parallel "
+                                "outputs and embedding reduce-scattered; gloo emulates all-gather and "
+                                "reduce-scatter with an in-place all-reduce of the full-length tensor, no "
+                                "transient beyond the fp32 copy of bf16)")
                 else:
                     how = "DDP default buckets (gradient_as_bucket_view=False)"
                 rows.append({
@@ -281,6 +339,7 @@ def matrix_rows():
                     "torch_version": o["torch_version"], "command": o["command"], "date": o["date"],
                     "pp": 2 if pp else 1, "schedule": args.schedule if pp else "",
                     "grad_accum": args.grad_accum,
+                    "sequence_parallel": 1 if args.sequence_parallel else "",
                 })
     finally:
         os.chdir(cwd)

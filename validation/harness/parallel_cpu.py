@@ -18,7 +18,14 @@ vocab-parallel cross-entropy of megatron.core.tensor_parallel.cross_entropy (max
 the logits buffer reused in place for exp and softmax, softmax saved for backward). Norm weights are
 replicated. Loss: per-token losses times a loss mask over the mask sum (Megatron's loss_func) on the
 labels shifted as HF does, so it equals the dense model's ForCausalLMLoss.
+
+Sequence parallelism (apply_megatron_sp, megatron_sp_forward; Megatron-LM d98e8a64ddf3, see the section
+below): the residual stream, norms and residual adds on s/tp tokens, column-parallel inputs all-gathered
+into a persistent global buffer (the sharded input saved, re-gathered in backward), row-parallel outputs
+and the embedding reduce-scattered, norm-weight gradients all-reduced after the last backward.
 """
+from functools import partial
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -250,6 +257,8 @@ class _ReduceFromTP(torch.autograd.Function):
 
 
 class ColumnParallelLinear(nn.Module):
+    sequence_parallel = False   # set by apply_megatron_sp: input [b, s/tp, in], gathered (see _LinearSP)
+
     def __init__(self, dense, tp, rank):
         super().__init__()
         out = dense.weight.shape[0] // tp
@@ -258,10 +267,17 @@ class ColumnParallelLinear(nn.Module):
         self.bias = nn.Parameter(dense.bias.detach()[sl].clone()) if dense.bias is not None else None
 
     def forward(self, x):
+        if self.sequence_parallel:
+            w, b = self.weight, self.bias
+            if torch.is_autocast_cpu_enabled():   # autocast's cached weight cast (an autograd node of its own)
+                w, b = _autocast_cached(w), (_autocast_cached(b) if b is not None else None)
+            return _LinearSP.apply(x, w, b)
         return F.linear(_CopyToTP.apply(x), self.weight, self.bias)
 
 
 class RowParallelLinear(nn.Module):
+    sequence_parallel = False   # set by apply_megatron_sp: output reduce-scattered to [b, s/tp, out]
+
     def __init__(self, dense, tp, rank):
         super().__init__()
         inp = dense.weight.shape[1] // tp
@@ -269,7 +285,10 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(dense.bias.detach().clone()) if dense.bias is not None else None
 
     def forward(self, x):
-        out = _ReduceFromTP.apply(F.linear(x, self.weight))
+        if self.sequence_parallel:
+            out = _ReduceScatterToSP.apply(F.linear(x, self.weight))
+        else:
+            out = _ReduceFromTP.apply(F.linear(x, self.weight))
         return out + self.bias if self.bias is not None else out
 
 
@@ -371,3 +390,274 @@ def megatron_forward(model, input_ids, attention_mask, labels):
     models._mark("loss")
     start, end = model.vocab_range
     return megatron_loss(logits, labels, start, end)
+
+
+# ============================================================================================
+# Megatron-style sequence parallelism (tp ranks, --sequence-parallel)
+#
+# Followed: NVIDIA/Megatron-LM d98e8a64ddf34856e74b24714e3bedb2f5a39553 (2026-08-22):
+#   megatron/core/tensor_parallel/mappings.py  _gather_along_first_dim, _reduce_scatter_along_first_dim,
+#       _ReduceScatterToSequenceParallelRegion (forward reduce-scatter into a fresh torch.empty [s/tp],
+#       backward all-gather into a fresh torch.empty [s]; use_global_buffer False by default)
+#   megatron/core/tensor_parallel/layers.py  LinearWithGradAccumulationAndAsyncCommunication
+#       (sequence_parallel=True), ColumnParallelLinear, RowParallelLinear.forward (reduce-scatter instead of
+#       all-reduce), VocabParallelEmbedding.forward (reduce_scatter_embeddings: the masked lookup is
+#       reduce-scattered, not all-reduced)
+#   megatron/core/models/common/embeddings/language_model_embedding.py  (reduce_scatter_embeddings for
+#       rotary models; clone_scatter_output_in_embedding=True clones the [s/tp] output)
+#   megatron/core/distributed/finalize_model_grads.py  _allreduce_non_tensor_model_parallel_grads (norm
+#       weights' gradients, partial per rank under SP, coalesced and all-reduced after the last backward)
+#   megatron/core/utils.py  GlobalMemoryBuffer (one persistent flat tensor per (name, dtype), grown to the
+#       largest request, viewed per call)
+#
+# Layout: the harness keeps HF's [b, s, h] (as the non-SP megatron rows do) and shards the sequence along
+# dim 1; Megatron shards dim 0 of [s, b, h]. Every tensor has the same size either way; what the layout
+# leaves out are Megatron's layout-only transposes (the embedding's transpose(0, 1).contiguous(), which its
+# non-SP path has too, and the [s b] label / loss transposes), and it keeps HF's eager-attention copies
+# (the [b, nh, s, hd] views of q, k, v are copied for the bmm's) exactly as in the non-SP rows, so an SP
+# row differs from its non-SP twin only by sequence parallelism. The residual stream, norms and residual
+# adds live on [b, s/tp, h]. Hidden dropout is 0 for llama (Megatron's dropout calls then return their
+# input), so none is run.
+#
+# gloo (torch 1.13) has neither reduce_scatter nor _allgather_base, so:
+#   all-gather     = zero the [s] output, copy this rank's [s/tp] shard into its slice, all-reduce it in
+#                    place (no transient in fp32; bf16 goes through _all_reduce's fp32 copy of [s]).
+#   reduce-scatter = allocate the [s/tp] output (as Megatron does before the collective), all-reduce the
+#                    full-length input in place (it is a dead temporary at every call site: a linear
+#                    output, a fresh input gradient, the masked embedding lookup), copy this rank's slice
+#                    out. No transient in fp32; bf16 through the fp32 copy of [s].
+SEQ_DIM = 1
+
+# Autocast's cast cache, for the weights _LinearSP receives already cast: autocast casts an fp32 leaf that
+# requires grad once per autocast region (also under no_grad) and holds the copy until the region ends;
+# F.linear would do that inside _LinearSP, but the copy must be an input of the Function to be saved, as
+# autograd saves it for an autocast F.linear. Emptied where the harness's autocast region ends (end of
+# megatron_sp_forward) and where torch's checkpoint leaves its recompute's autocast region.
+_AUTOCAST_CACHE = {}
+
+
+def _autocast_cached(p):
+    c = _AUTOCAST_CACHE.get(p)
+    if c is None:
+        c = _AUTOCAST_CACHE[p] = p.to(torch.get_autocast_cpu_dtype())
+    return c
+
+
+class GlobalMemoryBuffer:
+    """megatron.core.utils.GlobalMemoryBuffer: a persistent flat buffer per (name, dtype)."""
+
+    def __init__(self):
+        self.buffer = {}
+
+    def get_tensor(self, shape, dtype, name):
+        n = 1
+        for d in shape:
+            n *= d
+        cur = self.buffer.get((name, dtype))
+        if cur is None or cur.numel() < n:
+            self.buffer[(name, dtype)] = torch.empty(n, dtype=dtype)
+        return self.buffer[(name, dtype)][0:n].view(*shape)
+
+
+GLOBAL_MEMORY_BUFFER = GlobalMemoryBuffer()
+
+
+def _full_shape(shard):
+    shape = list(shard.shape)
+    shape[SEQ_DIM] *= dist.get_world_size()
+    return shape
+
+
+def _sp_gather(inp, out=None):
+    """All-gather along the sequence dim into `out` (fresh torch.empty when None)."""
+    rank = dist.get_rank()
+    n = inp.shape[SEQ_DIM]
+    if out is None:
+        out = torch.empty(_full_shape(inp), dtype=inp.dtype)
+    out.zero_()
+    out.narrow(SEQ_DIM, rank * n, n).copy_(inp)
+    _all_reduce(out)
+    return out
+
+
+def _sp_reduce_scatter(full):
+    """Reduce-scatter along the sequence dim into a fresh [s/tp] tensor (`full` is reduced in place)."""
+    tp, rank = dist.get_world_size(), dist.get_rank()
+    if full.shape[SEQ_DIM] % tp:
+        raise ValueError("sequence parallel: sequence length %d not divisible by tp %d"
+                         % (full.shape[SEQ_DIM], tp))
+    n = full.shape[SEQ_DIM] // tp
+    shape = list(full.shape)
+    shape[SEQ_DIM] = n
+    out = torch.empty(shape, dtype=full.dtype)
+    _all_reduce(full)
+    out.copy_(full.narrow(SEQ_DIM, rank * n, n))
+    return out
+
+
+class _ReduceScatterToSP(torch.autograd.Function):
+    """reduce_scatter_to_sequence_parallel_region: forward reduce-scatter, backward all-gather (fresh)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return _sp_reduce_scatter(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _sp_gather(g.contiguous())
+
+
+class _LinearSP(torch.autograd.Function):
+    """LinearWithGradAccumulationAndAsyncCommunication with sequence_parallel=True (no grad-accumulation
+    fusion). Saves the SEQUENCE-SHARDED input [b, s/tp, in] and the weight; all-gathers the input into the
+    global "mpu" buffer for the matmul; in backward re-gathers it into the same buffer for the weight
+    gradient, computes the full-length input gradient [b, s, in] and reduce-scatters it into a fresh
+    [b, s/tp, in]. Under CPU autocast (the harness's bf16-mixed) the caller passes the weight already cast
+    to bf16 by an autograd-visible .to() (as autocast's F.linear has it: the bf16 copy is saved here, its
+    gradient is cast back to fp32 by a ToCopyBackward node of its own); the forward runs inside autocast
+    and the backward re-enters it (Megatron's custom_fwd / custom_bwd), so the gathered fp32 input is cast
+    to bf16 for each matmul (a transient [b, s, in] bf16)."""
+
+    @staticmethod
+    def forward(ctx, inp, weight, bias):
+        ctx.autocast = torch.is_autocast_cpu_enabled()
+        ctx.save_for_backward(inp, weight)
+        ctx.use_bias = bias is not None
+        total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(_full_shape(inp), inp.dtype, "mpu"))
+        return F.linear(total_input, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        inp, w = ctx.saved_tensors
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ctx.autocast):
+            total_input = _sp_gather(inp, GLOBAL_MEMORY_BUFFER.get_tensor(_full_shape(inp), inp.dtype, "mpu"))
+            grad_input = grad_output.matmul(w)
+            sub_grad_input = _sp_reduce_scatter(grad_input)
+            # prepare_input_tensors_for_wgrad_compute: contiguous grad_output, both viewed 2-D
+            grad_output = grad_output.contiguous()
+            go = grad_output.view(-1, grad_output.shape[-1])
+            ti = total_input.view(-1, total_input.shape[-1])
+            grad_weight = go.t().matmul(ti)
+            grad_bias = go.sum(dim=0) if ctx.use_bias else None
+        return sub_grad_input, grad_weight, grad_bias
+
+
+def _sp_embedding(emb, input_):
+    """VocabParallelEmbedding with reduce_scatter_embeddings + LanguageModelEmbedding's clone: [b, s/tp, h]."""
+    input_mask = (input_ < emb.start) | (input_ >= emb.end)
+    masked_input = input_.clone() - emb.start
+    masked_input[input_mask] = 0
+    output_parallel = F.embedding(masked_input, emb.weight)
+    output_parallel[input_mask, :] = 0.0
+    output = _ReduceScatterToSP.apply(output_parallel)
+    del output_parallel
+    return output.clone()   # clone_scatter_output_in_embedding (default True)
+
+
+def _sp_decoder_layer(layer, hidden_states, mask, position_embeddings):
+    """LlamaDecoderLayer (HF v4.57 ops) on the sequence-parallel residual stream [b, s/tp, h]."""
+    if layer.gradient_checkpointing and layer.training and torch.is_grad_enabled():
+        # the recompute inside torch's checkpoint backward: its autocast region ends with this call
+        try:
+            return _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings)
+        finally:
+            _AUTOCAST_CACHE.clear()
+    return _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings)
+
+
+def _sp_decoder_layer_ops(layer, hidden_states, mask, position_embeddings):
+    residual = hidden_states
+    hidden_states = layer.input_layernorm(hidden_states)
+    at = layer.self_attn
+    q = at.q_proj(hidden_states)       # [b, s, nh/tp * hd]: each gathers its input into the global buffer
+    k = at.k_proj(hidden_states)
+    v = at.v_proj(hidden_states)
+    del hidden_states
+    input_shape = q.shape[:-1]
+    hidden_shape = (*input_shape, -1, at.head_dim)
+    query_states = q.view(hidden_shape).transpose(1, 2)
+    key_states = k.view(hidden_shape).transpose(1, 2)
+    value_states = v.view(hidden_shape).transpose(1, 2)
+    del q, k, v
+    cos, sin = position_embeddings
+    query_states, key_states = models.apply_rotary_pos_emb(query_states, key_states, cos, sin)
+    attn_output, attn_weights = models.llama_eager_attention_forward(
+        at, query_states, key_states, value_states, mask,
+        dropout=0.0 if not at.training else at.attention_dropout, scaling=at.scaling)
+    del query_states, key_states, value_states, attn_weights
+    attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+    hidden_states = at.o_proj(attn_output)   # row-parallel: reduce-scattered to [b, s/tp, h]
+    del attn_output
+    hidden_states = residual + hidden_states
+    residual = hidden_states
+    hidden_states = layer.post_attention_layernorm(hidden_states)
+    hidden_states = layer.mlp(hidden_states)   # gate/up gather, down reduce-scatters
+    hidden_states = residual + hidden_states
+    return hidden_states
+
+
+def apply_megatron_sp(model, tp, rank):
+    """apply_megatron, then every column/row-parallel linear switched to its sequence-parallel form."""
+    apply_megatron(model, tp, rank)
+    for mod in model.modules():
+        if isinstance(mod, (ColumnParallelLinear, RowParallelLinear)):
+            mod.sequence_parallel = True
+    # replicated parameters that only see this rank's s/tp tokens (norm weights, row-parallel biases)
+    for mod in model.modules():
+        if isinstance(mod, models.RMSNorm):
+            mod.weight.sequence_parallel = True
+        if isinstance(mod, RowParallelLinear) and mod.bias is not None:
+            mod.bias.sequence_parallel = True
+    model.sequence_parallel = True
+    return model
+
+
+def finalize_sp_grads(model):
+    """finalize_model_grads' _allreduce_non_tensor_model_parallel_grads: after the step's last backward the
+    gradients of parameters marked sequence_parallel are flattened into one coalesced tensor, all-reduced
+    (sum) and copied back (a transient of their total size, plus the fp32 copy for bf16)."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+    params = [p for p in model.parameters() if getattr(p, "sequence_parallel", False) and p.grad is not None]
+    if not params:
+        return
+    grads = [p.grad.data for p in params]
+    coalesced = _flatten_dense_tensors(grads)
+    _all_reduce(coalesced)
+    for buf, synced in zip(grads, _unflatten_dense_tensors(coalesced, grads)):
+        buf.copy_(synced)
+
+
+def megatron_sp_forward(model, input_ids, attention_mask, labels):
+    """megatron_forward with sequence parallelism on the llama layers; returns the mean token loss."""
+    body, cfg = model.model, model.config
+    b, s = input_ids.shape
+    tp = dist.get_world_size()
+    if s % tp:
+        raise ValueError("sequence parallel: seq %d not divisible by tp %d" % (s, tp))
+    hidden_states = _sp_embedding(body.embed_tokens, input_ids)            # [b, s/tp, h]
+    dtype = body.embed_tokens.weight.dtype
+    shape_only = torch.empty((b, s, 0), dtype=dtype)   # HF builds mask and rotary from inputs_embeds [b s h]
+    cache_position = torch.arange(0, s)
+    position_ids = cache_position.unsqueeze(0)
+    sw = cfg.sliding_window if cfg.model_type == "mistral" else None
+    mask = models._eager_causal_mask(shape_only, attention_mask, cache_position, sw)
+    position_embeddings = body.rotary_emb(shape_only, position_ids)
+    del shape_only
+    for layer in body.layers:
+        if layer.gradient_checkpointing and layer.training:
+            # Megatron's full recompute (tensor_parallel.random.CheckpointFunction, one layer per checkpoint):
+            # reentrant, keeps only the layer's [b, s/tp, h] input; torch's reentrant checkpoint is the same
+            # mechanism and also restores the autocast state for the recompute
+            hidden_states = layer._gradient_checkpointing_func(
+                partial(_sp_decoder_layer, layer, mask=mask, position_embeddings=position_embeddings),
+                hidden_states)
+        else:
+            hidden_states = _sp_decoder_layer(layer, hidden_states, mask, position_embeddings)
+    hidden_states = body.norm(hidden_states)
+    logits = model.lm_head(hidden_states)                                   # gathered: [b, s, V/tp]
+    del hidden_states
+    models._mark("loss")
+    start, end = model.vocab_range
+    loss = megatron_loss(logits, labels, start, end)
+    _AUTOCAST_CACHE.clear()   # the caller's autocast region ends here
+    return loss

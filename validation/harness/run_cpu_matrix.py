@@ -31,7 +31,9 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
               "lora_dropout", "lora_targets", "torch_version", "command", "date",
               # distributed layouts: pipeline stages (method ddp with pp 2 = pipeline over DDP with dp 1),
               # 1f1b / gpipe, micro-batches per step
-              "pp", "schedule", "grad_accum"]
+              "pp", "schedule", "grad_accum",
+              # Megatron sequence parallelism (1) on a tp > 1 row; empty elsewhere
+              "sequence_parallel"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen"]
@@ -138,7 +140,7 @@ def row_from(fam, a, res, nparams):
         "lora_dropout": opt("--lora-dropout", "") if lora_rank else "",
         "lora_targets": opt("--lora-targets", "") if lora_rank else "",
         "torch_version": res["torch_version"], "command": res["command"], "date": res["date"],
-        "pp": 1, "schedule": "", "grad_accum": 1,
+        "pp": 1, "schedule": "", "grad_accum": 1, "sequence_parallel": "",
     }
 
 
@@ -150,6 +152,7 @@ def distributed_only(out):
         r["pp"] = r.get("pp") or 1
         r["schedule"] = r.get("schedule") or ""
         r["grad_accum"] = r.get("grad_accum") or 1
+        r["sequence_parallel"] = r.get("sequence_parallel") or ""
     sys.path.insert(0, HERE)
     import dist_cpu
     for r in dist_cpu.matrix_rows():
