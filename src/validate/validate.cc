@@ -376,11 +376,13 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
                                        : Framework::kHf;
   if (fw != Framework::kHf)
     express_framework(r, fw, s);
-  if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
-    throw Skip{"ColossalAI Gemini profile not modelled yet"};
-  }
   std::string method = lower(get("method"));
-  if (!method.empty() && method != "single") {
+  if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
+    // The LLMem paper's runs: ColossalAI GeminiDDP on every GPU, one GPU included.
+    s->parallel.method = Method::kGemini;
+    std::string world = get("world_size");
+    s->parallel.dp = world.empty() ? 1 : std::max(1, std::stoi(world));
+  } else if (!method.empty() && method != "single") {
     express_layout(method, get("world_size"), get("tp"), get("command"), &s->parallel);
     std::string pp = get("pp");
     if (!pp.empty()) {
@@ -463,7 +465,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     s->optimizer = OptimizerKind::kAdafactor;
   } else if (has(opt, "sgd")) {
     s->optimizer = has(opt, "momentum") ? OptimizerKind::kSgdMomentum : OptimizerKind::kSgd;
-  } else if (opt.empty() || has(opt, "adamw")) {
+  } else if (opt.empty() || has(opt, "adamw") || has(opt, "hybridadam")) {
     s->optimizer = OptimizerKind::kAdamW;
   } else {
     throw Skip{"optimizer \"" + get("optimizer") + "\" not modelled"};
