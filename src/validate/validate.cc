@@ -710,6 +710,7 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
                ? " " + std::string(method_name(setup.parallel.method)) + " dp" +
                      std::to_string(setup.parallel.dp) +
                      (setup.parallel.tp > 1 ? " tp" + std::to_string(setup.parallel.tp) : "") +
+                     (setup.parallel.sequence_parallel ? " sp" : "") +
                      (setup.parallel.pp > 1
                           ? " pp" + std::to_string(setup.parallel.pp) +
                                 (setup.parallel.schedule == PipelineSchedule::kGpipe ? " gpipe"
