@@ -26,6 +26,17 @@ ModelSpec tiny(const std::string& family = "llama") {
   return load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-" + family + ".json");
 }
 
+// Expects estimate() to refuse `s` with an llmem::Error whose message holds `needle`.
+void expect_error(const ModelSpec& m, const TrainingSetup& s, const GpuSpec& gpu,
+                  const std::string& needle) {
+  try {
+    estimate(m, s, gpu);
+    ADD_FAILURE() << "no error for " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 uint64_t component(const PeakInfo& p, Component c) {
   return p.components[static_cast<size_t>(c)];
 }
@@ -371,13 +382,8 @@ TEST(Distributed, ValidateExpressesPeftQloraRows) {
 TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
-  auto fails = [&](TrainingSetup s, const std::string& needle) {
-    try {
-      estimate(m, s, gpu);
-      ADD_FAILURE() << "no error for " << needle;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
+  auto fails = [&](const TrainingSetup& s, const std::string& needle) {
+    expect_error(m, s, gpu, needle);
   };
   TrainingSetup s = seven_b(Method::kGemini, 2);
   s.batch = 1;
@@ -503,13 +509,8 @@ TEST(Distributed, SequenceParallelShardsTheReplicatedActivations) {
 
 TEST(Distributed, SequenceParallelBadSettingsAreErrors) {
   const GpuSpec& gpu = find_gpu("A100-80GB");
-  auto fails = [&](const ModelSpec& m, TrainingSetup s, const std::string& needle) {
-    try {
-      estimate(m, s, gpu);
-      ADD_FAILURE() << "no error for " << needle;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
+  auto fails = [&](const ModelSpec& m, const TrainingSetup& s, const std::string& needle) {
+    expect_error(m, s, gpu, needle);
   };
   ModelSpec llama = load_model("meta-llama/Llama-2-7b-hf");
   TrainingSetup s;
@@ -536,13 +537,8 @@ TEST(Distributed, SequenceParallelBadSettingsAreErrors) {
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
-  auto fails = [&](TrainingSetup s, const std::string& needle) {
-    try {
-      estimate(m, s, gpu);
-      ADD_FAILURE() << "no error for " << needle;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
+  auto fails = [&](const TrainingSetup& s, const std::string& needle) {
+    expect_error(m, s, gpu, needle);
   };
   TrainingSetup s = cpu_setup(Method::kSingle, 2);
   fails(s, "needs a method");

@@ -17,6 +17,7 @@
 #include "llmem/recipe.h"
 
 #include "estimate/distributed.h"
+#include "trace/events.h"
 #include "trace/program.h"
 
 namespace llmem {
@@ -38,17 +39,7 @@ std::vector<int64_t> live_at_step2_optimizer(const std::vector<trace::Event>& ev
   return live;
 }
 
-int64_t max_live(const std::vector<trace::Event>& events, Component c) {
-  int64_t live = 0;
-  int64_t peak = 0;
-  for (const trace::Event& e : events) {
-    if (e.component != c)
-      continue;
-    live += e.alloc ? e.bytes : -e.bytes;
-    peak = std::max(peak, live);
-  }
-  return peak;
-}
+using test_util::max_live;
 
 int64_t at(const std::vector<int64_t>& live, Component c) {
   return live[static_cast<size_t>(c)];

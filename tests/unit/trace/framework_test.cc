@@ -15,6 +15,7 @@
 #include "llmem/model.h"
 #include "llmem/recipe.h"
 
+#include "trace/events.h"
 #include "trace/program.h"
 
 namespace llmem {
@@ -31,18 +32,7 @@ TrainingSetup torchtune_setup(int64_t batch, int64_t seq) {
   return s;
 }
 
-// Live bytes of one component over the events, and its maximum.
-int64_t max_live(const std::vector<trace::Event>& events, Component c) {
-  int64_t live = 0;
-  int64_t peak = 0;
-  for (const trace::Event& e : events) {
-    if (e.component != c)
-      continue;
-    live += e.alloc ? e.bytes : -e.bytes;
-    peak = std::max(peak, live);
-  }
-  return peak;
-}
+using test_util::max_live;
 
 TEST(Framework, ChunkedCrossEntropyLowersTheLossPeakByTwoMinusFourOverKLogits) {
   // torchtune: unchunked, the fp32 logits (4TV) and the saved fp32

@@ -1,0 +1,30 @@
+// Copyright 2026 The llmem Authors.
+// Test helpers over a trace's events.
+
+#ifndef LLMEM_TESTS_UNIT_TRACE_EVENTS_H_
+#define LLMEM_TESTS_UNIT_TRACE_EVENTS_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "trace/graph.h"
+
+namespace llmem::test_util {
+
+/// The largest number of bytes of component `c` live at once over `events`.
+inline int64_t max_live(const std::vector<trace::Event>& events, Component c) {
+  int64_t live = 0;
+  int64_t peak = 0;
+  for (const trace::Event& e : events) {
+    if (e.component != c)
+      continue;
+    live += e.alloc ? e.bytes : -e.bytes;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
+}  // namespace llmem::test_util
+
+#endif  // LLMEM_TESTS_UNIT_TRACE_EVENTS_H_
