@@ -186,6 +186,12 @@ class CachingAllocator {
   /// Number of handles issued so far (the next handle's value).
   size_t num_handles() const;
 
+  /// Starts over as a new allocator with `options` (every handle becomes
+  /// unknown), keeping the capacity of its internal tables: replaying many
+  /// traces through one allocator skips their reallocation. Throws
+  /// llmem::Error for invalid options, as the constructor does.
+  void reset(const AllocatorOptions& options);
+
   /// Pre-sizes internal tables for about `events` allocations.
   void reserve(size_t events);
 

@@ -192,12 +192,18 @@ struct TrainingSetup {
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
   /// version-specific behaviour such as the foreach AdamW temporaries.
   int torch_version = 204;
-  uint64_t workspace_bytes = 0;
+  uint64_t workspace_bytes = 0;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
   /// GPU compute capability * 10 (80 = A100), set from the GPU catalog;
   /// 0 = unknown. Decides the SDPA kernel PyTorch picks.
   int gpu_sm = 0;
   /// PEFT's enable_input_require_grads hook without checkpointing (set internally).
-  bool lora_input_grads = false;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
+  bool lora_input_grads = false;
+  /// Only the peak matters (the planner): a pipeline stage simulates at most
+  /// two groups of in-flight micro-batches (from the second group on each
+  /// starts from the same state), and middle stages that cannot exceed stage 1
+  /// (no more layers, no more micro-batches in flight, identical layers) are
+  /// not simulated, so Estimate::ranks lists only the roles that can be worst.
+  bool peak_only = false;
 };
 
 /// Parsers for option values; each throws llmem::Error naming `option` and the accepted values.

@@ -97,7 +97,26 @@ uint64_t segment_size_for(uint64_t size) {
 
 class CachingAllocator::Impl {
  public:
-  explicit Impl(const AllocatorOptions& options) : options_(options) {
+  explicit Impl(const AllocatorOptions& options) { Configure(options); }
+
+  // Back to a fresh allocator with `options`, keeping the tables' capacity.
+  void Reset(const AllocatorOptions& options) {
+    Configure(options);
+    stats_ = AllocatorStats{};
+    for (Pool* pool : {&small_pool_, &large_pool_}) {
+      pool->free.clear();
+      pool->unmapped.clear();
+    }
+    blocks_.clear();
+    free_slots_.clear();
+    handles_.clear();
+    segments_.clear();
+    scratch_.clear();
+    next_address_ = kFirstAddress;
+  }
+
+  void Configure(const AllocatorOptions& options) {
+    options_ = options;
     if (options_.max_split_size < kLargeBuffer) {
       throw Error("allocator options", "max_split_size",
                   "must be at least 20 MiB (PyTorch rejects smaller max_split_size_mb), got " +
@@ -296,6 +315,16 @@ class CachingAllocator::Impl {
         leaves_.erase(leaves_.begin() + static_cast<std::ptrdiff_t>(n));
         lasts_.erase(lasts_.begin() + static_cast<std::ptrdiff_t>(n));
       }
+    }
+
+    // Empties the index; the leaves' storage is kept for reuse.
+    void clear() {
+      for (auto& keys : leaves_) {
+        keys.clear();
+        spare_.push_back(std::move(keys));
+      }
+      leaves_.clear();
+      lasts_.clear();
     }
 
     // Erases the key equal to `key`, which must be present.
@@ -798,6 +827,9 @@ std::vector<SegmentInfo> CachingAllocator::Impl::Snapshot() const {
 CachingAllocator::CachingAllocator(AllocatorOptions options)
     : impl_(std::make_unique<Impl>(options)) {}
 CachingAllocator::~CachingAllocator() = default;
+void CachingAllocator::reset(const AllocatorOptions& options) {
+  impl_->Reset(options);
+}
 CachingAllocator::CachingAllocator(CachingAllocator&&) noexcept = default;
 CachingAllocator& CachingAllocator::operator=(CachingAllocator&&) noexcept = default;
 

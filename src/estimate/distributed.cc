@@ -171,6 +171,25 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
   return v;
 }
 
+namespace {
+
+// Every decoder layer holds the same parameters and the same attention span.
+bool uniform_layers(const ModelSpec& model) {
+  std::vector<int64_t> numel(static_cast<size_t>(model.num_layers), 0);
+  for (const TensorSpec& t : model.tensors) {
+    if (t.layer >= 0 && t.layer < model.num_layers)
+      numel[static_cast<size_t>(t.layer)] += t.numel;
+  }
+  for (size_t i = 1; i < numel.size(); ++i) {
+    if (numel[i] != numel[0] ||
+        model.layers[i].attention.sliding_window != model.layers[0].attention.sliding_window)
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup,
                               const GpuSpec& gpu) {
   const ParallelSetup& p = setup.parallel;
@@ -421,7 +440,13 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   std::vector<Role> roles;
   int64_t layers = model.num_layers;
   int64_t m = setup.grad_accum;  // micro-batches per step, through the pipeline
+  // Extra layers go to the first stages, and under 1F1B later stages hold
+  // fewer micro-batches: with identical layers a middle stage s >= 2 cannot
+  // exceed stage 1, so a peak-only estimate skips it.
+  bool skip_middle = setup.peak_only && p.pp > 3 && uniform_layers(model);
   for (int stage = 0; stage < p.pp; ++stage) {
+    if (skip_middle && stage >= 2 && stage <= p.pp - 2)
+      continue;
     trace::RankPlan sp = r;
     std::string name = "every rank";
     if (p.pp > 1) {

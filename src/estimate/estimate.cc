@@ -73,7 +73,10 @@ struct Replay {
 Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
               bool record_timeline) {
   Replay r;
-  CachingAllocator caching(options);
+  // One allocator per thread, reset for each replay: its tables keep their
+  // capacity from one estimate to the next.
+  thread_local CachingAllocator caching{AllocatorOptions{}};
+  caching.reset(options);
   uint64_t exact_allocated = 0;
   thread_local std::vector<uint32_t> handle;  // reused: no fresh pages per estimate
   thread_local std::vector<uint64_t> size;

@@ -93,6 +93,7 @@ class Searcher {
     s.parallel.tp = c.tp;
     s.parallel.pp = c.pp;
     s.parallel.sequence_parallel = c.sequence_parallel;
+    s.peak_only = true;
     s.parallel.gpus_per_node = std::max(1, c.dp * c.tp * c.pp / std::max(1, r.nodes));
     s.parallel.offload_optimizer = c.offload != Offload::kNone;
     s.parallel.offload_params = c.offload == Offload::kOptimizerAndParams;

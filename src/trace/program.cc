@@ -2376,6 +2376,8 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   program.setup();
   // A pipeline stage takes its micro-batches in groups of `in_flight`.
   int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;
+  if (setup.peak_only)
+    groups = std::min<int64_t>(groups, 2);
   for (int step = 1; step <= 2; ++step) {
     g.set_step(step);
     for (int64_t micro = 0; micro < groups; ++micro) {

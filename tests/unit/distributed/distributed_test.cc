@@ -534,6 +534,39 @@ TEST(Distributed, SequenceParallelBadSettingsAreErrors) {
   fails(load_model("openai-community/gpt2"), s, "Llama-style");
 }
 
+TEST(Distributed, PeakOnlyPipelineEstimatesKeepThePeak) {
+  // The planner's shortcut: two groups of micro-batches per stage, middle
+  // stages that cannot be worst skipped. The worst rank must not change.
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  for (int pp : {2, 4, 8}) {
+    for (PipelineSchedule sched : {PipelineSchedule::k1F1B, PipelineSchedule::kGpipe}) {
+      for (int64_t micro : {int64_t{pp + 1}, int64_t{3 * pp}}) {
+        TrainingSetup s;
+        s.batch = 1;
+        s.seq = 1024;
+        s.precision = Precision::kBf16Mixed;
+        s.attention = AttentionImpl::kSdpa;
+        s.parallel.method = Method::kMegatron;
+        s.parallel.dp = 8 / pp;
+        s.parallel.pp = pp;
+        s.parallel.schedule = sched;
+        s.grad_accum = micro;
+        Estimate full = estimate(m, s, gpu);
+        s.peak_only = true;
+        Estimate fast = estimate(m, s, gpu);
+        SCOPED_TRACE("pp " + std::to_string(pp) + " micro " + std::to_string(micro));
+        EXPECT_EQ(fast.peak.allocated_bytes, full.peak.allocated_bytes);
+        EXPECT_EQ(fast.peak.device_bytes, full.peak.device_bytes);
+        EXPECT_LE(fast.ranks.size(), full.ranks.size());
+        if (pp == 8) {
+          EXPECT_EQ(fast.ranks.size(), 3u);  // stages 0, 1 and 7
+        }
+      }
+    }
+  }
+}
+
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
