@@ -32,6 +32,23 @@ def stats(rows):
             sum(1 for r in rows if r["error_pct"] < 0))
 
 
+QLORA_INIT = (
+    "model loading, not training: torchtune's QLoRA recipe of that time built the model in bf16 on "
+    "the GPU and quantized it to NF4 as it loaded; the QLoRA tutorial records 9.13 GB reserved right "
+    "after model init, above all the training step needs (llmem, which models the step only: "
+    "5.2 GiB reserved). max_memory_reserved keeps that high-water mark")
+VARLEN = (
+    "variable-length batches: the row's peak is taken at the 512-token cap (alpaca samples reach "
+    "it), but the caching allocator also keeps blocks cut for earlier batches of other lengths, and "
+    "the tutorial reports 13.98 GB reserved right after model init (bf16 weights 12.55 GiB); "
+    "neither is simulated, so reserved memory is under-predicted by about 6 %")
+LITGPT_QLORA = (
+    "LitGPT QLoRA as the README measured it (before PR #1770, so no StableEmbedding swap): every "
+    "QLoRA row is under by 4–15 % (0.5–1.6 GiB) while the LoRA rows of the same models are mostly "
+    "within 5 %; memory specific to LitGPT's bitsandbytes path of mid-2024, not yet found. Tracing "
+    "today's StableEmbedding swap instead put these rows 0–9 % over: a coincidence of a later mechanism")
+
+
 # Why a torchtune or LitGPT row disagrees by more than 5 %, found by reading
 # the framework's code at the measurement's date (see docs/frameworks.md).
 # Keyed by (source substring, model, setting).
@@ -46,6 +63,24 @@ REASONS = {
         "as the LoRA row (separate fc_1/fc_2 in LitGPT)",
     ("config_hub", "meta-llama/Llama-3.2-1B", "litgpt bf16 b1 s512 lora"):
         "unexplained 0.3 GiB (LitGPT rope/mask caches are built for block_size at model init; not traced)",
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt qlora"):
+        QLORA_INIT,
+    ("qlora_finetune", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt qlora"):
+        QLORA_INIT,
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt lora"):
+        "the README's 7B_lora_single_device figure (17.18 GB) is 1.6 GB above the LoRA tutorial's "
+        "measurement of the same config (15.57 GB, line 32), against which llmem is −6 %",
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt"):
+        VARLEN + " (7B_full_single_device_low_memory: PagedAdamW states live outside the counters)",
+    ("lora_finetune", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt lora"):
+        VARLEN,
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt fsdp dp4"):
+        "the bf16 model states alone on 4 ranks ((2 + 2 + 4) × 6.74 B / 4 = 12.6 GiB) exceed the "
+        "reported 12.01 GB; with 8 ranks llmem lands within 2 %, so the run was probably on an "
+        "8-GPU node (row left as published)",
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 lora fsdp dp2"):
+        "an over-prediction of 0.9 GiB on FSDP1 LoRA over 2 ranks with variable-length batches; "
+        "not yet explained",
     ("0217d44c2", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b4 s2048 lora fsdp dp2"):
         "the row records checkpointing off (the 7B_lora config's default), but batch 4 × 2048 tokens "
         "without it needs far more than 16 GB; with checkpointing on llmem lands about 1 % from the "
@@ -64,13 +99,6 @@ REASONS = {
         "torchtune's three counters (torchtune/utils/memory.py: active, allocated, reserved) see, so "
         "they are not the gap; the config's batch_size is 2 while the README says 4; not yet explained",
 }
-
-
-LITGPT_QLORA = (
-    "LitGPT QLoRA as the README measured it (before PR #1770, so no StableEmbedding swap): every "
-    "QLoRA row is under by 4–15 % (0.5–1.6 GiB) while the LoRA rows of the same models are mostly "
-    "within 5 %; memory specific to LitGPT's bitsandbytes path of mid-2024, not yet found. Tracing "
-    "today's StableEmbedding swap instead put these rows 0–9 % over: a coincidence of a later mechanism")
 
 
 def reason(r):

@@ -88,5 +88,23 @@ TEST(Validate, TorchtuneReadmeRowsMeasuredWithCompileAreSkipped) {
   EXPECT_NE(r.rows[0].skipped_reason.find("torch.compile"), std::string::npos);
 }
 
+TEST(Validate, AlpacaRowsCappedAtMaxSeqLenAreComparedAtTheCap) {
+  auto row = [](const std::string& url, const std::string& seq) {
+    return url + ",openai-community/gpt2,A100 80GB,single,1,1,bf16 (pure),AdamW,2,\"" + seq +
+           "\",on,full,,torchtune SDPA,torch.cuda.max_memory_reserved,3.0,confidence=high\n";
+  };
+  const std::string tt = "https://github.com/pytorch/torchtune/blob/5cbc1967b/README.md";
+  ValidationReport r = validate_csv(std::string(kHeader) + row(tt, "<=512 (alpaca, unpacked)") +
+                                        row(tt, "<=4096 unpacked alpaca") +
+                                        row("https://example.com/x", "<=512 (alpaca, unpacked)"),
+                                    "t.csv");
+  ASSERT_EQ(r.rows.size(), 3u);
+  EXPECT_TRUE(r.rows[0].skipped_reason.empty()) << r.rows[0].skipped_reason;
+  EXPECT_NE(r.rows[0].setting.find(" s512"), std::string::npos) << r.rows[0].setting;
+  // alpaca's longest samples (about 1k tokens) never reach a 4096 cap
+  EXPECT_NE(r.rows[1].skipped_reason.find("longest batch"), std::string::npos);
+  EXPECT_NE(r.rows[2].skipped_reason.find("variable-length"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace llmem
