@@ -123,6 +123,12 @@ struct QuantSetup {
   int64_t block = 64;         ///< quantization block size (elements per absmax)
   bool prepare_kbit = true;   ///< peft prepare_model_for_kbit_training: other params to fp32
   bool compute_fp32 = false;  ///< bnb_4bit_compute_dtype float32 (default: bf16/fp16, 2 bytes)
+  /// The weights were quantized from fp16 copies (Lightning Fabric's
+  /// BitsandbytesPrecision: weight.to(torch.half) before quantize_4bit), so
+  /// the QuantState dtype is fp16 and dequantize_4bit returns fp16; with a
+  /// bf16 or fp32 compute dtype MatMul4Bit's .to(A.dtype) makes a second
+  /// temporary of the weight's size. Set by the LitGPT profile.
+  bool fp16_quant_state = false;
 };
 
 /// What a framework profile changes in the step (set from --framework and

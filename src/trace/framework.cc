@@ -55,7 +55,11 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     s->fw.logits_outlive_step = true;
     s->lora.dropout = 0.05;
     s->quant.double_quant = false;  // --quantize bnb.nf4 (bnb.nf4-dq is the double-quant one)
-    s->parallel.fsdp_version = 1;   // Fabric FSDPStrategy: FullyShardedDataParallel
+    // lightning/fabric/plugins/precision/bitsandbytes.py (_Linear4bit.quantize,
+    // unchanged from 2023-09 to 2026): w = weight.to(dtype=torch.half) is what
+    // quantize_4bit sees, so every QuantState records fp16.
+    s->quant.fp16_quant_state = true;
+    s->parallel.fsdp_version = 1;  // Fabric FSDPStrategy: FullyShardedDataParallel
   }
 }
 

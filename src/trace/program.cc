@@ -526,6 +526,7 @@ class Program {
   }
 
   void optimizer_step(bool first);
+  void add_paged_states();
   /// The states `kind` keeps for a tensor of `n` elements of `e` bytes.
   void add_states(OptimizerKind kind, int64_t n, int e) {
     switch (kind) {
@@ -798,7 +799,23 @@ class Program {
       // backward, a temporary of the weight's size); out.to(input dtype).
       int ce = s_.quant.compute_fp32 ? kF32 : 2;
       Tid xc = cast(x, ce);
-      Tid deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
+      // Weights quantized from fp16 (Fabric's BitsandbytesPrecision):
+      // dequantize_4bit returns the QuantState dtype, fp16, and
+      // F.dequantize_4bit(B, state).to(A.dtype) copies it unless the compute
+      // dtype is fp16 (bitsandbytes/autograd/_functions.py MatMul4Bit, 0.42
+      // to 0.44): both weight-sized tensors are alive during the cast, in
+      // forward and again for grad_A in backward (modelled as one backward
+      // temporary of both, which overstates that moment by at most grad_A).
+      bool fp16_copy =
+          s_.quant.fp16_quant_state && (s_.quant.compute_fp32 || s_.precision != Precision::kFp16);
+      Tid deq;
+      if (fp16_copy) {
+        Tid half = g_.op(w.quantized, 2, {w.id}, {}, Component::kWeightCopies);
+        deq = g_.op(w.quantized, ce, {half}, {}, Component::kWeightCopies);
+        g_.release(half);
+      } else {
+        deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
+      }
       // bitsandbytes MatMul4Bit.forward keeps ctx.tensors = (A, B) whenever
       // the input needs a gradient (bitsandbytes/autograd/_functions.py): a
       // Python attribute of the graph node, not a saved variable, so it lives
@@ -811,7 +828,7 @@ class Program {
         bnb_ctx_.push_back(xc);
       }
       Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
-                    Component::kActivations, {}, w.quantized * ce);
+                    Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)));
       g_.release(deq);
       g_.release(xc);
       Tid yo = cast(y, g_.elem(x));
@@ -2153,6 +2170,8 @@ void Program::optimizer_step(bool first) {
   if (s_.fw.optimizer_in_bwd || s_.fw.paged_optimizer) {
     // Stepped inside backward, or bitsandbytes paged states (cudaMallocManaged,
     // outside the caching allocator) updated by one kernel without temporaries.
+    if (first && s_.fw.paged_optimizer && !s_.fw.optimizer_in_bwd && !r_.offload_optimizer)
+      add_paged_states();
     zero_grad();
     return;
   }
@@ -2231,6 +2250,53 @@ void Program::optimizer_step(bool first) {
   if (fp32_grads != kNone)
     g_.release(fp32_grads);
   zero_grad();
+}
+
+// bitsandbytes/optim/optimizer.py (0.42 to 0.44): Optimizer2State.init_state
+// takes each state from get_state_buffer, which pages only tensors of 1e5
+// elements or more; a smaller parameter's states are torch.zeros_like on the
+// device, inside the caching allocator and its counters (fp32 for the 32-bit
+// PagedAdamW whatever the parameter's dtype). The 8-bit optimizers' blockwise
+// absmax1/absmax2 (one fp32 per 2048 elements) are never paged. LitGPT's
+// LoRAQKVLinear (litgpt/lora.py) holds one lora_A of r * enabled rows and one
+// lora_B of the enabled q/k/v widths, so its q/k/v adapters of a layer count
+// as one tensor each against the threshold.
+void Program::add_paged_states() {
+  constexpr int64_t kPageMin = 100000;
+  bool eight_bit =
+      s_.optimizer == OptimizerKind::kAdamW8bit || s_.optimizer == OptimizerKind::kPagedAdamW8bit;
+  auto add = [&](int64_t n) {
+    if (n <= 0)
+      return;
+    if (n < kPageMin) {
+      add_states(eight_bit ? s_.optimizer : OptimizerKind::kAdamW, n, kF32);
+    } else if (eight_bit) {
+      opt_state_.push_back(
+          g_.leaf(2 * ((n + 2047) / 2048), kF32, Component::kOptimizerStates, false));
+    }
+  };
+  std::map<std::string, std::pair<int64_t, int64_t>> fused;  // layer's attention -> (A, B)
+  std::unordered_set<Tid> grouped;
+  if (s_.framework == Framework::kLitgpt) {
+    for (const auto& [prefix, l] : lora_) {
+      std::string module = prefix.substr(prefix.rfind('.') + 1);
+      if (module != "q_proj" && module != "k_proj" && module != "v_proj")
+        continue;
+      auto& [a, b] = fused[prefix.substr(0, prefix.rfind('.'))];
+      a += tensor_shard(l.a, r_.state_shards);
+      b += tensor_shard(l.b, r_.state_shards);
+      grouped.insert(l.a);
+      grouped.insert(l.b);
+    }
+  }
+  for (const auto& entry : fused) {
+    add(entry.second.first);
+    add(entry.second.second);
+  }
+  for (Tid p : trainable_) {
+    if (grouped.count(p) == 0)
+      add(tensor_shard(p, r_.state_shards));
+  }
 }
 
 void Program::step_in_backward(Tid p) {

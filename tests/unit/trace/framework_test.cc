@@ -73,6 +73,58 @@ TEST(Framework, LitgptLossStaysInTheLogitsDtype) {
   EXPECT_EQ(widest_fp32, 128 * m.vocab_size * kBf16);
 }
 
+TEST(Framework, LitgptQloraDequantizesToFp16ThenCastsToTheComputeDtype) {
+  // Fabric quantizes weight.to(torch.half), so MatMul4Bit's
+  // dequantize_4bit(B).to(bf16) holds an fp16 and a bf16 copy of the widest
+  // quantized weight at once: LitGPT converts lm_head too (128256 x 2048).
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kLitgpt, &s);
+  s.device = Device::kCpu;
+  s.batch = 1;
+  s.seq = 256;
+  s.finetune = FinetuneMode::kQlora;
+  s.lora.rank = 8;
+  EXPECT_TRUE(s.quant.fp16_quant_state);
+  int64_t head = m.vocab_size * m.hidden_size;
+  trace::TraceResult fabric = trace::build_trace(m, s);
+  EXPECT_EQ(max_live(fabric.events, Component::kWeightCopies), 2 * head * kBf16);
+  // Quantized from the compute dtype (transformers' Params4bit.cuda), or an
+  // fp16 compute dtype: .to() returns the dequantized tensor itself.
+  s.quant.fp16_quant_state = false;
+  trace::TraceResult plain = trace::build_trace(m, s);
+  EXPECT_EQ(max_live(plain.events, Component::kWeightCopies), head * kBf16);
+  s.quant.fp16_quant_state = true;
+  s.precision = Precision::kFp16;
+  trace::TraceResult half = trace::build_trace(m, s);
+  EXPECT_EQ(max_live(half.events, Component::kWeightCopies), head * kBf16);
+}
+
+TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
+  // bnb get_state_buffer pages tensors of 1e5 elements or more; smaller ones
+  // get fp32 torch.zeros_like states the allocator counts. LitGPT fuses the
+  // q/v adapters of a layer: lora_A [2r, 2048], lora_B [2048 + 512, r].
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kLitgpt, &s);
+  s.device = Device::kCpu;
+  s.batch = 1;
+  s.seq = 64;
+  s.finetune = FinetuneMode::kQlora;
+  auto states = [&](int64_t rank) {
+    s.lora.rank = rank;
+    return max_live(trace::build_trace(m, s).events, Component::kOptimizerStates);
+  };
+  int64_t kv = m.layers.front().attention.v_width();  // 512
+  // r = 8: A 32768 and B 20480 elements, both on the device (2 fp32 states).
+  EXPECT_EQ(states(8), m.num_layers * 2 * 4 * (2 * 8 * m.hidden_size + (m.hidden_size + kv) * 8));
+  // r = 32: A (131072) is paged, B (81920) is not, though each of the four
+  // unfused adapters would be under the threshold.
+  EXPECT_EQ(states(32), m.num_layers * 2 * 4 * ((m.hidden_size + kv) * 32));
+  // r = 64: both paged, nothing counted.
+  EXPECT_EQ(states(64), 0);
+}
+
 TEST(Framework, OptimizerInBackwardNeverHoldsMoreThanOneGradient) {
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
   TrainingSetup s = torchtune_setup(1, 256);
