@@ -43,10 +43,12 @@ VARLEN = (
     "the tutorial reports 13.98 GB reserved right after model init (bf16 weights 12.55 GiB); "
     "neither is simulated, so reserved memory is under-predicted by about 6 %")
 LITGPT_QLORA = (
-    "LitGPT QLoRA as the README measured it (before PR #1770, so no StableEmbedding swap): every "
-    "QLoRA row is under by 4–15 % (0.5–1.6 GiB) while the LoRA rows of the same models are mostly "
-    "within 5 %; memory specific to LitGPT's bitsandbytes path of mid-2024, not yet found. Tracing "
-    "today's StableEmbedding swap instead put these rows 0–9 % over: a coincidence of a later mechanism")
+    "LitGPT QLoRA as the README measured it (before PR #1770, so no StableEmbedding swap). The "
+    "bitsandbytes path is traced: Fabric quantizes weight.to(half), so every dequantize is fp16 "
+    "plus a bf16 copy (lm_head the widest), and PagedAdamW keeps the states of tensors under 1e5 "
+    "elements on the device. What remains is the same model's LoRA-row gap (falcon-7b, "
+    "Llama-3.2-1B, phi-2, stablelm-3b: within 0.02 GiB of it), not QLoRA's; Llama-2-7b keeps "
+    "0.23 GiB more than its LoRA row, not explained")
 
 
 # Why a torchtune or LitGPT row disagrees by more than 5 %, found by reading
