@@ -417,7 +417,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       if (!sequence_parallel_modelled(model, FinetuneMode::kFull)) {
         throw Error("--sequence-parallel", "",
                     "sequence parallelism is modelled for dense Llama-style decoders (llama, "
-                    "mistral, qwen2, qwen3, gemma, gemma2, olmo, phi3), not " +
+                    "mistral, qwen2, qwen3, gemma, gemma2, olmo, phi3, stablelm), not " +
                         model.family);
       }
       if (s.finetune != FinetuneMode::kFull) {
@@ -511,10 +511,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
 }
 
 bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune) {
-  static const char* const kFamilies[] = {"llama", "mistral", "qwen2", "qwen3",
-                                          "gemma", "gemma2",  "olmo",  "phi3"};
-  if (finetune != FinetuneMode::kFull || model.layers.empty() ||
-      std::find(std::begin(kFamilies), std::end(kFamilies), model.family) == std::end(kFamilies))
+  if (finetune != FinetuneMode::kFull || !trace::llama_style(model))
     return false;
   for (const LayerSpec& l : model.layers) {
     if (l.mlp.is_moe() || l.attention.kind != AttentionKind::kStandard)

@@ -240,12 +240,7 @@ class Program {
       style_ = Style::kGpt2;
     } else if (m.family == "opt") {
       style_ = Style::kOpt;
-    } else if (m.family == "llama" || m.family == "mistral" || m.family == "qwen2" ||
-               m.family == "qwen3" || m.family == "gemma" || m.family == "gemma2" ||
-               m.family == "olmo" || m.family == "phi3" || m.family == "mixtral" ||
-               m.family == "qwen2_moe" || m.family == "deepseek_v2" ||
-               (m.family == "stablelm" && !m.layers.front().attention.qk_norm &&
-                !m.layers.front().parallel_residual)) {
+    } else if (llama_style(m)) {
       style_ = Style::kLlama;
     } else if (m.family == "bloom" || m.family == "gpt_neox" || m.family == "falcon" ||
                m.family == "gptj" || m.family == "codegen" || m.family == "phi" ||
@@ -2452,6 +2447,16 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
     }
     program.optimizer_step(step == 1);
   }
+}
+
+bool llama_style(const ModelSpec& m) {
+  static const char* const kFamilies[] = {"llama",   "mistral",   "qwen2",      "qwen3",
+                                          "gemma",   "gemma2",    "olmo",       "phi3",
+                                          "mixtral", "qwen2_moe", "deepseek_v2"};
+  if (std::find(std::begin(kFamilies), std::end(kFamilies), m.family) != std::end(kFamilies))
+    return true;
+  return m.family == "stablelm" && !m.layers.empty() && !m.layers.front().attention.qk_norm &&
+         !m.layers.front().parallel_residual;
 }
 
 bool row_parallel(const std::string& tensor_name) {

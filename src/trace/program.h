@@ -107,6 +107,10 @@ TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup,
 void build_trace(const ModelSpec& model, const TrainingSetup& setup, const RankPlan& rank,
                  TraceResult* out);
 
+/// Whether the trace runs `m` through Hugging Face's Llama-style decoder code
+/// (pre-norm, rotary, q/k/v/o and gate/up/down projections).
+bool llama_style(const ModelSpec& m);
+
 /// Megatron's row-parallel linears (input dimension split, output all-reduced
 /// or reduce-scattered), by the tensor name ("...o_proj.weight"); every other
 /// decoder-layer linear is column-parallel.

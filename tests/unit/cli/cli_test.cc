@@ -69,6 +69,23 @@ TEST(Cli, BadInputExitsWithTwo) {
   EXPECT_EQ(r.code, kExitBadInput);
 }
 
+TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
+  // Sequence parallelism outside Megatron, an unknown attention kernel, a
+  // Gemma-2 config with a negative soft-capping value.
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "ddp", "--dp",
+                      "2", "--sequence-parallel"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--sequence-parallel"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("Megatron's"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "megatron", "--tp",
+               "2", "--seq", "1023", "--sequence-parallel"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("must divide by tp"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--attention", "sdpa-fast"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--attention"), std::string::npos) << r.err;
+}
+
 TEST(Cli, HelpExitsZero) {
   Result r = run_cli({"--help"});
   EXPECT_EQ(r.code, kExitOk);
