@@ -53,6 +53,7 @@ struct StepTimeOptions {
 /// Where the time of one optimizer step goes (seconds, one GPU).
 struct StepTime {
   double compute_s = 0;        ///< matmuls and attention, all micro-batches, bubble excluded
+  double memory_s = 0;         ///< memory-bound elementwise work (norms, activations, scores, loss)
   double bubble_s = 0;         ///< pipeline fill and drain
   double tp_comm_s = 0;        ///< tensor-parallel collectives (on the critical path)
   double dp_comm_s = 0;        ///< exposed data-parallel communication (after overlap)

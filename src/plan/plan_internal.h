@@ -24,6 +24,11 @@ struct ModelStats {
   double linear_in = 0;    ///< ... of input features
   double linears = 0;      ///< linear weights in the layers
   int64_t max_window = 0;  ///< smallest sliding window (0: none)
+  // Memory-bound elementwise traffic of one token's forward pass, in elements
+  // read plus written (docs/planner.md, "Elementwise traffic").
+  double norm_residual_elems = 0;  ///< norms and residual adds: never split by tensor parallelism
+  double mlp_act_elems = 0;        ///< the MLP activation (and gate product): split by Megatron TP
+  double score_heads = 0;          ///< sum over layers of query heads (materialized scores: x s)
 };
 
 ModelStats model_stats(const ModelSpec& model);

@@ -55,6 +55,7 @@ nlohmann::json candidate_json(const PlanCandidate& c) {
     const StepTime& t = c.time;
     j["step_time"] = {{"step_s", t.step_s},
                       {"compute_s", t.compute_s},
+                      {"memory_s", t.memory_s},
                       {"bubble_s", t.bubble_s},
                       {"tp_comm_s", t.tp_comm_s},
                       {"dp_comm_s", t.dp_comm_s},

@@ -114,6 +114,17 @@ ModelStats model_stats(const ModelSpec& model) {
     }
   }
   for (const LayerSpec& l : model.layers) {
+    double h = s.hidden;
+    // A norm reads and writes h; a residual add reads 2h and writes h (two per layer).
+    s.norm_residual_elems += 2 * h * l.norms + 2 * 3 * h;
+    double inter = static_cast<double>(l.mlp.intermediate_size);
+    if (l.mlp.is_moe())
+      inter = inter * static_cast<double>(l.mlp.experts_per_token) +
+              static_cast<double>(l.mlp.shared_intermediate_size);
+    // Gated: act(gate) reads and writes I, the product reads 2I and writes I.
+    // Plain: act reads and writes I.
+    s.mlp_act_elems += (l.mlp.kind == MlpKind::kGated ? 5 : 2) * inter;
+    s.score_heads += static_cast<double>(l.attention.num_heads);
     s.attention_width += static_cast<double>(l.attention.q_width());
     if (l.attention.sliding_window > 0 &&
         (s.max_window == 0 || l.attention.sliding_window < s.max_window)) {
@@ -161,6 +172,30 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   if (ckpt)
     t_bwd += tokens * (fwd_a / att_split - fwd_a / shard) / rate;  // recomputed attention
 
+  // Memory-bound elementwise work (norms, residual adds, the MLP activation,
+  // materialized attention scores, the fp32 loss): HBM traffic, not FLOPs.
+  // ColossalAI 1D TP replicates activations, so every TP rank does all of it;
+  // Megatron splits what lives inside its column/row pairs (and, with sequence
+  // parallelism, the norms and residual stream).
+  double mem_bw = gpu.memory_bandwidth_gbps * 1e9 * o.memory_efficiency;
+  if (mem_bw <= 0)
+    mem_bw = 1e11;
+  const bool megatron = c.method == Method::kMegatron;
+  const double inner_split = megatron ? c.tp : 1;
+  const double outer_split = megatron && c.sequence_parallel ? c.tp : 1;
+  const bool scores = setup.attention == AttentionImpl::kEager ||
+                      setup.attention == AttentionImpl::kSdpaMath;
+  // Scale, mask, softmax: five passes over b*heads*s*s (per token: heads * s).
+  double fwd_elems = st.norm_residual_elems / outer_split + st.mlp_act_elems / inner_split +
+                     (scores ? 5 * st.score_heads * s_eff / inner_split : 0);
+  // Logits upcast to fp32, log-softmax, its gradient: about six fp32 passes over
+  // the vocabulary per token (vocabulary-parallel under Megatron).
+  double loss_bytes = 6 * 4 * st.vocab / inner_split;
+  double fwd_mem = tokens * fwd_elems * act_bytes / c.pp / mem_bw;
+  double mem_mb = fwd_mem * (3 + (ckpt ? 1 : 0)) + tokens * loss_bytes / c.pp / mem_bw;
+  t_fwd += fwd_mem;
+  t_bwd += mem_mb - fwd_mem;
+
   // Links: ranks are numbered tp fastest, then dp, then pp (Megatron's order).
   int per_node = std::max(1, gpus / std::max(nodes, 1));
   Link intra;
@@ -202,9 +237,6 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
 
   // QLoRA: each use of a 4-bit weight dequantizes it (read 0.5 B, write 2 B,
   // the matmul reads 2 B).
-  double mem_bw = gpu.memory_bandwidth_gbps * 1e9 * o.memory_efficiency;
-  if (mem_bw <= 0)
-    mem_bw = 1e11;
   double dequant_mb = 0;
   if (c.finetune == FinetuneMode::kQlora) {
     dequant_mb = st.matmul_params / shard * (2 + (ckpt ? 1 : 0)) * 4.5 / mem_bw;
@@ -245,10 +277,20 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
         dp_per_mb = std::max(0.0, gather(grads, c.dp, dp_link) - t_bwd);
         dp_once = gather(trainable_local * param_bytes, c.dp, dp_link);
         break;
-      case Method::kZero3:
-      case Method::kFsdp:
       case Method::kGemini:
       case Method::kColossal1d: {
+        // ColossalAI d4fb7bf (the paper's pin): a chunk is all-gathered when
+        // an op first needs it (gemini_hook.py pre_op -> access_chunk ->
+        // chunk.py __gather: dist.all_gather, synchronous, no prefetch) and
+        // stays gathered through backward; its gradients are reduce-scattered
+        // synchronously when the chunk's last gradient arrives (chunk.reduce).
+        // Nothing overlaps: both collectives sit on the critical path.
+        dp_per_mb = gather(params_local * param_bytes, c.dp, dp_link) +
+                    gather(grads, c.dp, dp_link);
+        break;
+      }
+      case Method::kZero3:
+      case Method::kFsdp: {
         // Parameters gathered for forward and again for backward (prefetched,
         // overlapped with compute); gradients reduce-scattered during backward.
         double ag = gather(params_local * param_bytes, c.dp, dp_link);
@@ -280,7 +322,8 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
 
   double per_mb = t_fwd + t_bwd + tp_mb + dequant_mb + p2p_mb + dp_per_mb + offload_mb;
   double slots = m + c.pp - 1;  // 1F1B and GPipe: (m + p - 1) stage slots
-  t.compute_s = m * (t_fwd + t_bwd);
+  t.memory_s = m * mem_mb;
+  t.compute_s = m * (t_fwd + t_bwd) - t.memory_s;
   t.bubble_s = (c.pp - 1) * per_mb;
   t.tp_comm_s = m * tp_mb;
   t.dp_comm_s = m * dp_per_mb + dp_once;

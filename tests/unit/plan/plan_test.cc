@@ -391,6 +391,46 @@ TEST(Plan, StepTimeModel) {
   EXPECT_GT(many.tokens_per_s, few.tokens_per_s);
 }
 
+// Elementwise work is memory-bound: ColossalAI 1D TP replicates it on every TP
+// rank, Megatron splits what is inside its column/row pairs; materialized
+// attention scores (eager) cost HBM traffic that fused kernels do not.
+TEST(Plan, StepTimeElementwiseTraffic) {
+  ModelSpec m = load_model("facebook/opt-1.3b");
+  const GpuSpec& gpu = find_gpu("V100-16GB");
+  TrainingSetup s;
+  s.seq = 512;
+  s.precision = Precision::kFp16Mixed;
+  s.attention = AttentionImpl::kEager;
+  PlanCandidate c;
+  c.method = Method::kGemini;
+  c.dp = 4;
+  c.micro_batch = 8;
+  c.checkpointing = CheckpointMode::kReentrant;
+  c.trainable_params = m.params();
+  StepTime dp = step_time(m, s, c, gpu, 1, StepTimeOptions{});
+  EXPECT_GT(dp.memory_s, 0.05 * dp.compute_s);
+  EXPECT_LT(dp.memory_s, dp.compute_s);
+  // Gemini at the paper's pin gathers and reduce-scatters synchronously.
+  EXPECT_GT(dp.dp_comm_s, 0);
+
+  PlanCandidate tp = c;
+  tp.method = Method::kColossal1d;
+  tp.dp = 1;
+  tp.tp = 4;
+  StepTime colo = step_time(m, s, tp, gpu, 1, StepTimeOptions{});
+  EXPECT_DOUBLE_EQ(colo.memory_s, dp.memory_s);  // replicated: the same work per rank
+  EXPECT_NEAR(colo.compute_s, dp.compute_s / 4, dp.compute_s * 0.15);
+  tp.method = Method::kMegatron;
+  StepTime meg = step_time(m, s, tp, gpu, 1, StepTimeOptions{});
+  EXPECT_LT(meg.memory_s, colo.memory_s * 0.6);
+  EXPECT_GT(meg.memory_s, colo.memory_s / 4);  // norms and residuals stay whole
+  tp.sequence_parallel = true;
+  EXPECT_LT(step_time(m, s, tp, gpu, 1, StepTimeOptions{}).memory_s, meg.memory_s);
+
+  s.attention = AttentionImpl::kSdpaFlash;
+  EXPECT_LT(step_time(m, s, c, gpu, 1, StepTimeOptions{}).memory_s, dp.memory_s * 0.8);
+}
+
 // The LLMem paper's Table 3 (4x V100 16 GB, sequence 512; shared/docs/llmem-paper.md §5.5):
 // which of 4DP, 2DP+2TP and 4TP run out of memory and which is fastest.
 struct Table3Row {
