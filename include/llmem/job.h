@@ -94,6 +94,9 @@ struct ParallelSetup {
   int64_t stage3_prefetch_bucket_size = 50'000'000;
   int64_t stage3_max_live_parameters = 1'000'000'000;
   bool contiguous_gradients = true;
+  /// overlap_comm: -1 DeepSpeed's default (on for stage 3, off for 1 and 2:
+  /// deepspeed/runtime/zero/config.py overlap_comm_valid); 0 off; 1 on.
+  int overlap_comm = -1;
   /// ZeRO-1 by torch's ZeroRedundancyOptimizer over DDP (whole tensors
   /// assigned greedily to ranks) instead of DeepSpeed's flat partitions.
   bool torch_zero = false;

@@ -53,8 +53,8 @@ const std::vector<std::string>& all_keys() {
       "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel", "offload",
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
-      "stage3_max_live_parameters", "contiguous_gradients", "zero_impl", "fsdp_sharding",
-      "fsdp_version", "limit_all_gathers", "deepspeed_config", "fsdp_config",
+      "stage3_max_live_parameters", "contiguous_gradients", "overlap_comm", "zero_impl",
+      "fsdp_sharding", "fsdp_version", "limit_all_gathers", "deepspeed_config", "fsdp_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -635,6 +635,8 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->stage3_max_live_parameters = f.integer("stage3_max_live_parameters",
                                             p->stage3_max_live_parameters, 0, kMaxElems, positive);
   p->contiguous_gradients = f.boolean("contiguous_gradients", p->contiguous_gradients);
+  if (p->overlap_comm >= 0 || f.get("overlap_comm") != nullptr)
+    p->overlap_comm = f.boolean("overlap_comm", p->overlap_comm == 1) ? 1 : 0;
   p->torch_zero = f.choice("zero_impl", "deepspeed", {"deepspeed", "torch"}) == 1;
   // The CLI's spelling (full-shard); torch's (FULL_SHARD, full_shard) too.
   // Not given: the framework's (or its recipe's) strategy stays.

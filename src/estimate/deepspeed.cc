@@ -165,6 +165,9 @@ std::vector<std::string> apply_deepspeed_config(std::string_view text, const std
                      "zero_optimization.");
     p.contiguous_gradients = flag_or_auto(z, "contiguous_gradients", p.contiguous_gradients, source,
                                           "zero_optimization.");
+    auto oc = z.find("overlap_comm");
+    if (oc != z.end() && !oc->is_null() && !is_auto(*oc))
+      p.overlap_comm = flag_or_auto(z, "overlap_comm", false, source, "zero_optimization.") ? 1 : 0;
     for (const auto& [key, value] : z.items()) {
       if (zero_keys().count(key) == 0 && key != "cpu_offload" && key != "cpu_offload_params") {
         warnings.push_back(source + ": zero_optimization." + key + " is not modelled");

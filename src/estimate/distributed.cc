@@ -274,9 +274,21 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       }
       r.state_shards = dp;
       r.fused_optimizer = true;
-      if (p.method != Method::kZero1) {
+      if (p.method != Method::kZero1)
         r.grad_shards = dp;
-        r.reduce_bucket_bytes = p.reduce_bucket_size * (half(s.precision) ? 2 : 4);
+      r.reduce_bucket_bytes = p.reduce_bucket_size * (half(s.precision) ? 2 : 4);
+      if (p.method != Method::kZero3) {
+        // deepspeed/runtime/zero/stage_1_and_2.py (DeepSpeed 0.9, cc67f22):
+        // backward() allocates torch.empty(reduce_bucket_size) in the
+        // model's dtype when contiguous_gradients is on, and a second one
+        // when overlap_comm is on (double buffering); the reduce epilogue
+        // (_release_ipg_buffers) drops them when backward ends. Stage 1
+        // takes the same path (at the accumulation boundary it also reduces
+        // through the bucket).
+        bool overlap = p.overlap_comm == 1;
+        r.ipg_buffers_per_backward = p.contiguous_gradients ? (overlap ? 2 : 1) : 0;
+        if (r.ipg_buffers_per_backward == 0)
+          r.reduce_bucket_bytes = 0;
       }
       if (p.method == Method::kZero3) {
         r.param_shards = dp;

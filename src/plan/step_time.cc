@@ -183,8 +183,8 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   const bool megatron = c.method == Method::kMegatron;
   const double inner_split = megatron ? c.tp : 1;
   const double outer_split = megatron && c.sequence_parallel ? c.tp : 1;
-  const bool scores = setup.attention == AttentionImpl::kEager ||
-                      setup.attention == AttentionImpl::kSdpaMath;
+  const bool scores =
+      setup.attention == AttentionImpl::kEager || setup.attention == AttentionImpl::kSdpaMath;
   // Scale, mask, softmax: five passes over b*heads*s*s (per token: heads * s).
   double fwd_elems = st.norm_residual_elems / outer_split + st.mlp_act_elems / inner_split +
                      (scores ? 5 * st.score_heads * s_eff / inner_split : 0);
@@ -285,8 +285,8 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
         // stays gathered through backward; its gradients are reduce-scattered
         // synchronously when the chunk's last gradient arrives (chunk.reduce).
         // Nothing overlaps: both collectives sit on the critical path.
-        dp_per_mb = gather(params_local * param_bytes, c.dp, dp_link) +
-                    gather(grads, c.dp, dp_link);
+        dp_per_mb =
+            gather(params_local * param_bytes, c.dp, dp_link) + gather(grads, c.dp, dp_link);
         break;
       }
       case Method::kZero3:

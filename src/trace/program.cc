@@ -463,9 +463,16 @@ class Program {
         total = sum;
       }
     }
+    // DeepSpeed ZeRO-1/2 (stage_1_and_2.py backward()): the ipg buffers are
+    // allocated before the loss's backward and freed by the reduce epilogue.
+    std::vector<Tid> ipg;
+    for (int k = 0; k < r_.ipg_buffers_per_backward; ++k)
+      ipg.push_back(g_.buffer(r_.reduce_bucket_bytes, Component::kGradients));
     g_.backward(total);
     reduce_grads(-1);
     end_reduce();
+    for (Tid t : ipg)
+      g_.release(t);
     for (size_t i = 0; i < gathered_.size(); ++i)
       reshard(static_cast<int>(i) - 1);
     release_shared();
@@ -1526,7 +1533,7 @@ void Program::setup_distributed() {
     // trainable gradient, kept for the life of the wrapper.
     g_.buffer(trainable_bytes, Component::kGradients);
   }
-  if (r_.reduce_bucket_bytes > 0) {
+  if (r_.reduce_bucket_bytes > 0 && r_.ipg_buffers_per_backward == 0) {
     g_.buffer(r_.reduce_bucket_whole ? r_.reduce_bucket_bytes
                                      : std::min(r_.reduce_bucket_bytes, trainable_numel * pe_),
               Component::kGradients);

@@ -40,6 +40,10 @@ struct RankPlan {
   /// ZeRO-3 allocates the whole bucket when the optimizer is built, however
   /// few the trainable elements (else: at most their size).
   bool reduce_bucket_whole = false;
+  /// DeepSpeed ZeRO-1/2 with contiguous_gradients: backward() allocates this
+  /// many whole reduce_bucket_bytes buffers (two with overlap_comm) and the
+  /// reduce epilogue frees them (stage_1_and_2.py); 0: the bucket is a setup buffer.
+  int ipg_buffers_per_backward = 0;
   bool fused_optimizer = false;       ///< DeepSpeed FusedAdam: no per-parameter temporaries
   int prefetch_layers = 0;            ///< layers gathered ahead in backward (FSDP BACKWARD_PRE)
   bool reshard_after_forward = true;  ///< false: SHARD_GRAD_OP keeps gathered params to backward

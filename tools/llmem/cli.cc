@@ -224,6 +224,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                                        "CPU offload: optimizer, params (comma-separated)")
       ->delimiter(',');
   est.option<int64_t>("--reduce-bucket-size", "DeepSpeed reduce_bucket_size (elements)");
+  est.flag("--overlap-comm",
+           "DeepSpeed overlap_comm (default: on for zero3, off for zero1/2; "
+           "--overlap-comm=false turns it off)");
   EstimateOutput est_out;
   est_cmd
       ->add_option("--format", est_out.format,

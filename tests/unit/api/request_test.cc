@@ -299,6 +299,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"stage3_prefetch_bucket_size", 1},
                  {"stage3_max_live_parameters", 1},
                  {"contiguous_gradients", true},
+                 {"overlap_comm", true},
                  {"zero_impl", "torch"},
                  {"fsdp_sharding", "no-shard"},
                  {"fsdp_version", 1},

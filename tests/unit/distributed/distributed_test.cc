@@ -342,6 +342,35 @@ TEST(Distributed, Zero3AllocatesTheWholeGradientBucket) {
   EXPECT_LT(component(capped.peak, Component::kGradients), 100'000'000u);
 }
 
+// DeepSpeed stage_1_and_2.py backward(): with contiguous_gradients the whole
+// reduce_bucket_size bucket (two with overlap_comm) exists during backward
+// only; a LoRA run still gets the full bucket; stage 1 takes the same path.
+TEST(Distributed, Zero12GradientBucketsLiveThroughBackward) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  for (Method method : {Method::kZero1, Method::kZero2}) {
+    TrainingSetup s = seven_b(method, 2);
+    s.finetune = FinetuneMode::kLora;
+    s.lora.rank = 8;
+    s.parallel.reduce_bucket_size = 200'000'000;
+    Estimate one = estimate(m, s, gpu);
+    s.parallel.overlap_comm = 1;
+    Estimate two = estimate(m, s, gpu);
+    s.parallel.contiguous_gradients = false;
+    Estimate none = estimate(m, s, gpu);
+    ASSERT_EQ(one.peak.phase, Phase::kBackward) << method_name(method);
+    // Each bucket: 2e8 bf16 elements, whatever the 8.4 M trainable ones; a
+    // fresh 2 MiB-rounded segment that is not split (the 556,032-byte rest is
+    // under 1 MiB), so the block holds 191 x 2 MiB.
+    constexpr uint64_t kBucket = 191u * 2 * 1024 * 1024;
+    EXPECT_EQ(two.peak.allocated_bytes - one.peak.allocated_bytes, kBucket) << method_name(method);
+    EXPECT_EQ(one.peak.allocated_bytes - none.peak.allocated_bytes, kBucket) << method_name(method);
+    // Not a setup buffer: the optimizer phase does not carry it.
+    auto opt = static_cast<size_t>(Phase::kOptimizer);
+    EXPECT_EQ(one.phase_peaks.at(opt), none.phase_peaks.at(opt)) << method_name(method);
+  }
+}
+
 // ZeRO-3 and FSDP on one GPU still partition (1-way) and offload parameters.
 TEST(Distributed, OneRankParameterOffloadLeavesTheGpu) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
