@@ -4,6 +4,7 @@
 
 #include "trace/gemini_chunks.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,9 @@
 
 #include "llmem/error.h"
 #include "llmem/model.h"
+
+#include "trace/events.h"
+#include "trace/program.h"
 
 namespace llmem::trace {
 namespace {
@@ -139,6 +143,59 @@ TEST(GeminiChunks, Llama7bAtTheDefaults) {
   EXPECT_EQ(l.chunks.front().capacity, 131072000);
   EXPECT_EQ(l.chunks.back().capacity, 131072000);
   EXPECT_EQ(l.chunks.back().padding(), 0);
+}
+
+TEST(GeminiChunks, TheTraceGathersWholeChunksAtFirstUse) {
+  // A Gemini rank (as estimate/distributed.cc sets it up) over 2 replicas of
+  // tiny-llama, with a small minimum chunk so that the layout has chunks that
+  // do not follow the decoder layers.
+  ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 64;
+  s.precision = Precision::kFp16;
+  s.device = Device::kCpu;
+  RankPlan r;
+  r.param_shards = r.grad_shards = r.state_shards = 2;
+  r.master_fp32 = true;
+  r.fused_optimizer = true;
+  r.grads_in_param_chunks = true;
+  r.prefetch_layers = 1;
+  r.reshard_after_forward = false;
+  r.gather_frees_shard = true;
+  r.gemini_chunks = true;
+  r.gemini.min_chunk_size_m = 0;
+  r.gemini.search_range_m = in_m(65536);
+  std::vector<int64_t> sizes;
+  for (const TensorSpec& t : m.tensors) {
+    if (t.tied_to.empty())
+      sizes.push_back(t.numel);
+  }
+  GeminiChunkLayout l = gemini_chunk_layout(sizes, 2, r.gemini);
+  ASSERT_GT(l.chunks.size(), 3u);  // not one unit per layer plus the root
+  std::vector<int64_t> want;
+  for (const GeminiChunk& c : l.chunks)
+    want.push_back(2 * c.capacity);
+
+  TraceResult t = build_trace(m, s, r);
+  // The first forward pass gathers every chunk once, whole (padding too).
+  int first_step = -1;
+  std::vector<int64_t> got;
+  for (const Event& e : t.events) {
+    if (e.phase != Phase::kForward)
+      continue;
+    if (first_step < 0)
+      first_step = e.step;
+    if (e.step == first_step && e.alloc && e.component == Component::kWeightCopies)
+      got.push_back(e.bytes);
+  }
+  std::sort(want.begin(), want.end());
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, want);
+  // Held to the loss: the whole padded model at once.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kWeightCopies), 2 * l.padded_numel());
+  // The fp32 master: the shards of the fp32 chunks.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kMasterWeights), 4 * l.shard_numel());
 }
 
 TEST(GeminiChunks, BadInputNamesTheKey) {
