@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 
 #include "llmem/error.h"
 
@@ -87,6 +90,24 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
   int64_t total = 0;
   for (int64_t n : numel)
     total += n;
+  // The search tries up to 2^15 sizes over every tensor; a plan asks again
+  // for the same model and layout at every micro-batch, so remember a few.
+  using Key = std::tuple<std::vector<int64_t>, int, int64_t, int64_t, int64_t, bool, bool>;
+  Key key{numel,
+          dp,
+          range,
+          config.search_interval,
+          min_chunk,
+          config.filter_exlarge_params,
+          config.keep_gathered_single_dp};
+  static std::mutex memo_mutex;
+  static std::map<Key, GeminiChunkLayout> memo;
+  {
+    std::lock_guard<std::mutex> lock(memo_mutex);
+    auto it = memo.find(key);
+    if (it != memo.end())
+      return it->second;
+  }
   if (total < min_chunk) {
     // "let small parameters keep gathered in CUDA all the time": one chunk
     // of exactly the total, never sharded.
@@ -152,6 +173,10 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
   }
   for (GeminiChunk& c : out.chunks)
     c.shard = out.keep_gathered ? c.capacity : c.capacity / dp;
+  std::lock_guard<std::mutex> lock(memo_mutex);
+  if (memo.size() >= 32)
+    memo.clear();
+  memo.emplace(std::move(key), out);
   return out;
 }
 
