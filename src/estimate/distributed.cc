@@ -309,8 +309,9 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       // fp16 parameters in chunks sharded over the replicas and gathered for
       // use, gradients reduced into the fp16 chunks (reuse_fp16_chunk), fp32
       // master chunks and HybridAdam states of this rank's shard, no autocast.
-      // Chunks are modelled as one per decoder layer (the chunk-size search
-      // is not simulated).
+      // Chunks as GeminiDDP lays them out (trace/gemini_chunks.h: the chunk
+      // size search of chunk/search_utils.py with GeminiDDP's defaults, which
+      // the paper's scripts keep; tensors appended in module order).
       s.precision = s.precision == Precision::kBf16Mixed || s.precision == Precision::kBf16
                         ? Precision::kBf16
                         : Precision::kFp16;
@@ -328,12 +329,15 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       // gathered chunk replaces its shard (chunk/chunk.py __gather, reduce).
       r.reshard_after_forward = false;
       r.gather_frees_shard = true;
+      r.gemini_chunks = true;
       // With 1D tensor parallelism the paper's DP+TP: Gemini over the dp
       // replicas of each tensor-parallel shard.
       notes.push_back(
-          "Gemini: fp16 chunks sharded over dp and kept gathered from their first use in the "
-          "forward pass until their gradients are reduced, gradients in the fp16 chunks, fp32 "
-          "master and HybridAdam states on the GPU; one chunk per decoder layer");
+          "Gemini: fp16 chunks (GeminiDDP's chunk-size search: search_range_mb 32, "
+          "min_chunk_size_mb 32, step 1024 elements) sharded over dp and kept gathered from "
+          "the first use of one of their tensors in the forward pass until their gradients are "
+          "reduced, gradients in the fp16 chunks, fp32 master chunk shards and HybridAdam states "
+          "of the tensors inside this rank's shard on the GPU");
       break;
     case Method::kFsdp: {
       int shards =

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 #include <unordered_map>
@@ -356,6 +357,17 @@ class Program {
       }
       params_[t.name] = p;
       param_layer_[p.id] = t.layer;
+      if (r_.gemini_chunks && p.quantized == 0) {
+        // Gemini registers model.parameters() in module order (tied tensors
+        // once). Forward position: the layer, or the embeddings before the
+        // layers and the other root tensors (final norm, head) after them.
+        int pos = t.layer;
+        if (pos < 0) {
+          bool embed = t.role == TensorRole::kEmbedding || t.role == TensorRole::kPositionEmbedding;
+          pos = embed ? -1 : stage_end();
+        }
+        chunk_order_.emplace_back(p.id, pos);
+      }
       out_->params += t.numel;
       if (p.trainable) {
         trainable_.push_back(p.id);
@@ -475,6 +487,8 @@ class Program {
       g_.release(t);
     for (size_t i = 0; i < gathered_.size(); ++i)
       reshard(static_cast<int>(i) - 1);
+    for (size_t c = 0; c < chunk_key_.size(); ++c)
+      release_chunk(c);
     release_shared();
     g_.release(total);
     for (Tid t : held)
@@ -577,9 +591,17 @@ class Program {
  private:
   // ------------------------------------------------------------ distributed
   void setup_distributed();
+  void setup_chunks();
   /// ZeRO-3 / FSDP: all-gathers the parameters of `layer` (-1: the root
   /// unit) into a full buffer of the compute dtype, once.
   void gather(int layer) {
+    if (chunked_) {
+      for (size_t c = 0; c < chunk_key_.size(); ++c) {
+        if (chunk_key_[c] == layer)
+          gather_chunk(c);
+      }
+      return;
+    }
     if (!r_.sharded_params())
       return;
     auto slot = static_cast<size_t>(layer + 1);
@@ -608,6 +630,13 @@ class Program {
     }
   }
   void reshard(int layer) {
+    if (chunked_) {
+      for (size_t c = 0; c < chunk_key_.size(); ++c) {
+        if (chunk_key_[c] == layer)
+          release_chunk(c);
+      }
+      return;
+    }
     auto slot = static_cast<size_t>(layer + 1);
     if (slot < gathered_.size() && gathered_[slot] != kNone) {
       if (r_.gather_frees_shard)
@@ -624,9 +653,45 @@ class Program {
     int64_t bytes = unit_shard(slot) * elem + shard(layer_packed_[slot], r_.param_shards);
     return bytes > 0 ? g_.buffer(bytes, Component::kParameters) : kNone;
   }
+  /// Gemini (ColossalAI d4fb7bf chunk/chunk.py __gather, gemini_hook.py
+  /// pre_op): the whole chunk is all-gathered in the compute dtype when the
+  /// first of its tensors is used; the gathered chunk replaces the shard.
+  void gather_chunk(size_t c) {
+    if (chunk_gathered_[c] != kNone || chunks_.keep_gathered || !r_.sharded_params())
+      return;
+    chunk_gathered_[c] = g_.buffer(chunks_.chunks[c].capacity * pe_, Component::kWeightCopies);
+    if (r_.gather_frees_shard && chunk_shard_[c] != kNone) {
+      g_.release(chunk_shard_[c]);
+      chunk_shard_[c] = kNone;
+    }
+  }
+  /// Gemini reduce_chunk: once every tensor of the chunk has its gradient
+  /// (copied into the chunk by grad_handle), the chunk is reduce-scattered
+  /// into a new shard and the gathered chunk freed.
+  void release_chunk(size_t c) {
+    const GeminiChunk& ch = chunks_.chunks[c];
+    for (size_t k = ch.first; k < ch.end; ++k) {
+      Tid p = chunk_order_[k].first;
+      if (g_.grad(p) != kNone)
+        g_.clear_grad(p);
+    }
+    if (chunk_gathered_[c] == kNone)
+      return;
+    if (r_.gather_frees_shard && !r_.offload_params && chunk_shard_[c] == kNone)
+      chunk_shard_[c] = g_.buffer(ch.shard * store_elem_, Component::kParameters);
+    g_.release(chunk_gathered_[c]);
+    chunk_gathered_[c] = kNone;
+  }
+  /// The end of this stage's layers: the key of the root tensors used after
+  /// them (final norm, head).
+  int stage_end() const {
+    return r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
+  }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
   /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
   void on_backward_layer(int from, int to) {
+    if (chunked_ && from < 0 && to >= 0)
+      reshard(stage_end());  // the head's chunks: their gradients are all in
     if (from >= 0) {
       reduce_grads(from);
       reshard(from);
@@ -1465,6 +1530,14 @@ class Program {
   std::vector<int64_t> trainable_numel_;         // trainable elements per layer + 1, sharded
   std::vector<Tid> gathered_;
   std::vector<Tid> param_shard_;  ///< per unit, when gather_frees_shard
+  // Gemini chunks (RankPlan::gemini_chunks).
+  bool chunked_ = false;
+  std::vector<std::pair<Tid, int>> chunk_order_;  ///< registration order, forward position
+  GeminiChunkLayout chunks_;
+  std::vector<int> chunk_key_;  ///< per chunk: first forward position (gather and release)
+  std::vector<Tid> chunk_gathered_;
+  std::vector<Tid> chunk_shard_;
+  std::unordered_map<Tid, int64_t> chunk_state_;  ///< elements in rank 0's shard
   std::vector<Tid> grad_shards_;
   Style style_ = Style::kLlama;
   Names names_;
@@ -1522,7 +1595,9 @@ void Program::setup_distributed() {
   // Reduced gradient shards: fp32 under FSDP mixed precision (the shard's
   // dtype), the weights' dtype otherwise.
   grad_store_elem_ = r_.sharded_params() ? store_elem_ : pe_;
-  if (r_.sharded_params() && !r_.offload_params) {
+  if (r_.gemini_chunks)
+    setup_chunks();
+  if (r_.sharded_params() && !r_.offload_params && !chunked_) {
     // Each unit's flat shard, in the stored dtype.
     for (size_t slot = 0; slot < slots; ++slot) {
       param_shard_[slot] = param_shard(slot);
@@ -1542,9 +1617,61 @@ void Program::setup_distributed() {
     int64_t master = 0;
     for (Tid p : trainable_)
       master += shard(g_.numel(p), r_.state_shards);
+    if (chunked_)
+      master = chunks_.shard_numel();  // the fp32 chunks' shards, padding included
     g_.buffer(master * kF32, Component::kMasterWeights);
   }
   g_.set_layer_hook([this](int from, int to) { on_backward_layer(from, to); });
+}
+
+// ColossalAI Gemini (d4fb7bf gemini_ddp.py _init_chunks): every tensor that
+// requires grad goes into an fp16 chunk and a paired fp32 chunk of the same
+// layout (trace/gemini_chunks.h); a rank stores one shard of each chunk.
+void Program::setup_chunks() {
+  for (const auto& [p, pos] : chunk_order_) {
+    if (std::find(trainable_.begin(), trainable_.end(), p) == trainable_.end()) {
+      // Frozen tensors are ddp-ignored (kept whole, outside the chunks) but
+      // still counted by the search; not modelled: per-layer units instead.
+      out_->notes.push_back(
+          "Gemini with frozen parameters: the chunk layout is not simulated, one unit per "
+          "decoder layer instead");
+      return;
+    }
+  }
+  std::vector<int64_t> numel;
+  numel.reserve(chunk_order_.size());
+  for (const auto& entry : chunk_order_)
+    numel.push_back(g_.numel(entry.first));
+  chunks_ = gemini_chunk_layout(numel, r_.param_shards, r_.gemini);
+  if (chunks_.chunks.empty())
+    return;
+  chunked_ = true;
+  size_t n = chunks_.chunks.size();
+  chunk_key_.assign(n, std::numeric_limits<int>::max());
+  chunk_gathered_.assign(n, kNone);
+  chunk_shard_.assign(n, kNone);
+  for (size_t k = 0; k < chunk_order_.size(); ++k) {
+    int& key = chunk_key_[chunks_.chunk_of[k]];
+    key = std::min(key, chunk_order_[k].second);
+    chunk_state_[chunk_order_[k].first] = chunks_.in_shard(k, 0);
+  }
+  int64_t padding = chunks_.padded_numel();
+  for (int64_t e : numel)
+    padding -= e;
+  if (!r_.sharded_params()) {
+    // dp 1: the tensors are whole on the device; their chunks add the padding.
+    if (padding > 0)
+      g_.buffer(padding * pe_, Component::kParameters);
+  } else if (chunks_.keep_gathered) {
+    // Fewer elements than min_chunk_size: one chunk, always gathered.
+    g_.buffer(chunks_.padded_numel() * pe_, Component::kParameters);
+  } else if (!r_.offload_params) {
+    for (size_t c = 0; c < n; ++c)
+      chunk_shard_[c] = g_.buffer(chunks_.chunks[c].shard * store_elem_, Component::kParameters);
+  }
+  out_->notes.push_back("Gemini chunks: " + std::to_string(n) + " of " +
+                        std::to_string(chunks_.chunk_size) + " elements (searched), " +
+                        std::to_string(padding) + " elements of padding");
 }
 
 // PEFT's default targets per model_type (peft/utils/constants.py
@@ -1743,6 +1870,8 @@ Tid Program::forward(Tid ids) {
       release_shared();
     return x;
   }
+  if (chunked_)
+    gather(stage_end());  // the chunks first used by the final norm or the head
   Tid hn;
   if (style_ == Style::kLlama) {
     hn = norm(x, "model.norm", m_.layers.front().norm);
@@ -2191,6 +2320,12 @@ void Program::optimizer_step(bool first) {
   for (size_t k = 0; k < trainable_.size(); ++k) {
     Tid p = trainable_[k];
     int64_t n = tensor_shard(p, r_.state_shards);
+    if (chunked_) {
+      // HybridAdam's fake parameters: the part of each tensor inside rank
+      // 0's shard of its chunk (the fullest rank).
+      auto it = chunk_state_.find(p);
+      n = it == chunk_state_.end() ? n : it->second;
+    }
     if (!r_.owns_state.empty() && (k >= r_.owns_state.size() || r_.owns_state[k] == 0))
       n = 0;
     int e = r_.master_fp32 ? kF32 : r_.sharded_params() ? store_elem_ : g_.elem(p);

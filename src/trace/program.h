@@ -11,6 +11,7 @@
 #include "llmem/job.h"
 #include "llmem/model.h"
 
+#include "trace/gemini_chunks.h"
 #include "trace/graph.h"
 
 namespace llmem::trace {
@@ -88,6 +89,13 @@ struct RankPlan {
   /// frees cuda_shard; Chunk.reduce allocates a new one before freeing the
   /// gathered chunk).
   bool gather_frees_shard = false;
+  /// ColossalAI Gemini: parameters live in chunks laid out by the chunk-size
+  /// search (trace/gemini_chunks.h), not one unit per decoder layer: a chunk
+  /// is gathered when the first of its tensors is used and released once all
+  /// of its tensors have their gradients; shards, fp32 masters and padding
+  /// are per chunk, Adam states per tensor inside this rank's shard.
+  bool gemini_chunks = false;
+  GeminiChunkConfig gemini;
   /// NCCL communicator buffers of this rank (cudaMalloc'd by NCCL, outside
   /// the caching allocator; counted in device_bytes only).
   uint64_t comm_bytes = 0;
@@ -97,7 +105,7 @@ struct RankPlan {
   bool sharded_params() const { return param_shards > 1 || offload_params; }
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
-           ddp_buckets || offload_optimizer;
+           ddp_buckets || offload_optimizer || grads_in_param_chunks;
   }
 };
 

@@ -536,7 +536,7 @@ TEST(Plan, Table3SettingWithTheSimulation) {
     line += " choice " + (p.choice >= 0 ? candidate_label(p.candidates[0]) : std::string("none"));
     // Which columns run out of memory, by the simulation. OPT-2.7b under 4DP
     // is the one disagreement: the simulation fits micro-batch 1 with
-    // 0.25 GiB to spare (docs/planner.md).
+    // 0.08 GiB to spare (docs/planner.md).
     std::map<std::pair<int, int>, bool> oom;
     for (const PlanCandidate& c : p.candidates)
       oom[{c.dp, c.tp}] = !c.fits;
