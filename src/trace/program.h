@@ -105,7 +105,8 @@ struct RankPlan {
   bool sharded_params() const { return param_shards > 1 || offload_params; }
   bool distributed() const {
     return param_shards > 1 || grad_shards > 1 || state_shards > 1 || !owns_state.empty() ||
-           ddp_buckets || offload_optimizer || grads_in_param_chunks;
+           ddp_buckets || offload_optimizer || grads_in_param_chunks || master_fp32 ||
+           reduce_bucket_bytes > 0;
   }
 };
 

@@ -373,6 +373,19 @@ TEST(Distributed, Zero12GradientBucketsLiveThroughBackward) {
   }
 }
 
+// DeepSpeed on one GPU still keeps the fp32 master partition (the whole
+// model) and its gradient bucket.
+TEST(Distributed, OneRankDeepSpeedKeepsTheMasterCopy) {
+  ModelSpec m = load_model("facebook/opt-1.3b");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  for (Method method : {Method::kZero1, Method::kZero2, Method::kZero3}) {
+    TrainingSetup s = seven_b(method, 1);
+    Estimate e = estimate(m, s, gpu);
+    EXPECT_GE(component(e.peak, Component::kMasterWeights), 4 * static_cast<uint64_t>(m.params()))
+        << method_name(method);
+  }
+}
+
 // ZeRO-3 and FSDP on one GPU still partition (1-way) and offload parameters.
 TEST(Distributed, OneRankParameterOffloadLeavesTheGpu) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
