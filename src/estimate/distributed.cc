@@ -315,21 +315,7 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       s.precision = s.precision == Precision::kBf16Mixed || s.precision == Precision::kBf16
                         ? Precision::kBf16
                         : Precision::kFp16;
-      r.master_fp32 = true;
-      r.fused_optimizer = true;
-      r.param_shards = dp;
-      r.grad_shards = dp;
-      r.state_shards = dp;
-      r.grads_in_param_chunks = true;
-      r.prefetch_layers = 1;
-      // ColossalAI d4fb7bf (the paper's pin), zero/gemini/gemini_hook.py:
-      // in training, post_op only marks tensors HOLD, so a chunk gathered in
-      // the forward pass stays gathered until grad_handle reduces it in the
-      // backward pass (by then the whole 16-bit model is on every GPU); the
-      // gathered chunk replaces its shard (chunk/chunk.py __gather, reduce).
-      r.reshard_after_forward = false;
-      r.gather_frees_shard = true;
-      r.gemini_chunks = true;
+      r = trace::gemini_rank(dp);
       // With 1D tensor parallelism the paper's DP+TP: Gemini over the dp
       // replicas of each tensor-parallel shard.
       notes.push_back(

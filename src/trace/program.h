@@ -113,6 +113,12 @@ struct RankPlan {
 /// Builds the events of: parameter setup, a first iteration and a
 /// steady-state iteration (each: grad_accum micro-batches of forward, loss and
 /// backward, then the optimizer step and zero_grad(set_to_none=True)).
+/// A ColossalAI Gemini rank (placement "cuda") over `dp` replicas: fp16
+/// chunks sharded over them, gathered at first use in forward and kept until
+/// their gradients are reduced into them, fp32 master and HybridAdam states of
+/// this rank's shard (estimate/distributed.cc and docs/distributed.md).
+RankPlan gemini_rank(int dp);
+
 TraceResult build_trace(const ModelSpec& model, const TrainingSetup& setup,
                         const RankPlan& rank = {});
 /// The same into `out`, reusing its events' storage (estimates run back to

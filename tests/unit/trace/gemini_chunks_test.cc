@@ -155,15 +155,7 @@ TEST(GeminiChunks, TheTraceGathersWholeChunksAtFirstUse) {
   s.seq = 64;
   s.precision = Precision::kFp16;
   s.device = Device::kCpu;
-  RankPlan r;
-  r.param_shards = r.grad_shards = r.state_shards = 2;
-  r.master_fp32 = true;
-  r.fused_optimizer = true;
-  r.grads_in_param_chunks = true;
-  r.prefetch_layers = 1;
-  r.reshard_after_forward = false;
-  r.gather_frees_shard = true;
-  r.gemini_chunks = true;
+  RankPlan r = gemini_rank(2);
   r.gemini.min_chunk_size_m = 0;
   r.gemini.search_range_m = in_m(65536);
   std::vector<int64_t> sizes;
