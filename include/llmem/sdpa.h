@@ -32,6 +32,10 @@ struct SdpaCall {
   /// k/v reach SDPA with fewer heads than q and no enable_gqa (the fused
   /// kernels' check_batch_size_and_num_heads refuses them; math broadcasts).
   bool kv_heads_differ = false;
+  /// k/v have fewer heads than q and enable_gqa=True (torch 2.5+): flash
+  /// takes them (check_batch_size_and_num_heads_dense<true>), the
+  /// memory-efficient kernel does not (<false>), math repeats them itself.
+  bool enable_gqa = false;
   double dropout = 0;       ///< dropout_p
   int torch_version = 204;  ///< major * 100 + minor
   int64_t batch = 1;        ///< for the 2.0/2.1 priority heuristic

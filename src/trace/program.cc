@@ -29,6 +29,25 @@ namespace {
 constexpr int kF32 = 4;
 constexpr int kI64 = 8;
 
+// transformers v4.57 sdpa_attention_forward (integrations/sdpa_attention.py):
+// a module with grouped K/V heads passes enable_gqa=True when torch >= 2.5
+// and no attention mask is given (use_gqa_in_sdpa); otherwise repeat_kv
+// copies K and V to every query head (expand + reshape) before SDPA.
+bool hf_grouped_kv(const ModelSpec& m, const AttentionSpec& a, const TrainingSetup& s) {
+  return s.framework == Framework::kHf && llama_style(m) && a.kind == AttentionKind::kStandard &&
+         a.num_kv_heads != a.num_heads;
+}
+bool hf_sdpa_gqa(const ModelSpec& m, const TrainingSetup& s) {
+  return !m.layers.empty() && hf_grouped_kv(m, m.layers.front().attention, s) &&
+         s.torch_version >= 205 && !s.fw.sdpa_attn_mask;
+}
+bool hf_repeats_kv(const ModelSpec& m, const AttentionSpec& a, const TrainingSetup& s) {
+  bool sdpa = s.attention == AttentionImpl::kSdpa || s.attention == AttentionImpl::kSdpaFlash ||
+              s.attention == AttentionImpl::kSdpaEfficient ||
+              s.attention == AttentionImpl::kSdpaMath;
+  return sdpa && hf_grouped_kv(m, a, s) && (s.torch_version < 205 || s.fw.sdpa_attn_mask);
+}
+
 struct Param {
   Tid id = kNone;
   bool trainable = false;
@@ -1323,9 +1342,11 @@ class Program {
       Tid kc = autocast_ ? cast(ke, ae_) : (g_.retain(ke), ke);
       Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
       bool expanded = false;
-      if (s_.framework == Framework::kLitgpt && heads != kv && !litgpt_mqa_unexpanded(kv)) {
+      if ((s_.framework == Framework::kLitgpt && heads != kv && !litgpt_mqa_unexpanded(kv)) ||
+          hf_repeats_kv(m_, a, s_)) {
         // litgpt/model.py CausalSelfAttention: k and v are expanded to every
-        // query head (expand + reshape / repeat_interleave: copies) before SDPA.
+        // query head (expand + reshape / repeat_interleave: copies) before
+        // SDPA; transformers' repeat_kv the same (hf_repeats_kv above).
         Tid kr = g_.op(b * heads * s * d, g_.elem(kc), {kc}, {});
         Tid vr = g_.op(b * heads * s * vd, g_.elem(vc), {vc}, {});
         g_.release(kc);
@@ -2545,6 +2566,7 @@ void resolve_attention(const ModelSpec& model, TrainingSetup* setup, TraceResult
   call.attn_mask = setup->fw.sdpa_attn_mask;
   call.kv_heads_differ = setup->framework == Framework::kLitgpt && setup->fw.mqa_kv_unexpanded &&
                          at.num_kv_heads == 1 && at.num_heads > 1;
+  call.enable_gqa = hf_sdpa_gqa(model, *setup);
   call.dropout = setup->dropout >= 0 ? setup->dropout : model.attention_dropout;
   call.torch_version = setup->torch_version;
   call.batch = setup->batch;

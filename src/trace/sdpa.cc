@@ -98,6 +98,8 @@ std::string efficient_refusal(const SdpaCall& c, int sm) {
     return "not built for " + sm_text(sm);
   if (c.kv_heads_differ)
     return "q and k/v head counts differ";
+  if (c.enable_gqa)
+    return "enable_gqa (grouped k/v heads) not supported";
   // 2.0 took bf16 everywhere, 2.1 everywhere but sm5x; 2.2 on needs sm80.
   if (c.dtype == SdpaDtype::kBf16 && (v >= 202 ? sm < 80 : v == 201 && sm < 60))
     return v >= 202 ? "bf16 needs sm80" : "bf16 not on sm5x";
