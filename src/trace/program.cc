@@ -1343,10 +1343,13 @@ class Program {
       Tid vc = autocast_ ? cast(v, ae_) : (g_.retain(v), v);
       bool expanded = false;
       if ((s_.framework == Framework::kLitgpt && heads != kv && !litgpt_mqa_unexpanded(kv)) ||
-          hf_repeats_kv(m_, a, s_)) {
+          (s_.framework == Framework::kTorchtune && heads != kv) || hf_repeats_kv(m_, a, s_)) {
         // litgpt/model.py CausalSelfAttention: k and v are expanded to every
         // query head (expand + reshape / repeat_interleave: copies) before
-        // SDPA; transformers' repeat_kv the same (hf_repeats_kv above).
+        // SDPA; transformers' repeat_kv the same (hf_repeats_kv above);
+        // torchtune/modules/attention.py MultiHeadAttention too (expand +
+        // reshape before RoPE at 5cbc1967b and 0217d44c2, unsqueeze + expand
+        // + flatten after it at 1814feb): SDPA saves the copies.
         Tid kr = g_.op(b * heads * s * d, g_.elem(kc), {kc}, {});
         Tid vr = g_.op(b * heads * s * vd, g_.elem(vc), {vc}, {});
         g_.release(kc);

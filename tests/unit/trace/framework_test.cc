@@ -146,6 +146,33 @@ TEST(Framework, OptimizerInBackwardNeverHoldsMoreThanOneGradient) {
   EXPECT_EQ(max_live(in_bwd.events, Component::kOptimizerStates), 2 * total);
 }
 
+// torchtune's MultiHeadAttention expands grouped K/V to every query head
+// (expand + reshape or flatten: copies) before SDPA, which saves them; HF with
+// torch >= 2.5 and no mask passes enable_gqa instead. Layer 0's forward thus
+// allocates two more [b, s, heads, d] tensors under torchtune.
+TEST(Framework, TorchtuneCopiesGroupedKvForSdpa) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // 32 heads, 8 k/v heads, d 64
+  const AttentionSpec& a = m.layers.front().attention;
+  ASSERT_NE(a.num_heads, a.num_kv_heads);
+  TrainingSetup tt = torchtune_setup(1, 128);
+  TrainingSetup hf = tt;
+  hf.framework = Framework::kHf;
+  hf.torch_version = 205;
+  int64_t full = 1 * 128 * a.num_heads * a.head_dim * kBf16;
+  auto count = [&](const TrainingSetup& s) {
+    trace::TraceResult t = trace::build_trace(m, s);
+    int n = 0;
+    for (const trace::Event& e : t.events) {
+      n += e.alloc && e.step == 1 && e.phase == Phase::kForward && e.layer == 0 &&
+           e.bytes == full && e.component == Component::kActivations;
+    }
+    return n;
+  };
+  EXPECT_EQ(count(tt) - count(hf), 2);
+  hf.torch_version = 204;  // transformers' repeat_kv before torch 2.5
+  EXPECT_EQ(count(tt), count(hf));
+}
+
 TEST(Framework, ActivationOffloadingMovesCheckpointInputsOffTheGpu) {
   // With per-layer checkpointing, forward saves each layer's input (T×h
   // bf16); offloading keeps only the last five (OffloadActivations'
