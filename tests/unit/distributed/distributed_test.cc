@@ -348,12 +348,12 @@ TEST(Distributed, Zero3AllocatesTheWholeGradientBucket) {
 // reduce_bucket_size bucket (two with overlap_comm) exists during backward
 // only; a LoRA run still gets the full bucket; stage 1 takes the same path.
 TEST(Distributed, Zero12GradientBucketsLiveThroughBackward) {
-  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
-  GpuSpec gpu = find_gpu("H100-80GB");
+  const ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  const GpuSpec gpu = find_gpu("A100-80GB");
   for (Method method : {Method::kZero1, Method::kZero2}) {
     TrainingSetup s = seven_b(method, 2);
-    s.finetune = FinetuneMode::kLora;
     s.lora.rank = 8;
+    s.finetune = FinetuneMode::kLora;
     s.parallel.reduce_bucket_size = 200'000'000;
     Estimate one = estimate(m, s, gpu);
     s.parallel.overlap_comm = 1;

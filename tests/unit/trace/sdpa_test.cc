@@ -17,6 +17,17 @@
 namespace llmem {
 namespace {
 
+/// A bf16 LoRA run of one sample: activations, not the optimizer, set the peak.
+TrainingSetup lora_run(int64_t seq, AttentionImpl attention) {
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = seq;
+  s.precision = Precision::kBf16;
+  s.finetune = FinetuneMode::kLora;
+  s.attention = attention;
+  return s;
+}
+
 struct Case {
   const char* what;
   int sm;
@@ -193,12 +204,7 @@ TEST(Sdpa, MathKernelMemoryGrowsAsTheSquareOfTheSequence) {
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
   GpuSpec gpu = find_gpu("A100-80GB");
   auto excess = [&](int64_t seq) {
-    TrainingSetup s;
-    s.batch = 1;
-    s.seq = seq;
-    s.precision = Precision::kBf16;
-    s.finetune = FinetuneMode::kLora;  // activations, not the optimizer step, set the peak
-    s.attention = AttentionImpl::kSdpaMath;
+    TrainingSetup s = lora_run(seq, AttentionImpl::kSdpaMath);
     double math = static_cast<double>(estimate(m, s, gpu).peak.allocated_bytes);
     s.attention = AttentionImpl::kSdpaFlash;
     double flash = static_cast<double>(estimate(m, s, gpu).peak.allocated_bytes);
@@ -217,12 +223,7 @@ TEST(Sdpa, MathKernelMemoryGrowsAsTheSquareOfTheSequence) {
 TEST(Sdpa, MathKernelUpcastsSince25) {
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
   GpuSpec gpu = find_gpu("A100-80GB");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.precision = Precision::kBf16;
-  s.finetune = FinetuneMode::kLora;
-  s.attention = AttentionImpl::kSdpaMath;
+  TrainingSetup s = lora_run(1024, AttentionImpl::kSdpaMath);
   s.torch_version = 204;
   double old_math = static_cast<double>(estimate(m, s, gpu).peak.allocated_bytes);
   s.torch_version = 205;
@@ -233,12 +234,7 @@ TEST(Sdpa, MathKernelUpcastsSince25) {
 
 TEST(Sdpa, AutoSelectionIsReportedAndFollowsTheGpu) {
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.precision = Precision::kBf16;
-  s.finetune = FinetuneMode::kLora;
-  s.attention = AttentionImpl::kSdpa;
+  TrainingSetup s = lora_run(1024, AttentionImpl::kSdpa);
   Estimate a100 = estimate(m, s, find_gpu("A100-80GB"));
   EXPECT_EQ(a100.attention_kernel.rfind("sdpa flash", 0), 0u) << a100.attention_kernel;
   Estimate v100 = estimate(m, s, find_gpu("V100-32GB"));
@@ -263,12 +259,7 @@ TEST(Sdpa, AutoSelectionIsReportedAndFollowsTheGpu) {
 // flash takes and the memory-efficient kernel refuses.
 TEST(Sdpa, HfRepeatsGroupedKvUnlessEnableGqa) {
   ModelSpec m = load_model("meta-llama/Meta-Llama-3-8B");  // 32 heads, 8 k/v heads, d 128
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 2048;
-  s.precision = Precision::kBf16;
-  s.finetune = FinetuneMode::kLora;
-  s.attention = AttentionImpl::kSdpa;
+  TrainingSetup s = lora_run(2048, AttentionImpl::kSdpa);
   GpuSpec a100 = find_gpu("A100-80GB");
   s.torch_version = 204;
   Estimate repeat = estimate(m, s, a100);
