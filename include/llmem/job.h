@@ -201,6 +201,9 @@ struct TrainingSetup {
   /// PyTorch version as major * 100 + minor (e.g. 204 for 2.4); decides
   /// version-specific behaviour such as the foreach AdamW temporaries.
   int torch_version = 204;
+  /// transformers version as major * 100 + minor (the hf profile follows
+  /// v4.57's modeling code; older versions differ where noted in docs/cli.md).
+  int transformers_version = 457;
   uint64_t workspace_bytes = 0;  ///< cuBLAS workspace of the GPU (set from the GPU catalog)
   /// GPU compute capability * 10 (80 = A100), set from the GPU catalog;
   /// 0 = unknown. Decides the SDPA kernel PyTorch picks.

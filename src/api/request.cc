@@ -48,7 +48,7 @@ const std::vector<std::string>& all_keys() {
       "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_dtype", "quant",
       "quant_compute", "no_double_quant", "quant_block", "no_prepare_kbit",
       // PyTorch
-      "torch_version", "expandable_segments", "max_split_size_mb",
+      "torch_version", "transformers_version", "expandable_segments", "max_split_size_mb",
       // distributed layout
       "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel", "offload",
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
@@ -462,12 +462,14 @@ void read_peft_lora(const json& value, const Context& c, const ModelSpec& model,
     lora->targets = f.names("target_modules");
 }
 
-int torch_version_from(const std::string& text, const Fields& f) {
+/// "2.4" -> 204 for the version key `key` (torch_version, transformers_version).
+int version_from(const char* key, const char* example, const Fields& f) {
+  std::string text = f.text(key, "");
   int major = 0;
   int minor = 0;
   if (std::sscanf(text.c_str(), "%d.%d", &major, &minor) != 2 || major < 1 || major > 9 ||
       minor < 0 || minor > 99) {
-    f.fail("torch_version", "expected MAJOR.MINOR such as 2.4, got \"" + text + "\"");
+    f.fail(key, std::string("expected MAJOR.MINOR such as ") + example + ", got \"" + text + "\"");
   }
   return major * 100 + minor;
 }
@@ -535,8 +537,11 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
                                   "expected a chunk count (0: off)");
   s->fw.lm_head_chunk_tokens = f.integer("lm_head_chunk", s->fw.lm_head_chunk_tokens, 0, 1 << 24,
                                          "expected a chunk size in tokens (0: off)");
-  s->torch_version = f.has("torch_version") ? torch_version_from(f.text("torch_version", ""), f)
-                                            : s->torch_version;
+  s->torch_version =
+      f.has("torch_version") ? version_from("torch_version", "2.4", f) : s->torch_version;
+  s->transformers_version = f.has("transformers_version")
+                                ? version_from("transformers_version", "4.57", f)
+                                : s->transformers_version;
   s->allocator.expandable_segments = f.boolean("expandable_segments", false);
   if (f.has("max_split_size_mb")) {
     double mb = f.number("max_split_size_mb", 0, 20, 1e9,

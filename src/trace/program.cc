@@ -1092,6 +1092,25 @@ class Program {
     return g_.op(g_.numel(x), g_.elem(x), {x}, {});  // reshape -> clone
   }
 
+  /// transformers before v4.49 (OPT, since v4.21: PR #17437) and v4.28 to
+  /// v4.30 (LLaMA, until the Llama 2 release, PR #24891) clamped the masked
+  /// scores with torch.max(attn_weights, finfo(dtype).min) in eager attention.
+  bool old_mask_clamp() const {
+    if (s_.framework != Framework::kHf)
+      return false;
+    int v = s_.transformers_version;
+    return (m_.family == "opt" && v >= 421 && v < 449) ||
+           (m_.family == "llama" && v >= 428 && v < 431);
+  }
+  /// OPT before v4.49 upcast the softmax to fp32 only for fp16 scores
+  /// (softmax(..., dtype=float32).to(float16)); other dtypes ran it as they were.
+  bool old_opt_softmax() const {
+    return s_.framework == Framework::kHf && m_.family == "opt" && s_.transformers_version < 449;
+  }
+  bool fp16_compute() const {
+    return s_.precision == Precision::kFp16 || s_.precision == Precision::kFp16Mixed;
+  }
+
   Tid softmax_fp32(Tid x) {
     // softmax(x, dtype=float32): the input is converted first when needed.
     Tid x32 = cast(x, kF32);
@@ -1405,7 +1424,15 @@ class Program {
       masked = mask_ != kNone ? plain(scaled, mask_) : (g_.retain(scaled), scaled);
       g_.release(scaled);
     }
-    Tid probs = flavor == AttnFlavor::kFalcon ? softmax_plain(masked) : softmax_fp32(masked);
+    if (old_mask_clamp()) {
+      // attn_weights = torch.max(attn_weights, tensor(finfo.min)): maximum
+      // saves both inputs, so every layer keeps its masked scores.
+      Tid clamped = g_.op(g_.numel(masked), g_.elem(masked), {masked}, {masked});
+      g_.release(masked);
+      masked = clamped;
+    }
+    bool plain_softmax = flavor == AttnFlavor::kFalcon || (old_opt_softmax() && !fp16_compute());
+    Tid probs = plain_softmax ? softmax_plain(masked) : softmax_fp32(masked);
     g_.release(masked);
     Tid probs_q = cast(probs, g_.elem(qe));
     g_.release(probs);

@@ -386,6 +386,19 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
                                        : Framework::kHf;
   if (fw != Framework::kHf)
     express_framework(r, fw, s);
+  if (has(url, "deepspeed-chat")) {
+    // The DeepSpeed-Chat training logs are of April 2023 (the step-1 OPT
+    // log: 2023-04-18): transformers 4.28 was current. OPT's eager attention
+    // then clamped the masked scores (kept until v4.49).
+    s->transformers_version = 428;
+  }
+  std::string transformers = get("transformers_version");
+  if (!transformers.empty()) {
+    int major = 0;
+    int minor = 0;
+    if (std::sscanf(transformers.c_str(), "%d.%d", &major, &minor) == 2)
+      s->transformers_version = major * 100 + minor;
+  }
   std::string method = lower(get("method"));
   if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
     // The LLMem paper's runs: ColossalAI GeminiDDP on every GPU, one GPU included.

@@ -198,6 +198,8 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<int64_t>("--lm-head-chunk", "LitGPT lm_head_chunk_size in tokens (0: off)");
   est.option<std::string>("--torch-version",
                           "PyTorch version whose behaviour to model (default 2.4)");
+  est.option<std::string>("--transformers-version",
+                          "transformers version whose modeling code to model (default 4.57)");
   est.flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");
   est.option<double>("--max-split-size-mb", "PYTORCH_CUDA_ALLOC_CONF max_split_size_mb");
   est.option<std::string>("--estimator", "llmem (simulation), paper (LLMem equations 1-5) or both");

@@ -280,6 +280,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"quant_block", 64},
                  {"no_prepare_kbit", false},
                  {"torch_version", "2.4"},
+                 {"transformers_version", "4.28"},
                  {"expandable_segments", false},
                  {"max_split_size_mb", 20},
                  {"method", "ddp"},
@@ -412,6 +413,8 @@ TEST(Request, UnknownValues) {
   EXPECT_ERROR(base({{"lora_rank", 8}, {"lora_dtype", "int8"}}), "key 'lora_dtype'");
   EXPECT_ERROR(base({{"torch_version", "two"}}),
                "key 'torch_version': expected MAJOR.MINOR such as 2.4");
+  EXPECT_ERROR(base({{"transformers_version", "latest"}}),
+               "key 'transformers_version': expected MAJOR.MINOR such as 4.57");
   EXPECT_ERROR(base({{"method", "zero4"}}),
                "key 'method': unknown value \"zero4\" (did you mean \"zero1\"?)");
   EXPECT_ERROR(base({{"schedule", "interleaved"}}), "key 'schedule'");

@@ -394,5 +394,37 @@ TEST(Estimate, EveryCatalogModel) {
   EXPECT_EQ(traced, static_cast<int>(catalog().size()));
 }
 
+// transformers before v4.49 (OPT) and in v4.28-v4.30 (LLaMA) clamped the
+// masked scores with torch.max, which saves them: one b*heads*s*s tensor per
+// layer more at the end of the forward pass.
+TEST(Estimate, OldTransformersKeepTheClampedScores) {
+  struct Case {
+    const char* model;
+    int old_version, new_version;
+  };
+  for (const Case& c :
+       {Case{"facebook/opt-125m", 428, 449}, Case{"huggyllama/llama-7b", 430, 431}}) {
+    ModelSpec m = load_model(c.model);
+    TrainingSetup s;
+    s.batch = 2;
+    s.seq = 256;
+    s.precision = Precision::kFp16Mixed;
+    s.attention = AttentionImpl::kEager;
+    s.finetune = FinetuneMode::kLora;
+    s.transformers_version = c.new_version;
+    Estimate now = estimate(m, s, find_gpu("A100-80GB"));
+    s.transformers_version = c.old_version;
+    Estimate then = estimate(m, s, find_gpu("A100-80GB"));
+    const AttentionSpec& a = m.layers.front().attention;
+    // fp32: under autocast the float mask follows the fp32 embeddings, and
+    // the scores plus the mask promote to it.
+    double scores = static_cast<double>(m.num_layers * 2 * a.num_heads * 256 * 256 * 4);
+    double added = static_cast<double>(then.phase_peaks[static_cast<size_t>(Phase::kLoss)]) -
+                   static_cast<double>(now.phase_peaks[static_cast<size_t>(Phase::kLoss)]);
+    EXPECT_GT(added, 0.95 * scores) << c.model;
+    EXPECT_LT(added, 1.1 * scores) << c.model;  // peak against peak: allocator rounding
+  }
+}
+
 }  // namespace
 }  // namespace llmem
