@@ -156,6 +156,12 @@ struct FrameworkSetup {
   /// The training loop keeps the previous step's logits bound to a Python
   /// name until the next forward returns (LitGPT; torchtune before `del logits`).
   bool logits_outlive_step = false;
+  /// Lightning Fabric's _FabricModule.forward returns
+  /// precision.convert_output(output): every floating output is cast to
+  /// torch.get_default_dtype() (fp32) after the forward, so the LM head's
+  /// half-precision logits (each chunk of the list) get fp32 copies, and the
+  /// loss, its saved log-softmax and the logits' gradients are fp32 (LitGPT).
+  bool logits_to_fp32 = false;
   /// Early torchtune recipes shift with logits[..., :-1, :].contiguous():
   /// one more fp32 copy of the logits.
   bool logits_shift_copy = false;
