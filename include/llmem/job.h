@@ -162,6 +162,11 @@ struct FrameworkSetup {
   /// half-precision logits (each chunk of the list) get fp32 copies, and the
   /// loss, its saved log-softmax and the logits' gradients are fp32 (LitGPT).
   bool logits_to_fp32 = false;
+  /// The LM head's chunks get the model's final logit soft-capping (Gemma-2):
+  /// LitGPT's GPT.forward caps each chunk since litgpt PR #1891 (2024-12-31);
+  /// before it the chunked path returned the head's output uncapped. Off for
+  /// measurements taken with earlier LitGPT.
+  bool chunked_logit_softcap = true;
   /// Early torchtune recipes shift with logits[..., :-1, :].contiguous():
   /// one more fp32 copy of the logits.
   bool logits_shift_copy = false;

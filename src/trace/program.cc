@@ -1929,7 +1929,8 @@ Tid Program::forward(Tid ids) {
   if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
     logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw, [&](Tid slice) {
-      return capped_logits(linear(slice, head, ew, m_.vocab_size));
+      Tid y = linear(slice, head, ew, m_.vocab_size);
+      return s_.fw.chunked_logit_softcap ? capped_logits(y) : y;
     });
     g_.release(hn);
     fabric_output_fp32(&logit_chunks_);

@@ -172,6 +172,26 @@ TEST(Framework, LitgptSdpaKeepsTheFusedQkvOfMultiHeadModels) {
   EXPECT_EQ(kept_for_backward(trace::build_trace(gqa, s), fused), 0);
 }
 
+TEST(Framework, LitgptChunkedHeadSoftCapFollowsTheLitgptVersion) {
+  // Since litgpt #1891 every 128-token chunk is capped: x / cap, tanh (saved),
+  // * cap, three more chunk-sized tensors; before it the chunk went uncapped.
+  ModelSpec m = load_model("google/gemma-2-2b");
+  ASSERT_GT(m.final_logit_softcapping, 0);
+  TrainingSetup s = litgpt_setup(1, 256, FinetuneMode::kLora);
+  s.lora.rank = 8;
+  auto chunk_sized = [&](bool cap) {
+    s.fw.chunked_logit_softcap = cap;
+    int n = 0;
+    for (const trace::Event& e : trace::build_trace(m, s).events) {
+      if (e.step == 2 && e.alloc && e.phase == Phase::kForward &&
+          e.bytes == 128 * m.vocab_size * kBf16)
+        ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(chunk_sized(true) - chunk_sized(false), 3 * 2);
+}
+
 TEST(Framework, LitgptSplitsPhi3GateUpIntoFc1AndFc2) {
   // LitGPT's Phi-3 config uses LLaMAMLP: fc_1 and fc_2 are LoRALinear each,
   // lora_A [r, C] apiece, against transformers' one gate_up_proj adapter.
