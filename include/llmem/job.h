@@ -159,6 +159,17 @@ struct FrameworkSetup {
   /// The training loop keeps the previous step's logits bound to a Python
   /// name until the next forward returns (LitGPT; torchtune before `del logits`).
   bool logits_outlive_step = false;
+  /// Lightning Fabric's _FabricModule.forward returns
+  /// precision.convert_output(output): every floating output is cast to
+  /// torch.get_default_dtype() (fp32) after the forward, so the LM head's
+  /// half-precision logits (each chunk of the list) get fp32 copies, and the
+  /// loss, its saved log-softmax and the logits' gradients are fp32 (LitGPT).
+  bool logits_to_fp32 = false;
+  /// The LM head's chunks get the model's final logit soft-capping (Gemma-2):
+  /// LitGPT's GPT.forward caps each chunk since litgpt PR #1891 (2024-12-31);
+  /// before it the chunked path returned the head's output uncapped. Off for
+  /// measurements taken with earlier LitGPT.
+  bool chunked_logit_softcap = true;
   /// Early torchtune recipes shift with logits[..., :-1, :].contiguous():
   /// one more fp32 copy of the logits.
   bool logits_shift_copy = false;

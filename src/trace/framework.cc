@@ -13,7 +13,8 @@
 //              instantiate_bnb_optimizer -> bnb.optim.PagedAdamW when quantized),
 //              litgpt/model.py (GPT.forward: x.split(lm_head_chunk_size, dim=1)),
 //              litgpt/utils.py (chunked_cross_entropy: no upcast, reduction="none"),
-//              litgpt/lora.py (lora_query/lora_value defaults, lora_dropout 0.05).
+//              litgpt/lora.py (lora_query/lora_value defaults, lora_dropout 0.05),
+//              lightning/fabric/wrappers.py (_FabricModule.forward: convert_output).
 
 #include "trace/framework.h"
 
@@ -53,6 +54,12 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     s->fw.lm_head_chunk_tokens = 128;
     s->fw.loss_fp32 = false;
     s->fw.logits_outlive_step = true;
+    // lightning/fabric/wrappers.py _FabricModule.forward: output =
+    // precision.convert_output(output); HalfPrecision, MixedPrecision,
+    // BitsandbytesPrecision and FSDPPrecision all cast floating outputs to
+    // torch.get_default_dtype() (plugins/precision/half.py, amp.py,
+    // bitsandbytes.py, fsdp.py at Lightning 2.4.0; since PR #17287, 2023-04).
+    s->fw.logits_to_fp32 = true;
     s->lora.dropout = 0.05;
     s->quant.double_quant = false;  // --quantize bnb.nf4 (bnb.nf4-dq is the double-quant one)
     // lightning/fabric/plugins/precision/bitsandbytes.py (_Linear4bit.quantize,
@@ -163,7 +170,7 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
     Tid c = logits[i];
     int64_t rows = g.numel(c) / vocab;
     Tid x;
-    if (fw.loss_fp32) {
+    if (fw.loss_fp32 && g.elem(c) != kF32) {
       x = g.op(g.numel(c), kF32, {c}, {}, Component::kLogitsLoss);  // logits.float()
     } else if (i + 1 == logits.size() && batch > 1) {
       // LitGPT: logits[-1][..., :-1, :] is strided when b > 1, so

@@ -11,6 +11,7 @@
 #include "trace/program.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -514,6 +515,102 @@ class Program {
       g_.release(t);
   }
 
+  /// LitGPT LoRA / QLoRA: CausalSelfAttention.attn is one LoRAQKVLinear over
+  /// q|k|v whatever the checkpoint's layout (traced without autocast).
+  bool litgpt_fused_qkv() const {
+    return s_.framework == Framework::kLitgpt && s_.finetune != FinetuneMode::kFull && !autocast_;
+  }
+
+  /// litgpt/lora.py LoRAQKVLinear.forward: one pretrained matmul over the
+  /// fused q|k|v weight (one bitsandbytes weight under QLoRA), and for the
+  /// enabled parts one lora_dropout(x) and one lora_A of r x enabled rows,
+  /// lora_B per part by F.conv1d (saving the after_A chunks) cat'ed,
+  /// zero_pad to the fused width (new_zeros + index_copy_, saving only the
+  /// index) unless q, k and v are all enabled, * scaling, and the sum.
+  /// CausalSelfAttention.forward then takes q, k and v out of the permuted
+  /// view (see below); K/V expansion for grouped queries is traced in
+  /// attention_core.
+  /// `names`: the checkpoint's q, k and v modules under prefix `p`; `packed`:
+  /// its fused module, if any (Phi-3's qkv_proj, one adapter over all three).
+  void litgpt_qkv(Tid x, const std::string& p, const std::array<std::string, 3>& names,
+                  const std::string& packed_name, const AttentionSpec& a, Tid* q, Tid* k, Tid* v) {
+    int64_t h = m_.hidden_size;
+    const std::array<int64_t, 3> widths = {a.q_width(), a.k_width(), a.v_width()};
+    int64_t total = widths[0] + widths[1] + widths[2];
+    int64_t rows = g_.numel(x) / h;
+    bool packed = !packed_name.empty() && find_param(p + packed_name + ".weight") != nullptr;
+    Param fused = param(p + (packed ? packed_name : names[0]) + ".weight");
+    if (!packed) {
+      fused.quantized = 0;
+      for (const std::string& n : names)
+        fused.quantized += param(p + n + ".weight").quantized;
+    }
+    Tid sum = base_linear(x, fused, nullptr, h, total);
+    int e = g_.elem(sum);
+    std::array<Tid, 3> as = {kNone, kNone, kNone};
+    std::array<Tid, 3> bs = {kNone, kNone, kNone};
+    int64_t enabled = 0;
+    int64_t lora_width = 0;
+    for (size_t j = 0; j < 3; ++j) {
+      if (packed) {
+        auto it = lora_.find(p + packed_name);
+        if (it != lora_.end() && j == 0) {
+          as[0] = it->second.a;
+          bs[0] = it->second.b;
+        }
+        if (it != lora_.end()) {
+          ++enabled;
+          lora_width += widths[j];
+        }
+        continue;
+      }
+      auto it = lora_.find(p + names[j]);
+      if (it == lora_.end())
+        continue;
+      as[j] = it->second.a;
+      bs[j] = it->second.b;
+      ++enabled;
+      lora_width += widths[j];
+    }
+    if (enabled > 0) {
+      Tid xd = dropout(x, s_.lora.dropout);
+      Tid ha = g_.op(rows * s_.lora.rank * enabled, e, {xd, as[0], as[1], as[2]},
+                     {xd, as[0], as[1], as[2]});
+      g_.release(xd);
+      Tid hb = g_.op(rows * lora_width, e, {ha, bs[0], bs[1], bs[2]}, {ha, bs[0], bs[1], bs[2]});
+      g_.release(ha);
+      if (enabled < 3) {
+        Tid padded = g_.op(rows * total, e, {hb}, {});
+        g_.release(hb);
+        hb = padded;
+      }
+      Tid scaled = plain(hb);
+      g_.release(hb);
+      Tid out = plain(sum, scaled);
+      g_.release(sum);
+      g_.release(scaled);
+      sum = out;
+    }
+    // qkv.view(B, T, groups, q_per_kv + 2, hs).permute(0, 2, 3, 1, 4).split:
+    // with one query per group (multi-head) q.reshape(B, -1, T, hs) merges a
+    // size-1 dimension, a view, and so are k and v (reshape, or expand first
+    // for grouped queries, traced in attention_core). SDPA then saves v as a
+    // view of the whole q|k|v output, which stays alive until backward.
+    // With grouped queries q's reshape copies.
+    bool mha = a.num_heads == a.num_kv_heads;
+    *q = mha ? g_.view(sum, rows * widths[0]) : g_.op(rows * widths[0], e, {sum}, {});
+    *k = g_.view(sum, rows * widths[1]);
+    *v = g_.view(sum, rows * widths[2]);
+    g_.release(sum);
+  }
+
+  /// LitGPT LoRA / QLoRA on a model whose transformers checkpoint fuses
+  /// gate_up_proj (Phi-3): fc_1 and fc_2 are traced as LitGPT runs them.
+  /// Full fine-tuning keeps the fused trace (the same saved tensors).
+  bool litgpt_split_mlp() const {
+    return s_.framework == Framework::kLitgpt && s_.finetune != FinetuneMode::kFull;
+  }
+
   /// litgpt/finetune/full.py calls model(input_ids) without lm_head_chunk_size.
   bool litgpt_full() const {
     return s_.framework == Framework::kLitgpt && s_.finetune == FinetuneMode::kFull;
@@ -558,6 +655,26 @@ class Program {
     else
       g_.release(out);  // the model output object dies with compute_loss
     return loss;
+  }
+
+  /// Lightning Fabric's convert_output: apply_to_collection builds a new list
+  /// of fp32 copies while the forward's `output` still holds the originals,
+  /// which die when the name is rebound (lightning/fabric/wrappers.py).
+  void fabric_output_fp32(std::vector<Tid>* outputs) {
+    if (!s_.fw.logits_to_fp32)
+      return;
+    std::vector<Tid> converted;
+    for (Tid t : *outputs) {
+      if (g_.elem(t) == kF32) {
+        g_.retain(t);
+        converted.push_back(t);
+      } else {
+        converted.push_back(g_.op(g_.numel(t), kF32, {t}, {}, Component::kLogitsLoss));
+      }
+    }
+    for (Tid t : *outputs)
+      g_.release(t);
+    *outputs = converted;
   }
 
   void optimizer_step(bool first);
@@ -988,7 +1105,24 @@ class Program {
     Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
     if (sp_ > 1 && row_parallel(prefix + ".weight"))
       y = sp_scatter(y);
-    auto it = lora_.find(prefix);
+    return with_lora(x, y, prefix, w, in, out);
+  }
+
+  /// LitGPT's LLaMAMLP keeps fc_1 and fc_2 as two Linears (litgpt/model.py;
+  /// its Phi-3 config maps transformers' fused gate_up_proj onto them), each
+  /// quantized on its own and, with lora_mlp, with its own LoRALinear and
+  /// lora_dropout (litgpt/lora.py). `part` 0 is fc_1 (the gate half), 1 fc_2.
+  Tid litgpt_mlp_half(Tid x, const std::string& fused, int part, int64_t in, int64_t out) {
+    Param& w = param(fused + ".weight");
+    Param half = w;
+    half.quantized = w.quantized / 2;
+    Tid y = base_linear(x, half, nullptr, in, out);
+    return with_lora(x, y, fused + (part == 0 ? ".fc_1" : ".fc_2"), w, in, out);
+  }
+
+  /// The LoRA branch added to a linear's output `y` when `key` has an adapter.
+  Tid with_lora(Tid x, Tid y, const std::string& key, const Param& w, int64_t in, int64_t out) {
+    auto it = lora_.find(key);
     if (it == lora_.end())
       return y;
     if (w.quantized > 0 && s_.framework == Framework::kHf) {
@@ -1465,6 +1599,18 @@ class Program {
                 const char* down_name = "down_proj") {
     int64_t h = m_.hidden_size;
     int64_t inter = width > 0 ? width : mlp.intermediate_size;
+    if (find_param(p + "gate_up_proj.weight") != nullptr && litgpt_split_mlp()) {
+      Tid f1 = litgpt_mlp_half(x, p + "gate_up_proj", 0, h, inter);
+      Tid f2 = litgpt_mlp_half(x, p + "gate_up_proj", 1, h, inter);
+      Tid act = activation(f1, mlp.activation);
+      g_.release(f1);
+      Tid prod = mul(act, f2);
+      g_.release(act);
+      g_.release(f2);
+      Tid down = linear(prod, p + down_name, inter, h);
+      g_.release(prod);
+      return down;
+    }
     if (find_param(p + "gate_up_proj.weight") != nullptr) {
       Tid gu = linear(x, p + "gate_up_proj", h, 2 * inter);
       Tid gate = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});  // chunk view (grad: full size)
@@ -1768,6 +1914,28 @@ void Program::add_lora() {
       continue;
     int64_t out = conv1d ? t.shape[1] : t.shape[0];
     int64_t in = conv1d ? t.shape[0] : t.shape[1];
+    if (module == "gate_up_proj" && litgpt_split_mlp()) {
+      // litgpt/lora.py LLaMAMLP: fc_1 and fc_2 are LoRALinear each (lora_A
+      // [r, in] and lora_B [out / 2, r] apiece).
+      for (const char* part : {".fc_1", ".fc_2"}) {
+        Lora l;
+        l.rank = s_.lora.rank;
+        l.elem = elem;
+        l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
+        l.b = g_.leaf(out / 2 * l.rank, elem, Component::kParameters, true);
+        lora_params_[l.a] = Param{l.a, true, kNone};
+        lora_params_[l.b] = Param{l.b, true, kNone};
+        trainable_.push_back(l.a);
+        trainable_.push_back(l.b);
+        param_layer_[l.a] = t.layer;
+        param_layer_[l.b] = t.layer;
+        out_->params += l.rank * (in + out / 2);
+        out_->trainable_params += l.rank * (in + out / 2);
+        lora_[prefix + part] = l;
+      }
+      ++matched;
+      continue;
+    }
     Lora l;
     l.rank = s_.lora.rank;
     l.elem = elem;
@@ -1948,13 +2116,20 @@ Tid Program::forward(Tid ids) {
   if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
     logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw, [&](Tid slice) {
-      return capped_logits(linear(slice, head, ew, m_.vocab_size));
+      Tid y = linear(slice, head, ew, m_.vocab_size);
+      return s_.fw.chunked_logit_softcap ? capped_logits(y) : y;
     });
     g_.release(hn);
+    fabric_output_fp32(&logit_chunks_);
     return kNone;
   }
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   g_.release(hn);
+  if (s_.fw.logits_to_fp32) {
+    std::vector<Tid> one = {logits};
+    fabric_output_fp32(&one);
+    logits = one.front();
+  }
   if (s_.framework == Framework::kTorchtune) {
     // TransformerDecoder.unembed: output = self.output(h).float()
     Tid l32 = cast(logits, kF32);
@@ -1979,7 +2154,9 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   if (a.kind == AttentionKind::kMLA)
     return mla_attention(x, p, a);
   Tid q, k, v, fused = kNone;
-  if (find_param(p + "qkv_proj.weight") != nullptr) {
+  if (litgpt_fused_qkv()) {
+    litgpt_qkv(x, p, {"q_proj", "k_proj", "v_proj"}, "qkv_proj", a, &q, &k, &v);
+  } else if (find_param(p + "qkv_proj.weight") != nullptr) {
     // Phi-3: one qkv_proj; q, k and v are slices of it (views keeping it alive).
     int64_t total = a.q_width() + a.k_width() + a.v_width();
     fused = linear(x, p + "qkv_proj", h, total);
@@ -2189,10 +2366,23 @@ Tid Program::generic_layer(Tid x, int i) {
     // long as any of them, and each view's backward needs a gradient of its size.
     fused = linear(n1, p + n.qkv, h, a.q_width() + a.k_width() + a.v_width());
     int e = g_.elem(fused);
-    q = g_.op(g_.numel(fused) * a.q_width() / (a.q_width() + a.k_width() + a.v_width()), e, {fused},
-              {});
-    k = g_.op(g_.numel(q) * a.k_width() / a.q_width(), e, {fused}, {});
-    v = g_.op(g_.numel(q) * a.v_width() / a.q_width(), e, {fused}, {});
+    int64_t rows = g_.numel(fused) / (a.q_width() + a.k_width() + a.v_width());
+    if (s_.framework == Framework::kLitgpt) {
+      // LitGPT's CausalSelfAttention (as in litgpt_qkv): with one query per
+      // group q, k and v are views of the fused output, and SDPA saves v as
+      // one, keeping the whole output until backward; grouped queries copy q.
+      q = a.num_heads == a.num_kv_heads ? g_.view(fused, rows * a.q_width())
+                                        : g_.op(rows * a.q_width(), e, {fused}, {});
+      k = g_.view(fused, rows * a.k_width());
+      v = g_.view(fused, rows * a.v_width());
+    } else {
+      q = g_.op(rows * a.q_width(), e, {fused}, {});
+      k = g_.op(rows * a.k_width(), e, {fused}, {});
+      v = g_.op(rows * a.v_width(), e, {fused}, {});
+    }
+  } else if (litgpt_fused_qkv()) {
+    // LitGPT fuses checkpoints with separate q/k/v (Phi-1.5, Phi-2) into one attn.
+    litgpt_qkv(n1, p, {n.q, n.k, n.v}, "", a, &q, &k, &v);
   } else {
     q = linear(n1, p + n.q, h, a.q_width());
     k = linear(n1, p + n.k, h, a.k_width());

@@ -205,6 +205,10 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   // 2024-10-04); the tutorials are older still.
   if (fw == Framework::kLitgpt)
     s->fw.stable_embedding = false;
+  // litgpt/lora.py GPT.forward at 00af8b0d returned the chunked head's output
+  // uncapped; per-chunk soft-capping came with PR #1891 (17a58dfa, 2024-12-31).
+  if (fw == Framework::kLitgpt)
+    s->fw.chunked_logit_softcap = false;
   if (fw == Framework::kLitgpt && has(url, "tutorials/prepare_dataset.md")) {
     // The Falcon-7B figures were added by lit-gpt 29de2828 (2023-09-27, PR #588),
     // whose README asks for the torch 2.1.0 release candidate. lit_gpt/model.py

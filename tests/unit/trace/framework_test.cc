@@ -53,24 +53,164 @@ TEST(Framework, ChunkedCrossEntropyLowersTheLossPeakByTwoMinusFourOverKLogits) {
   EXPECT_NEAR(static_cast<double>(saved), static_cast<double>(expected), 1 << 20);
 }
 
-TEST(Framework, LitgptLossStaysInTheLogitsDtype) {
-  // chunked_cross_entropy runs F.cross_entropy on bf16 slices: no fp32 tensor
-  // of the vocabulary's width appears.
-  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+TrainingSetup litgpt_setup(int64_t batch, int64_t seq, FinetuneMode mode) {
   TrainingSetup s;
   apply_framework_defaults(Framework::kLitgpt, &s);
-  s.device = Device::kCpu;
-  s.batch = 1;
-  s.seq = 512;
-  s.finetune = FinetuneMode::kLora;
-  trace::TraceResult t = trace::build_trace(m, s);
-  int64_t widest_fp32 = 0;
+  s.device = Device::kCpu;  // exact sizes
+  s.batch = batch;
+  s.seq = seq;
+  s.finetune = mode;
+  return s;
+}
+
+int64_t widest(const trace::TraceResult& t, Component c) {
+  int64_t w = 0;
   for (const trace::Event& e : t.events) {
-    if (e.alloc && e.component == Component::kLogitsLoss)
-      widest_fp32 = std::max(widest_fp32, e.bytes);
+    if (e.alloc && e.component == c)
+      w = std::max(w, e.bytes);
   }
-  // The largest loss tensor is one 128-token bf16 slice of log-probabilities.
-  EXPECT_EQ(widest_fp32, 128 * m.vocab_size * kBf16);
+  return w;
+}
+
+TEST(Framework, LitgptLossStaysInTheLogitsDtype) {
+  // chunked_cross_entropy runs F.cross_entropy on the slices in their own
+  // dtype (no upcast): without Fabric's output conversion the widest loss
+  // tensor is one 128-token bf16 slice of log-probabilities.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = litgpt_setup(1, 512, FinetuneMode::kLora);
+  s.fw.logits_to_fp32 = false;
+  EXPECT_EQ(widest(trace::build_trace(m, s), Component::kLogitsLoss), 128 * m.vocab_size * kBf16);
+}
+
+TEST(Framework, LitgptFabricReturnsFp32Logits) {
+  // _FabricModule.forward: precision.convert_output casts every slice of the
+  // logits list to fp32 while the bf16 list is still referenced, and the
+  // previous step's (fp32) list lives until `logits = model(...)` rebinds it.
+  // So at the end of a steady-state forward two fp32 sets of B*T*V are live,
+  // and in the loss one fp32 set plus its fp32 log-softmax.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = litgpt_setup(1, 512, FinetuneMode::kLora);
+  EXPECT_TRUE(s.fw.logits_to_fp32);
+  trace::TraceResult fabric = trace::build_trace(m, s);
+  int64_t tv = s.batch * s.seq * m.vocab_size;
+  EXPECT_EQ(widest(fabric, Component::kLogitsLoss), 128 * m.vocab_size * 4);
+  EXPECT_NEAR(static_cast<double>(max_live(fabric.events, Component::kLogitsLoss)),
+              static_cast<double>(2 * tv * 4), 1 << 20);
+  // The step's peak rises by at least one more fp32 set of logits over the
+  // bf16-only trace (an extra 2TV at the forward's end alone: 4 + 4 + 2
+  // against 2 + 2 bytes per logit).
+  Estimate with = estimate(m, s, find_gpu("A100-80GB"));
+  s.fw.logits_to_fp32 = false;
+  Estimate without = estimate(m, s, find_gpu("A100-80GB"));
+  EXPECT_GE(static_cast<int64_t>(with.peak.allocated_bytes) -
+                static_cast<int64_t>(without.peak.allocated_bytes),
+            4 * tv);
+}
+
+TEST(Framework, LitgptFusedQkvSharesOneLoraDropout) {
+  // LoRAQKVLinear applies lora_dropout once to the input of all enabled q/k/v
+  // adapters; separate q_proj / v_proj adapters (the hf profile) each keep a
+  // dropout output and mask. Adding v to q costs LitGPT no [T, C] tensor.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  auto forward_peak = [&](Framework f, std::vector<std::string> targets) {
+    TrainingSetup s;
+    apply_framework_defaults(f, &s);
+    s.device = Device::kCpu;
+    s.batch = 1;
+    s.seq = 256;
+    s.finetune = FinetuneMode::kLora;
+    s.precision = Precision::kBf16;
+    s.attention = AttentionImpl::kSdpa;
+    s.lora.adapter_fp32 = false;
+    s.lora.dropout = 0.05;
+    s.lora.rank = 8;
+    s.lora.targets = targets;
+    return static_cast<int64_t>(
+        estimate(m, s, find_gpu("A100-80GB")).phase_peaks[static_cast<size_t>(Phase::kForward)]);
+  };
+  // CPU dropout: the output and a noise tensor of the input dtype, 4 bytes per element.
+  int64_t per_dropout = m.num_layers * 256 * m.hidden_size * 4;
+  int64_t hf =
+      forward_peak(Framework::kHf, {"q_proj", "v_proj"}) - forward_peak(Framework::kHf, {"q_proj"});
+  int64_t litgpt = forward_peak(Framework::kLitgpt, {"q_proj", "v_proj"}) -
+                   forward_peak(Framework::kLitgpt, {"q_proj"});
+  EXPECT_GE(hf, per_dropout * 9 / 10);
+  EXPECT_LT(litgpt, per_dropout / 10);
+}
+
+// Tensors of `bytes` allocated in the steady-state forward and freed in its backward.
+int kept_for_backward(const trace::TraceResult& t, int64_t bytes) {
+  std::vector<int32_t> born;
+  int kept = 0;
+  for (const trace::Event& e : t.events) {
+    if (e.step != 2 || e.bytes != bytes)
+      continue;
+    if (e.alloc && e.phase == Phase::kForward) {
+      born.push_back(e.tensor);
+    } else if (!e.alloc && e.phase == Phase::kBackward &&
+               std::find(born.begin(), born.end(), e.tensor) != born.end()) {
+      ++kept;
+    }
+  }
+  return kept;
+}
+
+TEST(Framework, LitgptSdpaKeepsTheFusedQkvOfMultiHeadModels) {
+  // With one query per group, LitGPT's q/k/v are views of the fused q|k|v
+  // output and SDPA saves v as one: the whole [T, 3C] output lives until
+  // backward in every layer. With grouped queries K/V are expanded (copies)
+  // and the fused output dies in forward.
+  TrainingSetup s = litgpt_setup(1, 128, FinetuneMode::kLora);
+  s.lora.rank = 8;
+  ModelSpec mha = load_model("meta-llama/Llama-2-7b-hf");
+  ASSERT_EQ(mha.layers.front().attention.num_heads, mha.layers.front().attention.num_kv_heads);
+  EXPECT_EQ(kept_for_backward(trace::build_trace(mha, s), 128 * 3 * mha.hidden_size * kBf16),
+            mha.num_layers);
+  ModelSpec gqa = load_model("meta-llama/Llama-3.2-1B");
+  const AttentionSpec& a = gqa.layers.front().attention;
+  int64_t fused = 128 * (a.q_width() + a.k_width() + a.v_width()) * kBf16;
+  EXPECT_EQ(kept_for_backward(trace::build_trace(gqa, s), fused), 0);
+}
+
+TEST(Framework, LitgptChunkedHeadSoftCapFollowsTheLitgptVersion) {
+  // Since litgpt #1891 every 128-token chunk is capped: x / cap, tanh (saved),
+  // * cap, three more chunk-sized tensors; before it the chunk went uncapped.
+  ModelSpec m = load_model("google/gemma-2-2b");
+  ASSERT_GT(m.final_logit_softcapping, 0);
+  TrainingSetup s = litgpt_setup(1, 256, FinetuneMode::kLora);
+  s.lora.rank = 8;
+  auto chunk_sized = [&](bool cap) {
+    s.fw.chunked_logit_softcap = cap;
+    int n = 0;
+    for (const trace::Event& e : trace::build_trace(m, s).events) {
+      if (e.step == 2 && e.alloc && e.phase == Phase::kForward &&
+          e.bytes == 128 * m.vocab_size * kBf16)
+        ++n;
+    }
+    return n;
+  };
+  EXPECT_EQ(chunk_sized(true) - chunk_sized(false), 3 * 2);
+}
+
+TEST(Framework, LitgptSplitsPhi3GateUpIntoFc1AndFc2) {
+  // LitGPT's Phi-3 config uses LLaMAMLP: fc_1 and fc_2 are LoRALinear each,
+  // lora_A [r, C] apiece, against transformers' one gate_up_proj adapter.
+  ModelSpec m = load_model("microsoft/Phi-3-mini-4k-instruct");
+  int64_t c = m.hidden_size;
+  int64_t inter = m.layers.front().mlp.intermediate_size;
+  auto trainable = [&](Framework f) {
+    TrainingSetup s;
+    apply_framework_defaults(f, &s);
+    s.device = Device::kCpu;
+    s.batch = 1;
+    s.seq = 64;
+    s.finetune = FinetuneMode::kLora;
+    s.lora.rank = 8;
+    s.lora.targets = {"gate_up_proj"};
+    return estimate(m, s, find_gpu("A100-80GB")).trainable_params;
+  };
+  EXPECT_EQ(trainable(Framework::kLitgpt), m.num_layers * 2 * 8 * (c + inter));
+  EXPECT_EQ(trainable(Framework::kHf), m.num_layers * 8 * (c + 2 * inter));
 }
 
 TEST(Framework, LitgptQloraDequantizesToFp16ThenCastsToTheComputeDtype) {
