@@ -12,7 +12,7 @@ const COLORS = {
 };
 const CACHED = '#c7c7c7', CONTEXT = '#7f7f7f', COMM = '#3b3b3b';
 const PHASE_BANDS = {setup: '#eeeeee', forward: '#dbe9f6', loss: '#fde2c8', backward: '#e2f0d9',
-                     optimizer: '#efe0f5'};
+                     optimizer: '#efe0f5', load: '#f3ecd2'};
 
 const gib = (b) => (b / GIB).toFixed(2) + ' GiB';
 const commas = (n) => Number(n).toLocaleString('en-US');
