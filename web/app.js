@@ -263,7 +263,7 @@ function renderTimeline(csv, j) {
   }
   s += `<text x="${L}" y="${H - 12}"><tspan fill="#1f77b4">— allocated</tspan>   ` +
       `<tspan fill="#d62728">— reserved</tspan>   <tspan fill="#666">x: allocation events ` +
-      `(${commas(j.events)}); bands: phases of the first and a steady step</tspan></text></svg>`;
+      `(${commas(j.events)}); bands: load, then the phases of the first and a steady step</tspan></text></svg>`;
   $('timeline').innerHTML = s;
   $('timeline-card').hidden = false;
 }

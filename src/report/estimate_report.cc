@@ -284,7 +284,8 @@ std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, con
   }
   out << "<text x=\"" << left << "\" y=\"" << height - 15
       << "\"><tspan fill=\"#1f77b4\">— allocated</tspan>   <tspan fill=\"#d62728\">— "
-         "reserved</tspan>   (x: allocation events; bands: phases of step 1 and step 2)</text>\n";
+         "reserved</tspan>   (x: allocation events; bands: load, then the phases of step 1 and "
+         "step 2)</text>\n";
   out << "</svg>\n";
   return out.str();
 }
