@@ -12,7 +12,7 @@ const COLORS = {
 };
 const CACHED = '#c7c7c7', CONTEXT = '#7f7f7f', COMM = '#3b3b3b';
 const PHASE_BANDS = {setup: '#eeeeee', forward: '#dbe9f6', loss: '#fde2c8', backward: '#e2f0d9',
-                     optimizer: '#efe0f5'};
+                     optimizer: '#efe0f5', load: '#f3ecd2'};
 
 const gib = (b) => (b / GIB).toFixed(2) + ' GiB';
 const commas = (n) => Number(n).toLocaleString('en-US');
@@ -263,7 +263,7 @@ function renderTimeline(csv, j) {
   }
   s += `<text x="${L}" y="${H - 12}"><tspan fill="#1f77b4">— allocated</tspan>   ` +
       `<tspan fill="#d62728">— reserved</tspan>   <tspan fill="#666">x: allocation events ` +
-      `(${commas(j.events)}); bands: phases of the first and a steady step</tspan></text></svg>`;
+      `(${commas(j.events)}); bands: load, then the phases of the first and a steady step</tspan></text></svg>`;
   $('timeline').innerHTML = s;
   $('timeline-card').hidden = false;
 }

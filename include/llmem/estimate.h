@@ -33,7 +33,9 @@ enum class Component : uint8_t {
 };
 std::string_view component_name(Component c);
 
-enum class Phase : uint8_t { kSetup, kForward, kLoss, kBackward, kOptimizer };
+/// kLoad: building the model and loading its checkpoint, before the first
+/// step (events of step 0); appended so the training phases keep their indices.
+enum class Phase : uint8_t { kSetup, kForward, kLoss, kBackward, kOptimizer, kLoad };
 std::string_view phase_name(Phase p);
 
 /// One sample of the timeline (after each allocation or free that changes a peak, thinned).
@@ -70,8 +72,9 @@ struct Estimate {
   PeakInfo peak;  ///< the single GPU, or the worst rank of a distributed layout
   /// Distributed layouts: one entry per distinct rank role (empty for one GPU).
   std::vector<RankEstimate> ranks;
-  uint64_t first_step_peak = 0;           ///< allocated peak of the first iteration
-  uint64_t steady_step_peak = 0;          ///< allocated peak of the second iteration
+  uint64_t first_step_peak = 0;   ///< allocated peak of the first iteration
+  uint64_t steady_step_peak = 0;  ///< allocated peak of the second iteration
+  uint64_t load_peak = 0;         ///< allocated peak while the model is built and loaded (step 0)
   std::array<uint64_t, 5> phase_peaks{};  ///< allocated peak per Phase (steady state)
   uint64_t context_bytes = 0;             ///< CUDA context (device only)
   uint64_t workspace_bytes = 0;           ///< cuBLAS workspace (device only)

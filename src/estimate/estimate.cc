@@ -53,6 +53,8 @@ std::string_view phase_name(Phase p) {
       return "backward";
     case Phase::kOptimizer:
       return "optimizer";
+    case Phase::kLoad:
+      return "load";
   }
   return "";
 }
@@ -198,6 +200,7 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   est.peak.reserved_bytes = r.reserved_peak;
   est.first_step_peak = r.step_peak[1];
   est.steady_step_peak = r.step_peak[2];
+  est.load_peak = r.step_peak[0];
   est.phase_peaks = r.phase_peaks;
   est.timeline = std::move(r.timeline);
   if (cuda) {

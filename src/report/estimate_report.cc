@@ -244,7 +244,7 @@ std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, con
       << ": memory over one training step (peak " << gib(e.peak.allocated_bytes)
       << " allocated)</text>\n";
   // Phase bands.
-  const char* colors[] = {"#eeeeee", "#dbe9f6", "#fde2c8", "#e2f0d9", "#efe0f5"};
+  const char* colors[] = {"#eeeeee", "#dbe9f6", "#fde2c8", "#e2f0d9", "#efe0f5", "#f3ecd2"};
   size_t start = 0;
   for (size_t i = 1; i <= e.timeline.size(); ++i) {
     if (i < e.timeline.size() && e.timeline[i].phase == e.timeline[start].phase &&
@@ -255,7 +255,7 @@ std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, con
     double x1 = i < e.timeline.size() ? x(e.timeline[i].event) : left + plot_w;
     auto ph = static_cast<size_t>(e.timeline[start].phase);
     out << "<rect x=\"" << x0 << "\" y=\"" << top << "\" width=\"" << std::max(0.0, x1 - x0)
-        << "\" height=\"" << plot_h << "\" fill=\"" << colors[ph % 5] << "\"/>\n";
+        << "\" height=\"" << plot_h << "\" fill=\"" << colors[ph % 6] << "\"/>\n";
     std::string_view label = phase_name(e.timeline[start].phase);
     if (x1 - x0 > 7.0 * static_cast<double>(label.size()) + 8) {
       out << "<text x=\"" << x0 + 3 << "\" y=\"" << top + 14 << "\" fill=\"#555\">" << label
@@ -284,7 +284,8 @@ std::string report::timeline_svg(const ModelSpec& model, const GpuSpec& gpu, con
   }
   out << "<text x=\"" << left << "\" y=\"" << height - 15
       << "\"><tspan fill=\"#1f77b4\">— allocated</tspan>   <tspan fill=\"#d62728\">— "
-         "reserved</tspan>   (x: allocation events; bands: phases of step 1 and step 2)</text>\n";
+         "reserved</tspan>   (x: allocation events; bands: load, then the phases of step 1 and "
+         "step 2)</text>\n";
   out << "</svg>\n";
   return out.str();
 }

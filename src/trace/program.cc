@@ -23,6 +23,7 @@
 #include "llmem/sdpa.h"
 
 #include "trace/framework.h"
+#include "trace/load.h"
 
 namespace llmem::trace {
 namespace {
@@ -290,7 +291,10 @@ class Program {
   }
 
   void setup() {
-    g_.set_phase(Phase::kSetup);
+    // Building the model and loading its checkpoint: before the first step
+    // (step 0), in the load phase (load_quantized, finish_load).
+    g_.set_phase(Phase::kLoad);
+    g_.set_step(0);
     bool full = s_.finetune == FinetuneMode::kFull;
     bool qlora = s_.finetune == FinetuneMode::kQlora;
     // peft prepare_model_for_kbit_training casts every parameter that is not
@@ -346,7 +350,7 @@ class Program {
           layer_packed_[slot] += packed;
           g_.leaf(state, 1, Component::kParameters, false);
         } else {
-          p.id = g_.leaf(packed + state, 1, Component::kParameters, false);
+          p.id = load_quantized(t, packed + state);
         }
       } else if (qlora && s_.framework == Framework::kLitgpt && s_.fw.stable_embedding &&
                  t.role == TensorRole::kEmbedding) {
@@ -394,6 +398,9 @@ class Program {
         out_->trainable_params += t.numel;
       }
     }
+    finish_load();
+    g_.set_phase(Phase::kSetup);
+    g_.set_step(1);
     if (s_.finetune != FinetuneMode::kFull)
       add_lora();
     setup_distributed();
@@ -725,6 +732,18 @@ class Program {
   }
 
  private:
+  // ------------------------------------------------------------ load
+  // (issues 3 and 8; trace/load.h, docs/frameworks.md "Loading")
+  Tid load_quantized(const TensorSpec& t, int64_t bytes);
+  void finish_load();
+  struct Loaded {
+    std::string name;
+    int layer;
+    int64_t numel;
+    int64_t bytes;
+  };
+  std::vector<Loaded> loaded_;  // quantized weights, in load order
+
   // ------------------------------------------------------------ distributed
   void setup_distributed();
   void setup_chunks();
@@ -1764,6 +1783,92 @@ class Program {
   std::vector<Tid> bnb_ctx_;   // LitGPT QLoRA: inputs bnb keeps on this step's graph
   std::vector<Tid> bnb_prev_;  // and on the previous step's graph
 };
+
+// ------------------------------------------------------------------ load
+// A quantized base weight as the framework builds or loads it (trace/load.h).
+//
+// torchtune (recipes/lora_finetune_single_device.py _setup_model, torchtune
+// commit bd2a0fc7c): config.instantiate runs under
+// training.set_default_dtype(bf16) and the device, so each LoRALinear
+// (torchtune/modules/peft/lora.py) and FrozenNF4Linear
+// (modules/low_precision/nf4_linear.py) makes its bf16 nn.Linear weight on the
+// GPU and to_nf4 quantizes it; the bf16 weight dies with the nn.Linear.
+// LitGPT (litgpt/finetune/lora.py, commit 26857050): the model is built under
+// fabric.init_module on the GPU; Fabric's BitsandbytesPrecision swaps
+// nn.Linear for _Linear4bit, whose __init__ quantizes the bf16 weight at once
+// (lightning src/lightning/fabric/plugins/precision/bitsandbytes.py, commit
+// 7f0c3436cd: weight.to(half), quantize_4bit, _replace_param).
+// Hugging Face (transformers Bnb4BitHfQuantizer.create_quantized_param,
+// bitsandbytes Params4bit._quantize): from_pretrained hands each checkpoint
+// tensor, in the 16-bit load dtype, to the GPU and quantizes it there, one
+// tensor at a time.
+Tid Program::load_quantized(const TensorSpec& t, int64_t bytes) {
+  auto param = [&] { return g_.leaf(bytes, 1, Component::kParameters, false); };
+  loaded_.push_back({t.name, t.layer, t.numel, bytes});
+  Tid weight = g_.buffer(t.numel * 2, Component::kWeightCopies);
+  Tid id = kNone;
+  switch (s_.framework) {
+    case Framework::kTorchtune:
+      id = nf4_from_tensor(g_, t.numel, Nf4Options{}, param);
+      break;
+    case Framework::kLitgpt: {
+      Tid half = g_.buffer(t.numel * 2, Component::kWeightCopies);  // weight.to(torch.half)
+      id = bnb_quantize_4bit(g_, t.numel, s_.quant, param);
+      g_.release(half);
+      break;
+    }
+    case Framework::kHf:
+      id = bnb_quantize_4bit(g_, t.numel, s_.quant, param);
+      break;
+  }
+  g_.release(weight);
+  return id;
+}
+
+// What happens to the quantized weights once the model is built.
+void Program::finish_load() {
+  if (loaded_.empty())
+    return;
+  if (s_.framework == Framework::kTorchtune) {
+    // model.load_state_dict(base_model_state_dict, strict=False): the
+    // checkpointer has loaded the state dict to the CPU (safe_torch_load:
+    // torch.load(map_location="cpu", mmap=True); safetensors' load_file), so
+    // plain parameters are copied in from the CPU; torchao's NF4Tensor copy_
+    // (torchao nf4tensor.py copy_, commit 36027d82d) moves each bf16 tensor to
+    // the GPU, quantizes it, and copies the pieces into the parameter's own.
+    Nf4Options o;
+    for (const Loaded& l : loaded_) {
+      Tid src = g_.buffer(l.numel * 2, Component::kWeightCopies);  // copy_in.to(device)
+      Tid nf4 = nf4_from_tensor(g_, l.numel, o,
+                                [&] { return g_.buffer(l.bytes, Component::kTemporaries); });
+      g_.release(src);
+      g_.release(nf4);
+    }
+    // validate_missing_and_unexpected_for_lora(model.state_dict().keys()):
+    // the QLoRA builders register reparametrize_as_dtype_state_dict_post_hook
+    // (torchtune/modules/common_utils.py), which turns every NF4 weight back
+    // into bf16 on the GPU and offloads it to the CPU, one at a time.
+    for (const Loaded& l : loaded_)
+      g_.release(nf4_original_weight(g_, l.numel, o));
+  } else if (s_.framework == Framework::kLitgpt) {
+    // load_checkpoint (litgpt/utils.py): model.load_state_dict of the lazily
+    // loaded CPU state dict; _Linear4bit's _quantize_on_load_hook quantizes
+    // each weight again (weight.to(cuda, half) converts on the CPU side of the
+    // copy), and _replace_param swaps param.data, freeing the build's 4-bit data.
+    for (const Loaded& l : loaded_) {
+      Tid half = g_.buffer(l.numel * 2, Component::kWeightCopies);
+      Param& p = params_[l.name];
+      Tid old = p.id;
+      p.id = bnb_quantize_4bit(g_, l.numel, s_.quant,
+                               [&] { return g_.leaf(l.bytes, 1, Component::kParameters, false); });
+      g_.release(half);
+      g_.release(old);
+      param_layer_.erase(old);
+      param_layer_[p.id] = l.layer;
+    }
+  }
+  // Hugging Face: quantized as each tensor was loaded (load_quantized).
+}
 
 // What a rank of a data-parallel layout adds to the single-GPU setup.
 // torch/nn/parallel/distributed.py + reducer.cpp (DDP buckets),

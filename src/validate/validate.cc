@@ -723,9 +723,17 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
         throw Skip{err.what()};
       }
       const PeakInfo& peak = rank_peak(e, r["notes"]);
+      // torchtune logs memory right after model init with
+      // get_memory_stats(reset_stats=True) (torchtune/training/memory.py;
+      // memory_stats_log at 5cbc1967b): reset_peak_memory_stats drops the load
+      // phase's allocated and active peaks, while the segments loading cut
+      // stay reserved, so only the reserved counter keeps the load phase.
+      uint64_t allocated = peak.allocated_bytes;
+      if (setup.framework == Framework::kTorchtune && e.ranks.empty())
+        allocated = std::max(e.first_step_peak, e.steady_step_peak);
       row.estimated_bytes = row.counter == "reserved" ? peak.reserved_bytes
                             : row.counter == "device" ? peak.device_bytes
-                                                      : peak.allocated_bytes;
+                                                      : allocated;
       if (row.band())
         row.estimated_reserved_bytes = peak.reserved_bytes;
       row.setting =

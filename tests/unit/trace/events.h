@@ -25,6 +25,17 @@ inline int64_t max_live(const std::vector<trace::Event>& events, Component c) {
   return peak;
 }
 
+/// max_live over the training steps only (events of step 1 and later): the
+/// load phase (step 0) frees what it allocates, so it is left out whole.
+inline int64_t max_live_in_steps(const std::vector<trace::Event>& events, Component c) {
+  std::vector<trace::Event> steps;
+  for (const trace::Event& e : events) {
+    if (e.step >= 1)
+      steps.push_back(e);
+  }
+  return max_live(steps, c);
+}
+
 }  // namespace llmem::test_util
 
 #endif  // LLMEM_TESTS_UNIT_TRACE_EVENTS_H_

@@ -33,6 +33,7 @@ TrainingSetup torchtune_setup(int64_t batch, int64_t seq) {
 }
 
 using test_util::max_live;
+using test_util::max_live_in_steps;
 
 TEST(Framework, ChunkedCrossEntropyLowersTheLossPeakByTwoMinusFourOverKLogits) {
   // torchtune: unchunked, the fp32 logits (4TV) and the saved fp32
@@ -228,16 +229,16 @@ TEST(Framework, LitgptQloraDequantizesToFp16ThenCastsToTheComputeDtype) {
   EXPECT_TRUE(s.quant.fp16_quant_state);
   int64_t head = m.vocab_size * m.hidden_size;
   trace::TraceResult fabric = trace::build_trace(m, s);
-  EXPECT_EQ(max_live(fabric.events, Component::kWeightCopies), 2 * head * kBf16);
+  EXPECT_EQ(max_live_in_steps(fabric.events, Component::kWeightCopies), 2 * head * kBf16);
   // Quantized from the compute dtype (transformers' Params4bit.cuda), or an
   // fp16 compute dtype: .to() returns the dequantized tensor itself.
   s.quant.fp16_quant_state = false;
   trace::TraceResult plain = trace::build_trace(m, s);
-  EXPECT_EQ(max_live(plain.events, Component::kWeightCopies), head * kBf16);
+  EXPECT_EQ(max_live_in_steps(plain.events, Component::kWeightCopies), head * kBf16);
   s.quant.fp16_quant_state = true;
   s.precision = Precision::kFp16;
   trace::TraceResult half = trace::build_trace(m, s);
-  EXPECT_EQ(max_live(half.events, Component::kWeightCopies), head * kBf16);
+  EXPECT_EQ(max_live_in_steps(half.events, Component::kWeightCopies), head * kBf16);
 }
 
 TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
