@@ -33,15 +33,9 @@ def stats(rows):
 
 
 QLORA_INIT = (
-    "model loading under the torchao of that time: torchtune 5cbc1967b pins torchao-nightly "
-    "2024.3.25, whose to_nf4 compared the whole weight with the 16 NF4 values at once (two [n, 16] "
-    "bf16 tensors, 2.9 GB for an 11008 x 4096 MLP weight) while building the model on the GPU and "
-    "again in load_state_dict; the QLoRA tutorial records 9.13 GB reserved right after model init. "
-    "llmem's load phase follows the newest torchao (1 Mi-element chunks since PR #196, 2024-05-01: "
-    "4.6 GiB reserved after loading, below the step). The same trace with the unchunked loop, "
-    "torchao's full quantization_factor storage (before PR #298) and the 2024-03 order (build, "
-    "state_dict hook, load_state_dict) gives 9.18 GB after init and 8.74 GiB reserved at the end "
-    "(+1.0 %), but no option selects the torchtune/torchao version, so the row keeps the gap")
+    "model loading under the torchao of that time (torchtune 5cbc1967b pins torchao-nightly "
+    "2024.3.25): to_nf4 compared the whole weight with the 16 NF4 values at once, 2.9 GB for an "
+    "11008 x 4096 MLP weight; traced with FrameworkSetup::nf4_legacy (docs/frameworks.md, Loading)")
 VARLEN = (
     "variable-length batches: the row's peak is taken at the 512-token cap (alpaca samples reach "
     "it), but the caching allocator also keeps blocks cut for earlier batches of other lengths, and "

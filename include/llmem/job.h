@@ -185,6 +185,13 @@ struct FrameworkSetup {
   /// n_query_groups != 1, so multi-query models (Falcon-7B) reached SDPA with
   /// one K/V head: the fused kernels need equal head counts, PyTorch runs math.
   bool mqa_kv_unexpanded = false;
+  /// torchao 0.1 and the nightlies torchtune pinned before it (5cbc1967b:
+  /// torchao-nightly 2024.3.25; 0217d44c2: torchao 0.1): to_nf4 compares the
+  /// whole weight with the 16 NF4 values at once (chunking came with ao PR
+  /// #196), NF4Tensor keeps an n/32-byte quantization_factor (dropped by ao PR
+  /// #298), and torchtune's loader ran the state_dict hook before replacing
+  /// each weight with its own inplace_copy (docs/frameworks.md, "Loading").
+  bool nf4_legacy = false;
 };
 
 struct TrainingSetup {

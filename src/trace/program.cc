@@ -735,6 +735,9 @@ class Program {
   // ------------------------------------------------------------ load
   // (issues 3 and 8; trace/load.h, docs/frameworks.md "Loading")
   Tid load_quantized(const TensorSpec& t, int64_t bytes);
+  Nf4Options nf4_options() const;
+  /// A torchtune NF4 weight's storage (the legacy one is larger).
+  Tid nf4_param(int64_t numel, int64_t bytes);
   void finish_load();
   struct Loaded {
     std::string name;
@@ -1802,6 +1805,19 @@ class Program {
 // bitsandbytes Params4bit._quantize): from_pretrained hands each checkpoint
 // tensor, in the 16-bit load dtype, to the GPU and quantizes it there, one
 // tensor at a time.
+Nf4Options Program::nf4_options() const {
+  Nf4Options o;
+  if (s_.fw.nf4_legacy)
+    o.chunk = 0;  // the whole tensor in one pass
+  return o;
+}
+
+Tid Program::nf4_param(int64_t numel, int64_t bytes) {
+  // Legacy NF4Tensor also kept a quantization_factor of n/32 bytes.
+  int64_t legacy = s_.fw.nf4_legacy ? numel / 32 : 0;
+  return g_.leaf(bytes + legacy, 1, Component::kParameters, false);
+}
+
 Tid Program::load_quantized(const TensorSpec& t, int64_t bytes) {
   auto param = [&] { return g_.leaf(bytes, 1, Component::kParameters, false); };
   loaded_.push_back({t.name, t.layer, t.numel, bytes});
@@ -1809,7 +1825,7 @@ Tid Program::load_quantized(const TensorSpec& t, int64_t bytes) {
   Tid id = kNone;
   switch (s_.framework) {
     case Framework::kTorchtune:
-      id = nf4_from_tensor(g_, t.numel, Nf4Options{}, param);
+      id = nf4_from_tensor(g_, t.numel, nf4_options(), [&] { return nf4_param(t.numel, bytes); });
       break;
     case Framework::kLitgpt: {
       Tid half = g_.buffer(t.numel * 2, Component::kWeightCopies);  // weight.to(torch.half)
@@ -1836,7 +1852,25 @@ void Program::finish_load() {
     // plain parameters are copied in from the CPU; torchao's NF4Tensor copy_
     // (torchao nf4tensor.py copy_, commit 36027d82d) moves each bf16 tensor to
     // the GPU, quantizes it, and copies the pieces into the parameter's own.
-    Nf4Options o;
+    Nf4Options o = nf4_options();
+    if (s_.fw.nf4_legacy) {
+      // 5cbc1967b / 0217d44c2: the state_dict hook (below) ran first, then
+      // torchtune's own inplace_copy quantized each CPU weight on the GPU and
+      // replaced the parameter's NF4 pieces with the new ones.
+      for (const Loaded& l : loaded_)
+        g_.release(nf4_original_weight(g_, l.numel, o));
+      for (const Loaded& l : loaded_) {
+        Tid src = g_.buffer(l.numel * 2, Component::kWeightCopies);
+        Param& p = params_[l.name];
+        Tid old = p.id;
+        p.id = nf4_from_tensor(g_, l.numel, o, [&] { return nf4_param(l.numel, l.bytes); });
+        g_.release(src);
+        g_.release(old);
+        param_layer_.erase(old);
+        param_layer_[p.id] = l.layer;
+      }
+      return;
+    }
     for (const Loaded& l : loaded_) {
       Tid src = g_.buffer(l.numel * 2, Component::kWeightCopies);  // copy_in.to(device)
       Tid nf4 = nf4_from_tensor(g_, l.numel, o,

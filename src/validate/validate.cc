@@ -176,6 +176,7 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
       s->fw.output_chunks = 0;
     bool early = has(url, "5cbc1967b") || has(url, "0217d44c2") || has(url, "tutorials/");
     s->fw.logits_shift_copy = early;
+    s->fw.nf4_legacy = early;  // torchao-nightly 2024.3.25 / torchao 0.1
     s->fw.logits_outlive_step = early;
     if (has(opt, "backward") || has(opt, "in_bwd"))
       s->fw.optimizer_in_bwd = true;

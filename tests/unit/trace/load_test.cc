@@ -137,6 +137,32 @@ TEST(Load, TorchtuneQloraLoadPeakOfATinyModelByHand) {
             2 * 32000 * 128 * 2 + 5 * 128 * 2 + 2 * (4 * 128 * 128 + 3 * 352 * 128) * 2);
 }
 
+// torchao 0.1 and the nightlies before it (the torchtune rows of 2024-03/05):
+// to_nf4 compares the whole weight with the 16 NF4 values at once (64 bytes
+// per element of the largest weight, 11008 x 4096 for Llama-2-7B), and every
+// NF4 weight keeps an n/32-byte quantization_factor into training.
+TEST(Load, LegacyTorchaoQuantizesWholeWeightsAndKeepsTheFactor) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.finetune = FinetuneMode::kQlora;
+  s.batch = 4;
+  s.seq = 2048;  // the step, not the load, sets the peak
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  Estimate now = estimate(m, s, gpu);
+  s.fw.nf4_legacy = true;
+  Estimate then = estimate(m, s, gpu);
+  const double largest = 11008.0 * 4096;
+  EXPECT_GT(static_cast<double>(then.load_peak) - static_cast<double>(now.load_peak), 50 * largest);
+  // Quantized per layer: q, k, v, o (4096^2) and gate, up, down (11008 x 4096).
+  const double factor = 32.0 * (4.0 * 4096 * 4096 + 3.0 * 11008 * 4096) / 32;
+  const auto params = static_cast<size_t>(Component::kParameters);
+  ASSERT_NE(then.peak.phase, Phase::kLoad);
+  // (within the allocator's rounding of each block)
+  EXPECT_NEAR(static_cast<double>(then.peak.components[params] - now.peak.components[params]),
+              factor, 0.01 * factor);
+}
+
 TEST(Load, PeakPhaseIsLoadWhenLoadingDominates) {
   // torchtune QLoRA of Llama-3.2-1B on a 32-token step: the state_dict hook
   // turns each NF4 weight back into bf16 on the GPU (14 bytes per element of
