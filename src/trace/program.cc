@@ -1200,6 +1200,9 @@ class Program {
     return s_.attention != AttentionImpl::kEager && s_.framework == Framework::kHf &&
            s_.fw.sdpa_attn_mask;
   }
+  /// Since v4.53 (the masking_utils rewrite, PR #37866) the SDPA mask is a
+  /// bool [b, 1, s, s]; before, a float one in the model's dtype.
+  bool hf_bool_sdpa_mask() const { return hf_sdpa_mask() && s_.transformers_version >= 453; }
   double embedding_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.embedding_dropout; }
 
   /// Elementwise binary op whose backward needs the other operand (mul).
@@ -1542,11 +1545,20 @@ class Program {
         g_.release(o);
         return out;
       }
-      Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc}, {qc, kc, vc},
+      // transformers >= 4.53 (masking_utils.sdpa_mask) passes a bool mask;
+      // SDPA converts it to a float bias in q's dtype on every call
+      // (convert_boolean_attn_mask) and the memory-efficient kernel keeps
+      // that bias for backward: one [b, 1, s, s] per layer.
+      Tid bias = kNone;
+      if (hf_bool_sdpa_mask() && mask_ != kNone && s_.attention == AttentionImpl::kSdpaEfficient)
+        bias = g_.op(b * s * s, g_.elem(qc), {mask_}, {});
+      Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc, bias}, {qc, kc, vc, bias},
                     Component::kActivations, {{b * heads * s, kF32}}, 0, true);
       g_.release(qc);
       g_.release(kc);
       g_.release(vc);
+      if (bias != kNone)
+        g_.release(bias);
       return o;  // already [b, s, heads, d] in memory: .contiguous() is free
     }
     // eager: repeat_kv copies K/V when heads are grouped.
@@ -2134,9 +2146,12 @@ Tid Program::forward(Tid ids) {
     int64_t d = m_.layers.front().attention.head_dim;
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
-    if (s_.attention == AttentionImpl::kEager || hf_sdpa_mask()) {
+    if (hf_bool_sdpa_mask()) {
+      // masking_utils.sdpa_mask: the bool [b, 1, s, s] itself.
+      mask_ = g_.leaf(b * s * s, 1, Component::kInputs, false);
+    } else if (s_.attention == AttentionImpl::kEager || hf_sdpa_mask()) {
       // masking_utils eager mask: bool [b, 1, s, s], then float in the dtype
-      // (also what SDPA receives when the batch is padded).
+      // (what SDPA received for a padded batch before v4.53).
       Tid mb = g_.leaf(b * s * s, 1, Component::kInputs, false);
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       g_.release(mb);

@@ -285,5 +285,29 @@ TEST(Sdpa, HfRepeatsGroupedKvUnlessEnableGqa) {
   EXPECT_NE(v100.attention_kernel.find("enable_gqa"), std::string::npos) << v100.attention_kernel;
 }
 
+// transformers >= 4.53 hands SDPA a bool mask for a padded batch; PyTorch
+// converts it to a float bias on every call and the memory-efficient kernel
+// keeps it for backward: one b * s * s bias per layer (before 4.53 one float
+// mask served every layer).
+TEST(Sdpa, BoolMaskBecomesAFloatBiasPerLayer) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // 16 layers
+  TrainingSetup s = lora_run(1024, AttentionImpl::kSdpa);
+  s.batch = 2;
+  s.fw.sdpa_attn_mask = true;
+  GpuSpec gpu = find_gpu("A100-80GB");
+  s.transformers_version = 452;
+  Estimate before = estimate(m, s, gpu);
+  s.transformers_version = 457;
+  Estimate after = estimate(m, s, gpu);
+  ASSERT_EQ(after.attention_kernel.rfind("sdpa efficient", 0), 0u) << after.attention_kernel;
+  auto loss = static_cast<size_t>(Phase::kLoss);
+  double bias = 2.0 * 1024 * 1024 * 2;  // bf16 [2, 1, 1024, 1024]
+  // 16 biases, against one float mask traded for a bool one (half its size).
+  double expected = 16 * bias - bias / 2;
+  double got =
+      static_cast<double>(after.phase_peaks[loss]) - static_cast<double>(before.phase_peaks[loss]);
+  EXPECT_NEAR(got, expected, 0.1 * expected);
+}
+
 }  // namespace
 }  // namespace llmem
