@@ -239,14 +239,16 @@ class CachingAllocator::Impl {
   };
 
   // An ordered set of FreeKeys grouped by size: a sorted list of the distinct
-  // sizes present, each with a bucket of its blocks sorted by address. A
-  // training step frees many blocks of few sizes (the same activation shapes
-  // layer after layer), so the size list stays short and a bucket small:
-  // lookups binary-search both, inserts and erases move a few 16-byte entries
-  // instead of a sorted run of every cached block. Emptied buckets are
-  // recycled, so steady-state traffic does not allocate. Erasing a key never
-  // moves keys that precede it (an emptied size leaves the list, shifting
-  // only larger sizes), so a position before an erased key stays valid.
+  // sizes present, each with a bucket of its blocks. A training step caches
+  // many blocks of few sizes (the same parameter and activation shapes layer
+  // after layer), so the size list stays short. A bucket is stored by
+  // descending address: best fit takes, and frees mostly return, the lowest
+  // addresses, which sit at the bucket's end, so inserts and erases move few
+  // entries. Positions count in key order (ascending address) all the same.
+  // Emptied buckets are recycled, so steady-state traffic does not allocate.
+  // Erasing a key never moves keys that precede it (an emptied size leaves
+  // the list, shifting only larger sizes), so a position before an erased key
+  // stays valid.
   class FreeIndex {
    public:
     struct Pos {
@@ -259,7 +261,8 @@ class CachingAllocator::Impl {
     Pos begin() const { return Pos{0, 0}; }
     Pos end() const { return Pos{sizes_.size(), 0}; }
     FreeKey at(Pos p) const {
-      const Entry& e = bucket(p.size)[p.off];
+      const std::vector<Entry>& entries = bucket(p.size);
+      const Entry& e = entries[entries.size() - 1 - p.off];
       return FreeKey{sizes_[p.size].size, e.addr, e.block};
     }
     Pos next(Pos p) const {
@@ -275,8 +278,8 @@ class CachingAllocator::Impl {
       if (i == sizes_.size() || sizes_[i].size != key.size)
         return Pos{i, 0};
       const std::vector<Entry>& entries = bucket(i);
-      const size_t off = FindAddr(entries, key.addr);
-      return off < entries.size() ? Pos{i, off} : Pos{i + 1, 0};
+      const size_t at_or_above = FindBelow(entries, key.addr);
+      return at_or_above > 0 ? Pos{i, entries.size() - at_or_above} : Pos{i + 1, 0};
     }
 
     void insert(const FreeKey& key) {
@@ -286,14 +289,14 @@ class CachingAllocator::Impl {
                       SizeEntry{key.size, TakeBucket()});
       }
       std::vector<Entry>& entries = buckets_[sizes_[i].bucket];
-      entries.insert(entries.begin() + static_cast<std::ptrdiff_t>(FindAddr(entries, key.addr)),
+      entries.insert(entries.begin() + static_cast<std::ptrdiff_t>(FindBelow(entries, key.addr)),
                      Entry{key.addr, key.block});
     }
 
     void erase(Pos p) {
       const uint32_t id = sizes_[p.size].bucket;
       std::vector<Entry>& entries = buckets_[id];
-      entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(p.off));
+      entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(entries.size() - 1 - p.off));
       if (entries.empty()) {
         spare_.push_back(id);
         sizes_.erase(sizes_.begin() + static_cast<std::ptrdiff_t>(p.size));
@@ -315,8 +318,9 @@ class CachingAllocator::Impl {
     template <typename Fn>
     void for_each(Fn&& fn) const {
       for (const SizeEntry& s : sizes_) {
-        for (const Entry& e : buckets_[s.bucket])
-          fn(FreeKey{s.size, e.addr, e.block});
+        const std::vector<Entry>& entries = buckets_[s.bucket];
+        for (auto e = entries.rbegin(); e != entries.rend(); ++e)
+          fn(FreeKey{s.size, e->addr, e->block});
       }
     }
 
@@ -340,11 +344,11 @@ class CachingAllocator::Impl {
       return static_cast<size_t>(it - sizes_.begin());
     }
 
-    // Index of the first entry of `entries` at or above `addr`.
-    static size_t FindAddr(const std::vector<Entry>& entries, uint64_t addr) {
-      const auto it =
-          std::lower_bound(entries.begin(), entries.end(), addr,
-                           [](const Entry& e, uint64_t value) { return e.addr < value; });
+    // Index of the first entry of a bucket (descending addresses) below
+    // `addr`: the number of entries at or above it.
+    static size_t FindBelow(const std::vector<Entry>& entries, uint64_t addr) {
+      const auto it = std::partition_point(entries.begin(), entries.end(),
+                                           [addr](const Entry& e) { return e.addr >= addr; });
       return static_cast<size_t>(it - entries.begin());
     }
 
@@ -359,7 +363,7 @@ class CachingAllocator::Impl {
     }
 
     std::vector<SizeEntry> sizes_;             // distinct sizes present, ascending
-    std::vector<std::vector<Entry>> buckets_;  // by id; non-empty while listed in sizes_
+    std::vector<std::vector<Entry>> buckets_;  // by id; descending addresses, listed ones non-empty
     std::vector<uint32_t> spare_;              // ids of emptied buckets, kept for reuse
   };
 
