@@ -345,11 +345,13 @@ class CachingAllocator::Impl {
     }
 
     // Index of the first entry of a bucket (descending addresses) below
-    // `addr`: the number of entries at or above it.
+    // `addr`: the number of entries at or above it. Scans from the end: the
+    // insert or erase that follows moves the entries scanned anyway.
     static size_t FindBelow(const std::vector<Entry>& entries, uint64_t addr) {
-      const auto it = std::partition_point(entries.begin(), entries.end(),
-                                           [addr](const Entry& e) { return e.addr >= addr; });
-      return static_cast<size_t>(it - entries.begin());
+      size_t n = entries.size();
+      while (n > 0 && entries[n - 1].addr < addr)
+        --n;
+      return n;
     }
 
     uint32_t TakeBucket() {
