@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -300,6 +301,8 @@ class Program {
     // peft prepare_model_for_kbit_training casts every parameter that is not
     // quantized to fp32 (peft/utils/other.py).
     int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
+    params_.reserve(m_.tensors.size());
+    param_layer_.reserve(m_.tensors.size());
     for (const TensorSpec& t : m_.tensors) {
       if (!on_stage(t))
         continue;
@@ -970,6 +973,19 @@ class Program {
     auto it = params_.find(name);
     return it == params_.end() ? nullptr : &it->second;
   }
+  /// The same for the name `prefix` + `suffix`, spelled in a reused buffer
+  /// (a lookup per linear and norm: no string allocated each time).
+  Param& param(const std::string& prefix, std::string_view suffix) {
+    return param(spell(prefix, suffix));
+  }
+  Param* find_param(const std::string& prefix, std::string_view suffix) {
+    return find_param(spell(prefix, suffix));
+  }
+  const std::string& spell(const std::string& prefix, std::string_view suffix) {
+    name_.assign(prefix);
+    name_.append(suffix);
+    return name_;
+  }
 
   static int promote(int a, int b) { return std::max(a, b); }
 
@@ -1123,8 +1139,8 @@ class Program {
   /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
   /// base result's dtype).
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
-    Param& w = param(prefix + ".weight");
-    Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
+    Param& w = param(prefix, ".weight");
+    Tid y = base_linear(x, w, find_param(prefix, ".bias"), in, out);
     if (sp_ > 1 && row_parallel(prefix + ".weight"))
       y = sp_scatter(y);
     return with_lora(x, y, prefix, w, in, out);
@@ -1320,7 +1336,7 @@ class Program {
     Tid hn = mul(h32, r);
     g_.release(h32);
     g_.release(r);
-    Param& w = param(name + ".weight");
+    Param& w = param(name, ".weight");
     Tid out;
     if (gemma_style) {
       // Gemma: output = x * (1.0 + weight.float()), then cast to the input dtype.
@@ -1347,8 +1363,8 @@ class Program {
     int64_t rows = g_.numel(x) / m_.hidden_size;
     int e = autocast_ && cuda_ ? kF32 : g_.elem(x);
     Tid xc = cast(x, e);
-    Param* w = find_param(name + ".weight");
-    Param* b = find_param(name + ".bias");
+    Param* w = find_param(name, ".weight");
+    Param* b = find_param(name, ".bias");
     Tid y = g_.op(g_.numel(xc), e, {xc, w ? w->id : kNone, b ? b->id : kNone}, {xc},
                   Component::kActivations, {{rows, kF32}, {rows, kF32}});
     g_.release(xc);
@@ -1769,6 +1785,7 @@ class Program {
   Tid sp_buffer_ = kNone;  ///< Megatron's GlobalMemoryBuffer for gathered inputs
   int64_t sp_buffer_bytes_ = 0;
   std::unordered_map<std::string, Param> params_;
+  std::string name_;  // param()'s reused name buffer
   std::unordered_map<Tid, Param> lora_params_;
   std::map<std::string, Lora> lora_;
   std::vector<Tid> trainable_;
