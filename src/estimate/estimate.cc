@@ -92,9 +92,9 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   for (size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     auto t = static_cast<size_t>(e.tensor);
-    if (t >= handle.size()) {
-      handle.resize(t + 1, CachingAllocator::kOutOfMemory);
-      size.resize(t + 1, 0);
+    if (t >= handle.size()) {  // tensor ids grow through the trace: grow by doubling
+      handle.resize(std::max(t + 1, 2 * handle.size()), CachingAllocator::kOutOfMemory);
+      size.resize(handle.size(), 0);
     }
     auto c = static_cast<size_t>(e.component);
     if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
