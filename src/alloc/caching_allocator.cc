@@ -338,9 +338,9 @@ class CachingAllocator::Impl {
 
     // Index of the first size not less than `size`.
     size_t FindSize(uint64_t size) const {
-      const auto it = std::lower_bound(
-          sizes_.begin(), sizes_.end(), size,
-          [](const SizeEntry& s, uint64_t value) { return s.size < value; });
+      const auto it =
+          std::lower_bound(sizes_.begin(), sizes_.end(), size,
+                           [](const SizeEntry& s, uint64_t value) { return s.size < value; });
       return static_cast<size_t>(it - sizes_.begin());
     }
 
