@@ -345,13 +345,18 @@ class CachingAllocator::Impl {
     }
 
     // Index of the first entry of a bucket (descending addresses) below
-    // `addr`: the number of entries at or above it. Scans from the end: the
-    // insert or erase that follows moves the entries scanned anyway.
+    // `addr`: the number of entries at or above it. Most searches end within
+    // a few entries of the low-address end, so those are scanned first.
     static size_t FindBelow(const std::vector<Entry>& entries, uint64_t addr) {
       size_t n = entries.size();
-      while (n > 0 && entries[n - 1].addr < addr)
-        --n;
-      return n;
+      for (int scanned = 0; scanned < 8 && n > 0; ++scanned, --n) {
+        if (entries[n - 1].addr >= addr)
+          return n;
+      }
+      const auto it =
+          std::partition_point(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(n),
+                               [addr](const Entry& e) { return e.addr >= addr; });
+      return static_cast<size_t>(it - entries.begin());
     }
 
     uint32_t TakeBucket() {
