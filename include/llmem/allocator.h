@@ -195,6 +195,8 @@ class CachingAllocator {
   /// Pre-sizes internal tables for about `events` allocations.
   void reserve(size_t events);
 
+  /// The live counters: the reference stays valid, and keeps tracking them,
+  /// for the allocator's lifetime (reset() included).
   const AllocatorStats& stats() const;
   const AllocatorOptions& options() const;
 

@@ -237,137 +237,141 @@ class CachingAllocator::Impl {
     uint64_t addr;
     uint32_t block;
   };
-  static bool KeyLess(const FreeKey& a, const FreeKey& b) {
-    return a.size != b.size ? a.size < b.size : a.addr < b.addr;
-  }
 
-  // An ordered set of FreeKeys stored as a list of sorted leaves of at most
-  // kLeafMax keys (a one-level B+ tree). Lookups binary-search the leaves'
-  // last keys, then one leaf; inserts and erases move at most one leaf's keys.
-  // Emptied leaves are recycled, so steady-state traffic does not allocate.
-  // Erasing a key never moves keys that precede it (an underfull leaf only
-  // absorbs its successor), so a position before an erased key stays valid.
+  // An ordered set of FreeKeys grouped by size: a sorted list of the distinct
+  // sizes present, each with a bucket of its blocks. A training step caches
+  // many blocks of few sizes (the same parameter and activation shapes layer
+  // after layer), so the size list stays short. A bucket is stored by
+  // descending address: best fit takes, and frees mostly return, the lowest
+  // addresses, which sit at the bucket's end, so inserts and erases move few
+  // entries. Positions count in key order (ascending address) all the same.
+  // Emptied buckets are recycled, so steady-state traffic does not allocate.
+  // Erasing a key never moves keys that precede it (an emptied size leaves
+  // the list, shifting only larger sizes), so a position before an erased key
+  // stays valid.
   class FreeIndex {
    public:
     struct Pos {
-      size_t leaf;
-      size_t off;
+      size_t size;  // index into the size list
+      size_t off;   // index into that size's bucket
       bool operator==(const Pos&) const = default;
     };
 
-    bool empty() const { return leaves_.empty(); }
+    bool empty() const { return sizes_.empty(); }
     Pos begin() const { return Pos{0, 0}; }
-    Pos end() const { return Pos{leaves_.size(), 0}; }
-    const FreeKey& at(Pos p) const { return leaves_[p.leaf][p.off]; }
+    Pos end() const { return Pos{sizes_.size(), 0}; }
+    FreeKey at(Pos p) const {
+      const std::vector<Entry>& entries = bucket(p.size);
+      const Entry& e = entries[entries.size() - 1 - p.off];
+      return FreeKey{sizes_[p.size].size, e.addr, e.block};
+    }
     Pos next(Pos p) const {
-      return p.off + 1 < leaves_[p.leaf].size() ? Pos{p.leaf, p.off + 1} : Pos{p.leaf + 1, 0};
+      return p.off + 1 < bucket(p.size).size() ? Pos{p.size, p.off + 1} : Pos{p.size + 1, 0};
     }
     Pos prev(Pos p) const {
-      return p.off > 0 ? Pos{p.leaf, p.off - 1} : Pos{p.leaf - 1, leaves_[p.leaf - 1].size() - 1};
+      return p.off > 0 ? Pos{p.size, p.off - 1} : Pos{p.size - 1, bucket(p.size - 1).size() - 1};
     }
 
     // First key not less than `key`, or end().
     Pos lower_bound(const FreeKey& key) const {
-      const auto leaf = std::lower_bound(lasts_.begin(), lasts_.end(), key, KeyLess);
-      if (leaf == lasts_.end())
-        return end();
-      const auto i = static_cast<size_t>(leaf - lasts_.begin());
-      const auto& keys = leaves_[i];
-      const auto it = std::lower_bound(keys.begin(), keys.end(), key, KeyLess);
-      return Pos{i, static_cast<size_t>(it - keys.begin())};
+      const size_t i = FindSize(key.size);
+      if (i == sizes_.size() || sizes_[i].size != key.size)
+        return Pos{i, 0};
+      const std::vector<Entry>& entries = bucket(i);
+      const size_t at_or_above = FindBelow(entries, key.addr);
+      return at_or_above > 0 ? Pos{i, entries.size() - at_or_above} : Pos{i + 1, 0};
     }
 
     void insert(const FreeKey& key) {
-      if (leaves_.empty()) {
-        leaves_.push_back(TakeLeaf());
-        leaves_[0].push_back(key);
-        lasts_.push_back(key);
-        return;
+      const size_t i = FindSize(key.size);
+      if (i == sizes_.size() || sizes_[i].size != key.size) {
+        sizes_.insert(sizes_.begin() + static_cast<std::ptrdiff_t>(i),
+                      SizeEntry{key.size, TakeBucket()});
       }
-      auto leaf = std::lower_bound(lasts_.begin(), lasts_.end(), key, KeyLess);
-      if (leaf == lasts_.end())
-        --leaf;  // beyond every key: append to the last leaf
-      const auto i = static_cast<size_t>(leaf - lasts_.begin());
-      auto& keys = leaves_[i];
-      keys.insert(std::lower_bound(keys.begin(), keys.end(), key, KeyLess), key);
-      lasts_[i] = keys.back();
-      if (keys.size() > kLeafMax)
-        Split(i);
+      std::vector<Entry>& entries = buckets_[sizes_[i].bucket];
+      entries.insert(entries.begin() + static_cast<std::ptrdiff_t>(FindBelow(entries, key.addr)),
+                     Entry{key.addr, key.block});
     }
 
     void erase(Pos p) {
-      auto& keys = leaves_[p.leaf];
-      keys.erase(keys.begin() + static_cast<std::ptrdiff_t>(p.off));
-      if (keys.empty()) {
-        spare_.push_back(std::move(keys));
-        leaves_.erase(leaves_.begin() + static_cast<std::ptrdiff_t>(p.leaf));
-        lasts_.erase(lasts_.begin() + static_cast<std::ptrdiff_t>(p.leaf));
-        return;
+      const uint32_t id = sizes_[p.size].bucket;
+      std::vector<Entry>& entries = buckets_[id];
+      entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(entries.size() - 1 - p.off));
+      if (entries.empty()) {
+        spare_.push_back(id);
+        sizes_.erase(sizes_.begin() + static_cast<std::ptrdiff_t>(p.size));
       }
-      lasts_[p.leaf] = keys.back();
-      const size_t n = p.leaf + 1;
-      if (keys.size() < kLeafMax / 4 && n < leaves_.size() &&
-          keys.size() + leaves_[n].size() <= kLeafMax) {
-        keys.insert(keys.end(), leaves_[n].begin(), leaves_[n].end());
-        lasts_[p.leaf] = keys.back();
-        leaves_[n].clear();
-        spare_.push_back(std::move(leaves_[n]));
-        leaves_.erase(leaves_.begin() + static_cast<std::ptrdiff_t>(n));
-        lasts_.erase(lasts_.begin() + static_cast<std::ptrdiff_t>(n));
-      }
-    }
-
-    // Empties the index; the leaves' storage is kept for reuse.
-    void clear() {
-      for (auto& keys : leaves_) {
-        keys.clear();
-        spare_.push_back(std::move(keys));
-      }
-      leaves_.clear();
-      lasts_.clear();
     }
 
     // Erases the key equal to `key`, which must be present.
     void erase(const FreeKey& key) { erase(lower_bound(key)); }
 
+    // Empties the index; the buckets' storage is kept for reuse.
+    void clear() {
+      for (const SizeEntry& s : sizes_) {
+        buckets_[s.bucket].clear();
+        spare_.push_back(s.bucket);
+      }
+      sizes_.clear();
+    }
+
     template <typename Fn>
     void for_each(Fn&& fn) const {
-      for (const auto& keys : leaves_) {
-        for (const FreeKey& key : keys)
-          fn(key);
+      for (const SizeEntry& s : sizes_) {
+        const std::vector<Entry>& entries = buckets_[s.bucket];
+        for (auto e = entries.rbegin(); e != entries.rend(); ++e)
+          fn(FreeKey{s.size, e->addr, e->block});
       }
     }
 
    private:
-    static constexpr size_t kLeafMax = 64;
+    struct Entry {
+      uint64_t addr;
+      uint32_t block;
+    };
+    struct SizeEntry {
+      uint64_t size;
+      uint32_t bucket;  // index into buckets_
+    };
 
-    std::vector<FreeKey> TakeLeaf() {
-      if (spare_.empty()) {
-        std::vector<FreeKey> keys;
-        keys.reserve(kLeafMax + 1);
-        return keys;
+    const std::vector<Entry>& bucket(size_t i) const { return buckets_[sizes_[i].bucket]; }
+
+    // Index of the first size not less than `size`.
+    size_t FindSize(uint64_t size) const {
+      const auto it =
+          std::lower_bound(sizes_.begin(), sizes_.end(), size,
+                           [](const SizeEntry& s, uint64_t value) { return s.size < value; });
+      return static_cast<size_t>(it - sizes_.begin());
+    }
+
+    // Index of the first entry of a bucket (descending addresses) below
+    // `addr`: the number of entries at or above it. Most searches end within
+    // a few entries of the low-address end, so those are scanned first.
+    static size_t FindBelow(const std::vector<Entry>& entries, uint64_t addr) {
+      size_t n = entries.size();
+      for (int scanned = 0; scanned < 8 && n > 0; ++scanned, --n) {
+        if (entries[n - 1].addr >= addr)
+          return n;
       }
-      std::vector<FreeKey> keys = std::move(spare_.back());
+      const auto it =
+          std::partition_point(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(n),
+                               [addr](const Entry& e) { return e.addr >= addr; });
+      return static_cast<size_t>(it - entries.begin());
+    }
+
+    uint32_t TakeBucket() {
+      if (spare_.empty()) {
+        buckets_.emplace_back();
+        return static_cast<uint32_t>(buckets_.size() - 1);
+      }
+      const uint32_t id = spare_.back();
       spare_.pop_back();
-      keys.clear();
-      return keys;
+      return id;
     }
 
-    void Split(size_t i) {
-      std::vector<FreeKey> upper = TakeLeaf();
-      auto& keys = leaves_[i];
-      const auto half = keys.begin() + static_cast<std::ptrdiff_t>(keys.size() / 2);
-      upper.assign(half, keys.end());
-      keys.erase(half, keys.end());
-      lasts_[i] = keys.back();
-      const FreeKey upper_last = upper.back();
-      leaves_.insert(leaves_.begin() + static_cast<std::ptrdiff_t>(i + 1), std::move(upper));
-      lasts_.insert(lasts_.begin() + static_cast<std::ptrdiff_t>(i + 1), upper_last);
-    }
-
-    std::vector<std::vector<FreeKey>> leaves_;  // non-empty, in key order
-    std::vector<FreeKey> lasts_;                // lasts_[i] == leaves_[i].back()
-    std::vector<std::vector<FreeKey>> spare_;   // emptied leaves kept for reuse
+    std::vector<SizeEntry> sizes_;             // distinct sizes present, ascending
+    std::vector<std::vector<Entry>> buckets_;  // by id; descending addresses, listed ones non-empty
+    std::vector<uint32_t> spare_;              // ids of emptied buckets, kept for reuse
   };
 
   struct Pool {
@@ -442,7 +446,7 @@ class CachingAllocator::Impl {
         it = next;
       }
     }
-    const FreeKey& found = free.at(it);
+    const FreeKey found = free.at(it);
     const uint64_t max_split = options_.max_split_size;
     if (size < max_split && found.size >= max_split)
       return kNil;

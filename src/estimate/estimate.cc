@@ -79,9 +79,12 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   // capacity from one estimate to the next.
   thread_local CachingAllocator caching{AllocatorOptions{}};
   caching.reset(options);
+  const AllocatorStats& stats = caching.stats();  // the allocator's live counters
   uint64_t exact_allocated = 0;
-  thread_local std::vector<uint32_t> handle;  // reused: no fresh pages per estimate
-  thread_local std::vector<uint64_t> size;
+  thread_local std::vector<uint32_t> handles;  // reused: no fresh pages per estimate
+  thread_local std::vector<uint64_t> sizes;
+  std::vector<uint32_t>& handle = handles;
+  std::vector<uint64_t>& size = sizes;
   handle.clear();
   size.clear();
   std::array<uint64_t, kComponents> live{};
@@ -89,14 +92,14 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   for (size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     auto t = static_cast<size_t>(e.tensor);
-    if (t >= handle.size()) {
-      handle.resize(t + 1, CachingAllocator::kOutOfMemory);
-      size.resize(t + 1, 0);
+    if (t >= handle.size()) {  // tensor ids grow through the trace: grow by doubling
+      handle.resize(std::max(t + 1, 2 * handle.size()), CachingAllocator::kOutOfMemory);
+      size.resize(handle.size(), 0);
     }
     auto c = static_cast<size_t>(e.component);
     if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
       // A phase begins at the level the previous one left (SGD's step frees only).
-      uint64_t level = cuda ? caching.stats().allocated : exact_allocated;
+      uint64_t level = cuda ? stats.allocated : exact_allocated;
       auto p = static_cast<size_t>(e.phase);
       r.phase_peaks[p] = std::max(r.phase_peaks[p], level);
     }
@@ -123,8 +126,8 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
         exact_allocated -= size[t];
       }
     }
-    uint64_t allocated = cuda ? caching.stats().allocated : exact_allocated;
-    uint64_t reserved = cuda ? caching.stats().reserved : exact_allocated;
+    uint64_t allocated = cuda ? stats.allocated : exact_allocated;
+    uint64_t reserved = cuda ? stats.reserved : exact_allocated;
     r.reserved_peak = std::max(r.reserved_peak, reserved);
     if (allocated > r.peak.allocated_bytes) {
       r.peak.allocated_bytes = allocated;
@@ -155,7 +158,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   // runs at the level backward left.
   auto opt = static_cast<size_t>(Phase::kOptimizer);
   if (r.phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
-    r.phase_peaks[opt] = cuda ? caching.stats().allocated : exact_allocated;
+    r.phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
   return r;
 }
 

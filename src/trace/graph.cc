@@ -117,36 +117,41 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
   }
   // Buffers the op allocates for its own backward come first (mean/rstd are
   // produced alongside the output).
-  std::vector<Tid> extra;
+  scratch_.clear();
   if (needs_grad) {
     for (const auto& [n, e] : saved_new)
-      extra.push_back(new_tensor(n, e, c));
+      scratch_.push_back(new_tensor(n, e, c));
   }
   Tid out = new_tensor(numel, elem, c);
   if (!needs_grad)
     return out;
   tensors_[static_cast<size_t>(out)].requires_grad = true;
-  Node node;
+  Node node = new_node();
   node.output = out;
-  node.layer = layer_;
   node.backward_temp = backward_temp;
   for (Tid i : inputs) {
-    if (i != kNone && requires_grad(i))
-      node.inputs.push_back(i);
+    if (i != kNone && requires_grad(i)) {
+      node_tids_.push_back(i);
+      ++node.num_inputs;
+    }
   }
   for (Tid s : saved) {
     if (s == kNone)
       continue;
     retain(s);
-    node.saved.push_back(s);
+    node_tids_.push_back(s);
+    ++node.num_saved;
   }
-  for (Tid e : extra)
-    node.saved.push_back(e);  // the node holds the only reference
+  for (Tid e : scratch_) {
+    node_tids_.push_back(e);  // the node holds the only reference
+    ++node.num_saved;
+  }
   if (save_output) {
     retain(out);
-    node.saved.push_back(out);
+    node_tids_.push_back(out);
+    ++node.num_saved;
   }
-  nodes_.push_back(std::move(node));
+  nodes_.push_back(node);
   return out;
 }
 
@@ -158,10 +163,10 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
   if (!was || !requires_grad(input))
     return out;
   tensors_[static_cast<size_t>(out)].requires_grad = true;
-  Node node;
+  Node node = new_node();
   node.output = out;
-  node.layer = layer_;
-  node.inputs.push_back(input);
+  node_tids_.push_back(input);
+  node.num_inputs = 1;
   if (offload_) {
     // torchtune/training/_activation_offloading.py pack_tensor: the saved
     // input is copied to pinned CPU memory on a side stream; the GPU tensor
@@ -176,19 +181,26 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     }
   } else {
     retain(input);
-    node.saved.push_back(input);
+    node_tids_.push_back(input);
+    node.num_saved = 1;
   }
   checkpoints_.push_back(fn);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
-  nodes_.push_back(std::move(node));
+  nodes_.push_back(node);
   return out;
 }
 
-void Graph::pass_boundary() {
+Graph::Node Graph::new_node() const {
   Node node;
+  node.tids = static_cast<uint32_t>(node_tids_.size());
   node.layer = layer_;
+  return node;
+}
+
+void Graph::pass_boundary() {
+  Node node = new_node();
   node.boundary = true;
-  nodes_.push_back(std::move(node));
+  nodes_.push_back(node);
 }
 
 void Graph::accumulate(Tid target, Tid g) {
@@ -234,7 +246,7 @@ void Graph::clear_grad(Tid param) {
 
 void Graph::run_backward(size_t begin) {
   for (size_t k = nodes_.size(); k-- > begin;) {
-    Node node = std::move(nodes_[k]);
+    const Node node = nodes_[k];
     nodes_.pop_back();
     if (node.boundary) {
       for (Tid t : touched_)
@@ -248,7 +260,7 @@ void Graph::run_backward(size_t begin) {
       tensors_[static_cast<size_t>(node.output)].grad = kNone;
       if (node.checkpoint >= 0) {
         // Recompute the block with grad, then backpropagate through it.
-        Tid input = node.inputs.front();
+        Tid input = node_tids_[node.tids];
         // An offloaded input comes back from the CPU as a new GPU tensor
         // (unpack_tensor: cpu_tensor.to("cuda")).
         Tid detached = node.offloaded ? leaf(tensors_[static_cast<size_t>(input)].numel,
@@ -276,7 +288,9 @@ void Graph::run_backward(size_t begin) {
       } else {
         Tid temp =
             node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
-        for (Tid in : node.inputs) {
+        // By index: node_tids_ may grow while accumulate() runs hooks.
+        for (uint32_t i = 0; i < node.num_inputs; ++i) {
+          Tid in = node_tids_[node.tids + i];
           const Tensor& t = tensors_[static_cast<size_t>(in)];
           Tid g = new_tensor(t.numel, t.elem, Component::kTemporaries);
           accumulate(in, g);
@@ -286,8 +300,10 @@ void Graph::run_backward(size_t begin) {
         release(out_grad);
       }
     }
-    for (Tid s : node.saved)
-      release(s);
+    for (uint32_t i = 0; i < node.num_saved; ++i)
+      release(node_tids_[node.tids + node.num_inputs + i]);
+    // Every node created after this one has run: its tensors are the top of the stack.
+    node_tids_.resize(node.tids);
   }
 }
 

@@ -42,6 +42,7 @@ class Graph {
   void reserve(size_t tensors) {
     tensors_.reserve(tensors);
     nodes_.reserve(tensors / 2);
+    node_tids_.reserve(tensors);
   }
   void set_phase(Phase p) { phase_ = p; }
   void set_layer(int layer) { layer_ = static_cast<int16_t>(layer); }
@@ -144,9 +145,13 @@ class Graph {
     Layout layout = Layout::kContiguous;
     Component component = Component::kActivations;
   };
+  // A node's tensors live in node_tids_ (no allocation per node): first the
+  // inputs requiring grad, then the saved tensors. Nodes are created and run
+  // last in, first out, so node_tids_ is a stack too.
   struct Node {
-    std::vector<Tid> inputs;  // those requiring grad
-    std::vector<Tid> saved;
+    uint32_t tids = 0;        // offset of the node's tensors in node_tids_
+    uint32_t num_inputs = 0;  // inputs that require grad
+    uint32_t num_saved = 0;
     Tid output = kNone;
     int64_t backward_temp = 0;
     int16_t layer = -1;
@@ -155,6 +160,7 @@ class Graph {
     bool boundary = false;    // pass_boundary(): no op, ends a backward pass
   };
 
+  Node new_node() const;  // in the current layer, its tensors to be pushed next
   Tid push_tensor(int64_t numel, int elem, Component c);  // no event
   Tid share(Tid base);  // a tensor on base's storage (alias, view)
   Tid new_tensor(int64_t numel, int elem, Component c);
@@ -166,6 +172,8 @@ class Graph {
   std::vector<Event>* events_;
   std::vector<Tensor> tensors_;
   std::vector<Node> nodes_;
+  std::vector<Tid> node_tids_;  // every node's inputs and saved tensors, in node order
+  std::vector<Tid> scratch_;    // op()'s saved_new tensors
   std::vector<std::function<Tid(Tid)>> checkpoints_;
   Phase phase_ = Phase::kSetup;
   int16_t layer_ = -1;

@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -300,6 +301,7 @@ class Program {
     // peft prepare_model_for_kbit_training casts every parameter that is not
     // quantized to fp32 (peft/utils/other.py).
     int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
+    params_.reserve(m_.tensors.size());
     for (const TensorSpec& t : m_.tensors) {
       if (!on_stage(t))
         continue;
@@ -380,7 +382,7 @@ class Program {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
       params_[t.name] = p;
-      param_layer_[p.id] = t.layer;
+      set_param_layer(p.id, t.layer);
       if (r_.gemini_chunks && p.quantized == 0) {
         // Gemini registers model.parameters() in module order (tied tensors
         // once). Forward position: the layer, or the embeddings before the
@@ -876,7 +878,7 @@ class Program {
       rs_pending_ = kNone;
       int64_t padded = 0;
       for (Tid p : trainable_) {
-        if (param_layer_[p] == layer && g_.grad(p) != kNone)
+        if (param_layer(p) == layer && g_.grad(p) != kNone)
           padded += tensor_shard(p, r_.grad_shards) * r_.grad_shards;
       }
       if (padded > 0)
@@ -888,13 +890,13 @@ class Program {
       // the one no_sync() kept; a synced micro-batch then reduce-scatters it.
       bool fresh = false;
       for (Tid p : trainable_) {
-        if (param_layer_[p] == layer && g_.grad(p) != kNone)
+        if (param_layer(p) == layer && g_.grad(p) != kNone)
           fresh = true;
       }
       if (fresh) {
         Tid cat = g_.buffer(trainable_numel_[slot] * r_.grad_shards * pe_, Component::kGradients);
         for (Tid p : trainable_) {
-          if (param_layer_[p] == layer && g_.grad(p) != kNone)
+          if (param_layer(p) == layer && g_.grad(p) != kNone)
             g_.clear_grad(p);
         }
         if (flat_grad_[slot] == kNone) {
@@ -910,7 +912,7 @@ class Program {
     }
     bool any = false;
     for (Tid p : trainable_) {
-      if (param_layer_[p] != layer || g_.grad(p) == kNone)
+      if (param_layer(p) != layer || g_.grad(p) == kNone)
         continue;
       g_.clear_grad(p);
       any = true;
@@ -970,8 +972,37 @@ class Program {
     auto it = params_.find(name);
     return it == params_.end() ? nullptr : &it->second;
   }
+  /// The same for the name `prefix` + `suffix`, spelled in a reused buffer
+  /// (a lookup per linear and norm: no string allocated each time).
+  Param& param(const std::string& prefix, std::string_view suffix) {
+    return param(spell(prefix, suffix));
+  }
+  Param* find_param(const std::string& prefix, std::string_view suffix) {
+    return find_param(spell(prefix, suffix));
+  }
+  const std::string& spell(const std::string& prefix, std::string_view suffix) {
+    name_.assign(prefix);
+    name_.append(suffix);
+    return name_;
+  }
 
   static int promote(int a, int b) { return std::max(a, b); }
+
+  void set_param_layer(Tid p, int layer) {
+    auto i = static_cast<size_t>(p);
+    if (i >= param_layer_.size())
+      param_layer_.resize(i + 1, 0);
+    param_layer_[i] = layer;
+  }
+  /// A replaced parameter reads as unknown again (layer 0).
+  void forget_param_layer(Tid p) {
+    if (static_cast<size_t>(p) < param_layer_.size())
+      param_layer_[static_cast<size_t>(p)] = 0;
+  }
+  int param_layer(Tid p) const {
+    auto i = static_cast<size_t>(p);
+    return i < param_layer_.size() ? param_layer_[i] : 0;
+  }
 
   /// x.to(dtype): a new tensor unless the dtype already matches (then x,
   /// with one more reference).
@@ -1123,8 +1154,8 @@ class Program {
   /// result = base(x) + lora_B(lora_A(dropout(x))) * scaling, cast back to the
   /// base result's dtype).
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
-    Param& w = param(prefix + ".weight");
-    Tid y = base_linear(x, w, find_param(prefix + ".bias"), in, out);
+    Param& w = param(prefix, ".weight");
+    Tid y = base_linear(x, w, find_param(prefix, ".bias"), in, out);
     if (sp_ > 1 && row_parallel(prefix + ".weight"))
       y = sp_scatter(y);
     return with_lora(x, y, prefix, w, in, out);
@@ -1323,7 +1354,7 @@ class Program {
     Tid hn = mul(h32, r);
     g_.release(h32);
     g_.release(r);
-    Param& w = param(name + ".weight");
+    Param& w = param(name, ".weight");
     Tid out;
     if (gemma_style) {
       // Gemma: output = x * (1.0 + weight.float()), then cast to the input dtype.
@@ -1350,8 +1381,8 @@ class Program {
     int64_t rows = g_.numel(x) / m_.hidden_size;
     int e = autocast_ && cuda_ ? kF32 : g_.elem(x);
     Tid xc = cast(x, e);
-    Param* w = find_param(name + ".weight");
-    Param* b = find_param(name + ".bias");
+    Param* w = find_param(name, ".weight");
+    Param* b = find_param(name, ".bias");
     Tid y = g_.op(g_.numel(xc), e, {xc, w ? w->id : kNone, b ? b->id : kNone}, {xc},
                   Component::kActivations, {{rows, kF32}, {rows, kF32}});
     g_.release(xc);
@@ -1751,8 +1782,8 @@ class Program {
   int base_store_elem_ = kF32;         // dtype of the stored frozen base (QLoRA: the quant storage)
   std::vector<int64_t> layer_packed_;  // sharded QLoRA: packed 4-bit bytes per layer + 1
   int grad_store_elem_ = kF32;         // dtype of reduced gradient shards
-  std::unordered_map<Tid, int> param_layer_;
-  std::vector<int64_t> layer_numel_;             // per layer + 1 (slot 0: root unit)
+  std::vector<int> param_layer_;       // by Tid: each parameter's layer (-1: outside the layers)
+  std::vector<int64_t> layer_numel_;   // per layer + 1 (slot 0: root unit)
   std::vector<int64_t> layer_shard_numel_;       // FSDP2: one rank's padded shards per unit
   std::unordered_map<Tid, int64_t> param_rows_;  // sharded parameters: dim 0
   Tid rs_pending_ = kNone;                       // FSDP2: the last reduce_scatter_input
@@ -1781,6 +1812,7 @@ class Program {
   Tid sp_buffer_ = kNone;  ///< Megatron's GlobalMemoryBuffer for gathered inputs
   int64_t sp_buffer_bytes_ = 0;
   std::unordered_map<std::string, Param> params_;
+  std::string name_;  // param()'s reused name buffer
   std::unordered_map<Tid, Param> lora_params_;
   std::map<std::string, Lora> lora_;
   std::vector<Tid> trainable_;
@@ -1878,8 +1910,8 @@ void Program::finish_load() {
         p.id = nf4_from_tensor(g_, l.numel, o, [&] { return nf4_param(l.numel, l.bytes); });
         g_.release(src);
         g_.release(old);
-        param_layer_.erase(old);
-        param_layer_[p.id] = l.layer;
+        forget_param_layer(old);
+        set_param_layer(p.id, l.layer);
       }
       return;
     }
@@ -1909,8 +1941,8 @@ void Program::finish_load() {
                                [&] { return g_.leaf(l.bytes, 1, Component::kParameters, false); });
       g_.release(half);
       g_.release(old);
-      param_layer_.erase(old);
-      param_layer_[p.id] = l.layer;
+      forget_param_layer(old);
+      set_param_layer(p.id, l.layer);
     }
   }
   // Hugging Face: quantized as each tensor was loaded (load_quantized).
@@ -1935,7 +1967,7 @@ void Program::setup_distributed() {
   int64_t trainable_bytes = 0;
   int64_t trainable_numel = 0;
   for (Tid p : trainable_) {
-    auto slot = static_cast<size_t>(param_layer_[p] + 1);
+    auto slot = static_cast<size_t>(param_layer(p) + 1);
     trainable_numel_[slot] += tensor_shard(p, r_.grad_shards);
     trainable_bytes += g_.bytes(p);
     trainable_numel += g_.numel(p);
@@ -2078,8 +2110,8 @@ void Program::add_lora() {
         lora_params_[l.b] = Param{l.b, true, kNone};
         trainable_.push_back(l.a);
         trainable_.push_back(l.b);
-        param_layer_[l.a] = t.layer;
-        param_layer_[l.b] = t.layer;
+        set_param_layer(l.a, t.layer);
+        set_param_layer(l.b, t.layer);
         out_->params += l.rank * (in + out / 2);
         out_->trainable_params += l.rank * (in + out / 2);
         lora_[prefix + part] = l;
@@ -2096,8 +2128,8 @@ void Program::add_lora() {
     lora_params_[l.b] = Param{l.b, true, kNone};
     trainable_.push_back(l.a);
     trainable_.push_back(l.b);
-    param_layer_[l.a] = t.layer;
-    param_layer_[l.b] = t.layer;
+    set_param_layer(l.a, t.layer);
+    set_param_layer(l.b, t.layer);
     out_->params += l.rank * (in + out);
     out_->trainable_params += l.rank * (in + out);
     lora_[prefix] = l;

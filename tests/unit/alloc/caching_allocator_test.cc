@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <random>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -289,6 +290,42 @@ TEST(CachingAllocator, EqualSizedBlocksTieBreakOnLowerAddress) {
   a.release(second);
   a.release(first);
   EXPECT_EQ(a.block_address(a.allocate(12 * kMiB)), low);
+}
+
+// Many cached blocks of few sizes, freed and reused in random order: every
+// request takes the cached block of its size with the lowest address, as a
+// plain ordered set of (size, address) says. Each block is a segment of its
+// own (no merging), and a request 512 KiB under a block's size leaves too
+// little to split, so blocks keep their size and address throughout.
+TEST(CachingAllocator, ReuseFollowsSizeThenAddressOrderUnderRandomTraffic) {
+  CachingAllocator a;
+  std::mt19937_64 rng(7);
+  const uint64_t sizes[] = {12 * kMiB, 14 * kMiB, 16 * kMiB};
+  std::vector<Handle> live;
+  for (int i = 0; i < 90; ++i)
+    live.push_back(a.allocate(sizes[rng() % 3]));
+  std::set<std::pair<uint64_t, uint64_t>> cached;  // (size, address)
+  for (int step = 0; step < 2000; ++step) {
+    if (live.empty() || (rng() % 2 == 0 && !cached.empty())) {
+      const uint64_t size = sizes[rng() % 3];
+      const uint64_t request = size - 512 * kKiB;
+      const auto expected = cached.lower_bound({request, 0});
+      if (expected == cached.end() || expected->first != size)
+        continue;  // would need a new segment, or split a larger block
+      const Handle h = a.allocate(request);
+      ASSERT_EQ(a.block_size(h), expected->first) << "step " << step;
+      ASSERT_EQ(a.block_address(h), expected->second) << "step " << step;
+      cached.erase(expected);
+      live.push_back(h);
+    } else {
+      const size_t i = rng() % live.size();
+      cached.insert({a.block_size(live[i]), a.block_address(live[i])});
+      a.release(live[i]);
+      live[i] = live.back();
+      live.pop_back();
+    }
+  }
+  EXPECT_EQ(a.stats().num_segments, 90u);
 }
 
 TEST(CachingAllocator, FragmentationGrowsReservedDespiteFreeBytes) {
