@@ -233,6 +233,8 @@ struct TrainingSetup {
   /// starts from the same state), and middle stages that cannot exceed stage 1
   /// (no more layers, no more micro-batches in flight, identical layers) are
   /// not simulated, so Estimate::ranks lists only the roles that can be worst.
+  /// No timeline is kept, and `fits` comes from the unlimited replay alone
+  /// (no second replay against the capacity with cache release).
   bool peak_only = false;
 };
 

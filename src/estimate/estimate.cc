@@ -198,7 +198,7 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
   est.attention_kernel = trace.attention_kernel;
   AllocatorOptions unlimited = setup.allocator;
   unlimited.capacity = UINT64_MAX;
-  Replay r = replay(trace.events, cuda, unlimited, true);
+  Replay r = replay(trace.events, cuda, unlimited, !setup.peak_only);
   est.peak = r.peak;
   est.peak.reserved_bytes = r.reserved_peak;
   est.first_step_peak = r.step_peak[1];
@@ -219,7 +219,9 @@ Estimate estimate_rank(const ModelSpec& model, const TrainingSetup& setup_in, co
     uint64_t budget = gpu.capacity_bytes > fixed ? gpu.capacity_bytes - fixed : 0;
     if (est.peak.device_bytes <= gpu.capacity_bytes) {
       est.fits = true;
-    } else if (est.peak.allocated_bytes <= budget) {
+    } else if (est.peak.allocated_bytes <= budget && !setup.peak_only) {
+      // (The planner, peak_only, judges by device_bytes and its margin, so
+      // it skips this second replay.)
       AllocatorOptions limited = setup.allocator;
       limited.capacity = budget;
       limited.device_memory = gpu.capacity_bytes;
