@@ -1669,12 +1669,7 @@ class Program {
       Tid f2 = litgpt_mlp_half(x, p + "gate_up_proj", 1, h, inter);
       Tid act = activation(f1, mlp.activation);
       g_.release(f1);
-      Tid prod = mul(act, f2);
-      g_.release(act);
-      g_.release(f2);
-      Tid down = linear(prod, p + down_name, inter, h);
-      g_.release(prod);
-      return down;
+      return product_down(act, f2, p + down_name, inter);
     }
     if (find_param(p + "gate_up_proj.weight") != nullptr) {
       Tid gu = linear(x, p + "gate_up_proj", h, 2 * inter);
@@ -1683,21 +1678,21 @@ class Program {
       g_.release(gate);
       Tid up = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});
       g_.release(gu);
-      Tid prod = mul(up, act);
-      g_.release(act);
-      g_.release(up);
-      Tid down = linear(prod, p + down_name, inter, h);
-      g_.release(prod);
-      return down;
+      return product_down(up, act, p + down_name, inter);
     }
     Tid gate = linear(x, p + gate_name, h, inter);
     Tid act = activation(gate, mlp.activation);
     g_.release(gate);
     Tid up = linear(x, p + up_name, h, inter);
-    Tid prod = mul(act, up);
-    g_.release(act);
-    g_.release(up);
-    Tid down = linear(prod, p + down_name, inter, h);
+    return product_down(act, up, p + down_name, inter);
+  }
+
+  /// The gated MLP's tail: down(a * b); consumes a and b.
+  Tid product_down(Tid a, Tid b, const std::string& down_name, int64_t inter) {
+    Tid prod = mul(a, b);
+    g_.release(a);
+    g_.release(b);
+    Tid down = linear(prod, down_name, inter, m_.hidden_size);
     g_.release(prod);
     return down;
   }
