@@ -1767,6 +1767,9 @@ class Program {
   Tid opt_layer(Tid x, int i);
   Tid causal_lm_loss(Tid logits, Tid labels);
   void add_lora();
+  /// A trainable adapter pair for an [out, in] weight of `layer`: lora_A
+  /// [r, in] and lora_B [out, r].
+  Lora new_lora(int64_t in, int64_t out, int elem, int layer);
 
   Graph& g_;
   const ModelSpec& m_;
@@ -2065,6 +2068,23 @@ std::vector<std::string> default_lora_targets(const std::string& family) {
   return {"q_proj", "v_proj"};
 }
 
+Lora Program::new_lora(int64_t in, int64_t out, int elem, int layer) {
+  Lora l;
+  l.rank = s_.lora.rank;
+  l.elem = elem;
+  l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
+  l.b = g_.leaf(out * l.rank, elem, Component::kParameters, true);
+  lora_params_[l.a] = Param{l.a, true, kNone};
+  lora_params_[l.b] = Param{l.b, true, kNone};
+  trainable_.push_back(l.a);
+  trainable_.push_back(l.b);
+  set_param_layer(l.a, layer);
+  set_param_layer(l.b, layer);
+  out_->params += l.rank * (in + out);
+  out_->trainable_params += l.rank * (in + out);
+  return l;
+}
+
 void Program::add_lora() {
   std::vector<std::string> targets =
       s_.lora.targets.empty() ? default_lora_targets(m_.family) : s_.lora.targets;
@@ -2095,39 +2115,12 @@ void Program::add_lora() {
     if (module == "gate_up_proj" && litgpt_split_mlp()) {
       // litgpt/lora.py LLaMAMLP: fc_1 and fc_2 are LoRALinear each (lora_A
       // [r, in] and lora_B [out / 2, r] apiece).
-      for (const char* part : {".fc_1", ".fc_2"}) {
-        Lora l;
-        l.rank = s_.lora.rank;
-        l.elem = elem;
-        l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
-        l.b = g_.leaf(out / 2 * l.rank, elem, Component::kParameters, true);
-        lora_params_[l.a] = Param{l.a, true, kNone};
-        lora_params_[l.b] = Param{l.b, true, kNone};
-        trainable_.push_back(l.a);
-        trainable_.push_back(l.b);
-        set_param_layer(l.a, t.layer);
-        set_param_layer(l.b, t.layer);
-        out_->params += l.rank * (in + out / 2);
-        out_->trainable_params += l.rank * (in + out / 2);
-        lora_[prefix + part] = l;
-      }
+      for (const char* part : {".fc_1", ".fc_2"})
+        lora_[prefix + part] = new_lora(in, out / 2, elem, t.layer);
       ++matched;
       continue;
     }
-    Lora l;
-    l.rank = s_.lora.rank;
-    l.elem = elem;
-    l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
-    l.b = g_.leaf(out * l.rank, elem, Component::kParameters, true);
-    lora_params_[l.a] = Param{l.a, true, kNone};
-    lora_params_[l.b] = Param{l.b, true, kNone};
-    trainable_.push_back(l.a);
-    trainable_.push_back(l.b);
-    set_param_layer(l.a, t.layer);
-    set_param_layer(l.b, t.layer);
-    out_->params += l.rank * (in + out);
-    out_->trainable_params += l.rank * (in + out);
-    lora_[prefix] = l;
+    lora_[prefix] = new_lora(in, out, elem, t.layer);
     ++matched;
   }
   if (matched == 0) {

@@ -8,9 +8,22 @@
 #include <cstdint>
 #include <vector>
 
+#include "llmem/job.h"
+
 #include "trace/graph.h"
 
 namespace llmem::test_util {
+
+/// A run of `framework` with its defaults on the CPU (exact sizes).
+inline TrainingSetup cpu_run(Framework framework, FinetuneMode mode, int64_t batch, int64_t seq) {
+  TrainingSetup s;
+  apply_framework_defaults(framework, &s);
+  s.device = Device::kCpu;
+  s.finetune = mode;
+  s.batch = batch;
+  s.seq = seq;
+  return s;
+}
 
 /// The largest number of bytes of component `c` live at once over `events`.
 inline int64_t max_live(const std::vector<trace::Event>& events, Component c) {

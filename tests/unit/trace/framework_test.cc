@@ -24,11 +24,7 @@ namespace {
 constexpr int64_t kBf16 = 2;
 
 TrainingSetup torchtune_setup(int64_t batch, int64_t seq) {
-  TrainingSetup s;
-  apply_framework_defaults(Framework::kTorchtune, &s);
-  s.device = Device::kCpu;  // exact sizes
-  s.batch = batch;
-  s.seq = seq;
+  TrainingSetup s = test_util::cpu_run(Framework::kTorchtune, FinetuneMode::kFull, batch, seq);
   return s;
 }
 
@@ -114,12 +110,7 @@ TEST(Framework, LitgptFusedQkvSharesOneLoraDropout) {
   // dropout output and mask. Adding v to q costs LitGPT no [T, C] tensor.
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
   auto forward_peak = [&](Framework f, std::vector<std::string> targets) {
-    TrainingSetup s;
-    apply_framework_defaults(f, &s);
-    s.device = Device::kCpu;
-    s.batch = 1;
-    s.seq = 256;
-    s.finetune = FinetuneMode::kLora;
+    TrainingSetup s = test_util::cpu_run(f, FinetuneMode::kLora, 1, 256);
     s.precision = Precision::kBf16;
     s.attention = AttentionImpl::kSdpa;
     s.lora.adapter_fp32 = false;
@@ -200,12 +191,7 @@ TEST(Framework, LitgptSplitsPhi3GateUpIntoFc1AndFc2) {
   int64_t c = m.hidden_size;
   int64_t inter = m.layers.front().mlp.intermediate_size;
   auto trainable = [&](Framework f) {
-    TrainingSetup s;
-    apply_framework_defaults(f, &s);
-    s.device = Device::kCpu;
-    s.batch = 1;
-    s.seq = 64;
-    s.finetune = FinetuneMode::kLora;
+    TrainingSetup s = test_util::cpu_run(f, FinetuneMode::kLora, 1, 64);
     s.lora.rank = 8;
     s.lora.targets = {"gate_up_proj"};
     return estimate(m, s, find_gpu("A100-80GB")).trainable_params;

@@ -16,6 +16,7 @@
 #include "llmem/model.h"
 #include "llmem/report.h"
 
+#include "trace/events.h"
 #include "trace/graph.h"
 #include "trace/program.h"
 
@@ -122,12 +123,7 @@ TEST(Load, TorchtuneQloraLoadPeakOfATinyModelByHand) {
   const int64_t n = 352 * 128;
   const int64_t expected = params + 2 * n + 3 * n + 3 * 704 + 2 * 3 + 64 * n;
   ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
-  TrainingSetup s;
-  apply_framework_defaults(Framework::kTorchtune, &s);
-  s.device = Device::kCpu;
-  s.finetune = FinetuneMode::kQlora;
-  s.batch = 1;
-  s.seq = 16;
+  TrainingSetup s = test_util::cpu_run(Framework::kTorchtune, FinetuneMode::kQlora, 1, 16);
   Estimate e = estimate(m, s, find_gpu("A100-80GB"));
   EXPECT_EQ(static_cast<int64_t>(e.load_peak), expected);
   // Without quantization nothing is transient: the load phase ends at its peak.
@@ -194,12 +190,7 @@ TEST(Load, LitgptRequantizesOnLoadAndFreesTheBuildsData) {
   // _replace_param swaps the 4-bit data, so each quantized weight is
   // allocated twice in the load phase and freed once (lm_head included).
   ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
-  TrainingSetup s;
-  apply_framework_defaults(Framework::kLitgpt, &s);
-  s.device = Device::kCpu;
-  s.finetune = FinetuneMode::kQlora;
-  s.batch = 1;
-  s.seq = 16;
+  TrainingSetup s = test_util::cpu_run(Framework::kLitgpt, FinetuneMode::kQlora, 1, 16);
   trace::TraceResult t = trace::build_trace(m, s);
   const int64_t n = 32000 * 128;
   const int64_t blocks = n / 64;
