@@ -192,6 +192,11 @@ struct FrameworkSetup {
   /// #298), and torchtune's loader ran the state_dict hook before replacing
   /// each weight with its own inplace_copy (docs/frameworks.md, "Loading").
   bool nf4_legacy = false;
+  /// torchtune dataset.packed: every batch is max_seq_len tokens of packed
+  /// samples under a block-causal mask: a BlockMask for compiled
+  /// flex_attention on GPUs of sm75 and newer, else a dense bool [b, s, s]
+  /// passed to SDPA (torchtune/modules/attention_utils.py at 1814feb).
+  bool packed = false;
 };
 
 struct TrainingSetup {

@@ -355,6 +355,7 @@ void Reader::torchtune(const YAML::Node& root) {
       warn(key, "not modelled");
     }
   }
+  s_->fw.packed = packed;
   if (max_seq > 0) {
     s_->seq = max_seq;
     if (!packed) {

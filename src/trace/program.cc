@@ -40,6 +40,12 @@ bool hf_grouped_kv(const ModelSpec& m, const AttentionSpec& a, const TrainingSet
   return s.framework == Framework::kHf && llama_style(m) && a.kind == AttentionKind::kStandard &&
          a.num_kv_heads != a.num_heads;
 }
+// torchtune packing without flex_attention (_SUPPORTS_FLEX_ATTENTION needs
+// sm75): create_block_causal_mask's dense bool [b, s, s] goes to SDPA.
+bool packed_dense_mask(const TrainingSetup& s) {
+  return s.framework == Framework::kTorchtune && s.fw.packed && s.device == Device::kCuda &&
+         s.gpu_sm > 0 && s.gpu_sm < 75;
+}
 bool hf_sdpa_gqa(const ModelSpec& m, const TrainingSetup& s) {
   return !m.layers.empty() && hf_grouped_kv(m, m.layers.front().attention, s) &&
          s.torch_version >= 205 && !s.fw.sdpa_attn_mask;
@@ -1231,9 +1237,12 @@ class Program {
     return s_.attention != AttentionImpl::kEager && s_.framework == Framework::kHf &&
            s_.fw.sdpa_attn_mask;
   }
-  /// Since v4.53 (the masking_utils rewrite, PR #37866) the SDPA mask is a
-  /// bool [b, 1, s, s]; before, a float one in the model's dtype.
-  bool hf_bool_sdpa_mask() const { return hf_sdpa_mask() && s_.transformers_version >= 453; }
+  /// SDPA receives a bool mask: transformers since v4.53 (the masking_utils
+  /// rewrite, PR #37866; before, a float one in the model's dtype) and
+  /// torchtune's packed batches without flex_attention.
+  bool bool_sdpa_mask() const {
+    return (hf_sdpa_mask() && s_.transformers_version >= 453) || packed_dense_mask(s_);
+  }
   double embedding_dropout() const { return s_.dropout >= 0 ? s_.dropout : m_.embedding_dropout; }
 
   /// Elementwise binary op whose backward needs the other operand (mul).
@@ -1581,7 +1590,7 @@ class Program {
       // (convert_boolean_attn_mask) and the memory-efficient kernel keeps
       // that bias for backward: one [b, 1, s, s] per layer.
       Tid bias = kNone;
-      if (hf_bool_sdpa_mask() && mask_ != kNone && s_.attention == AttentionImpl::kSdpaEfficient)
+      if (bool_sdpa_mask() && mask_ != kNone && s_.attention == AttentionImpl::kSdpaEfficient)
         bias = g_.op(b * s * s, g_.elem(qc), {mask_}, {});
       Tid o = g_.op(b * heads * s * vd, g_.elem(qc), {qc, kc, vc, bias}, {qc, kc, vc, bias},
                     Component::kActivations, {{b * heads * s, kF32}}, 0, true);
@@ -2166,7 +2175,7 @@ Tid Program::forward(Tid ids) {
     int64_t d = m_.layers.front().attention.head_dim;
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
-    if (hf_bool_sdpa_mask()) {
+    if (bool_sdpa_mask()) {
       // masking_utils.sdpa_mask: the bool [b, 1, s, s] itself.
       mask_ = g_.leaf(b * s * s, 1, Component::kInputs, false);
     } else if (s_.attention == AttentionImpl::kEager || hf_sdpa_mask()) {
@@ -2945,6 +2954,14 @@ void resolve_attention(const ModelSpec& model, TrainingSetup* setup, TraceResult
         " (forced by --attention)";
     return;
   }
+  if (setup->framework == Framework::kTorchtune && setup->fw.packed &&
+      setup->device == Device::kCuda && !packed_dense_mask(*setup)) {
+    // torchtune packing on sm75+: a BlockMask and compiled flex_attention,
+    // which keeps q, k, v, the output and the logsumexp like flash.
+    setup->attention = AttentionImpl::kSdpaFlash;
+    result->attention_kernel = "flex_attention (torchtune packed, BlockMask)";
+    return;
+  }
   if (setup->device == Device::kCpu || model.layers.empty()) {
     // PyTorch's CPU flash kernel (2.2+) also keeps no s x s matrix.
     setup->attention = AttentionImpl::kSdpaFlash;
@@ -2957,7 +2974,7 @@ void resolve_attention(const ModelSpec& model, TrainingSetup* setup, TraceResult
   call.dtype = sdpa_dtype(setup->precision);
   call.head_dim = at.head_dim;
   call.v_head_dim = at.kind == AttentionKind::kMLA ? at.v_head_dim : at.head_dim;
-  call.attn_mask = setup->fw.sdpa_attn_mask;
+  call.attn_mask = setup->fw.sdpa_attn_mask || packed_dense_mask(*setup);
   call.kv_heads_differ = setup->framework == Framework::kLitgpt && setup->fw.mqa_kv_unexpanded &&
                          at.num_kv_heads == 1 && at.num_heads > 1;
   call.enable_gqa = hf_sdpa_gqa(model, *setup);

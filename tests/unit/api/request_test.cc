@@ -314,6 +314,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"activation_offload", false},
                  {"paged_optimizer", false},
                  {"sdpa_mask", true},
+                 {"packed", false},
                  {"output_chunks", 0},
                  {"lm_head_chunk", 0}};
   for (const std::string& key : request_keys()) {

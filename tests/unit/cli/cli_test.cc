@@ -84,6 +84,13 @@ TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
   r = run_cli({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--attention", "sdpa-fast"});
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("--attention"), std::string::npos) << r.err;
+  // Packing outside torchtune; a version that is not MAJOR.MINOR.
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--packed"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("torchtune"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "facebook/opt-125m", "--transformers-version", "latest"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("MAJOR.MINOR"), std::string::npos) << r.err;
 }
 
 TEST(Cli, HelpExitsZero) {

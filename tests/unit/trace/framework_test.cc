@@ -342,6 +342,38 @@ bool warns_about(const RecipeResult& r, const std::string& key) {
   });
 }
 
+// torchtune packing: compiled flex_attention with a BlockMask from sm75 (no
+// mask memory), else create_block_causal_mask's dense bool [b, s, s] to
+// SDPA, which converts it to a float bias per layer that the memory-efficient
+// kernel keeps for backward.
+TEST(Framework, TorchtunePackedMasks) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // 16 layers
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.precision = Precision::kFp16;  // V100: no bf16 memory-efficient kernel
+  s.batch = 2;
+  s.seq = 2048;
+  const auto loss = static_cast<size_t>(Phase::kLoss);
+  for (const char* gpu : {"A100-80GB", "V100-32GB"}) {
+    s.fw.packed = false;
+    Estimate plain = estimate(m, s, find_gpu(gpu));
+    s.fw.packed = true;
+    Estimate packed = estimate(m, s, find_gpu(gpu));
+    double added = static_cast<double>(packed.phase_peaks[loss]) -
+                   static_cast<double>(plain.phase_peaks[loss]);
+    if (std::string(gpu) == "A100-80GB") {
+      EXPECT_EQ(packed.attention_kernel.rfind("flex_attention", 0), 0u) << packed.attention_kernel;
+      EXPECT_EQ(added, 0);
+    } else {
+      EXPECT_NE(packed.attention_kernel.find("attn_mask"), std::string::npos)
+          << packed.attention_kernel;
+      double bias = 2.0 * 2048 * 2048 * 2;  // fp16 [2, 1, 2048, 2048] per layer
+      EXPECT_GE(added, 16 * bias);
+      EXPECT_LT(added, 16 * bias + bias);  // the bool mask is gone by the loss
+    }
+  }
+}
+
 TEST(Recipe, TorchtuneLoraConfig) {
   TrainingSetup s;
   RecipeResult r = read_recipe_file(recipe("torchtune-llama3_2-3B_lora_single_device.yaml"), &s);
@@ -353,6 +385,7 @@ TEST(Recipe, TorchtuneLoraConfig) {
   EXPECT_EQ(s.grad_accum, 8);
   EXPECT_EQ(s.checkpointing, CheckpointMode::kNonReentrant);
   EXPECT_FALSE(s.fw.activation_offload);
+  EXPECT_FALSE(s.fw.packed);  // dataset.packed: False
   EXPECT_EQ(s.optimizer, OptimizerKind::kAdamWFused);
   for (const char* t : {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}) {
     EXPECT_NE(std::find(s.lora.targets.begin(), s.lora.targets.end(), t), s.lora.targets.end())
