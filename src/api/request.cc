@@ -646,8 +646,8 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->stage3_max_live_parameters = f.integer("stage3_max_live_parameters",
                                             p->stage3_max_live_parameters, 0, kMaxElems, positive);
   p->contiguous_gradients = f.boolean("contiguous_gradients", p->contiguous_gradients);
-  if (p->overlap_comm >= 0 || f.get("overlap_comm") != nullptr)
-    p->overlap_comm = f.boolean("overlap_comm", p->overlap_comm == 1) ? 1 : 0;
+  if (f.has("overlap_comm"))
+    p->overlap_comm = f.boolean("overlap_comm", false) ? 1 : 0;
   p->torch_zero = f.choice("zero_impl", "deepspeed", {"deepspeed", "torch"}) == 1;
   // The CLI's spelling (full-shard); torch's (FULL_SHARD, full_shard) too.
   // Not given: the framework's (or its recipe's) strategy stays.

@@ -92,6 +92,15 @@ struct Skip {
   std::string reason;
 };
 
+/// A version column ("2.4", "4.28.1") as major * 100 + minor; empty or
+/// unreadable text leaves `version` as it is.
+void read_version(const std::string& text, int* version) {
+  int major = 0;
+  int minor = 0;
+  if (std::sscanf(text.c_str(), "%d.%d", &major, &minor) == 2)
+    *version = major * 100 + minor;
+}
+
 const GpuSpec* match_gpu(const std::string& text) {
   std::string t = lower(text);
   // Longest catalog name or alias contained in the text.
@@ -397,13 +406,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     // then clamped the masked scores (kept until v4.49).
     s->transformers_version = 428;
   }
-  std::string transformers = get("transformers_version");
-  if (!transformers.empty()) {
-    int major = 0;
-    int minor = 0;
-    if (std::sscanf(transformers.c_str(), "%d.%d", &major, &minor) == 2)
-      s->transformers_version = major * 100 + minor;
-  }
+  read_version(get("transformers_version"), &s->transformers_version);
   std::string method = lower(get("method"));
   if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
     // The LLMem paper's runs: ColossalAI GeminiDDP on every GPU, one GPU included.
@@ -498,14 +501,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   } else {
     throw Skip{"optimizer \"" + get("optimizer") + "\" not modelled"};
   }
-  std::string torch = get("torch_version");
-  if (!torch.empty()) {
-    int major = 0;
-    int minor = 0;
-    if (std::sscanf(torch.c_str(), "%d.%d", &major, &minor) == 2) {
-      s->torch_version = major * 100 + minor;
-    }
-  }
+  read_version(get("torch_version"), &s->torch_version);
   std::string ckpt = lower(get("grad_ckpt"));
   if (fw == Framework::kHf && has(ckpt, "offload"))
     throw Skip{"activation offloading not modelled"};

@@ -611,6 +611,17 @@ TEST(Request, DeepSpeedConfig) {
                "bad-stage.json: key 'zero_optimization.stage'");
   EXPECT_ERROR(base({{"deepspeed_config", {{"zero_optimization", {{"stage", 7}}}}}}),
                "deepspeed_config: key 'zero_optimization.stage'");
+  // overlap_comm: DeepSpeed's default (-1) unless given; "auto" keeps it.
+  EXPECT_EQ(r.setup.parallel.overlap_comm, -1);
+  object["zero_optimization"]["overlap_comm"] = true;
+  EXPECT_EQ(parse(base({{"deepspeed_config", object}})).setup.parallel.overlap_comm, 1);
+  object["zero_optimization"]["overlap_comm"] = "auto";
+  EXPECT_EQ(parse(base({{"deepspeed_config", object}})).setup.parallel.overlap_comm, -1);
+  object["zero_optimization"]["overlap_comm"] = "yes";
+  EXPECT_ERROR(base({{"deepspeed_config", object}}),
+               "key 'zero_optimization.overlap_comm': expected true, false or \"auto\"");
+  EXPECT_EQ(parse(base({{"overlap_comm", false}})).setup.parallel.overlap_comm, 0);
+  EXPECT_ERROR(base({{"overlap_comm", "on"}}), "key 'overlap_comm': expected true or false");
 }
 
 TEST(Request, FsdpConfig) {

@@ -25,6 +25,17 @@ inline TrainingSetup cpu_run(Framework framework, FinetuneMode mode, int64_t bat
   return s;
 }
 
+/// The most bytes live at once over `events`, every component together.
+inline int64_t peak_live(const std::vector<trace::Event>& events) {
+  int64_t live = 0;
+  int64_t peak = 0;
+  for (const trace::Event& e : events) {
+    live += e.alloc ? e.bytes : -e.bytes;
+    peak = std::max(peak, live);
+  }
+  return peak;
+}
+
 /// The largest number of bytes of component `c` live at once over `events`.
 inline int64_t max_live(const std::vector<trace::Event>& events, Component c) {
   int64_t live = 0;

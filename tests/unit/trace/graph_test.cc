@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "trace/events.h"
+
 namespace llmem::trace {
 namespace {
 
@@ -16,15 +18,7 @@ int64_t live_bytes(const std::vector<Event>& events) {
   return live;
 }
 
-int64_t peak_bytes(const std::vector<Event>& events) {
-  int64_t live = 0;
-  int64_t peak = 0;
-  for (const Event& e : events) {
-    live += e.alloc ? e.bytes : -e.bytes;
-    peak = std::max(peak, live);
-  }
-  return peak;
-}
+using test_util::peak_live;
 
 TEST(Graph, LinearKeepsItsInputOnlyWhenTheWeightNeedsAGradient) {
   std::vector<Event> ev;
@@ -42,7 +36,7 @@ TEST(Graph, LinearKeepsItsInputOnlyWhenTheWeightNeedsAGradient) {
   // seed; the linear node then allocates grad_w (400, kept as .grad) while
   // grad_y and the saved x are alive. Peak: 400 + 40 + 4 + 40 + 400.
   EXPECT_EQ(live_bytes(ev), 400 + 400);
-  EXPECT_EQ(peak_bytes(ev), 400 + 40 + 4 + 40 + 400);
+  EXPECT_EQ(peak_live(ev), 400 + 40 + 4 + 40 + 400);
   EXPECT_NE(g.grad(w), kNone);
   g.clear_grad(w);
   EXPECT_EQ(live_bytes(ev), 400);
@@ -154,7 +148,7 @@ TEST(Graph, TiedWeightGradientsAccumulateOutOfPlaceBeforeTorch2) {
     g.backward(loss);
     g.release(loss);
     EXPECT_EQ(live_bytes(ev), 400 + 400);  // one .grad remains either way
-    return peak_bytes(ev);
+    return peak_live(ev);
   };
   EXPECT_EQ(peak_of(true) - peak_of(false), 400);
 }

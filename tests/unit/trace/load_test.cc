@@ -27,16 +27,7 @@ using trace::Event;
 using trace::Graph;
 using trace::Tid;
 
-/// The most bytes live at once over `events` (exact sizes).
-int64_t peak_live(const std::vector<Event>& events) {
-  int64_t live = 0;
-  int64_t peak = 0;
-  for (const Event& e : events) {
-    live += e.alloc ? e.bytes : -e.bytes;
-    peak = std::max(peak, live);
-  }
-  return peak;
-}
+using test_util::peak_live;
 
 int64_t live_at_end(const std::vector<Event>& events) {
   int64_t live = 0;
