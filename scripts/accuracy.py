@@ -62,7 +62,7 @@ REASONS = {
     ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt lora"):
         "the README's 7B_lora_single_device figure (17.18 GB) is 1.6 GB above the LoRA tutorial's "
         "measurement of the same config (15.57 GB, line 32), against which llmem is −6 %",
-    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt"):
+    ("5cbc1967b", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt optim-in-bwd"):
         VARLEN + " (7B_full_single_device_low_memory: PagedAdamW states live outside the counters)",
     ("lora_finetune", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b2 s512 ckpt lora"):
         VARLEN,
@@ -85,11 +85,45 @@ REASONS = {
         "full 70B with bitsandbytes PagedAdamW over 8 ranks: 6.6 GiB above llmem's allocated and "
         "8 GiB above its reserved; the paged states are invisible to torch's counters, so they are "
         "not the gap; not yet explained",
-    ("0217d44c2", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b4 s2048 ckpt"):
+    ("0217d44c2", "meta-llama/Llama-2-7b-hf", "torchtune bf16 b4 s2048 ckpt optim-in-bwd"):
         "7B_full_low_memory (PagedAdamW + optimizer_in_bwd): the README's 24.1 GB is 2 GiB above llmem's "
         "reserved peak. bitsandbytes' paged fp32 states live in cudaMallocManaged pages that none of "
         "torchtune's three counters (torchtune/utils/memory.py: active, allocated, reserved) see, so "
         "they are not the gap; the config's batch_size is 2 while the README says 4; not yet explained",
+    ("1814feb", "meta-llama/Llama-3.2-3B", "torchtune bf16 b2 s4096 packed compile"):
+        "compiled layers with the unchunked compiled cross-entropy: 4.0 GiB under, about one fp32 "
+        "[T, V] tensor (3.92 GiB). The same compiled layers with chunked CE (line 13) are -1.3 %, "
+        "so the gap is in the unchunked compiled loss, where llmem keeps the fp32 logits and two "
+        "per-row statistics and writes one fp32 gradient (inductor lowers the nll scatter onto "
+        "zeros to a pointwise kernel, optimize_scatter_upon_const_tensor); not yet explained",
+    ("1814feb", "meta-llama/Llama-3.2-3B",
+     "torchtune bf16 b2 s4096 ckpt packed compile chunked-ce optim-in-bwd act-offload adamw8bit"):
+        "bitsandbytes AdamW8bit stepped in backward: the table's drop from the previous row is "
+        "4.2 GiB, while 8-bit states (2 bytes per parameter plus blockwise absmax) against bf16 "
+        "AdamW states (4 bytes per parameter) save 5.9 GiB, which llmem applies; 2.6 GiB under, "
+        "not yet explained",
+    ("1814feb", "meta-llama/Llama-3.2-3B",
+     "torchtune bf16 b2 s4096 ckpt qlora packed compile chunked-ce act-offload"):
+        "0.34 GiB over on a 4.6 GiB QLoRA run (the LoRA row, line 18, is +3.9 %, 0.33 GiB over): "
+        "the same absolute excess in both, so it is outside the quantized weights; not yet explained",
+    ("1814feb", "meta-llama/Llama-3.1-8B", "torchtune bf16 b2 s2048 ckpt lora packed compile chunked-ce"):
+        "on a 24 GB RTX 4090 the 8B bf16 weights alone are 15.0 GiB, and the checkpointed layer "
+        "inputs (1 GiB) and the bf16 logit chunks (0.98 GiB) cannot both fit under 16.2 GiB beside "
+        "them; with enable_activation_offloading (the config's other memory switch, off by default) "
+        "llmem gives 16.31 GiB (+0.7 %), so the 4090 run probably had it on (row left as published)",
+    ("1814feb", "meta-llama/Llama-3.1-70B",
+     "torchtune bf16 b2 s2048 ckpt fsdp dp8 offload(params,optim) packed compile chunked-ce "
+     "optim-in-bwd"):
+        "70B_full.yaml shards tok_embeddings and output as FSDP units of their own "
+        "(custom_sharded_layers), gathered only around their own forward and backward; llmem traces "
+        "them in the root unit, kept gathered for the whole step (3.9 GiB of bf16 weights and 3.9 "
+        "GiB of their unsharded gradients at the backward peak), an upper bound the recipe reader "
+        "warns about",
+    ("1814feb", "meta-llama/Llama-3.1-70B", "torchtune bf16 b2 s2048 ckpt lora fsdp dp8 packed "
+     "compile chunked-ce"):
+        "3.05 GiB over at the backward peak of the last layer, where llmem holds the gathered root "
+        "(embeddings and head, 3.9 GiB, which FSDP2 does not reshard after forward) and three "
+        "gathered decoder layers (4.8 GiB); not yet investigated further",
 }
 
 

@@ -197,6 +197,12 @@ struct FrameworkSetup {
   /// flex_attention on GPUs of sm75 and newer, else a dense bool [b, s, s]
   /// passed to SDPA (torchtune/modules/attention_utils.py at 1814feb).
   bool packed = false;
+  /// torchtune compile=True: training.compile_model compiles every
+  /// TransformerSelfAttentionLayer on its own (per-layer torch.compile) and
+  /// training.compile_loss the loss (torchtune/training/_compile.py at
+  /// 1814feb). Inductor's partitioner then decides what each layer saves
+  /// for backward (docs/frameworks.md, "torch.compile").
+  bool compile = false;
 };
 
 struct TrainingSetup {

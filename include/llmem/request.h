@@ -72,7 +72,7 @@ struct Request {
 ///   torchtune or LitGPT YAML path, read_recipe_file: applied with the
 ///   framework's defaults before every other key, its warnings go to
 ///   Request::warnings) (strings); optimizer_in_bwd, activation_offload,
-///   paged_optimizer (booleans); output_chunks, lm_head_chunk (integers);
+///   paged_optimizer, packed, compile (booleans); output_chunks, lm_head_chunk (integers);
 ///   grad_ckpt, no_double_quant, no_prepare_kbit, freeze_embeddings,
 ///   expandable_segments (booleans); lora_rank, quant_block, freeze_layers,
 ///   chunk_elems (integers); lora_alpha, lora_dropout, dropout,

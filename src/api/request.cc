@@ -44,7 +44,7 @@ const std::vector<std::string>& all_keys() {
       "batch", "seq", "grad_accum", "precision", "optimizer", "attention", "grad_ckpt", "ckpt_mode",
       "dropout", "freeze_layers", "freeze_embeddings", "framework", "recipe", "optimizer_in_bwd",
       "activation_offload", "paged_optimizer", "output_chunks", "lm_head_chunk", "sdpa_mask",
-      "packed",
+      "packed", "compile",
       // LoRA / QLoRA
       "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_dtype", "quant",
       "quant_compute", "no_double_quant", "quant_block", "no_prepare_kbit",
@@ -536,6 +536,11 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
     if (s->framework != Framework::kTorchtune)
       f.fail("packed", "packed sequences are modelled for --framework torchtune");
     s->fw.packed = true;
+  }
+  if (f.boolean("compile", false)) {
+    if (s->framework != Framework::kTorchtune)
+      f.fail("compile", "torch.compile is modelled for --framework torchtune (compile=True)");
+    s->fw.compile = true;
   }
   if (f.boolean("sdpa_mask", false))
     s->fw.sdpa_attn_mask = true;

@@ -344,8 +344,7 @@ void Reader::torchtune(const YAML::Node& root) {
       if (v.IsMap() && v["packed"])
         packed = flag(v["packed"], "dataset.packed");
     } else if (key == "compile") {
-      if (flag(v, key))
-        warn(key, "torch.compile fusions not modelled; traced eagerly (an upper bound)");
+      s_->fw.compile = flag(v, key);
     } else if (key == "fsdp_cpu_offload" || key == "fsdp_sharding_strategy" ||
                key == "custom_sharded_layers" || key == "fsdp_reshard_after_forward" ||
                key == "tensor_parallel_dim" || key == "data_parallel_shard_dim" ||

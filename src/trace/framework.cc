@@ -159,6 +159,40 @@ std::vector<Tid> chunked_head(Graph& g, Tid hn, int64_t width, int64_t batch, in
   return out;
 }
 
+namespace {
+
+// One slice's F.cross_entropy run eagerly: the summed loss of its tokens.
+Tid eager_chunk_loss(Graph& g, Tid c, int64_t rows, int64_t vocab, int64_t batch, Tid labels,
+                     const FrameworkSetup& fw, bool last) {
+  Tid x;
+  if (fw.loss_fp32 && g.elem(c) != kF32) {
+    x = g.op(g.numel(c), kF32, {c}, {}, Component::kLogitsLoss);  // logits.float()
+  } else if (last && batch > 1) {
+    // LitGPT: logits[-1][..., :-1, :] is strided when b > 1, so
+    // reshape(-1, vocab) copies it.
+    rows -= batch;
+    x = g.op(rows * vocab, g.elem(c), {c}, {}, Component::kLogitsLoss);
+  } else {
+    if (last)
+      rows -= batch;  // the shifted-out last position (a view when b == 1)
+    g.retain(c);
+    x = c;
+  }
+  // F.cross_entropy = log_softmax (saves its output) + nll_loss (saves the target).
+  Tid lsm = g.op(rows * vocab, g.elem(x), {x}, {}, Component::kLogitsLoss, {}, 0, true);
+  g.release(x);
+  Tid nll = g.op(fw.loss_fp32 ? 1 : rows, g.elem(lsm), {lsm}, {labels}, Component::kLogitsLoss);
+  g.release(lsm);
+  if (fw.loss_fp32)
+    return nll;
+  // reduction="none": the per-token losses are cat'ed and summed
+  Tid part = g.op(1, g.elem(nll), {nll}, {}, Component::kLogitsLoss);
+  g.release(nll);
+  return part;
+}
+
+}  // namespace
+
 Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_t seq,
                  int64_t vocab, const FrameworkSetup& fw) {
   // Labels: torchtune hstack's labels[..., 1:] with an ignore column (a new
@@ -169,29 +203,15 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
   for (size_t i = 0; i < logits.size(); ++i) {
     Tid c = logits[i];
     int64_t rows = g.numel(c) / vocab;
-    Tid x;
-    if (fw.loss_fp32 && g.elem(c) != kF32) {
-      x = g.op(g.numel(c), kF32, {c}, {}, Component::kLogitsLoss);  // logits.float()
-    } else if (i + 1 == logits.size() && batch > 1) {
-      // LitGPT: logits[-1][..., :-1, :] is strided when b > 1, so
-      // reshape(-1, vocab) copies it.
-      rows -= batch;
-      x = g.op(rows * vocab, g.elem(c), {c}, {}, Component::kLogitsLoss);
+    Tid part;
+    if (fw.compile && fw.loss_fp32) {
+      // torchtune compile_loss compiles compute_cross_entropy alone:
+      // F.cross_entropy(logits.float(), ...) becomes one graph that saves the
+      // chunk as it came (bf16) and the per-row max and log-sum-exp, and
+      // whose backward writes the chunk's gradient in the chunk's dtype.
+      part = g.op(1, kF32, {c}, {c, labels}, Component::kLogitsLoss, {{rows, kF32}, {rows, kF32}});
     } else {
-      if (i + 1 == logits.size())
-        rows -= batch;  // the shifted-out last position (a view when b == 1)
-      g.retain(c);
-      x = c;
-    }
-    // F.cross_entropy = log_softmax (saves its output) + nll_loss (saves the target).
-    Tid lsm = g.op(rows * vocab, g.elem(x), {x}, {}, Component::kLogitsLoss, {}, 0, true);
-    g.release(x);
-    Tid nll = g.op(fw.loss_fp32 ? 1 : rows, g.elem(lsm), {lsm}, {labels}, Component::kLogitsLoss);
-    g.release(lsm);
-    Tid part = nll;
-    if (!fw.loss_fp32) {  // reduction="none": the per-token losses are cat'ed and summed
-      part = g.op(1, g.elem(nll), {nll}, {}, Component::kLogitsLoss);
-      g.release(nll);
+      part = eager_chunk_loss(g, c, rows, vocab, batch, labels, fw, i + 1 == logits.size());
     }
     if (total == kNone) {
       total = part;

@@ -1352,6 +1352,15 @@ class Program {
   /// x * rsqrt(variance + eps); weight * x.to(input_dtype).
   Tid rms_norm(Tid x, const std::string& name, bool gemma_style, int64_t dim) {
     int64_t rows = g_.numel(x) / dim;
+    if (compiled_) {
+      // One fused kernel. The mean of squares is a reduction whose output is
+      // far smaller than its input, so the partitioner bans recomputing it and
+      // saves the per-row rsqrt; the fp32 upcast and products are pointwise
+      // and recomputed in backward from the saved input.
+      Param& w = param(name, ".weight");
+      return g_.op(g_.numel(x), g_.elem(x), {x, w.id}, {x}, Component::kActivations,
+                   {{rows, kF32}});
+    }
     Tid h32 = cast(x, kF32);
     Tid sq = g_.op(g_.numel(h32), kF32, {h32}, {h32});  // pow saves self
     Tid var = g_.op(rows, kF32, {sq}, {});              // mean
@@ -1451,6 +1460,13 @@ class Program {
     if (cos_ == kNone || a.rotary_fraction <= 0) {
       g_.retain(t);
       return t;
+    }
+    if (compiled_) {
+      // Pointwise in t with cos/sin as constants: one kernel, and its
+      // backward needs only cos and sin (alive as the layer's inputs).
+      Tid y = g_.op(g_.numel(t), promote(g_.elem(t), g_.elem(cos_)), {t, cos_, sin_}, {});
+      g_.set_layout(y, g_.layout(t));
+      return y;
     }
     double f = a.rotary_fraction >= 1 ? 1.0 : a.rotary_fraction;
     auto rot_numel = static_cast<int64_t>(static_cast<double>(g_.numel(t)) * f);
@@ -1689,6 +1705,15 @@ class Program {
       g_.release(gu);
       return product_down(up, act, p + down_name, inter);
     }
+    if (compiled_) {
+      // act(gate) * up is one pointwise kernel fed by two matmul outputs the
+      // partitioner may not recompute: it saves gate and up (for the
+      // kernel's backward) and the product (down_proj's operand, which
+      // backward materializes anyway) and recomputes act(gate).
+      Tid gate = linear(x, p + gate_name, h, inter);
+      Tid up = linear(x, p + up_name, h, inter);
+      return product_down(gate, up, p + down_name, inter);
+    }
     Tid gate = linear(x, p + gate_name, h, inter);
     Tid act = activation(gate, mlp.activation);
     g_.release(gate);
@@ -1813,6 +1838,10 @@ class Program {
   int pe_ = kF32;
   int ae_ = kF32;
   bool autocast_ = false;
+  /// Inside a decoder layer that torchtune compiled (fw.compile): inductor
+  /// fuses the norms, rotary embedding and gated activation, and its
+  /// partitioner keeps only what backward must read (docs/frameworks.md).
+  bool compiled_ = false;
   bool cuda_ = true;
   int64_t tokens_ = 0;
   int sp_ = 1;             ///< sequence-parallel degree (RankPlan::sequence_parallel)
@@ -2252,10 +2281,14 @@ Tid Program::forward(Tid ids) {
     gather(i);
     auto body = [this, i](Tid in) {
       bool recompute = g_.phase() == Phase::kBackward;
+      // training.compile_model: m.compile() on each TransformerSelfAttentionLayer
+      // (inside the checkpoint wrapper when checkpointing is on).
+      compiled_ = s_.fw.compile;
       Tid y = style_ == Style::kLlama     ? llama_layer(in, i)
               : style_ == Style::kGpt2    ? gpt2_layer(in, i)
               : style_ == Style::kGeneric ? generic_layer(in, i)
                                           : opt_layer(in, i);
+      compiled_ = false;
       if (recompute)
         clear_autocast_cache();  // the checkpoint's own autocast context exits
       return y;
@@ -2706,10 +2739,20 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
     g_.release(per_token);
     return mean;
   }
-  Tid lsm = g_.op(g_.numel(l32), kF32, {l32}, {}, Component::kLogitsLoss, {}, 0, true);
-  g_.release(l32);
-  Tid loss = g_.op(1, kF32, {lsm}, {shifted}, Component::kLogitsLoss);
-  g_.release(lsm);
+  Tid loss;
+  if (s_.fw.compile) {
+    // training.compile_loss: the compiled cross-entropy saves the fp32
+    // logits (its input, alive anyway) and the per-row max and log-sum-exp
+    // (reductions), not a log-softmax; backward writes one fp32 gradient.
+    loss = g_.op(1, kF32, {l32}, {l32, shifted}, Component::kLogitsLoss,
+                 {{tokens_, kF32}, {tokens_, kF32}});
+    g_.release(l32);
+  } else {
+    Tid lsm = g_.op(g_.numel(l32), kF32, {l32}, {}, Component::kLogitsLoss, {}, 0, true);
+    g_.release(l32);
+    loss = g_.op(1, kF32, {lsm}, {shifted}, Component::kLogitsLoss);
+    g_.release(lsm);
+  }
   g_.release(shifted);
   // reduction="sum" / num_items_in_batch: a scalar op.
   Tid scaled = plain(loss);

@@ -146,17 +146,21 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   bool distributed = !method.empty() && method != "single";
   if (has(notes, "low confidence") || has(notes, "confidence=low"))
     throw Skip{"the source's setup is unclear (row marked low confidence)"};
-  // torchtune's Llama-3.2-3B flag table adds one flag per row ("previous +
-  // ..."), so every row after "+compile" inherits torch.compile.
-  bool chain = has(notes, "previous +") || has(notes, "same as lora row");
   // The "Memory and training speed" table of torchtune's README at 1814feb
   // (2024-11) says: "all the below numbers are provided for batch size 2
   // (without gradient accumulation), a dataset packed to sequence length 2048,
   // and torch compile enabled".
   bool readme_compiled = has(url, "1814feb") && has(get("attention_impl"), "packed");
-  if ((has(notes, "compile") && !has(notes, "no compile")) || chain || readme_compiled ||
-      has(get("attention_impl"), "compile")) {
-    throw Skip{"torch.compile fusions not modelled (they change what is saved for backward)"};
+  bool compiled = (has(notes, "compile") && !has(notes, "no compile")) || readme_compiled ||
+                  has(get("attention_impl"), "compile");
+  if (compiled && fw != Framework::kTorchtune)
+    throw Skip{"torch.compile is modelled for torchtune's per-layer compile only"};
+  if (compiled && has(url, "0217d44c2")) {
+    // torchtune 0217d44c2 (2024-04): utils.wrap_compile(model) compiled the
+    // whole model, head and checkpointed layers in one graph.
+    throw Skip{
+        "whole-model torch.compile (torchtune 0217d44c2 wrap_compile) not modelled; "
+        "per-layer compile (compile_model, 2024-09 on) is"};
   }
   if (!seq.empty() && !std::isdigit(static_cast<unsigned char>(seq[0]))) {
     // "<=512 (alpaca, unpacked)": each batch is padded to its longest sample,
@@ -175,12 +179,20 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
     s->seq = cap;
   }
   apply_framework_defaults(fw, s);
+  s->fw.compile = compiled;
+  // "+packed dataset", "packed, compile, ..." or "torchtune SDPA/flex (packed)".
+  s->fw.packed =
+      fw == Framework::kTorchtune &&
+      ((has(notes, "packed") && !has(notes, "unpacked")) || has(get("attention_impl"), "packed"));
   if (fw == Framework::kTorchtune) {
     // Before CEWithChunkedOutputLoss (torchtune PR #1390, 2024-08) the recipes
     // used nn.CrossEntropyLoss on the whole fp32 output; the early recipes
     // (commit 5cbc1967b, the LoRA tutorials) also shifted with
     // logits[..., :-1, :].contiguous() and kept `logits` bound into the next step.
-    bool chunked = has(notes, "chunked c");
+    // The README's Llama-3.1 table ran the configs as shipped: every one of
+    // them (recipes/configs/llama3_1/*.yaml at 1814feb) sets loss:
+    // CEWithChunkedOutputLoss.
+    bool chunked = has(notes, "chunked c") || readme_compiled;
     if (!chunked)
       s->fw.output_chunks = 0;
     bool early = has(url, "5cbc1967b") || has(url, "0217d44c2") || has(url, "tutorials/");
@@ -386,6 +398,25 @@ const PeakInfo& rank_peak(const Estimate& e, const std::string& notes) {
   return e.peak;
 }
 
+// The framework options a row's setting line shows beyond the generic
+// columns (torchtune's flag table differs in nothing else).
+std::string framework_flags(const TrainingSetup& s) {
+  std::string out;
+  if (s.fw.packed)
+    out += " packed";
+  if (s.fw.compile)
+    out += " compile";
+  if (s.framework == Framework::kTorchtune && s.fw.output_chunks > 0)
+    out += " chunked-ce";
+  if (s.fw.optimizer_in_bwd)
+    out += " optim-in-bwd";
+  if (s.fw.activation_offload)
+    out += " act-offload";
+  if (s.optimizer == OptimizerKind::kAdamW8bit)
+    out += " adamw8bit";
+  return out;
+}
+
 // Turns one row into a setup, or explains why it cannot be expressed.
 void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std::string* counter,
              GpuSpec* gpu, std::string* gpu_note) {
@@ -501,6 +532,11 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   } else {
     throw Skip{"optimizer \"" + get("optimizer") + "\" not modelled"};
   }
+  // Every Llama-3.1 and Llama-3.2 config of torchtune 1814feb that uses
+  // torch.optim.AdamW sets fused: True (recipes/configs/llama3_1/*.yaml,
+  // llama3_2/*.yaml; 70B_full only recommends it and steps on the CPU).
+  if (fw == Framework::kTorchtune && has(url, "1814feb") && s->optimizer == OptimizerKind::kAdamW)
+    s->optimizer = OptimizerKind::kAdamWFused;
   read_version(get("torch_version"), &s->torch_version);
   std::string ckpt = lower(get("grad_ckpt"));
   if (fw == Framework::kHf && has(ckpt, "offload"))
@@ -691,10 +727,17 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
     }
   }
   ValidationReport report;
+  std::string previous_notes;
   for (size_t i = 1; i < table.size(); ++i) {
     std::map<std::string, std::string> r;
     for (size_t c = 0; c < header.size() && c < table[i].size(); ++c)
       r[header[c]] = table[i][c];
+    // A row that builds on the one before it ("previous + ...", torchtune's
+    // cumulative flag table; "same as LoRA row") inherits that row's flags.
+    std::string& notes = r["notes"];
+    if (has(notes, "previous +") || has(notes, "same as lora row"))
+      notes += "; " + previous_notes;
+    previous_notes = notes;
     ValidationRow row;
     row.file = file;
     row.line = lines[i];
@@ -755,7 +798,7 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
           (setup.parallel.offload_params      ? " offload(params,optim)"
            : setup.parallel.offload_optimizer ? " offload(optim)"
                                               : "") +
-          gpu_note;
+          framework_flags(setup) + gpu_note;
       row.error_pct = band_error_pct(row);
     } catch (const Skip& s) {
       row.skipped_reason = s.reason;

@@ -189,6 +189,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                           "A torchtune recipe YAML or a LitGPT config_hub YAML (sets --framework)");
   est.flag("--optimizer-in-bwd", "torchtune optimizer_in_bwd: step each parameter inside backward");
   est.flag("--packed", "torchtune dataset.packed: block-causal masks (flex_attention from sm75)");
+  est.flag("--compile",
+           "torchtune compile=True: per-layer torch.compile and a compiled loss (inductor's "
+           "partitioner decides what is saved)");
   est.flag("--activation-offload", "torchtune enable_activation_offloading (needs --grad-ckpt)");
   est.flag("--paged-optimizer", "bitsandbytes paged optimizer: states outside the allocator");
   est.flag("--sdpa-mask",

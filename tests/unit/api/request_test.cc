@@ -315,6 +315,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"paged_optimizer", false},
                  {"sdpa_mask", true},
                  {"packed", false},
+                 {"compile", false},
                  {"output_chunks", 0},
                  {"lm_head_chunk", 0}};
   for (const std::string& key : request_keys()) {

@@ -88,6 +88,10 @@ TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
   r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--packed"});
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("torchtune"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--compile"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("compile"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("torchtune"), std::string::npos) << r.err;
   r = run_cli({"estimate", "--model", "facebook/opt-125m", "--transformers-version", "latest"});
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("MAJOR.MINOR"), std::string::npos) << r.err;

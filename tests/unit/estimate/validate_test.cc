@@ -75,17 +75,48 @@ TEST(Validate, AnUnnamedCounterOutsideTorchtuneIsSkipped) {
   EXPECT_NE(r.rows[0].skipped_reason.find("counter not named"), std::string::npos);
 }
 
-TEST(Validate, TorchtuneReadmeRowsMeasuredWithCompileAreSkipped) {
+TEST(Validate, TorchtuneReadmeRowsRunCompiledPackedWithTheConfigsLoss) {
   // torchtune's README at 1814feb: the memory table was measured with a packed
-  // dataset and torch.compile, which the row only says through "packed".
+  // dataset and torch.compile (the row says so only through "packed"), with
+  // the configs as shipped: CEWithChunkedOutputLoss and fused AdamW.
   std::string row =
       "https://github.com/pytorch/torchtune/blob/1814feb17a9038e1a8053ce93111bd26774a8db6/"
-      "README.md,openai-community/gpt2,RTX 4090,single,1,1,bf16 (pure),AdamW,2,256,on,full,,"
-      "torchtune SDPA/flex (packed),torchtune logged peak memory (stat not named; GiB),3.0,"
+      "README.md,meta-llama/Llama-3.2-1B,RTX 4090,single,1,1,bf16 (pure),AdamW,2,256,on,full,,"
+      "torchtune SDPA/flex (packed),torch.cuda.max_memory_allocated,3.0,"
       "confidence=medium\n";
   ValidationReport r = validate_csv(std::string(kHeader) + row, "t.csv");
   ASSERT_EQ(r.rows.size(), 1u);
-  EXPECT_NE(r.rows[0].skipped_reason.find("torch.compile"), std::string::npos);
+  EXPECT_EQ(r.rows[0].skipped_reason, "");
+  EXPECT_NE(r.rows[0].setting.find("packed compile chunked-ce"), std::string::npos)
+      << r.rows[0].setting;
+}
+
+TEST(Validate, RowsBuildingOnThePreviousOneInheritItsFlags) {
+  // The README's flag table: "+packed +compile", then "previous + ...".
+  const std::string url =
+      "https://github.com/pytorch/torchtune/blob/1814feb17a9038e1a8053ce93111bd26774a8db6/"
+      "README.md,meta-llama/Llama-3.2-1B,A100,single,1,1,bf16 (pure),";
+  std::string rows =
+      url + "AdamW (torch),2,256,off,full,,torchtune SDPA/flex,peak active bytes,3.0,\"" +
+      "confidence=high; +packed +compile\"\n" + url +
+      "AdamW in backward,2,256,on,full,,torchtune SDPA/flex,peak active bytes,3.0,\"" +
+      "confidence=high; previous + optimizer step in backward\"\n";
+  ValidationReport r = validate_csv(std::string(kHeader) + rows, "t.csv");
+  ASSERT_EQ(r.rows.size(), 2u);
+  EXPECT_NE(r.rows[1].setting.find("ckpt packed compile"), std::string::npos) << r.rows[1].setting;
+  EXPECT_NE(r.rows[1].setting.find("optim-in-bwd"), std::string::npos) << r.rows[1].setting;
+}
+
+TEST(Validate, WholeModelCompileIsSkipped) {
+  // torchtune 0217d44c2 compiled the whole model (utils.wrap_compile).
+  std::string row =
+      "https://github.com/pytorch/torchtune/blob/0217d44c2/README.md,meta-llama/Llama-3.2-1B,"
+      "RTX 4090,single,1,1,bf16 (pure),AdamW,2,256,on,qlora,8,torchtune SDPA,"
+      "torch.cuda.max_memory_allocated,3.0,\"confidence=medium; torch.compile on\"\n";
+  ValidationReport r = validate_csv(std::string(kHeader) + row, "t.csv");
+  ASSERT_EQ(r.rows.size(), 1u);
+  EXPECT_NE(r.rows[0].skipped_reason.find("whole-model"), std::string::npos)
+      << r.rows[0].skipped_reason;
 }
 
 TEST(Validate, AlpacaRowsCappedAtMaxSeqLenAreComparedAtTheCap) {

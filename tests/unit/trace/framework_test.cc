@@ -332,6 +332,68 @@ TEST(Framework, OffloadingNeedsCheckpointing) {
   EXPECT_THROW(trace::build_trace(m, s), Error);
 }
 
+// torchtune compile=True, per layer (docs/frameworks.md, "torch.compile"):
+// each norm keeps its bf16 input (2Th) instead of an fp32 copy (4Th) and the
+// bf16 normalized value (2Th), the per-row fp32 rsqrt in both; the gated MLP
+// keeps gate, up and their product instead of gate, act(gate), up and the
+// product (one 2TI fewer). Over L layers: L·(2·4Th + 2TI) bytes fewer.
+TEST(Framework, CompiledLayersKeepWhatThePartitionerSaves) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // 16 layers, h 2048, I 8192
+  TrainingSetup s = torchtune_setup(1, 128);
+  s.fw.output_chunks = 0;
+  auto activations_after_forward = [&](bool compiled) {
+    s.fw.compile = compiled;
+    trace::TraceResult t = trace::build_trace(m, s);
+    int64_t live = 0;
+    for (const trace::Event& e : t.events) {
+      if (e.step == 1 && e.phase == Phase::kLoss)
+        return live;
+      if (e.step == 1 && e.component == Component::kActivations)
+        live += e.alloc ? e.bytes : -e.bytes;
+    }
+    return live;
+  };
+  int64_t eager = activations_after_forward(false);
+  int64_t compiled = activations_after_forward(true);
+  int64_t t = s.batch * s.seq;
+  int64_t h = m.hidden_size;
+  int64_t inter = m.layers.front().mlp.intermediate_size;
+  int64_t per_layer = 2 * 4 * t * h + 2 * t * inter;
+  EXPECT_EQ(eager - compiled, m.num_layers * per_layer);
+}
+
+// training.compile_loss: the compiled cross-entropy saves its fp32 input and
+// two per-row statistics, never a log-softmax; with CEWithChunkedOutputLoss
+// only compute_cross_entropy is compiled, so no fp32 copy of a chunk exists
+// and the loss allocates nothing wider than the int64 labels (the chunks and
+// their gradients are the head's activations).
+TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(2, 256);
+  s.finetune = FinetuneMode::kLora;
+  int64_t tv = s.batch * s.seq * m.vocab_size;
+  auto widest_loss = [&](bool compiled, int64_t chunks) {
+    s.fw.compile = compiled;
+    s.fw.output_chunks = chunks;
+    trace::TraceResult t = trace::build_trace(m, s);
+    return widest(t, Component::kLogitsLoss);
+  };
+  EXPECT_EQ(widest_loss(false, 8), 4 * tv / 8);  // logits_chunk.float()
+  EXPECT_EQ(widest_loss(true, 8), s.batch * s.seq * 8);
+  s.fw.output_chunks = 0;
+  auto loss_peak = [&](bool compiled) {
+    s.fw.compile = compiled;
+    trace::TraceResult t = trace::build_trace(m, s);
+    return max_live_in_steps(t.events, Component::kLogitsLoss);
+  };
+  // Eager: the fp32 logits and the saved fp32 log-softmax (8TV) with the
+  // shifted labels; compiled: the fp32 logits, the labels and two fp32
+  // statistics per row (4TV + 8T), give or take a few scalars.
+  int64_t t = s.batch * s.seq;
+  EXPECT_NEAR(static_cast<double>(loss_peak(false) - loss_peak(true)),
+              static_cast<double>(4 * tv - 8 * t), 64);
+}
+
 std::string recipe(const char* name) {
   return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
 }
@@ -441,7 +503,8 @@ TEST(Recipe, UnknownKeysAreNamed) {
       "batch_size: 2\nfrobnicate: 3\ncompile: True\n",
       "x.yaml", &s);
   EXPECT_TRUE(warns_about(r, "frobnicate"));
-  EXPECT_TRUE(warns_about(r, "compile"));
+  EXPECT_FALSE(warns_about(r, "compile"));  // modelled (per-layer compile)
+  EXPECT_TRUE(s.fw.compile);
 }
 
 TEST(Recipe, BadYamlNamesFileAndLine) {
