@@ -106,13 +106,19 @@ struct PlanRequest {
   int64_t dataset_tokens = 0;   ///< for the time per epoch (0: not reported)
   std::vector<Method> methods;  ///< empty: every method the framework offers
   bool allow_lora = false, allow_qlora = false, allow_ckpt = false, allow_offload = false;
-  bool colossalai = false;         ///< the paper's framework: Gemini and its 1D TP, fp16, ckpt
+  bool colossalai = false;  ///< the paper's framework: Gemini and its 1D TP, fp16, ckpt
+  /// `base` came from a torchtune or LitGPT recipe: its fine-tuning mode and
+  /// checkpointing are kept (allow adds to them), and only the layouts the
+  /// framework runs are searched.
+  bool from_recipe = false;
   double margin = 0.05;            ///< minimum headroom as a share of capacity
   int64_t max_micro_batch = 1024;  ///< search limit when no global batch is given
   int max_pp = 0;                  ///< most pipeline stages searched (0: no limit)
   /// Micro-batches per step for pipelines when no global batch is given (0: 4 x pp).
   int64_t pipeline_micro_batches = 0;
-  /// Precision, optimizer, attention, LoRA and allocator settings of every candidate.
+  /// Framework, precision, optimizer, attention, LoRA and allocator settings
+  /// of every candidate (base.framework torchtune / LitGPT: only single-GPU
+  /// and FSDP layouts, checkpointing non-reentrant, as those frameworks run).
   TrainingSetup base;
   StepTimeOptions time;
   EstimateFn estimator;  ///< empty: llmem::estimate

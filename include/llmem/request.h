@@ -139,6 +139,8 @@ struct PlanQuery {
   bool paper_literal = false;
   int top = 10;  ///< candidates shown (0: all)
   RequestOptions options;
+  /// What the recipe sets that llmem does not model (as Request::warnings).
+  std::vector<std::string> warnings;
 };
 PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& options = {});
 

@@ -197,8 +197,9 @@ def plan(model, *, gpus, gpu=None, seq=None, **options):
 
     ``options``: any other plan key (``gpu_mem``, ``nodes``, ``global_batch``, ``methods``,
     ``allow=["lora", "ckpt"]``, ``margin`` (percent), ``top``, ``max_seq=True``, ``paper=True``,
-    ``framework="colossalai"``, ``precision``...). The result's ``choice`` is None when nothing
-    fits. Raises llmem.Error.
+    ``framework="colossalai"``, ``recipe="my.yaml"`` (a torchtune or LitGPT recipe, whose
+    unmodelled keys are issued as warnings), ``precision``...). The result's ``choice`` is None
+    when nothing fits. Raises llmem.Error.
     """
     request = {"model": _model_value(model), "gpus": gpus}
     for key, value in (("gpu", gpu), ("seq", seq)):
@@ -207,7 +208,10 @@ def plan(model, *, gpus, gpu=None, seq=None, **options):
     for key, value in options.items():
         if value is not None:
             request[key] = value
-    return Result(_llmem.plan_json(_request_text(request, "plan")))
+    text, notes = _llmem.plan_json(_request_text(request, "plan"))
+    for note in notes:
+        warnings.warn(note, Warning, stacklevel=2)
+    return Result(text)
 
 
 def inspect(model):

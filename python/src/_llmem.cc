@@ -60,9 +60,12 @@ std::pair<std::string, std::vector<std::string>> estimate_json(const std::string
   return {llmem::estimate_request_json(r), r.warnings};
 }
 
-std::string plan_json(const std::string& request, const std::string& source) {
+// (the CLI's JSON, the recipe's warnings)
+std::pair<std::string, std::vector<std::string>> plan_json(const std::string& request,
+                                                           const std::string& source) {
   py::gil_scoped_release release;
-  return llmem::run_plan_request(llmem::parse_plan_request(request, request_options(source))).json;
+  llmem::PlanQuery q = llmem::parse_plan_request(request, request_options(source));
+  return {llmem::run_plan_request(q).json, q.warnings};
 }
 
 std::string inspect_json(const std::string& model, const std::string& source) {
@@ -86,7 +89,8 @@ PYBIND11_MODULE(_llmem, m) {
         "A request (JSON object text) -> (the CLI's `estimate --format json` document, "
         "warnings)");
   m.def("plan_json", &plan_json, py::arg("request"), py::arg("source") = "request",
-        "A plan request (JSON object text) -> the CLI's `plan --format json` document");
+        "A plan request (JSON object text) -> (the CLI's `plan --format json` document, "
+        "warnings)");
   m.def("plan_keys", &llmem::plan_request_keys, "Every key a plan request accepts");
   m.def("inspect_json", &inspect_json, py::arg("model"), py::arg("source") = "request",
         "A model (JSON string or config object, as text) -> `inspect --format json`");

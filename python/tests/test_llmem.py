@@ -346,3 +346,12 @@ def test_plan_equals_the_cli():
     assert e.key == "gpus"
     e = error(lambda: llmem.plan("meta-llama/Llama-3.2-1B", gpus=2, allow=["lora", "lorax"]))
     assert e.key == "allow" and "did you mean" in str(e)
+
+
+def test_plan_around_a_recipe_warns_like_the_cli():
+    recipe = str(ROOT / "tests/data/recipes/torchtune-llama3_2-3B_lora_single_device.yaml")
+    with pytest.warns(Warning, match="loss._component_"):
+        p = llmem.plan("meta-llama/Llama-3.2-3B", gpus=1, gpu="RTX4090", seq=1024, recipe=recipe)
+    assert p.framework == "torchtune"
+    assert p.choice.label == "single +ckpt +lora"
+    assert p.choice.micro_batch >= 1

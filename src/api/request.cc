@@ -479,26 +479,33 @@ int version_from(const char* key, const char* example, const Fields& f) {
 // torchtune or LitGPT YAML (read_recipe_file), which names its framework and
 // whose warnings go to Request::warnings. Both before every other key, which
 // then overrides them.
+// `fw`'s defaults, then the recipe file if the request names one (it must be
+// a file of that framework when the request also names the framework).
+void apply_framework(const Fields& f, const Context& c, Framework fw, TrainingSetup* s,
+                     std::vector<std::string>* warnings) {
+  apply_framework_defaults(fw, s);
+  if (!f.has("recipe"))
+    return;
+  // Errors inside the file name the file and its key, after the request's key.
+  RecipeResult recipe;
+  try {
+    recipe = read_recipe_file(f.text("recipe", ""), s);
+  } catch (const Error& e) {
+    f.fail("recipe", e.what());
+  }
+  if (f.has("framework") && recipe.framework != fw) {
+    f.fail("framework", "the recipe is a " + std::string(framework_name(recipe.framework)) +
+                            " file, not " + c.name("framework") + " " +
+                            std::string(framework_name(fw)));
+  }
+  for (std::string& w : recipe.warnings)
+    warnings->push_back(std::move(w));
+}
+
 void read_framework(const Fields& f, const Context& c, Request* r) {
   constexpr Framework kFrameworks[] = {Framework::kHf, Framework::kTorchtune, Framework::kLitgpt};
   Framework fw = kFrameworks[f.choice("framework", "hf", {"hf", "torchtune", "litgpt"})];
-  apply_framework_defaults(fw, &r->setup);
-  if (f.has("recipe")) {
-    // Errors inside the file name the file and its key, after the request's key.
-    RecipeResult recipe;
-    try {
-      recipe = read_recipe_file(f.text("recipe", ""), &r->setup);
-    } catch (const Error& e) {
-      f.fail("recipe", e.what());
-    }
-    if (f.has("framework") && recipe.framework != fw) {
-      f.fail("framework", "the recipe is a " + std::string(framework_name(recipe.framework)) +
-                              " file, not " + c.name("framework") + " " +
-                              std::string(framework_name(fw)));
-    }
-    for (std::string& w : recipe.warnings)
-      r->warnings.push_back(std::move(w));
-  }
+  apply_framework(f, c, fw, &r->setup, &r->warnings);
 }
 
 void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
@@ -832,7 +839,8 @@ const std::vector<std::string>& plan_request_keys() {
       "model",        "gpus",           "gpu",       "gpu_mem",         "nodes",     "seq",
       "global_batch", "dataset_tokens", "methods",   "allow",           "margin",    "top",
       "max_seq",      "min_gpus",       "paper",     "paper_literal",   "framework", "precision",
-      "optimizer",    "attention",      "lora_rank", "max_micro_batch", "max_pp",    "efficiency"};
+      "optimizer",    "attention",      "lora_rank", "max_micro_batch", "max_pp",    "efficiency",
+      "recipe"};
   return kKeys;
 }
 
@@ -849,12 +857,25 @@ PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& o
   PlanRequest& r = q.request;
   r.gpus = static_cast<int>(f.integer("gpus", 1, 1, 65536, "expected between 1 and 65536 GPUs"));
   r.nodes = static_cast<int>(f.integer("nodes", 1, 1, 8192, "expected between 1 and 8192 nodes"));
-  r.seq = f.integer("seq", 512, 2, int64_t{1} << 24, "expected a sequence length of 2 to 2^24");
+  // The framework: hf, the paper's ColossalAI, or torchtune / LitGPT with
+  // their defaults and, given a recipe, everything it sets; the plan then
+  // searches what the recipe leaves to the launch (layout, micro-batch).
+  size_t framework = f.choice("framework", "hf", {"hf", "colossalai", "torchtune", "litgpt"});
+  r.colossalai = framework == 1;
+  if (r.colossalai && f.has("recipe"))
+    f.fail("recipe", "a recipe is a torchtune or LitGPT file; not with " + c.name("framework") +
+                         " colossalai");
+  constexpr Framework kFrameworks[] = {Framework::kHf, Framework::kHf, Framework::kTorchtune,
+                                       Framework::kLitgpt};
+  apply_framework(f, c, kFrameworks[framework], &r.base, &q.warnings);
+  r.from_recipe = f.has("recipe");
+  bool hf = r.base.framework == Framework::kHf;
+  r.seq = f.integer("seq", r.from_recipe ? r.base.seq : 512, 2, int64_t{1} << 24,
+                    "expected a sequence length of 2 to 2^24");
   r.global_batch =
       f.integer("global_batch", 0, 1, int64_t{1} << 30, "expected a positive sample count");
   r.dataset_tokens =
       f.integer("dataset_tokens", 0, 0, int64_t{1} << 50, "expected a non-negative token count");
-  r.colossalai = f.choice("framework", "hf", {"hf", "colossalai"}) == 1;
   r.margin = f.number("margin", 5, 0, 99.999, "expected a percentage in [0, 100)") / 100;
   q.top = static_cast<int>(f.integer("top", 10, 0, 1 << 20, "expected a non-negative count"));
   r.max_micro_batch =
@@ -880,17 +901,24 @@ PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& o
      : k == 2 ? r.allow_ckpt
               : r.allow_offload) = true;
   }
+  // torchtune and LitGPT keep their own (or the recipe's) precision,
+  // optimizer and attention unless the request names them.
   std::string precision = f.text("precision", "");
-  if (precision.empty())
+  if (precision.empty() && hf)
     precision = r.colossalai || q.gpu.bf16_tflops <= 0 ? "fp16-mixed" : "bf16-mixed";
   try {
-    r.base.precision = parse_precision(precision, "--precision");
-    r.base.optimizer = parse_optimizer(f.text("optimizer", "adamw"), "--optimizer");
-    r.base.attention = parse_attention(f.text("attention", "eager"), "--attention");
+    if (!precision.empty())
+      r.base.precision = parse_precision(precision, "--precision");
+    if (f.has("optimizer") || hf)
+      r.base.optimizer = parse_optimizer(f.text("optimizer", "adamw"), "--optimizer");
+    if (f.has("attention") || hf)
+      r.base.attention = parse_attention(f.text("attention", "eager"), "--attention");
   } catch (...) {
     c.restyle();
   }
-  r.base.lora.rank = f.integer("lora_rank", 16, 1, 65536, "expected a rank between 1 and 65536");
+  if (f.has("lora_rank") || hf || r.base.lora.rank <= 0) {
+    r.base.lora.rank = f.integer("lora_rank", 16, 1, 65536, "expected a rank between 1 and 65536");
+  }
   q.max_seq = f.boolean("max_seq", false);
   q.min_gpus = f.boolean("min_gpus", false);
   if (q.max_seq && q.min_gpus)

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 
 #include "llmem/error.h"
 
@@ -186,6 +187,8 @@ std::vector<Method> methods_of(const PlanRequest& r) {
     return {Method::kGemini, Method::kColossal1d};
   if (r.gpus == 1)
     return {Method::kSingle};
+  if (r.base.framework != Framework::kHf)
+    return {Method::kFsdp};  // torchtune's distributed recipes, LitGPT's Fabric strategy
   return {Method::kDdp,   Method::kZero1, Method::kZero2,
           Method::kZero3, Method::kFsdp,  Method::kMegatron};
 }
@@ -329,16 +332,23 @@ int64_t grad_accum_for(const PlanRequest& r, const Family& f, int64_t batch) {
 
 std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int64_t batch_cap) {
   std::vector<Family> out;
+  // torchtune and LitGPT checkpoint without reentrancy (torch.utils.checkpoint
+  // use_reentrant=False); a recipe's own mode is kept.
+  CheckpointMode on = r.base.framework == Framework::kHf ? CheckpointMode::kReentrant
+                                                         : CheckpointMode::kNonReentrant;
   std::vector<CheckpointMode> ckpts{CheckpointMode::kOff};
   if (r.colossalai)
     ckpts = {CheckpointMode::kReentrant};
+  else if (r.from_recipe && r.base.checkpointing != CheckpointMode::kOff)
+    ckpts = {r.base.checkpointing};
   else if (r.allow_ckpt)
-    ckpts.push_back(CheckpointMode::kReentrant);
-  std::vector<FinetuneMode> modes{FinetuneMode::kFull};
-  if (r.allow_lora)
-    modes.push_back(FinetuneMode::kLora);
-  if (r.allow_qlora)
-    modes.push_back(FinetuneMode::kQlora);
+    ckpts.push_back(on);
+  std::vector<FinetuneMode> modes{r.from_recipe ? r.base.finetune : FinetuneMode::kFull};
+  for (auto [allowed, mode] : {std::pair{r.allow_lora, FinetuneMode::kLora},
+                               std::pair{r.allow_qlora, FinetuneMode::kQlora}}) {
+    if (allowed && std::find(modes.begin(), modes.end(), mode) == modes.end())
+      modes.push_back(mode);
+  }
   for (Method m : methods_of(r)) {
     for (const Layout& l : layouts_of(m, r.gpus)) {
       if (r.max_pp > 0 && l.pp > r.max_pp)

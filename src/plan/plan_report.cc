@@ -96,6 +96,8 @@ std::string plan_json(const ModelSpec& model, const PlanRequest& request, const 
   j["gpus"] = request.gpus;
   j["nodes"] = request.nodes;
   j["seq"] = request.seq;
+  j["framework"] = request.colossalai ? "colossalai" : framework_name(request.base.framework);
+  j["precision"] = precision_name(request.base.precision);
   j["global_batch"] = request.global_batch;
   j["margin_pct"] = request.margin * 100;
   j["budget_bytes"] = p.budget_bytes;
@@ -140,6 +142,9 @@ std::string plan_table(const ModelSpec& model, const PlanRequest& request, const
     << fixed(static_cast<double>(gpu.capacity_bytes) / kGiB, 2) << " GiB, budget "
     << fixed(static_cast<double>(p.budget_bytes) / kGiB, 2) << " GiB with "
     << fixed(request.margin * 100, 0) << "% margin), seq " << request.seq;
+  if (request.base.framework != Framework::kHf)
+    o << ", " << framework_name(request.base.framework) << " "
+      << precision_name(request.base.precision);
   if (request.global_batch > 0)
     o << ", global batch " << request.global_batch;
   o << "\n";

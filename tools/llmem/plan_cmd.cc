@@ -55,7 +55,10 @@ PlanCommand::PlanCommand(CLI::App& app) {
   f.flag("--paper", "Also run the LLMem paper's Algorithm 1 (equations 6-10)");
   f.flag("--paper-literal", "Paper: equation (10) as printed (exact only for 2DP+2TP)");
   f.option<std::string>("--framework",
-                        "hf, or colossalai (the paper's: Gemini, 1D TP, fp16, checkpointing)");
+                        "hf, colossalai (the paper's: Gemini, 1D TP, fp16, checkpointing), "
+                        "torchtune or litgpt");
+  f.option<std::string>("--recipe",
+                        "A torchtune recipe YAML or a LitGPT config_hub YAML: plan around it");
   f.option<std::string>("--precision", "fp32, fp16-mixed, bf16-mixed, bf16, fp16");
   f.option<std::string>("--optimizer", "adamw, adamw-fused, sgd, adamw-8bit, ...");
   f.option<std::string>("--attention",
@@ -73,8 +76,10 @@ bool PlanCommand::parsed() const {
   return cmd_->parsed();
 }
 
-int PlanCommand::run(std::ostream& out, std::ostream& /*err*/) const {
+int PlanCommand::run(std::ostream& out, std::ostream& err) const {
   PlanQuery q = parse_plan_request(o_->flags.request(), {.style = KeyStyle::kCli});
+  for (const std::string& w : q.warnings)
+    err << "warning: " << w << "\n";
   PlanAnswer a = run_plan_request(q);
   out << (o_->format == "json" ? a.json : a.table);
   return a.fits ? kExitOk : kExitDoesNotFit;

@@ -637,6 +637,65 @@ TEST(PlanCli, BadInputIsExitTwoNamingTheOption) {
   EXPECT_EQ(missing.code, kExitBadInput);
 }
 
+// plan --recipe: the recipe's framework, fine-tuning mode and checkpointing
+// are kept; the micro-batch (and with several GPUs the FSDP layout) is searched.
+TEST(PlanCli, PlansAroundARecipe) {
+  const std::string recipe =
+      std::string(LLMEM_TEST_DATA_DIR) + "/recipes/torchtune-llama3_2-3B_lora_single_device.yaml";
+  Result r = run_cli({"plan", "--model", "meta-llama/Llama-3.2-3B", "--gpus", "1", "--gpu",
+                      "RTX4090", "--seq", "1024", "--recipe", recipe.c_str(), "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err << r.out;
+  EXPECT_NE(r.err.find("warning: "), std::string::npos);  // the recipe's unmodelled loss
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["framework"], "torchtune");
+  EXPECT_EQ(j["precision"], "bf16");
+  ASSERT_EQ(j["candidates"].size(), 1u);  // the recipe's own: single, LoRA, checkpointing
+  EXPECT_EQ(j["choice"]["label"], "single +ckpt +lora");
+  // The largest micro-batch agrees with estimates of the same recipe.
+  int64_t best = j["choice"]["max_micro_batch"].get<int64_t>();
+  ASSERT_GT(best, 0);
+  auto peak = [&](int64_t batch) {
+    Result e = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-3B", "--gpu", "RTX4090",
+                        "--seq", "1024", "--recipe", recipe.c_str(), "--batch",
+                        std::to_string(batch).c_str(), "--format", "json"});
+    EXPECT_EQ(e.err.find("error"), std::string::npos) << e.err;
+    return nlohmann::json::parse(e.out)["peak"]["device_bytes"].get<uint64_t>();
+  };
+  uint64_t budget = j["budget_bytes"].get<uint64_t>();
+  EXPECT_LE(peak(best), budget);
+  EXPECT_GT(peak(best + 1), budget);
+}
+
+TEST(PlanCli, TorchtuneAndLitgptSearchFsdpOnly) {
+  for (const char* framework : {"torchtune", "litgpt"}) {
+    Result r =
+        run_cli({"plan", "--model", "meta-llama/Llama-3.2-1B", "--gpus", "4", "--gpu", "A100-80GB",
+                 "--framework", framework, "--allow", "ckpt", "--top", "0", "--format", "json"});
+    ASSERT_EQ(r.code, kExitOk) << r.err;
+    nlohmann::json j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["framework"], framework);
+    ASSERT_EQ(j["candidates"].size(), 2u) << framework;  // with and without checkpointing
+    for (const auto& c : j["candidates"])
+      EXPECT_EQ(c["method"], "fsdp") << framework;
+  }
+  // A recipe is a torchtune or LitGPT file: not with the paper's framework,
+  // and its framework must be the one named.
+  const std::string litgpt =
+      std::string(LLMEM_TEST_DATA_DIR) + "/recipes/litgpt-llama-2-7b-lora.yaml";
+  Result bad = run_cli({"plan", "--model", "meta-llama/Llama-2-7b-hf", "--gpus", "1", "--framework",
+                        "colossalai", "--recipe", litgpt.c_str()});
+  EXPECT_EQ(bad.code, kExitBadInput);
+  EXPECT_NE(bad.err.find("--recipe"), std::string::npos) << bad.err;
+  Result mismatch = run_cli({"plan", "--model", "meta-llama/Llama-2-7b-hf", "--gpus", "1",
+                             "--framework", "torchtune", "--recipe", litgpt.c_str()});
+  EXPECT_EQ(mismatch.code, kExitBadInput);
+  EXPECT_NE(mismatch.err.find("litgpt file"), std::string::npos) << mismatch.err;
+  Result missing = run_cli({"plan", "--model", "meta-llama/Llama-2-7b-hf", "--gpus", "1",
+                            "--recipe", "/nonexistent/recipe.yaml"});
+  EXPECT_EQ(missing.code, kExitBadInput);
+  EXPECT_NE(missing.err.find("/nonexistent/recipe.yaml"), std::string::npos) << missing.err;
+}
+
 TEST(PlanCli, InverseQuestions) {
   Result s = run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "1", "--gpu-mem", "4",
                       "--max-seq", "--format", "json"});
