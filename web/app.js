@@ -56,7 +56,19 @@ function syncVisibility() {
   $('lora-fields').hidden = ft === 'full';
   $('quant-field').style.visibility = ft === 'qlora' ? 'visible' : 'hidden';
   $('gpu').disabled = form.elements.gpu_mem.value !== '';
+  $('torchtune-fields').hidden = form.elements.framework.value !== 'torchtune';
 }
+
+/// torchtune and LitGPT train in pure bf16 with SDPA: picking one sets those
+/// (the user may change them after).
+function frameworkDefaults() {
+  const f = form.elements;
+  const hf = f.framework.value === 'hf';
+  f.precision.value = hf ? 'bf16-mixed' : 'bf16';
+  f.attention.value = hf ? 'eager' : 'sdpa';
+}
+
+const kTorchtuneFlags = ['compile', 'packed', 'optimizer_in_bwd', 'activation_offload'];
 
 /// The request: keys are `llmem estimate`'s long options with '-' -> '_'.
 function buildRequest() {
@@ -86,6 +98,10 @@ function buildRequest() {
   r.optimizer = f.optimizer.value;
   r.attention = f.attention.value;
   if (f.grad_ckpt.checked) r.grad_ckpt = true;
+  if (f.framework.value !== 'hf') r.framework = f.framework.value;
+  if (f.framework.value === 'torchtune') {
+    for (const k of kTorchtuneFlags) if (f[k].checked) r[k] = true;
+  }
   const ft = radio('finetune');
   if (ft !== 'full') {
     r.lora_rank = Number(f.lora_rank.value);
@@ -120,8 +136,8 @@ function applyQuery() {
       if (![...f.model.options].some((o) => o.value === v)) f.model.add(new Option(v, v));
       f.model.value = v;
       setRadio('model_source', 'catalog');
-    } else if (k === 'grad_ckpt') {
-      f.grad_ckpt.checked = v !== 'false' && v !== '0';
+    } else if (k === 'grad_ckpt' || kTorchtuneFlags.includes(k)) {
+      f[k].checked = v !== 'false' && v !== '0';
     } else if (k === 'lora_rank') {
       f.lora_rank.value = v;
       if (radio('finetune') === 'full') setRadio('finetune', 'lora');
@@ -417,6 +433,7 @@ async function downloadReport(ev) {
 }
 
 async function init() {
+  form.elements.framework.addEventListener('change', frameworkDefaults);
   form.addEventListener('change', syncVisibility);
   form.addEventListener('input', syncVisibility);
   form.addEventListener('submit', (ev) => { ev.preventDefault(); run(); });

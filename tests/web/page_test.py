@@ -144,6 +144,13 @@ def main():
                        ["--model", "meta-llama/Llama-3.1-8B", "--gpu", "H100-80GB", "--method",
                         "zero1", "--dp", "2", "--pp", "2", "--batch", "1", "--seq", "2048",
                         "--grad-ckpt"])
+            check_case(server, out_dir, profile, "torchtune-compile-llama3b-a100",
+                       {"model": "meta-llama/Llama-3.2-3B", "framework": "torchtune",
+                        "precision": "bf16", "attention": "sdpa", "batch": "2", "seq": "2048",
+                        "grad_ckpt": "true", "compile": "true", "packed": "true"},
+                       ["--model", "meta-llama/Llama-3.2-3B", "--framework", "torchtune",
+                        "--precision", "bf16", "--attention", "sdpa", "--optimizer", "adamw",
+                        "--batch", "2", "--seq", "2048", "--grad-ckpt", "--compile", "--packed"])
             check_error(server, profile)
             check_report(server, out_dir, profile)
     finally:
