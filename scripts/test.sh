@@ -26,15 +26,21 @@ cmake --preset asan >/dev/null
 cmake --build --preset asan -j"$jobs"
 ctest --preset asan -j"$jobs"
 
-echo "== fuzz smoke (30 s, seeded with the catalog and tests/data)"
+echo "== fuzz smoke (20 s per target, seeded with the catalog, recipes, requests and tests/data)"
 cmake --preset fuzz >/dev/null
 cmake --build --preset fuzz -j"$jobs"
-corpus=$(mktemp -d)
-cp tests/data/fuzz-regressions/* "$corpus"/
-for f in data/models/*.json; do cp "$f" "$corpus/$(basename "$f")"; done
-build/fuzz/fuzz/config_fuzzer -max_total_time=30 -max_len=8192 -rss_limit_mb=1024 \
-  -artifact_prefix="$corpus/crash-" "$corpus" 2>&1 | tail -n 2
-rm -rf "$corpus"
+fuzz() {  # target seconds seed-files...
+  local target=$1 seconds=$2 corpus
+  shift 2
+  corpus=$(mktemp -d)
+  cp "$@" "$corpus"/
+  build/fuzz/fuzz/"$target" -max_total_time="$seconds" -max_len=8192 -rss_limit_mb=1024 \
+    -artifact_prefix="$corpus/crash-" "$corpus" 2>&1 | tail -n 2
+  rm -rf "$corpus"
+}
+fuzz config_fuzzer 20 tests/data/fuzz-regressions/* data/models/*.json
+fuzz recipe_fuzzer 20 tests/data/recipes/*.yaml
+fuzz request_fuzzer 20 tests/data/fuzz-seeds/requests/*.json
 
 echo "== CPU tier: harness self-test, a fresh measurement matrix, and llmem validate on it"
 # Debian's interpreter has Debian's torch (the pyenv python3 on PATH may not).
