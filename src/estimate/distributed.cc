@@ -369,9 +369,17 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     // FSDP's CPUOffload moves parameters, gradients and the optimizer together.
     r.offload_params = true;
     r.offload_optimizer = true;
+    // FSDP1 copies a unit's host shard to the device to all-gather it
+    // (trace::OffloadFetch::kUnitShard); FSDP2's path is not modelled.
+    if (p.fsdp_version == 1)
+      r.offload_fetch = trace::OffloadFetch::kUnitShard;
   } else if (sharding) {
     r.offload_params = p.offload_params;
     r.offload_optimizer = p.offload_optimizer || p.offload_params;
+    // DeepSpeed ZeRO-3 copies each fetched parameter's host partition to the
+    // device (trace::OffloadFetch::kLargestParam).
+    if (p.method == Method::kZero3 && p.offload_params)
+      r.offload_fetch = trace::OffloadFetch::kLargestParam;
   }
   if (s.finetune == FinetuneMode::kQlora && r.sharded_params()) {
     if (p.method == Method::kGemini) {
