@@ -600,7 +600,7 @@ std::string known_gap(const std::map<std::string, std::string>& r, const Trainin
     return "PEFT v0.2.0 + DeepSpeed 0.8 ZeRO-3 offload at world size 1: modelled are the "
            "5e8-element fp32 ipg bucket (stage3.py), the gathered layers, the head's fetch "
            "(full weight plus its host partition copied to the device, partition_parameters.py "
-           "all_gather_coalesced) and the activations; the rest (about 5 GiB) is not found in "
+           "all_gather_coalesced) and the activations; the rest (4.8 GiB) is not found in "
            "DeepSpeed 0.8.1's fetch/release path (stage3_max_reuse_distance 1e9 releases every "
            "bloom layer before its backward); the README's \"18.1GB\" may also be MiB-based "
            "(17.7 GiB)";
@@ -614,13 +614,13 @@ std::string known_gap(const std::map<std::string, std::string>& r, const Trainin
   if (s.finetune == FinetuneMode::kLora && p.method == Method::kZero3) {
     return "nvidia-smi screenshot on 8 x H100: the CUDA context (catalog 400 MiB, lazy loading) "
            "and NCCL's buffers (688 MB per communicator from A100 measurements; NVLS on H100 "
-           "NVSwitch systems allocates more) are first-order figures; ZeRO-3's defaults "
-           "(accelerate "
-           "fills no bucket or threshold keys: prefetch 5e7, persistence 1e5, max live 1e9) add "
-           "less than 1 GiB here";
+           "NVSwitch systems allocates more) are first-order figures; ZeRO-3 runs on "
+           "DeepSpeed's defaults (accelerate's plugin config has no bucket or threshold keys to "
+           "fill: prefetch 5e7, persistence 1e5, max live and reuse 1e9), which keep less than "
+           "1 GiB more gathered than one layer and the next";
   }
   if (s.finetune == FinetuneMode::kQlora) {
-    return "the three 70B QLoRA rows miss a near-constant 6.5-7.8 GiB that does not depend on "
+    return "the three 70B QLoRA rows miss a near-constant 5.9-7.0 GiB that does not depend on "
            "where the parameters live (ZeRO-3 or FSDP, offload or not); no source gives a "
            "breakdown of the nvidia-smi screenshots; candidates: the CUDA context with "
            "bitsandbytes, flash-attn and cuBLAS kernels loaded, and allocator pools of the "
