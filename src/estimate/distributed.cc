@@ -406,6 +406,14 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   if (r.offload_optimizer)
     notes.push_back(
         "offload: optimizer states, master weights and reduced gradients in host memory");
+  if (r.offload_fetch == trace::OffloadFetch::kUnitShard)
+    notes.push_back(
+        "offload: each unit's host shard is copied to the GPU for its all-gather (FSDP1 "
+        "pre_unshard)");
+  else if (r.offload_fetch == trace::OffloadFetch::kLargestParam)
+    notes.push_back(
+        "offload: each fetched parameter's host partition is copied to the GPU for its "
+        "all-gather, the head's weight fetched again at the head (DeepSpeed ZeRO-3)");
   if (tp_method) {
     // Megatron and ColossalAI run their own model code: no Hugging Face
     // DynamicCache during training.

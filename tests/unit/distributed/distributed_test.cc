@@ -548,6 +548,30 @@ TEST(Distributed, ZeroThreeOffloadCopiesTheLargestPartitionNextToEachGather) {
   }
 }
 
+// The planner picks the fetch copy by method: FSDP1 the unit's shard, ZeRO-3
+// the largest parameter's partition; FSDP2 and optimizer-only offload none.
+TEST(Distributed, PlannerPicksTheOffloadFetchCopyByMethod) {
+  ModelSpec m = tiny();
+  GpuSpec gpu = find_gpu("A100-80GB");
+  auto noted = [&](Method method, int fsdp_version, bool params, const std::string& needle) {
+    TrainingSetup s = tiny_lora(Precision::kFp32);
+    s.parallel.method = method;
+    s.parallel.dp = 2;
+    s.parallel.fsdp_version = fsdp_version;
+    s.parallel.offload_optimizer = true;
+    s.parallel.offload_params = params;
+    bool found = false;
+    for (const std::string& n : estimate(m, s, gpu).notes)
+      found = found || n.find(needle) != std::string::npos;
+    return found;
+  };
+  EXPECT_TRUE(noted(Method::kFsdp, 1, true, "FSDP1 pre_unshard"));
+  EXPECT_FALSE(noted(Method::kFsdp, 2, true, "copied to the GPU"));
+  EXPECT_TRUE(noted(Method::kZero3, 1, true, "DeepSpeed ZeRO-3"));
+  EXPECT_FALSE(noted(Method::kZero3, 1, false, "copied to the GPU"));
+  EXPECT_FALSE(noted(Method::kZero3, 1, true, "FSDP1 pre_unshard"));
+}
+
 TEST(Distributed, FsdpOneOffloadBringsTheUnitShardToTheDeviceForTheAllGather) {
   ModelSpec m = tiny();
   // fp32, no parameter mixed precision: flat_param_to(device) makes the
