@@ -39,7 +39,8 @@ enum class OffloadFetch {
   /// all_gather_coalesced, 0.8.1 to 0.16): each fetched parameter's host
   /// partition is copied to the device (ds_tensor.to(device)) next to its full
   /// buffer for the all-gather call; parameters are fetched one module at a
-  /// time, so the largest one of a unit sets the transient.
+  /// time, so the largest one of a unit sets the transient. On one rank only
+  /// before 0.9 (from 0.9 NoGatherHandle makes the copy the parameter).
   kLargestParam,
 };
 

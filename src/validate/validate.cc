@@ -407,6 +407,11 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
     s->transformers_version = 428;
   }
   read_version(get("transformers_version"), &s->transformers_version);
+  if (has(url, "peft/blob/v0.2.0/")) {
+    // PEFT v0.2.0's README: "DeepSpeed version required v0.8.0" (February
+    // 2023; DeepSpeed 0.9.0 came in April).
+    s->parallel.deepspeed_minor = 8;
+  }
   std::string method = lower(get("method"));
   if (has(url, "2404.10933") || has(get("precision"), "colossalai")) {
     // The LLMem paper's runs: ColossalAI GeminiDDP on every GPU, one GPU included.

@@ -553,10 +553,12 @@ TEST(Distributed, ZeroThreeOffloadCopiesTheLargestPartitionNextToEachGather) {
 TEST(Distributed, PlannerPicksTheOffloadFetchCopyByMethod) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
-  auto noted = [&](Method method, int fsdp_version, bool params, const std::string& needle) {
+  auto noted = [&](Method method, int fsdp_version, bool params, const std::string& needle,
+                   int dp = 2, int ds_minor = 14) {
     TrainingSetup s = tiny_lora(Precision::kFp32);
     s.parallel.method = method;
-    s.parallel.dp = 2;
+    s.parallel.dp = dp;
+    s.parallel.deepspeed_minor = ds_minor;
     s.parallel.fsdp_version = fsdp_version;
     s.parallel.offload_optimizer = true;
     s.parallel.offload_params = params;
@@ -566,9 +568,13 @@ TEST(Distributed, PlannerPicksTheOffloadFetchCopyByMethod) {
     return found;
   };
   EXPECT_TRUE(noted(Method::kFsdp, 1, true, "FSDP1 pre_unshard"));
+  EXPECT_FALSE(noted(Method::kFsdp, 1, true, "FSDP1 pre_unshard", 1));  // NO_SHARD
   EXPECT_FALSE(noted(Method::kFsdp, 2, true, "copied to the GPU"));
   EXPECT_TRUE(noted(Method::kZero3, 1, true, "DeepSpeed ZeRO-3"));
   EXPECT_FALSE(noted(Method::kZero3, 1, false, "copied to the GPU"));
+  // One rank: DeepSpeed 0.8 still gathers through a full buffer, 0.9 on does not.
+  EXPECT_TRUE(noted(Method::kZero3, 1, true, "DeepSpeed ZeRO-3", 1, 8));
+  EXPECT_FALSE(noted(Method::kZero3, 1, true, "copied to the GPU", 1, 9));
   EXPECT_FALSE(noted(Method::kZero3, 1, true, "FSDP1 pre_unshard"));
 }
 
