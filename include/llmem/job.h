@@ -97,6 +97,11 @@ struct ParallelSetup {
   /// overlap_comm: -1 DeepSpeed's default (on for stage 3, off for 1 and 2:
   /// deepspeed/runtime/zero/config.py overlap_comm_valid); 0 off; 1 on.
   int overlap_comm = -1;
+  /// DeepSpeed's minor version (0.N) whose ZeRO-3 fetch to model: before 0.9
+  /// one rank still all-gathers into a full buffer next to its host partition
+  /// copied to the device (partition_parameters.py all_gather_coalesced, 0.8.1);
+  /// from 0.9 on one rank the copy is the parameter itself (NoGatherHandle).
+  int deepspeed_minor = 14;
   /// ZeRO-1 by torch's ZeroRedundancyOptimizer over DDP (whole tensors
   /// assigned greedily to ranks) instead of DeepSpeed's flat partitions.
   bool torch_zero = false;

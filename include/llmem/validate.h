@@ -31,6 +31,9 @@ struct ValidationRow {
                          ///< (0 inside it).
   bool band() const { return counter == "unnamed"; }
   std::string skipped_reason;  ///< non-empty: not compared, and why
+  /// A compared row whose gap the model does not close: the best-supported
+  /// reason from the row's sources (empty for the others).
+  std::string why;
 };
 
 struct ValidationSummary {

@@ -369,9 +369,20 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     // FSDP's CPUOffload moves parameters, gradients and the optimizer together.
     r.offload_params = true;
     r.offload_optimizer = true;
+    // FSDP1 copies a unit's host shard to the device to all-gather it
+    // (trace::OffloadFetch::kUnitShard); FSDP2's path is not modelled. One
+    // shard is NO_SHARD (FSDP switches FULL_SHARD to it on one rank): the
+    // device copy is the unit itself, already the gathered buffer.
+    if (p.fsdp_version == 1 && r.param_shards > 1)
+      r.offload_fetch = trace::OffloadFetch::kUnitShard;
   } else if (sharding) {
     r.offload_params = p.offload_params;
     r.offload_optimizer = p.offload_optimizer || p.offload_params;
+    // DeepSpeed ZeRO-3 copies each fetched parameter's host partition to the
+    // device next to its full buffer (trace::OffloadFetch::kLargestParam); on
+    // one rank from 0.9 on the copy is the parameter (NoGatherHandle).
+    if (p.method == Method::kZero3 && p.offload_params && (dp > 1 || p.deepspeed_minor < 9))
+      r.offload_fetch = trace::OffloadFetch::kLargestParam;
   }
   if (s.finetune == FinetuneMode::kQlora && r.sharded_params()) {
     if (p.method == Method::kGemini) {
@@ -398,6 +409,14 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   if (r.offload_optimizer)
     notes.push_back(
         "offload: optimizer states, master weights and reduced gradients in host memory");
+  if (r.offload_fetch == trace::OffloadFetch::kUnitShard)
+    notes.push_back(
+        "offload: each unit's host shard is copied to the GPU for its all-gather (FSDP1 "
+        "pre_unshard)");
+  else if (r.offload_fetch == trace::OffloadFetch::kLargestParam)
+    notes.push_back(
+        "offload: each fetched parameter's host partition is copied to the GPU for its "
+        "all-gather, the head's weight fetched again at the head (DeepSpeed ZeRO-3)");
   if (tp_method) {
     // Megatron and ColossalAI run their own model code: no Hugging Face
     // DynamicCache during training.

@@ -356,6 +356,7 @@ class Program {
           if (layer_packed_.size() <= slot)
             layer_packed_.resize(slot + 1, 0);
           layer_packed_[slot] += packed;
+          note_unit_param(slot, packed);
           g_.leaf(state, 1, Component::kParameters, false);
         } else {
           p.id = load_quantized(t, packed + state);
@@ -382,6 +383,7 @@ class Program {
           layer_shard_numel_.resize(slot + 1, 0);
         }
         layer_numel_[slot] += t.numel;
+        note_unit_param(slot, t.numel * (qlora ? base_store_elem_ : store_elem_));
         param_rows_[p.id] = t.shape.empty() ? 1 : t.shape[0];
         layer_shard_numel_[slot] += tensor_shard(p.id, r_.param_shards);
       } else {
@@ -786,10 +788,25 @@ class Program {
       g_.release(flat);
       return;
     }
+    // FSDP1 with CPU offload: the host shard comes to the device first
+    // (OffloadFetch::kUnitShard); under parameter mixed precision the
+    // full-precision copy is cast into the low-precision shard and dies.
+    Tid device_shard = kNone;
+    if (r_.offload_params && r_.offload_fetch == OffloadFetch::kUnitShard) {
+      int64_t stored = unit_shard_bytes(slot);
+      int64_t low = unit_shard(slot) * pe_ + shard(packed, r_.param_shards);
+      device_shard = g_.buffer(low, Component::kWeightCopies);
+      if (low != stored)
+        g_.release(g_.buffer(stored, Component::kTemporaries));
+    }
     // The unit's parameters in the compute dtype, and its packed 4-bit bytes
     // as they are stored (their storage dtype is the compute dtype, so
     // MixedPrecision casts nothing).
     gathered_[slot] = g_.buffer(layer_numel_[slot] * pe_ + packed, Component::kWeightCopies);
+    if (device_shard != kNone)
+      g_.release(device_shard);  // the all-gather's input, replaced by the unsharded view
+    if (r_.offload_params && r_.offload_fetch == OffloadFetch::kLargestParam)
+      fetch_copy(unit_max_bytes_[slot]);
     if (r_.gather_frees_shard && param_shard_[slot] != kNone) {
       g_.release(param_shard_[slot]);
       param_shard_[slot] = kNone;
@@ -815,9 +832,27 @@ class Program {
   /// holds nothing). QLoRA: every base parameter is frozen, stored in the
   /// quant storage dtype, with the packed 4-bit bytes in the same flat shard.
   Tid param_shard(size_t slot) {
-    int elem = s_.finetune == FinetuneMode::kQlora ? base_store_elem_ : store_elem_;
-    int64_t bytes = unit_shard(slot) * elem + shard(layer_packed_[slot], r_.param_shards);
+    int64_t bytes = unit_shard_bytes(slot);
     return bytes > 0 ? g_.buffer(bytes, Component::kParameters) : kNone;
+  }
+  /// One rank's stored bytes of a unit (slot: layer + 1).
+  int64_t unit_shard_bytes(size_t slot) const {
+    int elem = s_.finetune == FinetuneMode::kQlora ? base_store_elem_ : store_elem_;
+    int64_t packed = slot < layer_packed_.size() ? layer_packed_[slot] : 0;
+    return unit_shard(slot) * elem + shard(packed, r_.param_shards);
+  }
+  /// Records a sharded parameter's stored bytes (whole) for its unit's largest.
+  void note_unit_param(size_t slot, int64_t bytes) {
+    if (unit_max_bytes_.size() <= slot)
+      unit_max_bytes_.resize(slot + 1, 0);
+    unit_max_bytes_[slot] = std::max(unit_max_bytes_[slot], bytes);
+  }
+  /// DeepSpeed ZeRO-3 with offload_param (OffloadFetch::kLargestParam): the
+  /// fetched parameter's host partition, copied to the device for the
+  /// all-gather next to its full buffer, dies when the call returns.
+  void fetch_copy(int64_t whole_bytes) {
+    if (whole_bytes > 0)
+      g_.release(g_.buffer(shard(whole_bytes, r_.param_shards), Component::kTemporaries));
   }
   /// Gemini (ColossalAI d4fb7bf chunk/chunk.py __gather, gemini_hook.py
   /// pre_op): the whole chunk is all-gathered in the compute dtype when the
@@ -1816,7 +1851,8 @@ class Program {
   int grad_store_elem_ = kF32;         // dtype of reduced gradient shards
   std::vector<int> param_layer_;       // by Tid: each parameter's layer (-1: outside the layers)
   std::vector<int64_t> layer_numel_;   // per layer + 1 (slot 0: root unit)
-  std::vector<int64_t> layer_shard_numel_;       // FSDP2: one rank's padded shards per unit
+  std::vector<int64_t> unit_max_bytes_;     // per layer + 1: the largest sharded parameter, whole
+  std::vector<int64_t> layer_shard_numel_;  // FSDP2: one rank's padded shards per unit
   std::unordered_map<Tid, int64_t> param_rows_;  // sharded parameters: dim 0
   Tid rs_pending_ = kNone;                       // FSDP2: the last reduce_scatter_input
   std::vector<Tid> flat_grad_;                   // FSDP1: unsharded flat gradient per unit
@@ -1993,6 +2029,7 @@ void Program::setup_distributed() {
     return;
   auto slots = static_cast<size_t>(m_.num_layers + 1);
   layer_numel_.resize(slots, 0);
+  unit_max_bytes_.resize(std::max(unit_max_bytes_.size(), slots), 0);
   layer_packed_.resize(slots, 0);
   layer_shard_numel_.resize(slots, 0);
   trainable_numel_.assign(slots, 0);
@@ -2338,6 +2375,17 @@ Tid Program::forward(Tid ids) {
     g_.release(hn);
     fabric_output_fp32(&logit_chunks_);
     return kNone;
+  }
+  if (r_.offload_params && r_.offload_fetch == OffloadFetch::kLargestParam) {
+    // DeepSpeed ZeRO-3 fetches the head's weight again here: the embedding's
+    // use was further back than stage3_max_reuse_distance, so it was released
+    // (partitioned_param_coordinator.py __params_to_release, 0.8.1 to 0.16),
+    // and an untied lm_head is first fetched now. Its host partition comes to
+    // the device next to the full weight (kept gathered here, as the root).
+    Param* w = find_param(head + ".weight");
+    int elem = s_.finetune == FinetuneMode::kQlora ? base_store_elem_ : store_elem_;
+    if (w != nullptr && w->quantized == 0)
+      fetch_copy(g_.numel(w->id) * elem);
   }
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   g_.release(hn);

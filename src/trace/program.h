@@ -25,6 +25,25 @@ struct TraceResult {
   std::string attention_kernel;
 };
 
+/// How offloaded parameter shards reach the device to be all-gathered.
+enum class OffloadFetch {
+  kOff,
+  /// FSDP1 (torch/distributed/fsdp/_flat_param.py, FlatParamHandle.pre_unshard
+  /// and unshard, torch 2.1 to 2.5): the unit's host shard is copied to the
+  /// device (flat_param_to(device), or _local_shard.to(device) copied into the
+  /// low-precision _mp_shard under parameter mixed precision) before the
+  /// padded unsharded buffer is allocated; that device shard is the
+  /// all-gather's input and dies once the unsharded view replaces it.
+  kUnitShard,
+  /// DeepSpeed ZeRO-3 (deepspeed/runtime/zero/partition_parameters.py,
+  /// all_gather_coalesced, 0.8.1 to 0.16): each fetched parameter's host
+  /// partition is copied to the device (ds_tensor.to(device)) next to its full
+  /// buffer for the all-gather call; parameters are fetched one module at a
+  /// time, so the largest one of a unit sets the transient. On one rank only
+  /// before 0.9 (from 0.9 NoGatherHandle makes the copy the parameter).
+  kLargestParam,
+};
+
 /// What one rank of a distributed layout holds and does differently from a
 /// single GPU (set by the distributed planner in src/estimate/distributed.cc).
 struct RankPlan {
@@ -68,6 +87,7 @@ struct RankPlan {
   /// reduced gradient shards live in host memory; the step runs on the CPU.
   bool offload_optimizer = false;
   bool offload_params = false;  ///< ZeRO-3 / FSDP: parameter shards in host memory
+  OffloadFetch offload_fetch = OffloadFetch::kOff;  ///< with offload_params
   // Pipeline stage: decoder layers [first_layer, end_layer); the first stage
   // embeds, the last one holds the final norm, the head and the loss.
   int first_layer = 0;

@@ -20,6 +20,7 @@
 #include "llmem/validate.h"
 
 #include "trace/gemini_chunks.h"
+#include "trace/program.h"
 
 namespace llmem {
 namespace {
@@ -423,6 +424,198 @@ TEST(Distributed, ValidateExpressesPeftQloraRows) {
   EXPECT_NE(r.rows[1].skipped_reason.find("quant storage"), std::string::npos);
 }
 
+// PEFT's examples/sft docs launch every run with --lora_target_modules
+// "all-linear"; a row of those docs without a targets column gets them.
+TEST(Distributed, ValidateGivesPeftSftRowsAllLinearTargets) {
+  std::string header =
+      "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+      "seq_len,grad_ckpt,finetune,lora_rank,lora_targets,attention_impl,measured_what,peak_gib,"
+      "notes\n";
+  std::string url = "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md";
+  auto row = [&](const std::string& targets, const std::string& notes) {
+    return url + ",meta-llama/Llama-2-7b-hf,2,A100 80GB,fsdp,2,1,bf16,AdamW,1,256,on,lora,8,\"" +
+           targets + "\",flash_attention_2,nvidia-smi,10,\"" + notes + "\"\n";
+  };
+  std::string text = header + row("", "") + row("", "LoRA r8 all-linear") + row("all-linear", "") +
+                     row("q_proj,v_proj", "");
+  ValidationReport r = validate_csv(text, "mem.csv");
+  ASSERT_EQ(r.rows.size(), 4u);
+  for (const ValidationRow& v : r.rows)
+    ASSERT_EQ(v.skipped_reason, "") << v.line;
+  EXPECT_EQ(r.rows[0].estimated_bytes, r.rows[1].estimated_bytes);
+  EXPECT_EQ(r.rows[0].estimated_bytes, r.rows[2].estimated_bytes);
+  EXPECT_GT(r.rows[0].estimated_bytes, r.rows[3].estimated_bytes);
+  // The FSDP LoRA row of fsdp.md: its known gap is the checkpoint save.
+  EXPECT_NE(r.rows[0].why.find("FULL_STATE_DICT"), std::string::npos) << r.rows[0].why;
+  EXPECT_NE(validation_table(r).find("    why: fsdp.md gives 72-80 GB"), std::string::npos);
+  EXPECT_NE(validation_json(r).find("\"why\""), std::string::npos);
+}
+
+TEST(Distributed, ValidateNamesTheKnownGapOfEachPeftDistributedRow) {
+  std::string header =
+      "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
+      "seq_len,grad_ckpt,finetune,lora_rank,attention_impl,measured_what,peak_gib,notes\n";
+  std::string ds =
+      "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/deepspeed.md";
+  std::string v020 = "https://github.com/huggingface/peft/blob/v0.2.0/README.md";
+  std::string text =
+      header + ds +
+      ",meta-llama/Llama-2-7b-hf,2,H100 80GB,zero3,2,1,bf16,AdamW,1,256,on,lora,8,"
+      "flash_attention_2,nvidia-smi,10,\n" +
+      ds +
+      ",meta-llama/Llama-2-7b-hf,2,H100 80GB,zero3,2,1,\"bf16 compute, NF4 base, quant storage "
+      "bf16\",AdamW,1,256,on (reentrant),qlora,8,flash_attention_2,nvidia-smi,10,\n" +
+      v020 +
+      ",bigscience/bloomz-7b1,1,A100 80GB,zero3+offload,1,1,fp32,AdamW,1,64,off,lora,8,eager,"
+      "max_memory_allocated,10,\n" +
+      v020 +
+      ",bigscience/bloomz-7b1,1,A100 80GB,single,1,1,fp32,AdamW,1,64,off,lora,8,eager,"
+      "max_memory_allocated,10,\n";
+  ValidationReport r = validate_csv(text, "mem.csv");
+  ASSERT_EQ(r.rows.size(), 4u);
+  EXPECT_NE(r.rows[0].why.find("NCCL"), std::string::npos) << r.rows[0].why;
+  EXPECT_NE(r.rows[1].why.find("near-constant"), std::string::npos) << r.rows[1].why;
+  EXPECT_NE(r.rows[2].why.find("DeepSpeed 0.8"), std::string::npos) << r.rows[2].why;
+  EXPECT_EQ(r.rows[3].why, "");  // the single-GPU row has no registered gap
+}
+
+// Parameter offload: how host shards reach the device to be gathered. tiny-llama
+// (hidden 128, MLP 352, vocabulary 32000, untied head) in fp32 on the CPU (exact
+// sizes): a decoder layer holds 4 x 128^2 + 3 x 128 x 352 + 2 x 128 = 200,960
+// elements (803,840 bytes), its largest parameter is one MLP matrix (45,056
+// elements, 180,224 bytes); the root unit holds the embedding and the head
+// (4,096,000 elements, 16,384,000 bytes each) and the final norm.
+trace::RankPlan offload_plan(int shards, trace::OffloadFetch fetch) {
+  trace::RankPlan r;
+  r.param_shards = r.grad_shards = r.state_shards = shards;
+  r.prefetch_layers = 1;
+  r.offload_params = true;
+  r.offload_optimizer = true;
+  r.offload_fetch = fetch;
+  return r;
+}
+
+TrainingSetup tiny_lora(Precision p) {
+  TrainingSetup s = cpu_setup(Method::kSingle, 1);
+  s.batch = 1;  // logits of 32 x 32000 fp32: 4,096,000 bytes, no size above collides
+  s.precision = p;
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  return s;
+}
+
+// Indices of the allocations of `bytes` in `c` during the training steps.
+std::vector<size_t> allocs_of(const std::vector<trace::Event>& ev, int64_t bytes, Component c) {
+  std::vector<size_t> at;
+  for (size_t i = 0; i < ev.size(); ++i) {
+    if (ev[i].alloc && ev[i].bytes == bytes && ev[i].component == c && ev[i].step >= 1)
+      at.push_back(i);
+  }
+  return at;
+}
+
+TEST(Distributed, ZeroThreeOffloadCopiesTheLargestPartitionNextToEachGather) {
+  ModelSpec m = tiny();
+  for (int shards : {1, 2}) {
+    trace::TraceResult plain = trace::build_trace(m, tiny_lora(Precision::kFp32),
+                                                  offload_plan(shards, trace::OffloadFetch::kOff));
+    trace::TraceResult ds = trace::build_trace(
+        m, tiny_lora(Precision::kFp32), offload_plan(shards, trace::OffloadFetch::kLargestParam));
+    const std::vector<trace::Event>& ev = ds.events;
+    // Every gathered layer (803,840 bytes) is followed by its largest
+    // parameter's host partition on the device (180,224 / shards bytes), freed
+    // at once.
+    int64_t copy = 180'224 / shards;
+    std::vector<size_t> layers = allocs_of(ev, 803'840, Component::kWeightCopies);
+    ASSERT_FALSE(layers.empty());
+    for (size_t i : layers) {
+      ASSERT_LT(i + 2, ev.size());
+      EXPECT_TRUE(ev[i + 1].alloc);
+      EXPECT_EQ(ev[i + 1].bytes, copy);
+      EXPECT_EQ(ev[i + 1].component, Component::kTemporaries);
+      EXPECT_FALSE(ev[i + 2].alloc);
+      EXPECT_EQ(ev[i + 2].tensor, ev[i + 1].tensor);
+    }
+    // The root's gather (embedding, head, norm: 8,192,128 elements) and the
+    // head's second fetch each copy one 4,096,000-element partition: twice a
+    // step, two steps.
+    int64_t root = 8'192'128 * 4;
+    ASSERT_EQ(allocs_of(ev, root, Component::kWeightCopies).size(), 2u);
+    EXPECT_EQ(allocs_of(ev, 16'384'000 / shards, Component::kTemporaries).size(), 4u);
+    EXPECT_EQ(allocs_of(plain.events, 16'384'000 / shards, Component::kTemporaries).size(), 0u);
+    // Nothing else changes: the copies are the only extra events.
+    EXPECT_EQ(ev.size(), plain.events.size() + 2 * (layers.size() + 4)) << shards;
+  }
+}
+
+// The planner picks the fetch copy by method: FSDP1 the unit's shard, ZeRO-3
+// the largest parameter's partition; FSDP2 and optimizer-only offload none.
+TEST(Distributed, PlannerPicksTheOffloadFetchCopyByMethod) {
+  ModelSpec m = tiny();
+  GpuSpec gpu = find_gpu("A100-80GB");
+  auto noted = [&](Method method, int fsdp_version, bool params, const std::string& needle,
+                   int dp = 2, int ds_minor = 14) {
+    TrainingSetup s = tiny_lora(Precision::kFp32);
+    s.parallel.method = method;
+    s.parallel.dp = dp;
+    s.parallel.deepspeed_minor = ds_minor;
+    s.parallel.fsdp_version = fsdp_version;
+    s.parallel.offload_optimizer = true;
+    s.parallel.offload_params = params;
+    bool found = false;
+    for (const std::string& n : estimate(m, s, gpu).notes)
+      found = found || n.find(needle) != std::string::npos;
+    return found;
+  };
+  EXPECT_TRUE(noted(Method::kFsdp, 1, true, "FSDP1 pre_unshard"));
+  EXPECT_FALSE(noted(Method::kFsdp, 1, true, "FSDP1 pre_unshard", 1));  // NO_SHARD
+  EXPECT_FALSE(noted(Method::kFsdp, 2, true, "copied to the GPU"));
+  EXPECT_TRUE(noted(Method::kZero3, 1, true, "DeepSpeed ZeRO-3"));
+  EXPECT_FALSE(noted(Method::kZero3, 1, false, "copied to the GPU"));
+  // One rank: DeepSpeed 0.8 still gathers through a full buffer, 0.9 on does not.
+  EXPECT_TRUE(noted(Method::kZero3, 1, true, "DeepSpeed ZeRO-3", 1, 8));
+  EXPECT_FALSE(noted(Method::kZero3, 1, true, "copied to the GPU", 1, 9));
+  EXPECT_FALSE(noted(Method::kZero3, 1, true, "FSDP1 pre_unshard"));
+}
+
+TEST(Distributed, FsdpOneOffloadBringsTheUnitShardToTheDeviceForTheAllGather) {
+  ModelSpec m = tiny();
+  // fp32, no parameter mixed precision: flat_param_to(device) makes the
+  // shard (803,840 / 2 bytes) a device tensor before the unsharded buffer is
+  // allocated; it dies once the unsharded view replaces it.
+  trace::TraceResult t = trace::build_trace(m, tiny_lora(Precision::kFp32),
+                                            offload_plan(2, trace::OffloadFetch::kUnitShard));
+  const std::vector<trace::Event>& ev = t.events;
+  std::vector<size_t> layers = allocs_of(ev, 803'840, Component::kWeightCopies);
+  ASSERT_FALSE(layers.empty());
+  for (size_t i : layers) {
+    ASSERT_GE(i, 1u);
+    EXPECT_EQ(ev[i - 1].bytes, 401'920);
+    EXPECT_TRUE(ev[i - 1].alloc);
+    EXPECT_FALSE(ev[i + 1].alloc);
+    EXPECT_EQ(ev[i + 1].tensor, ev[i - 1].tensor);
+  }
+  // bf16 autocast (fp32 shards, bf16 gathers): _local_shard.to(device) (fp32,
+  // 401,920 bytes) is cast into the bf16 _mp_shard (200,960 bytes) and dies;
+  // the _mp_shard is freed once the 401,920-byte bf16 unit is gathered.
+  trace::TraceResult mp = trace::build_trace(m, tiny_lora(Precision::kBf16Mixed),
+                                             offload_plan(2, trace::OffloadFetch::kUnitShard));
+  const std::vector<trace::Event>& e2 = mp.events;
+  std::vector<size_t> units = allocs_of(e2, 401'920, Component::kWeightCopies);
+  ASSERT_FALSE(units.empty());
+  for (size_t i : units) {
+    ASSERT_GE(i, 3u);
+    EXPECT_EQ(e2[i - 3].bytes, 200'960);  // _mp_shard
+    EXPECT_EQ(e2[i - 3].component, Component::kWeightCopies);
+    EXPECT_EQ(e2[i - 2].bytes, 401'920);  // the fp32 copy of the host shard
+    EXPECT_EQ(e2[i - 2].component, Component::kTemporaries);
+    EXPECT_FALSE(e2[i - 1].alloc);
+    EXPECT_EQ(e2[i - 1].tensor, e2[i - 2].tensor);
+    EXPECT_FALSE(e2[i + 1].alloc);
+    EXPECT_EQ(e2[i + 1].tensor, e2[i - 3].tensor);
+  }
+}
+
 TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");
@@ -710,7 +903,9 @@ TEST(Distributed, CpuTierTwoRankRowsAgree) {
 TEST(Distributed, PeftSftFsdpRowsLoadFloat32AndReadAllLinear) {
   // PEFT's examples/sft loads the model in float32 unless 4-bit is asked for, so
   // an FSDP run with --bf16 keeps fp32 shards (bf16-mixed); "all-linear" in the notes
-  // adapts every decoder projection. Other sources keep the row's own precision.
+  // adapts every decoder projection, and so does every row of those docs (their launch
+  // commands all give --lora_target_modules "all-linear"). Other sources keep the row's
+  // own precision.
   auto run = [](const std::string& url, const std::string& notes) {
     std::string csv =
         "source_url,model,gpus,gpu_type,method,world_size,tp,precision,optimizer,micro_batch,"
@@ -726,15 +921,17 @@ TEST(Distributed, PeftSftFsdpRowsLoadFloat32AndReadAllLinear) {
   };
   std::string peft = "https://github.com/huggingface/peft/blob/main/docs/source/accelerate/fsdp.md";
   ValidationRow sft = run(peft, "LoRA r8 all-linear");
-  ValidationRow qv = run(peft, "LoRA r8");
+  ValidationRow docs = run(peft, "LoRA r8");
   ValidationRow other = run("https://example.org/notes.md", "LoRA r8 all-linear");
+  ValidationRow qv = run("https://example.org/notes.md", "LoRA r8");
   EXPECT_NE(sft.setting.find("bf16-mixed"), std::string::npos) << sft.setting;
   EXPECT_EQ(other.setting.find("bf16-mixed"), std::string::npos) << other.setting;
   // fp32 instead of bf16 shards: 1,235,814,400 parameters / 2 ranks × 2 more bytes each
   // (other terms move a little with the precision, so allow 20 %).
   uint64_t shard_extra = 1235814400ull;
   EXPECT_GT(sft.estimated_bytes, other.estimated_bytes + shard_extra * 8 / 10);
-  EXPECT_GT(sft.estimated_bytes, qv.estimated_bytes);
+  EXPECT_EQ(sft.estimated_bytes, docs.estimated_bytes);
+  EXPECT_GT(other.estimated_bytes, qv.estimated_bytes);
 }
 
 }  // namespace
