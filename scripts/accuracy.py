@@ -111,14 +111,6 @@ REASONS = {
         "inputs (1 GiB) and the bf16 logit chunks (0.98 GiB) cannot both fit under 16.2 GiB beside "
         "them; with enable_activation_offloading (the config's other memory switch, off by default) "
         "llmem gives 16.31 GiB (+0.7 %), so the 4090 run probably had it on (row left as published)",
-    ("1814feb", "meta-llama/Llama-3.1-70B",
-     "torchtune bf16 b2 s2048 ckpt fsdp dp8 offload(params,optim) packed compile chunked-ce "
-     "optim-in-bwd"):
-        "70B_full.yaml shards tok_embeddings and output as FSDP units of their own "
-        "(custom_sharded_layers), gathered only around their own forward and backward; llmem traces "
-        "them in the root unit, kept gathered for the whole step (3.9 GiB of bf16 weights and 3.9 "
-        "GiB of their unsharded gradients at the backward peak), an upper bound the recipe reader "
-        "warns about",
     ("1814feb", "meta-llama/Llama-3.1-70B", "torchtune bf16 b2 s2048 ckpt lora fsdp dp8 packed "
      "compile chunked-ce"):
         "3.05 GiB over at the backward peak of the last layer, where llmem holds the gathered root "

@@ -109,6 +109,11 @@ struct ParallelSetup {
   FsdpSharding fsdp_sharding = FsdpSharding::kFullShard;
   int fsdp_version = 1;  ///< 1: FlatParameter per wrapped module; 2: per-parameter DTensor
   bool limit_all_gathers = true;
+  /// torchtune custom_sharded_layers ['tok_embeddings', 'output']: the input
+  /// embedding and the (untied) output head are FSDP units of their own,
+  /// gathered around their forward and backward and resharded after each,
+  /// instead of members of the root unit, which stays gathered all step.
+  bool embedding_units = false;
   int gpus() const { return dp * tp * pp; }
 };
 

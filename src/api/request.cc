@@ -55,7 +55,8 @@ const std::vector<std::string>& all_keys() {
       "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
       "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
       "stage3_max_live_parameters", "contiguous_gradients", "overlap_comm", "zero_impl",
-      "fsdp_sharding", "fsdp_version", "limit_all_gathers", "deepspeed_config", "fsdp_config",
+      "fsdp_sharding", "fsdp_version", "limit_all_gathers", "embedding_units", "deepspeed_config",
+      "fsdp_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -675,6 +676,11 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->fsdp_version =
       static_cast<int>(f.integer("fsdp_version", p->fsdp_version, 1, 2, "expected 1 or 2"));
   p->limit_all_gathers = f.boolean("limit_all_gathers", p->limit_all_gathers);
+  if (f.boolean("embedding_units", false)) {
+    if (p->method != Method::kFsdp && !f.has("fsdp_config"))
+      f.fail("embedding_units", "the embedding and head as units of their own need FSDP");
+    p->embedding_units = true;
+  }
 }
 
 // deepspeed_config / fsdp_config: a path to the file, or the config itself as

@@ -227,10 +227,29 @@ void Reader::torchtune_fsdp(const std::string& key, const YAML::Node& v) {
           file_, key,
           "expected FULL_SHARD, SHARD_GRAD_OP, NO_SHARD or HYBRID_SHARD, got \"" + name + "\"");
   } else if (key == "custom_sharded_layers") {
-    if (!v.IsNull() && !(v.IsSequence() && v.size() == 0))
-      warn(key,
-           "layers sharded as units of their own (resharded after forward) are traced in the "
-           "root unit, gathered for the whole step (an upper bound by their gathered size)");
+    // training.get_shard_conditions: modules whose name matches an entry get
+    // a fully_shard of their own (training/_distributed.py at 1814feb).
+    if (v.IsNull())
+      return;
+    if (!v.IsSequence())
+      throw Error(file_, key, "expected a list of module names, e.g. ['tok_embeddings', 'output']");
+    bool embed = false, head = false;
+    for (const YAML::Node& n : v) {
+      std::string name = str(n, key);
+      bool is_embed = name == "tok_embeddings" || name.ends_with(".tok_embeddings");
+      bool is_head = name == "output" || name.ends_with(".output");
+      embed = embed || is_embed;
+      head = head || is_head;
+      if (!is_embed && !is_head)
+        warn(key,
+             "\"" + name + "\" as a unit of its own is not modelled (traced in the root unit)");
+    }
+    p.embedding_units = embed || head;
+    if (embed != head) {
+      warn(key, std::string("only \"") + (embed ? "tok_embeddings" : "output") +
+                    "\" is listed; traced with both the embedding and the head as units of their "
+                    "own");
+    }
   } else {  // tensor_parallel_dim, data_parallel_shard_dim, data_parallel_replicate_dim
     if (!v.IsNull() && v.IsScalar() && v.as<std::string>() != "1" &&
         !(key == "data_parallel_shard_dim" && v.as<std::string>() == "-1"))

@@ -360,6 +360,12 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
             "torchtune shard_model: fully_shard per TransformerSelfAttentionLayer, the root kept "
             "gathered (reshard_after_forward=False)");
       }
+      r.embedding_units = p.embedding_units && shards > 1;
+      if (r.embedding_units) {
+        notes.push_back(
+            "custom_sharded_layers: the embedding and the output head are units of their own, "
+            "gathered around their forward and backward");
+      }
       break;
     }
     default:

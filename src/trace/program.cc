@@ -309,6 +309,11 @@ class Program {
     int other_elem = qlora && s_.quant.prepare_kbit ? kF32 : pe_;
     params_.reserve(m_.tensors.size());
     for (const TensorSpec& t : m_.tensors) {
+      if (t.role == TensorRole::kLmHead &&
+          (t.tied_to.empty() || s_.framework == Framework::kLitgpt))
+        untied_head_ = true;
+    }
+    for (const TensorSpec& t : m_.tensors) {
       if (!on_stage(t))
         continue;
       // LitGPT has no weight tying: convert_hf_checkpoint copies the embedding
@@ -352,7 +357,7 @@ class Program {
           int64_t storage = base_store_elem_;
           packed = (packed + storage - 1) / storage * storage;
           p.id = g_.virtual_leaf(packed, 1, false);
-          auto slot = static_cast<size_t>(t.layer + 1);
+          auto slot = static_cast<size_t>(unit_of(t) + 1);
           if (layer_packed_.size() <= slot)
             layer_packed_.resize(slot + 1, 0);
           layer_packed_[slot] += packed;
@@ -377,7 +382,7 @@ class Program {
                           std::string(framework_name(s_.framework)));
         }
         p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
-        auto slot = static_cast<size_t>(t.layer + 1);
+        auto slot = static_cast<size_t>(unit_of(t) + 1);
         if (layer_numel_.size() <= slot) {
           layer_numel_.resize(slot + 1, 0);
           layer_shard_numel_.resize(slot + 1, 0);
@@ -390,7 +395,7 @@ class Program {
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
       params_[t.name] = p;
-      set_param_layer(p.id, t.layer);
+      set_param_layer(p.id, unit_of(t));
       if (r_.gemini_chunks && p.quantized == 0) {
         // Gemini registers model.parameters() in module order (tied tensors
         // once). Forward position: the layer, or the embeddings before the
@@ -517,7 +522,10 @@ class Program {
     std::vector<Tid> ipg;
     for (int k = 0; k < r_.ipg_buffers_per_backward; ++k)
       ipg.push_back(g_.buffer(r_.reduce_bucket_bytes, Component::kGradients));
+    gather_unit(head_unit());  // the head's pre-backward hook
     g_.backward(total);
+    if (r_.embedding_units)
+      reduce_grads(embed_unit());
     reduce_grads(-1);
     end_reduce();
     for (Tid t : ipg)
@@ -888,9 +896,38 @@ class Program {
   int stage_end() const {
     return r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
   }
+  /// The unit (a layer index; -1: the root) whose gathered parameters hold
+  /// `t`. With embedding units (torchtune custom_sharded_layers) the
+  /// embedding and an untied head are units of their own, numbered after the
+  /// layers; a tied head uses the embedding's weight, which then stays in the root.
+  int unit_of(const TensorSpec& t) const {
+    if (!r_.embedding_units || t.layer >= 0 || !untied_head_)
+      return t.layer;
+    if (t.role == TensorRole::kEmbedding)
+      return embed_unit();
+    return t.role == TensorRole::kLmHead ? head_unit() : t.layer;
+  }
+  int embed_unit() const { return static_cast<int>(m_.num_layers); }
+  int head_unit() const { return static_cast<int>(m_.num_layers) + 1; }
+  /// FSDP2 units of their own are gathered by their pre-forward (and
+  /// pre-backward) hook and resharded after (reshard_after_forward=True).
+  void gather_unit(int unit) {
+    if (r_.embedding_units)
+      gather(unit);
+  }
+  void reshard_unit(int unit) {
+    if (r_.embedding_units && r_.reshard_after_forward)
+      reshard(unit);
+  }
   /// Backward moved from layer `from` to `to`: gradients of `from` are
   /// reduced, its gathered parameters freed, `to` (and prefetched layers) gathered.
   void on_backward_layer(int from, int to) {
+    if (r_.embedding_units && from < 0 && to >= 0) {
+      reduce_grads(head_unit());  // the head's backward ran first
+      reshard(head_unit());
+    }
+    if (r_.embedding_units && from >= 0 && to < 0)
+      gather(embed_unit());  // the embedding's backward comes last
     if (chunked_ && from < 0 && to >= 0)
       reshard(stage_end());  // the head's chunks: their gradients are all in
     if (from >= 0) {
@@ -1878,6 +1915,8 @@ class Program {
   /// fuses the norms, rotary embedding and gated activation, and its
   /// partitioner keeps only what backward must read (docs/frameworks.md).
   bool compiled_ = false;
+  /// The model has an output head of its own (not tied to the embedding).
+  bool untied_head_ = false;
   bool cuda_ = true;
   int64_t tokens_ = 0;
   int sp_ = 1;             ///< sequence-parallel degree (RankPlan::sequence_parallel)
@@ -2027,7 +2066,7 @@ void Program::finish_load() {
 void Program::setup_distributed() {
   if (!r_.distributed())
     return;
-  auto slots = static_cast<size_t>(m_.num_layers + 1);
+  auto slots = static_cast<size_t>(m_.num_layers + 1 + (r_.embedding_units ? 2 : 0));
   layer_numel_.resize(slots, 0);
   unit_max_bytes_.resize(std::max(unit_max_bytes_.size(), slots), 0);
   layer_packed_.resize(slots, 0);
@@ -2216,7 +2255,9 @@ Tid Program::forward(Tid ids) {
   Tid x;
   if (first) {
     // nn.Embedding saves the indices; it is not an autocast op.
+    gather_unit(embed_unit());
     x = g_.op(tokens_ * ew, pe_, {param(embed_name).id, ids}, {ids});
+    reshard_unit(embed_unit());
     x = sp_scatter(x);
   } else {
     // The hidden states received from the previous stage (they need a gradient).
@@ -2368,10 +2409,12 @@ Tid Program::forward(Tid ids) {
   std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
   if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
+    gather_unit(head_unit());
     logit_chunks_ = chunked_head(g_, hn, ew, s_.batch, s_.seq, s_.fw, [&](Tid slice) {
       Tid y = linear(slice, head, ew, m_.vocab_size);
       return s_.fw.chunked_logit_softcap ? capped_logits(y) : y;
     });
+    reshard_unit(head_unit());
     g_.release(hn);
     fabric_output_fp32(&logit_chunks_);
     return kNone;
@@ -2387,7 +2430,9 @@ Tid Program::forward(Tid ids) {
     if (w != nullptr && w->quantized == 0)
       fetch_copy(g_.numel(w->id) * elem);
   }
+  gather_unit(head_unit());
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
+  reshard_unit(head_unit());
   g_.release(hn);
   if (s_.fw.logits_to_fp32) {
     std::vector<Tid> one = {logits};

@@ -73,6 +73,9 @@ struct RankPlan {
   /// tensors, reduce-scatters through a flat input buffer (torch
   /// distributed/fsdp/_fully_shard/_fsdp_collectives.py).
   bool per_param_shards = false;
+  /// ParallelSetup::embedding_units under FSDP: the embedding and the head
+  /// are units of their own (resharded after forward).
+  bool embedding_units = false;
   /// FSDP1 no_sync() during gradient accumulation (Lightning Fabric's
   /// no_backward_sync, used by LitGPT): micro-batches before a step's last
   /// keep every unit's unsharded gradient; only the last one reduce-scatters.

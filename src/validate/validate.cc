@@ -206,6 +206,11 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
     // training.shard_model: FSDP2 fully_shard; the 2024-03/04 recipes
     // (5cbc1967b, 0217d44c2) wrapped the model in FSDP1.
     s->parallel.fsdp_version = early ? 1 : 2;
+    // The full-finetune distributed configs of that README (llama3_1/8B_full.yaml,
+    // 70B_full.yaml at 1814feb) shard tok_embeddings and output as units of
+    // their own (custom_sharded_layers).
+    if (distributed && has(url, "1814feb") && lower(get("finetune")) == "full")
+      s->parallel.embedding_units = true;
     if (distributed && (has(lower(notes), "fsdp_cpu_offload=true") || has(opt, "cpu offload"))) {
       s->parallel.offload_params = true;
       s->parallel.offload_optimizer = true;

@@ -224,6 +224,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<std::string>("--zero-impl", "zero1: deepspeed or torch (ZeroRedundancyOptimizer)");
   est.option<std::string>("--fsdp-sharding", "full-shard, shard-grad-op, hybrid-shard or no-shard");
   est.option<int64_t>("--fsdp-version", "FSDP 1 (flat parameters) or 2");
+  est.flag("--embedding-units",
+           "FSDP: the embedding and output head as units of their own (torchtune "
+           "custom_sharded_layers)");
   est.flag("--gradient-as-bucket-view", "DDP gradient_as_bucket_view=True");
   est.flag("--sequence-parallel", "Megatron sequence parallelism");
   est.option<std::vector<std::string>>("--offload",

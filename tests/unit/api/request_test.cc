@@ -249,6 +249,11 @@ TEST(Request, ParallelKeys) {
   EXPECT_FALSE(parse(base({{"offload", "optimizer"}})).setup.parallel.offload_params);
   EXPECT_EQ(p.fsdp_version, 2);
   EXPECT_FALSE(p.limit_all_gathers);
+  EXPECT_TRUE(parse(base({{"method", "fsdp"}, {"dp", 2}, {"embedding_units", true}}))
+                  .setup.parallel.embedding_units);
+  EXPECT_NE(error_of(base({{"method", "ddp"}, {"dp", 2}, {"embedding_units", true}}))
+                .find("embedding_units"),
+            std::string::npos);
 }
 
 TEST(Request, EveryDocumentedKeyIsAccepted) {
@@ -305,6 +310,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"fsdp_sharding", "no-shard"},
                  {"fsdp_version", 1},
                  {"limit_all_gathers", true},
+                 {"embedding_units", false},
                  {"deepspeed_config", {{"zero_optimization", {{"stage", 1}}}}},
                  {"fsdp_config", {{"distributed_type", "FSDP"}}},
                  {"estimator", "llmem"},

@@ -19,6 +19,7 @@
 #include "llmem/fsdp_config.h"
 #include "llmem/validate.h"
 
+#include "trace/events.h"
 #include "trace/gemini_chunks.h"
 #include "trace/program.h"
 
@@ -546,6 +547,38 @@ TEST(Distributed, ZeroThreeOffloadCopiesTheLargestPartitionNextToEachGather) {
     // Nothing else changes: the copies are the only extra events.
     EXPECT_EQ(ev.size(), plain.events.size() + 2 * (layers.size() + 4)) << shards;
   }
+}
+
+// torchtune custom_sharded_layers: the embedding and the untied head are
+// FSDP2 units of their own, each gathered (a flat all-gather output plus the
+// per-parameter copies, 2 x 4,096,000 fp32 elements) for its forward and again
+// for its backward; without them the root holds both (and the final norm)
+// gathered once per step.
+TEST(Distributed, EmbeddingUnitsAreGatheredAroundTheirOwnForwardAndBackward) {
+  ModelSpec m = tiny();  // untied: embedding and head 32000 x 128 each
+  TrainingSetup s = cpu_setup(Method::kSingle, 1);
+  s.batch = 1;
+  trace::RankPlan r;
+  r.param_shards = r.grad_shards = r.state_shards = 2;
+  r.prefetch_layers = 1;
+  r.per_param_shards = true;
+  trace::TraceResult root = trace::build_trace(m, s, r);
+  r.embedding_units = true;
+  trace::TraceResult units = trace::build_trace(m, s, r);
+  int64_t unit = 4'096'000 * 4;
+  int64_t with_norm = (2 * 4'096'000 + 128) * 4;
+  EXPECT_EQ(allocs_of(root.events, unit, Component::kWeightCopies).size(), 0u);
+  EXPECT_EQ(allocs_of(root.events, with_norm, Component::kWeightCopies).size(), 4u);
+  // Two steps x (embedding, head) x (forward, backward) x two buffers.
+  EXPECT_EQ(allocs_of(units.events, unit, Component::kWeightCopies).size(), 16u);
+  EXPECT_EQ(allocs_of(units.events, with_norm, Component::kWeightCopies).size(), 0u);
+  EXPECT_LT(test_util::max_live(units.events, Component::kWeightCopies),
+            test_util::max_live(root.events, Component::kWeightCopies));
+  // A tied head uses the embedding's weight: both stay in the root.
+  ModelSpec tied = load_model("meta-llama/Llama-3.2-1B");
+  trace::TraceResult t = trace::build_trace(tied, s, r);
+  r.embedding_units = false;
+  EXPECT_EQ(t.events.size(), trace::build_trace(tied, s, r).events.size());
 }
 
 // The planner picks the fetch copy by method: FSDP1 the unit's shard, ZeRO-3

@@ -242,12 +242,49 @@ TEST(FrameworkDistributedRecipe, TorchtuneFullDistributedConfig) {
   EXPECT_EQ(s.parallel.fsdp_version, 2);
   EXPECT_EQ(s.finetune, FinetuneMode::kFull);
   EXPECT_EQ(s.checkpointing, CheckpointMode::kNonReentrant);
-  bool custom = false;
+  // custom_sharded_layers: ['tok_embeddings', 'output'] is modelled: no warning.
+  EXPECT_TRUE(s.parallel.embedding_units);
   for (const std::string& w : r.warnings) {
     EXPECT_EQ(w.find("distributed recipes are not modelled"), std::string::npos) << w;
-    custom = custom || w.find("custom_sharded_layers") != std::string::npos;
+    EXPECT_EQ(w.find("custom_sharded_layers"), std::string::npos) << w;
   }
-  EXPECT_TRUE(custom);
+}
+
+TEST(FrameworkDistributedRecipe, CustomShardedLayers) {
+  auto read = [](const std::string& value, TrainingSetup* s) {
+    return read_recipe(
+        "model:\n  _component_: torchtune.models.llama3_1.llama3_1_8b\n"
+        "custom_sharded_layers: " +
+            value + "\n",
+        "x.yaml", s);
+  };
+  auto about_units = [](const RecipeResult& r) {
+    std::vector<std::string> out;
+    for (const std::string& w : r.warnings) {
+      if (w.find("custom_sharded_layers") != std::string::npos)
+        out.push_back(w);
+    }
+    return out;
+  };
+  TrainingSetup s;
+  std::vector<std::string> w =
+      about_units(read("['tok_embeddings', 'output', 'layers.0.mlp']", &s));
+  EXPECT_TRUE(s.parallel.embedding_units);
+  ASSERT_EQ(w.size(), 1u);  // the module llmem does not model as a unit
+  EXPECT_NE(w[0].find("layers.0.mlp"), std::string::npos) << w[0];
+  TrainingSetup both;
+  EXPECT_TRUE(about_units(read("['tok_embeddings', 'output']", &both)).empty());
+  TrainingSetup one;
+  EXPECT_EQ(about_units(read("['decoder.tok_embeddings']", &one)).size(), 1u);  // one of two
+  EXPECT_TRUE(one.parallel.embedding_units);
+  TrainingSetup bad;
+  try {
+    read("tok_embeddings", &bad);
+    ADD_FAILURE() << "a string is not a list";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("custom_sharded_layers"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("x.yaml"), std::string::npos) << e.what();
+  }
 }
 
 TEST(FrameworkDistributedRecipe, TorchtuneLoraDistributedConfigFromItsHeader) {
