@@ -113,9 +113,12 @@ REASONS = {
         "llmem gives 16.31 GiB (+0.7 %), so the 4090 run probably had it on (row left as published)",
     ("1814feb", "meta-llama/Llama-3.1-70B", "torchtune bf16 b2 s2048 ckpt lora fsdp dp8 packed "
      "compile chunked-ce"):
-        "3.05 GiB over at the backward peak of the last layer, where llmem holds the gathered root "
-        "(embeddings and head, 3.9 GiB, which FSDP2 does not reshard after forward) and three "
-        "gathered decoder layers (4.8 GiB); not yet investigated further",
+        "llmem's 30.65 GiB at the backward of the last layer: the bf16 base shards (16.4 GiB), the "
+        "root unit kept gathered (embedding and head, 3.9 GiB: FSDP2 does not reshard the root "
+        "after forward), the layer in backward and the prefetched one (3.2 GiB, and for a moment "
+        "the prefetched layer's flat all-gather output beside its per-parameter copies, 1.6 GiB), "
+        "80 checkpointed layer inputs (5.0 GiB); the README's 27.6 GiB is below that sum even "
+        "without the copy-out moment; not explained",
 }
 
 
