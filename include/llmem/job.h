@@ -213,6 +213,10 @@ struct FrameworkSetup {
   /// 1814feb). Inductor's partitioner then decides what each layer saves
   /// for backward (docs/frameworks.md, "torch.compile").
   bool compile = false;
+  /// With compile: the loss is compiled too (training.compile_loss, torchtune
+  /// 2024-09 on). torchtune 0217d44c2 (2024-04) compiled the whole model
+  /// (utils.wrap_compile) and ran the loss eagerly.
+  bool compile_loss = true;
 };
 
 struct TrainingSetup {

@@ -155,13 +155,6 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
                   has(get("attention_impl"), "compile");
   if (compiled && fw != Framework::kTorchtune)
     throw Skip{"torch.compile is modelled for torchtune's per-layer compile only"};
-  if (compiled && has(url, "0217d44c2")) {
-    // torchtune 0217d44c2 (2024-04): utils.wrap_compile(model) compiled the
-    // whole model, head and checkpointed layers in one graph.
-    throw Skip{
-        "whole-model torch.compile (torchtune 0217d44c2 wrap_compile) not modelled; "
-        "per-layer compile (compile_model, 2024-09 on) is"};
-  }
   if (!seq.empty() && !std::isdigit(static_cast<unsigned char>(seq[0]))) {
     // "<=512 (alpaca, unpacked)": each batch is padded to its longest sample,
     // truncated at max_seq_len. Alpaca's longest samples are well over 512
@@ -180,6 +173,10 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   }
   apply_framework_defaults(fw, s);
   s->fw.compile = compiled;
+  // torchtune 0217d44c2 (2024-04): utils.wrap_compile(model) compiled the
+  // whole model (the partitioner's rules hold layer by layer inside it) and
+  // the recipe's loss ran eagerly.
+  s->fw.compile_loss = !has(url, "0217d44c2");
   // "+packed dataset", "packed, compile, ..." or "torchtune SDPA/flex (packed)".
   s->fw.packed =
       fw == Framework::kTorchtune &&

@@ -107,16 +107,17 @@ TEST(Validate, RowsBuildingOnThePreviousOneInheritItsFlags) {
   EXPECT_NE(r.rows[1].setting.find("optim-in-bwd"), std::string::npos) << r.rows[1].setting;
 }
 
-TEST(Validate, WholeModelCompileIsSkipped) {
-  // torchtune 0217d44c2 compiled the whole model (utils.wrap_compile).
+TEST(Validate, WholeModelCompileRunsTheLossEagerly) {
+  // torchtune 0217d44c2 compiled the whole model (utils.wrap_compile) and ran
+  // the loss eagerly: the row is traced with compiled layers.
   std::string row =
       "https://github.com/pytorch/torchtune/blob/0217d44c2/README.md,meta-llama/Llama-3.2-1B,"
       "RTX 4090,single,1,1,bf16 (pure),AdamW,2,256,on,qlora,8,torchtune SDPA,"
       "torch.cuda.max_memory_allocated,3.0,\"confidence=medium; torch.compile on\"\n";
   ValidationReport r = validate_csv(std::string(kHeader) + row, "t.csv");
   ASSERT_EQ(r.rows.size(), 1u);
-  EXPECT_NE(r.rows[0].skipped_reason.find("whole-model"), std::string::npos)
-      << r.rows[0].skipped_reason;
+  EXPECT_EQ(r.rows[0].skipped_reason, "");
+  EXPECT_NE(r.rows[0].setting.find("compile"), std::string::npos) << r.rows[0].setting;
 }
 
 TEST(Validate, AlpacaRowsCappedAtMaxSeqLenAreComparedAtTheCap) {

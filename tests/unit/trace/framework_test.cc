@@ -392,6 +392,10 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   int64_t t = s.batch * s.seq;
   EXPECT_NEAR(static_cast<double>(loss_peak(false) - loss_peak(true)),
               static_cast<double>(4 * tv - 8 * t), 64);
+  // Whole-model compile with an eager loss (torchtune 0217d44c2): the loss
+  // is the eager one.
+  s.fw.compile_loss = false;
+  EXPECT_EQ(loss_peak(true), loss_peak(false));
 }
 
 std::string recipe(const char* name) {
