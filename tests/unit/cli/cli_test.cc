@@ -237,7 +237,7 @@ TEST(Cli, DistributedRanksContract) {
 
 TEST(Cli, InterleavedScheduleOptions) {
   // Llama-2-7B: 32 layers; pp 4 x V 2 = 8 virtual stages of 4 layers.
-  std::vector<std::string> ok = {"estimate",
+  std::vector<const char*> ok = {"estimate",
                                  "--model",
                                  "meta-llama/Llama-2-7b-hf",
                                  "--method",
@@ -261,15 +261,15 @@ TEST(Cli, InterleavedScheduleOptions) {
   EXPECT_EQ(j["ranks"][0]["role"], "stage 0 (layers 0-3, 16-19)");
   EXPECT_EQ(j["ranks"][3]["role"], "stage 3 (layers 12-15, 28-31)");
   // Each refusal names its option.
-  auto refused = [&](std::vector<std::string> args, const std::string& needle) {
+  auto refused = [&](std::vector<const char*> args, const std::string& needle) {
     Result bad = run_cli(args);
     EXPECT_EQ(bad.code, kExitBadInput) << needle;
     EXPECT_NE(bad.err.find(needle), std::string::npos) << bad.err;
   };
-  std::vector<std::string> base = {
+  std::vector<const char*> base = {
       "estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "megatron", "--seq", "256"};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> a = base;
+  auto with = [&](std::vector<const char*> extra) {
+    std::vector<const char*> a = base;
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   };

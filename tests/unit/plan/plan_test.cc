@@ -290,8 +290,9 @@ TEST(Plan, InterleavedFamiliesWhenAllowed) {
   r.methods = {Method::kMegatron};
   Plan g = plan(llama7b(), r, find_gpu("A100-80GB"));
   for (const PlanCandidate& c : g.candidates) {
-    if (c.vp > 1 && c.fits)
+    if (c.vp > 1 && c.fits) {
       EXPECT_EQ(c.grad_accum % c.pp, 0) << candidate_label(c);
+    }
   }
 }
 
