@@ -260,6 +260,8 @@ TEST(Cli, InterleavedScheduleOptions) {
   ASSERT_EQ(j["ranks"].size(), 4u);
   EXPECT_EQ(j["ranks"][0]["role"], "stage 0 (layers 0-3, 16-19)");
   EXPECT_EQ(j["ranks"][3]["role"], "stage 3 (layers 12-15, 28-31)");
+  EXPECT_EQ(j["setup"]["schedule"], "interleaved");
+  EXPECT_EQ(j["setup"]["virtual_stages"], 2);
   // Each refusal names its option.
   auto refused = [&](std::vector<const char*> args, const std::string& needle) {
     Result bad = run_cli(args);
