@@ -651,6 +651,30 @@ TEST(PlanCli, JsonContractWhenSomethingFits) {
   EXPECT_GT(j["epoch_s"].get<double>(), 0);
 }
 
+TEST(PlanCli, AllowInterleavedAddsVirtualStageFamilies) {
+  // OPT-125m: 12 layers split into 2·pp = 4 virtual stages on 2 GPUs.
+  Result r = run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--methods",
+                      "megatron", "--allow", "interleaved", "--seq", "256", "--max-micro-batch",
+                      "8", "--format", "json", "--top", "0"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  std::map<std::string, int64_t> stages;
+  for (const auto& c : j["candidates"])
+    stages[c["label"].get<std::string>()] = c["virtual_stages"].get<int64_t>();
+  EXPECT_EQ(stages, (std::map<std::string, int64_t>{{"megatron dp=1 pp=2 vp=2", 2},
+                                                    {"megatron dp=1 pp=2", 1},
+                                                    {"megatron dp=1 tp=2", 1}}));
+  Result plain =
+      run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--methods", "megatron",
+               "--seq", "256", "--max-micro-batch", "8", "--format", "json", "--top", "0"});
+  ASSERT_EQ(plain.code, kExitOk) << plain.err;
+  EXPECT_EQ(nlohmann::json::parse(plain.out)["candidates"].size(), 2u);
+  Result bad =
+      run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--allow", "interleave"});
+  EXPECT_EQ(bad.code, kExitBadInput);
+  EXPECT_NE(bad.err.find("--allow"), std::string::npos) << bad.err;
+}
+
 TEST(PlanCli, ExitOneWhenNothingFits) {
   Result r = run_cli({"plan", "--model", "meta-llama/Llama-2-7b-hf", "--gpus", "1", "--gpu-mem",
                       "2", "--format", "json"});
