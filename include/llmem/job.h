@@ -71,7 +71,9 @@ enum class Method {
 };
 
 enum class FsdpSharding { kFullShard, kShardGradOp, kHybridShard, kNoShard };
-enum class PipelineSchedule { k1F1B, kGpipe };
+/// kInterleaved: Megatron's interleaved 1F1B over virtual pipeline stages
+/// (forward_backward_pipelining_with_interleaving; ParallelSetup::virtual_stages).
+enum class PipelineSchedule { k1F1B, kGpipe, kInterleaved };
 
 /// The layout and the framework knobs that decide per-rank memory. Every
 /// default is the framework's own (source named where the field is read).
@@ -82,6 +84,9 @@ struct ParallelSetup {
   int pp = 1;  ///< pipeline stages
   int gpus_per_node = 8;
   PipelineSchedule schedule = PipelineSchedule::k1F1B;
+  /// Model chunks per pipeline rank under the interleaved schedule (Megatron
+  /// --num-virtual-stages-per-pipeline-rank); 1 for the other schedules.
+  int virtual_stages = 1;
   bool sequence_parallel = false;  ///< Megatron sequence parallelism
   bool offload_optimizer = false;  ///< ZeRO-Offload / FSDP CPU offload / Gemini placement
   bool offload_params = false;

@@ -74,6 +74,9 @@ struct StepTime {
 struct PlanCandidate {
   Method method = Method::kSingle;
   int dp = 1, tp = 1, pp = 1;
+  /// Model chunks per pipeline rank: > 1 runs Megatron's interleaved 1F1B
+  /// schedule (PipelineSchedule::kInterleaved), 1 the request's schedule.
+  int vp = 1;
   CheckpointMode checkpointing = CheckpointMode::kOff;
   Offload offload = Offload::kNone;
   FinetuneMode finetune = FinetuneMode::kFull;
@@ -92,7 +95,8 @@ struct PlanCandidate {
   int64_t trainable_params = 0;  ///< from the estimate (LoRA adapters, unfrozen weights)
   int estimates = 0;             ///< exact estimate() calls spent on this family
 };
-/// "zero3 dp=8", "megatron dp=2 tp=2 pp=2", plus "+ckpt", "+lora", "+offload-opt".
+/// "zero3 dp=8", "megatron dp=2 tp=2 pp=2" ("... pp=2 vp=2" interleaved), plus
+/// "+ckpt", "+lora", "+offload-opt".
 std::string candidate_label(const PlanCandidate& c);
 
 /// Estimator used by the planner (tests inject fakes; default llmem::estimate).
@@ -106,6 +110,9 @@ struct PlanRequest {
   int64_t dataset_tokens = 0;   ///< for the time per epoch (0: not reported)
   std::vector<Method> methods;  ///< empty: every method the framework offers
   bool allow_lora = false, allow_qlora = false, allow_ckpt = false, allow_offload = false;
+  /// Also Megatron's interleaved 1F1B with 2 model chunks per rank, for each
+  /// megatron pipeline whose layers split into 2·pp equal virtual stages.
+  bool allow_interleaved = false;
   bool colossalai = false;  ///< the paper's framework: Gemini and its 1D TP, fp16, ckpt
   /// `base` came from a torchtune or LitGPT recipe: its fine-tuning mode and
   /// checkpointing are kept (allow adds to them), and only the layouts the

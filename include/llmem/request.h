@@ -85,7 +85,8 @@ struct Request {
 ///   an error unless its value is a default (null, false, "none", empty), then
 ///   a warning. Not together with lora_*.
 /// - the distributed layout of ParallelSetup: method (parse_method), dp, tp,
-///   pp, gpus_per_node, schedule (1f1b|gpipe), sequence_parallel, offload
+///   pp, gpus_per_node, schedule (1f1b|gpipe|interleaved), virtual_stages
+///   (model chunks per rank, interleaved only), sequence_parallel, offload
 ///   (a list of optimizer|params, or one comma-separated string, as the CLI's
 ///   --offload), offload_optimizer, offload_params, ddp_bucket_mb,
 ///   gradient_as_bucket_view, reduce_bucket_size, allgather_bucket_size,

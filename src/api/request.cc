@@ -51,12 +51,12 @@ const std::vector<std::string>& all_keys() {
       // PyTorch
       "torch_version", "transformers_version", "expandable_segments", "max_split_size_mb",
       // distributed layout
-      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "sequence_parallel", "offload",
-      "offload_optimizer", "offload_params", "ddp_bucket_mb", "gradient_as_bucket_view",
-      "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size",
-      "stage3_max_live_parameters", "contiguous_gradients", "overlap_comm", "zero_impl",
-      "fsdp_sharding", "fsdp_version", "limit_all_gathers", "embedding_units", "deepspeed_config",
-      "fsdp_config",
+      "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "virtual_stages",
+      "sequence_parallel", "offload", "offload_optimizer", "offload_params", "ddp_bucket_mb",
+      "gradient_as_bucket_view", "reduce_bucket_size", "allgather_bucket_size",
+      "stage3_prefetch_bucket_size", "stage3_max_live_parameters", "contiguous_gradients",
+      "overlap_comm", "zero_impl", "fsdp_sharding", "fsdp_version", "limit_all_gathers",
+      "embedding_units", "deepspeed_config", "fsdp_config",
       // output
       "estimator", "chunk_elems"};
   return kKeys;
@@ -634,8 +634,12 @@ void read_parallel(const Fields& f, const Context& c, ParallelSetup* p) {
   p->pp = static_cast<int>(f.integer("pp", p->pp, 1, 1024, "expected between 1 and 1024"));
   p->gpus_per_node = static_cast<int>(
       f.integer("gpus_per_node", p->gpus_per_node, 1, 64, "expected between 1 and 64"));
-  p->schedule = f.choice("schedule", "1f1b", {"1f1b", "gpipe"}) == 0 ? PipelineSchedule::k1F1B
-                                                                     : PipelineSchedule::kGpipe;
+  constexpr PipelineSchedule kSchedules[] = {PipelineSchedule::k1F1B, PipelineSchedule::kGpipe,
+                                             PipelineSchedule::kInterleaved};
+  p->schedule = kSchedules[f.choice("schedule", "1f1b", {"1f1b", "gpipe", "interleaved"})];
+  p->virtual_stages = static_cast<int>(f.integer("virtual_stages", p->virtual_stages, 1, 1024,
+                                                 "expected between 1 and 1024 model chunks per "
+                                                 "pipeline rank"));
   p->sequence_parallel = f.boolean("sequence_parallel", p->sequence_parallel);
   p->offload_optimizer = f.boolean("offload_optimizer", p->offload_optimizer);
   p->offload_params = f.boolean("offload_params", p->offload_params);
@@ -900,12 +904,13 @@ PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& o
   } catch (...) {
     c.restyle();
   }
-  for (const std::string& a : f.names("allow", "lora, qlora, ckpt or offload")) {
-    size_t k = f.choose("allow", a, {"lora", "qlora", "ckpt", "offload"});
+  for (const std::string& a : f.names("allow", "lora, qlora, ckpt, offload or interleaved")) {
+    size_t k = f.choose("allow", a, {"lora", "qlora", "ckpt", "offload", "interleaved"});
     (k == 0   ? r.allow_lora
      : k == 1 ? r.allow_qlora
      : k == 2 ? r.allow_ckpt
-              : r.allow_offload) = true;
+     : k == 3 ? r.allow_offload
+              : r.allow_interleaved) = true;
   }
   // torchtune and LitGPT keep their own (or the recipe's) precision,
   // optimizer and attention unless the request names them.

@@ -188,7 +188,97 @@ bool uniform_layers(const ModelSpec& model) {
   return true;
 }
 
+/// Interleaved 1F1B, Megatron-LM 00611e6: rank `stage` of `pp` holds `v`
+/// model chunks, chunk c the layers of virtual stage c x pp + stage
+/// (megatron/core/transformer/transformer_layer.py
+/// get_transformer_layer_offset). Its forwards follow get_schedule_table
+/// (megatron/core/pipeline_parallel/schedules.py): micro-batches in groups of
+/// pp, each group through chunk 0, then chunk 1, ...; forward k runs chunk
+/// (k mod (pp x v)) / pp. get_pp_rank_microbatches runs
+/// 2 (pp - stage - 1) + (v - 1) pp warm-up forwards (at most m x v), and the
+/// steady state runs one more forward before each backward, so at the first
+/// backward the rank holds min(warm-up + 1, m x v) chunk forwards.
+void interleave(int stage, int pp, int v, int64_t layers, int64_t m, trace::RankPlan* sp,
+                std::string* name) {
+  auto per_chunk = static_cast<int>(layers / (static_cast<int64_t>(pp) * v));
+  sp->chunk_layers = per_chunk;
+  sp->chunk_begin.clear();
+  std::string spans;
+  for (int c = 0; c < v; ++c) {
+    int begin = (c * pp + stage) * per_chunk;
+    sp->chunk_begin.push_back(begin);
+    spans +=
+        (c > 0 ? ", " : "") + std::to_string(begin) + "-" + std::to_string(begin + per_chunk - 1);
+  }
+  sp->first_layer = sp->chunk_begin.front();
+  sp->end_layer = sp->chunk_begin.back() + per_chunk;
+  int64_t warmup = 2 * static_cast<int64_t>(pp - stage - 1) + static_cast<int64_t>(v - 1) * pp;
+  int64_t flight = std::min(warmup + 1, m * v);
+  sp->flight_chunks.clear();
+  for (int64_t k = 0; k < flight; ++k)
+    sp->flight_chunks.push_back(static_cast<int>((k % (static_cast<int64_t>(pp) * v)) / pp));
+  sp->in_flight = static_cast<int>(flight);
+  *name = "stage " + std::to_string(stage) + " (layers " + spans + ")";
+}
+
 }  // namespace
+
+void check_pipeline_schedule(const ModelSpec& model, const TrainingSetup& setup) {
+  const ParallelSetup& p = setup.parallel;
+  int v = p.virtual_stages;
+  if (v < 1 || v > 1024)
+    throw Error("--virtual-stages", "", "expected between 1 and 1024 model chunks per rank");
+  if (p.schedule != PipelineSchedule::kInterleaved) {
+    if (v > 1) {
+      throw Error("--virtual-stages", "",
+                  std::to_string(v) +
+                      " model chunks per rank need --schedule interleaved (1f1b and gpipe run "
+                      "one chunk per rank)");
+    }
+    return;
+  }
+  // Megatron-LM 00611e6 (megatron/training/arguments.py validate_args,
+  // megatron/core/model_parallel_config.py __post_init__): a virtual pipeline
+  // needs pp > 1 (pp > 2 without overlap_p2p_comm, on by default), and a
+  // virtual size of 1 is no virtual pipeline at all.
+  if (p.method != Method::kMegatron) {
+    throw Error("--schedule", "",
+                "the interleaved schedule is Megatron-LM's "
+                "(forward_backward_pipelining_with_interleaving): use --method megatron, not " +
+                    std::string(method_name(p.method)));
+  }
+  if (p.pp < 2) {
+    throw Error("--schedule", "",
+                "the interleaved schedule needs at least 2 pipeline stages (--pp), got " +
+                    std::to_string(p.pp));
+  }
+  if (v < 2) {
+    throw Error("--virtual-stages", "",
+                "the interleaved schedule needs at least 2 model chunks per rank (Megatron runs "
+                "1 as plain 1F1B: --schedule 1f1b)");
+  }
+  // megatron/core/transformer/transformer_layer.py get_transformer_layer_offset:
+  // every virtual stage holds num_layers / (pp x vp) layers.
+  int64_t split = static_cast<int64_t>(p.pp) * v;
+  if (model.num_layers % split != 0) {
+    throw Error("--virtual-stages", "",
+                std::to_string(model.num_layers) +
+                    " decoder layers do not split into pp x V = " + std::to_string(p.pp) + " x " +
+                    std::to_string(v) + " virtual stages of equal size");
+  }
+  // megatron/core/pipeline_parallel/schedules.py
+  // forward_backward_pipelining_with_interleaving: micro-batches run in
+  // groups of microbatch_group_size_per_vp_stage (pp by default) per model
+  // chunk; it must not exceed the micro-batches, and a last, smaller group
+  // would have to hold at least pp of them, so m is a multiple of pp.
+  if (setup.grad_accum < p.pp || setup.grad_accum % p.pp != 0) {
+    throw Error("--grad-accum", "",
+                "the interleaved schedule needs a multiple of pp = " + std::to_string(p.pp) +
+                    " micro-batches per step (Megatron runs them in groups of pp per model "
+                    "chunk), got " +
+                    std::to_string(setup.grad_accum));
+  }
+}
 
 Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup,
                               const GpuSpec& gpu) {
@@ -467,6 +557,8 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   std::vector<Role> roles;
   int64_t layers = model.num_layers;
   int64_t m = setup.grad_accum;  // micro-batches per step, through the pipeline
+  bool interleaved = p.schedule == PipelineSchedule::kInterleaved;
+  int v = interleaved ? p.virtual_stages : 1;  // model chunks per rank
   // Extra layers go to the first stages, and under 1F1B later stages hold
   // fewer micro-batches: with identical layers a middle stage s >= 2 cannot
   // exceed stage 1, so a peak-only estimate skips it.
@@ -489,11 +581,17 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
           p.schedule == PipelineSchedule::kGpipe ? m : std::min<int64_t>(p.pp - stage, m));
       name = "stage " + std::to_string(stage) + " (layers " + std::to_string(sp.first_layer) + "-" +
              std::to_string(sp.end_layer - 1) + ")";
+      if (interleaved)
+        interleave(stage, p.pp, v, layers, m, &sp, &name);
     }
     int per_stage = p.dp * p.tp;
     sp.comm_bytes = communicator_bytes(p.dp) + communicator_bytes(p.tp);
-    if (p.pp > 1)
-      sp.comm_bytes += communicator_bytes(2) * (stage == 0 || stage == p.pp - 1 ? 1 : 2);
+    if (p.pp > 1) {
+      // Interleaved: the last rank sends chunk c's output to rank 0's chunk
+      // c + 1, so every rank has two neighbours (one when pp = 2).
+      bool end = !interleaved && (stage == 0 || stage == p.pp - 1);
+      sp.comm_bytes += communicator_bytes(2) * (end || p.pp == 2 ? 1 : 2);
+    }
     if (!owners.empty()) {
       for (int d = 0; d < p.dp; ++d) {
         Role role{name == "every rank" ? "dp rank " + std::to_string(d)
@@ -515,7 +613,12 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
   notes.push_back(
       "NCCL buffers: 544 MB per 2-GPU communicator, 688 MB per larger one (NVIDIA/nccl#964), "
       "in device_bytes");
-  if (p.pp > 1) {
+  if (interleaved) {
+    notes.push_back("interleaved 1F1B schedule (Megatron-LM virtual pipeline) over " +
+                    std::to_string(m) + " micro-batches (--grad-accum), " + std::to_string(v) +
+                    " model chunks of " + std::to_string(layers / (p.pp * v)) +
+                    " layers per rank; the peak holds the warm-up's chunk forwards plus one");
+  } else if (p.pp > 1) {
     notes.push_back(std::string(p.schedule == PipelineSchedule::kGpipe ? "GPipe" : "1F1B") +
                     " schedule over " + std::to_string(m) +
                     " micro-batches (--grad-accum); a tied head is a copy of its own on the last "

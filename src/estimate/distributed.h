@@ -25,6 +25,11 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
 ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
                                std::vector<std::string>* notes);
 
+/// Throws llmem::Error when setup.parallel's pipeline schedule cannot run:
+/// virtual stages without the interleaved schedule, or an interleaved layout
+/// Megatron-LM rejects (docs/distributed.md, "Interleaved 1F1B").
+void check_pipeline_schedule(const ModelSpec& model, const TrainingSetup& setup);
+
 /// Whether Megatron sequence parallelism is modelled for this model and mode:
 /// dense Llama-style decoders with standard attention, full fine-tuning.
 bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune);

@@ -165,6 +165,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
 }  // namespace
 
 Estimate estimate(const ModelSpec& model, const TrainingSetup& setup_in, const GpuSpec& gpu) {
+  check_pipeline_schedule(model, setup_in);
   if (setup_in.parallel.method != Method::kSingle || setup_in.parallel.gpus() > 1)
     return estimate_distributed(model, setup_in, gpu);
   return estimate_rank(model, setup_in, gpu, {});

@@ -42,7 +42,7 @@ struct Probe {
   uint64_t activation = 0;  ///< its allocated peak over forward, loss and backward
 };
 
-using ProbeKey = std::array<int64_t, 11>;
+using ProbeKey = std::array<int64_t, 12>;
 
 /// Micro-batches per step to simulate for the peak. The trace repeats one
 /// micro-step per group of micro-batches in flight (a pipeline stage holds up
@@ -50,10 +50,14 @@ using ProbeKey = std::array<int64_t, 11>;
 /// group on every group starts from the same state, so the peak is reached by
 /// the second: min(m, pp + 1) gives the peak of m at a fraction of the cost
 /// (checked in Plan.AccumulationBeyondTwoGroupsKeepsThePeak). GPipe keeps all
-/// micro-batches in flight (one group), so m is kept.
+/// micro-batches in flight (one group), so m is kept. The interleaved
+/// schedule needs a multiple of pp; with 2·pp micro-batches every rank runs at
+/// least two groups (rank 0 holds V·pp + pp − 1 of its 2·pp·V chunk forwards).
 int64_t memory_grad_accum(const PlanRequest& r, const PlanCandidate& c, int64_t m) {
-  if (c.pp > 1 && r.base.parallel.schedule == PipelineSchedule::kGpipe)
+  if (c.pp > 1 && c.vp == 1 && r.base.parallel.schedule == PipelineSchedule::kGpipe)
     return m;
+  if (c.vp > 1)
+    return std::min<int64_t>(m, 2 * static_cast<int64_t>(c.pp));
   return std::min<int64_t>(m, c.pp + 1);
 }
 
@@ -93,6 +97,11 @@ class Searcher {
     s.parallel.dp = c.dp;
     s.parallel.tp = c.tp;
     s.parallel.pp = c.pp;
+    s.parallel.virtual_stages = c.vp;
+    if (c.vp > 1)
+      s.parallel.schedule = PipelineSchedule::kInterleaved;
+    else if (s.parallel.schedule == PipelineSchedule::kInterleaved)
+      s.parallel.schedule = PipelineSchedule::k1F1B;
     s.parallel.sequence_parallel = c.sequence_parallel;
     s.peak_only = true;
     s.parallel.gpus_per_node = std::max(1, c.dp * c.tp * c.pp / std::max(1, r.nodes));
@@ -108,6 +117,7 @@ class Searcher {
                  c.dp,
                  c.tp,
                  c.pp,
+                 c.vp,
                  static_cast<int64_t>(c.checkpointing),
                  static_cast<int64_t>(c.offload),
                  static_cast<int64_t>(c.finetune),
@@ -162,15 +172,15 @@ class Searcher {
   const GpuSpec& gpu_;
   plan_detail::ModelStats stats_;
   EstimateFn estimator_;
-  static std::array<int64_t, 6> slope_key(const PlanCandidate& c) {
+  static std::array<int64_t, 7> slope_key(const PlanCandidate& c) {
     int64_t style = c.method == Method::kMegatron ? 1 : c.method == Method::kColossal1d ? 2 : 0;
     return {
         style, c.tp, c.pp, static_cast<int64_t>(c.checkpointing), static_cast<int64_t>(c.finetune),
-        c.dp};
+        c.dp,  c.vp};
   }
 
   std::map<ProbeKey, Probe> memo_;
-  std::map<std::array<int64_t, 6>, double> slopes_;
+  std::map<std::array<int64_t, 7>, double> slopes_;
   size_t estimates_ = 0;
   size_t memo_hits_ = 0;
 };
@@ -195,6 +205,7 @@ std::vector<Method> methods_of(const PlanRequest& r) {
 
 struct Layout {
   int dp, tp, pp;
+  int vp = 1;
 };
 
 std::vector<Layout> layouts_of(Method m, int n) {
@@ -221,6 +232,28 @@ std::vector<Layout> layouts_of(Method m, int n) {
         continue;  // plain data parallelism is ddp
       out.push_back({dp, tp, pp});
     }
+  }
+  return out;
+}
+
+/// With allow_interleaved, megatron pipelines also run interleaved with 2
+/// model chunks per rank where the layers split into 2·pp equal virtual
+/// stages, unless the request asks for GPipe; a request whose base schedule
+/// is interleaved searches its own V instead of plain 1F1B.
+std::vector<Layout> with_virtual_stages(std::vector<Layout> layouts, Method m,
+                                        const ModelSpec& model, const PlanRequest& r) {
+  const ParallelSetup& base = r.base.parallel;
+  bool asked = base.schedule == PipelineSchedule::kInterleaved;
+  if (m != Method::kMegatron || base.schedule == PipelineSchedule::kGpipe ||
+      !(asked || r.allow_interleaved))
+    return layouts;
+  int v = asked ? base.virtual_stages : 2;
+  std::vector<Layout> out;
+  for (const Layout& l : layouts) {
+    if (!asked || l.pp == 1)
+      out.push_back(l);
+    if (l.pp > 1 && v > 1 && (asked || model.num_layers % (2 * l.pp) == 0))
+      out.push_back({l.dp, l.tp, l.pp, v});
   }
   return out;
 }
@@ -262,6 +295,11 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
   if (c.pp > model.num_layers) {
     return "invalid layout: " + std::to_string(c.pp) + " pipeline stages for " +
            std::to_string(model.num_layers) + " layers";
+  }
+  if (c.vp > 1 && model.num_layers % (static_cast<int64_t>(c.pp) * c.vp) != 0) {
+    return "invalid layout: " + std::to_string(model.num_layers) +
+           " layers do not split into pp=" + std::to_string(c.pp) +
+           " x vp=" + std::to_string(c.vp) + " virtual stages";
   }
   if (c.finetune == FinetuneMode::kQlora && (c.tp > 1 || c.pp > 1)) {
     return "QLoRA under tensor or pipeline parallelism: no framework offers it";
@@ -350,7 +388,7 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
       modes.push_back(mode);
   }
   for (Method m : methods_of(r)) {
-    for (const Layout& l : layouts_of(m, r.gpus)) {
+    for (const Layout& l : with_virtual_stages(layouts_of(m, r.gpus), m, model, r)) {
       if (r.max_pp > 0 && l.pp > r.max_pp)
         continue;
       for (Offload off : offloads_of(m, r.allow_offload)) {
@@ -361,6 +399,7 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
             f.c.dp = l.dp;
             f.c.tp = l.tp;
             f.c.pp = l.pp;
+            f.c.vp = l.vp;
             f.c.offload = off;
             f.c.checkpointing = ck;
             f.c.finetune = ft;
@@ -376,8 +415,14 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
               } else {
                 f.per_replica = r.global_batch / l.dp;
                 for (int64_t b = 1; b <= std::min(f.per_replica, batch_cap); ++b) {
-                  if (f.per_replica % b == 0)
+                  // interleaved: a multiple of pp micro-batches per step
+                  if (f.per_replica % b == 0 && (l.vp == 1 || (f.per_replica / b) % l.pp == 0))
                     f.batches.push_back(b);
+                }
+                if (f.batches.empty() && f.c.rejected_reason.empty()) {
+                  f.c.rejected_reason =
+                      "no micro-batch gives a multiple of pp=" + std::to_string(l.pp) +
+                      " micro-batches per step (interleaved schedule)";
                 }
               }
             } else {
@@ -681,6 +726,8 @@ std::string candidate_label(const PlanCandidate& c) {
       s += " tp=" + std::to_string(c.tp);
     if (c.pp > 1)
       s += " pp=" + std::to_string(c.pp);
+    if (c.vp > 1)
+      s += " vp=" + std::to_string(c.vp);
   }
   if (c.sequence_parallel)
     s += " +sp";

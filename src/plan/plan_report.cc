@@ -36,6 +36,7 @@ nlohmann::json candidate_json(const PlanCandidate& c) {
   j["dp"] = c.dp;
   j["tp"] = c.tp;
   j["pp"] = c.pp;
+  j["virtual_stages"] = c.vp;
   j["sequence_parallel"] = c.sequence_parallel;
   j["micro_batch"] = c.micro_batch;
   j["peak_bytes"] = c.peak_bytes;

@@ -243,9 +243,13 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   }
 
   // Pipeline: point-to-point activations forward and gradients backward.
+  // Interleaved (V model chunks per rank): a micro-batch crosses pp·V virtual
+  // stages instead of pp, so each rank sends and receives V times as often
+  // (Narayanan et al. 2021, section 2.2.2).
+  const double vp = c.pp > 1 ? std::max(1, c.vp) : 1;
   double p2p_mb = 0;
   if (c.pp > 1) {
-    p2p_mb = 2 * (tokens * st.hidden * act_bytes / pp_link.bytes_per_s + pp_link.latency_s);
+    p2p_mb = 2 * vp * (tokens * st.hidden * act_bytes / pp_link.bytes_per_s + pp_link.latency_s);
   }
 
   // Data parallelism.
@@ -321,10 +325,13 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   }
 
   double per_mb = t_fwd + t_bwd + tp_mb + dequant_mb + p2p_mb + dp_per_mb + offload_mb;
-  double slots = m + c.pp - 1;  // 1F1B and GPipe: (m + p - 1) stage slots
+  // 1F1B and GPipe: (m + p − 1) stage slots; interleaved: the bubble shrinks
+  // to (p − 1)/V slots (Narayanan et al. 2021, section 2.2.2).
+  double bubble_slots = (c.pp - 1) / vp;
+  double slots = m + bubble_slots;
   t.memory_s = m * mem_mb;
   t.compute_s = m * (t_fwd + t_bwd) - t.memory_s;
-  t.bubble_s = (c.pp - 1) * per_mb;
+  t.bubble_s = bubble_slots * per_mb;
   t.tp_comm_s = m * tp_mb;
   t.dp_comm_s = m * dp_per_mb + dp_once;
   t.pp_comm_s = m * p2p_mb;

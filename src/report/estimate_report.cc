@@ -78,6 +78,10 @@ std::string estimate_json(const ModelSpec& model, const TrainingSetup& setup, co
     s["dp"] = par.dp;
     s["tp"] = par.tp;
     s["pp"] = par.pp;
+    if (par.schedule == PipelineSchedule::kInterleaved) {
+      s["schedule"] = "interleaved";
+      s["virtual_stages"] = par.virtual_stages;
+    }
   }
   j["setup"] = s;
   j["gpu"] = {{"name", setup.device == Device::kCuda ? gpu.name : "cpu"},
@@ -183,7 +187,11 @@ std::string estimate_table(const ModelSpec& model, const TrainingSetup& setup, c
   }
   if (!e.ranks.empty()) {
     out << "\n  per rank (" << method_name(setup.parallel.method) << ", dp " << setup.parallel.dp
-        << " tp " << setup.parallel.tp << " pp " << setup.parallel.pp << "):\n";
+        << " tp " << setup.parallel.tp << " pp " << setup.parallel.pp
+        << (setup.parallel.schedule == PipelineSchedule::kInterleaved
+                ? " interleaved V " + std::to_string(setup.parallel.virtual_stages)
+                : std::string())
+        << "):\n";
     for (const RankEstimate& r : e.ranks) {
       char line[160];
       std::snprintf(line, sizeof(line), "    %-28s ranks %-8s allocated %10s  %s %10s\n",

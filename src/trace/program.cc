@@ -246,6 +246,7 @@ class Program {
  public:
   Program(Graph& g, const ModelSpec& m, const TrainingSetup& s, const RankPlan& r, TraceResult* out)
       : g_(g), m_(m), s_(s), r_(r), out_(out) {
+    select_chunk(-1);
     bool half_weights = s.precision == Precision::kBf16 || s.precision == Precision::kFp16;
     pe_ = half_weights ? 2 : kF32;
     autocast_ = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
@@ -439,6 +440,10 @@ class Program {
 
   /// Whether this pipeline stage holds tensor `t`.
   bool on_stage(const TensorSpec& t) const {
+    if (t.layer >= 0 && !r_.chunk_begin.empty()) {
+      return std::any_of(r_.chunk_begin.begin(), r_.chunk_begin.end(),
+                         [&](int b) { return t.layer >= b && t.layer < b + r_.chunk_layers; });
+    }
     if (t.layer >= 0)
       return t.layer >= r_.first_layer && (r_.end_layer < 0 || t.layer < r_.end_layer);
     bool embedding_side = t.role == TensorRole::kEmbedding ||
@@ -455,6 +460,23 @@ class Program {
            t.role != TensorRole::kRouter;
   }
 
+  /// The layers the next forward runs: model chunk `c` of an interleaved
+  /// rank, or (c < 0, or no chunks) the rank's whole stage.
+  void select_chunk(int c) {
+    if (c < 0 || r_.chunk_begin.empty()) {
+      fwd_first_ = r_.first_layer;
+      fwd_end_ = r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
+      fwd_embed_ = r_.first_stage;
+      fwd_head_ = r_.last_stage;
+      return;
+    }
+    auto last = static_cast<int>(r_.chunk_begin.size()) - 1;
+    fwd_first_ = r_.chunk_begin[static_cast<size_t>(c)];
+    fwd_end_ = fwd_first_ + r_.chunk_layers;
+    fwd_embed_ = r_.first_stage && c == 0;
+    fwd_head_ = r_.last_stage && c == last;
+  }
+
   void micro_step() {
     g_.set_phase(Phase::kForward);
     g_.set_layer(-1);
@@ -465,7 +487,8 @@ class Program {
     }
     // A pipeline stage runs `in_flight` forwards before the first backward
     // (1F1B warm-up, or every micro-batch under GPipe) and keeps each one's
-    // activations; their backwards then run newest first.
+    // activations; their backwards then run newest first. Under the
+    // interleaved schedule each forward runs one model chunk (flight_chunks).
     std::vector<Tid> held;  // inputs of every micro-batch in flight
     Tid total = kNone;
     for (int k = 0; k < r_.in_flight; ++k) {
@@ -473,6 +496,7 @@ class Program {
       g_.set_layer(-1);
       if (k > 0)
         g_.pass_boundary();  // each micro-batch has a backward call of its own
+      select_chunk(r_.flight_chunks.empty() ? -1 : r_.flight_chunks[static_cast<size_t>(k)]);
       // The batch on the device: input_ids, attention_mask, labels (int64).
       Tid ids = g_.leaf(tokens_, kI64, Component::kInputs, false);
       Tid mask_in = g_.leaf(tokens_, kI64, Component::kInputs, false);
@@ -485,7 +509,7 @@ class Program {
         g_.release(t);
       kept_logits_.clear();
       Tid loss;
-      if (r_.last_stage) {
+      if (fwd_head_) {
         g_.set_phase(Phase::kLoss);
         g_.set_layer(-1);
         loss = loss_and_logits(out, labels);  // consumes out
@@ -1928,6 +1952,13 @@ class Program {
   std::map<std::string, Lora> lora_;
   std::vector<Tid> trainable_;
   std::vector<Param*> cache_;
+  // The layers of the forward being traced: [fwd_first_, fwd_end_), embedding
+  // first when fwd_embed_, final norm, head and loss after when fwd_head_
+  // (the rank's whole stage, or one model chunk under the interleaved schedule).
+  int fwd_first_ = 0;
+  int fwd_end_ = 0;
+  bool fwd_embed_ = true;
+  bool fwd_head_ = true;
   // Per-forward tensors shared by all layers.
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
   bool use_cache_ = false;
@@ -2251,7 +2282,7 @@ Tid Program::forward(Tid ids) {
                            : style_ == Style::kGeneric ? names_.embed
                                                        : "model.embed_tokens.weight";
   int64_t ew = m_.embedding_size;
-  bool first = r_.first_stage;
+  bool first = fwd_embed_;
   Tid x;
   if (first) {
     // nn.Embedding saves the indices; it is not an autocast op.
@@ -2353,8 +2384,7 @@ Tid Program::forward(Tid ids) {
   } else {
     mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
   }
-  int end = r_.end_layer < 0 ? static_cast<int>(m_.num_layers) : r_.end_layer;
-  for (int i = r_.first_layer; i < end; ++i) {
+  for (int i = fwd_first_; i < fwd_end_; ++i) {
     g_.set_layer(i);
     gather(i);
     auto body = [this, i](Tid in) {
@@ -2378,7 +2408,7 @@ Tid Program::forward(Tid ids) {
       reshard(i);
   }
   g_.set_layer(-1);
-  if (!r_.last_stage) {
+  if (!fwd_head_) {
     if (s_.checkpointing == CheckpointMode::kOff)
       release_shared();
     return x;
@@ -3166,8 +3196,11 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
     g.set_post_accumulate_grad_hook([&program](Tid p) { program.step_in_backward(p); });
   }
   program.setup();
-  // A pipeline stage takes its micro-batches in groups of `in_flight`.
-  int64_t groups = (setup.grad_accum + rank.in_flight - 1) / rank.in_flight;
+  // A pipeline stage takes its micro-batches in groups of `in_flight` (under
+  // the interleaved schedule: its grad_accum x chunks chunk-forwards).
+  int64_t forwards =
+      setup.grad_accum * std::max<int64_t>(1, static_cast<int64_t>(rank.chunk_begin.size()));
+  int64_t groups = (forwards + rank.in_flight - 1) / rank.in_flight;
   if (setup.peak_only)
     groups = std::min<int64_t>(groups, 2);
   for (int step = 1; step <= 2; ++step) {

@@ -97,7 +97,17 @@ struct RankPlan {
   int end_layer = -1;  ///< -1: every layer
   bool first_stage = true;
   bool last_stage = true;
-  int in_flight = 1;               ///< micro-batches whose activations the stage holds at once
+  int in_flight = 1;  ///< micro-batches whose activations the stage holds at once
+  /// Interleaved 1F1B (Megatron virtual pipeline stages): the first decoder
+  /// layer of each of this rank's model chunks, each `chunk_layers` long
+  /// (empty: one chunk [first_layer, end_layer)). The rank's embedding runs
+  /// in chunk 0 when first_stage, its head and loss after the last chunk when
+  /// last_stage.
+  std::vector<int> chunk_begin;
+  int chunk_layers = 0;
+  /// With chunks: the chunk of each of the `in_flight` forwards held at once,
+  /// in the order they run.
+  std::vector<int> flight_chunks;
   bool vocab_parallel_ce = false;  ///< Megatron's in-place vocabulary-parallel cross-entropy
   /// Megatron sequence parallelism over this many tensor-parallel ranks (1:
   /// off): norms, residuals and dropouts hold s/tp tokens; column-parallel

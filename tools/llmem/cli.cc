@@ -220,7 +220,10 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
                           "checkpointing, precision, processes (overrides --method and those)");
   est.option<int64_t>("--tp", "Tensor-parallel degree");
   est.option<int64_t>("--pp", "Pipeline stages");
-  est.option<std::string>("--schedule", "Pipeline schedule: 1f1b or gpipe");
+  est.option<std::string>("--schedule", "Pipeline schedule: 1f1b, gpipe or interleaved");
+  est.option<int64_t>("--virtual-stages",
+                      "Interleaved schedule: model chunks per pipeline rank (Megatron "
+                      "--num-virtual-stages-per-pipeline-rank)");
   est.option<std::string>("--zero-impl", "zero1: deepspeed or torch (ZeroRedundancyOptimizer)");
   est.option<std::string>("--fsdp-sharding", "full-shard, shard-grad-op, hybrid-shard or no-shard");
   est.option<int64_t>("--fsdp-version", "FSDP 1 (flat parameters) or 2");

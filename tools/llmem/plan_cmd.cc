@@ -44,7 +44,10 @@ PlanCommand::PlanCommand(CLI::App& app) {
                                      "ddp, zero1, zero2, zero3, fsdp, gemini, colossalai-1d, "
                                      "megatron, single; dp and tp mean the framework's own")
       ->delimiter(',');
-  f.option<std::vector<std::string>>("--allow", "Also search: lora, qlora, ckpt, offload")
+  f.option<std::vector<std::string>>(
+       "--allow",
+       "Also search: lora, qlora, ckpt, offload, interleaved (Megatron, "
+       "2 model chunks per rank)")
       ->delimiter(',');
   f.option<double>("--margin", "Minimum free memory, percent of capacity (default 5)");
   f.option<int64_t>("--top", "Candidates shown (0: all)");

@@ -254,6 +254,11 @@ TEST(Request, ParallelKeys) {
   EXPECT_NE(error_of(base({{"method", "ddp"}, {"dp", 2}, {"embedding_units", true}}))
                 .find("embedding_units"),
             std::string::npos);
+  EXPECT_EQ(p.virtual_stages, 1);
+  const ParallelSetup& v =
+      parse(base({{"schedule", "interleaved"}, {"virtual_stages", 2}})).setup.parallel;
+  EXPECT_EQ(v.schedule, PipelineSchedule::kInterleaved);
+  EXPECT_EQ(v.virtual_stages, 2);
 }
 
 TEST(Request, EveryDocumentedKeyIsAccepted) {
@@ -294,6 +299,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"pp", 1},
                  {"gpus_per_node", 8},
                  {"schedule", "1f1b"},
+                 {"virtual_stages", 1},
                  {"sequence_parallel", false},
                  {"offload", "optimizer"},
                  {"offload_optimizer", false},
@@ -425,7 +431,9 @@ TEST(Request, UnknownValues) {
                "key 'transformers_version': expected MAJOR.MINOR such as 4.57");
   EXPECT_ERROR(base({{"method", "zero4"}}),
                "key 'method': unknown value \"zero4\" (did you mean \"zero1\"?)");
-  EXPECT_ERROR(base({{"schedule", "interleaved"}}), "key 'schedule'");
+  EXPECT_ERROR(base({{"schedule", "interleave"}}),
+               "key 'schedule': unknown value \"interleave\" (did you mean \"interleaved\"?)");
+  EXPECT_ERROR(base({{"virtual_stages", 0}}), "key 'virtual_stages': expected between 1 and 1024");
   EXPECT_ERROR(base({{"fsdp_sharding", "full"}}), "key 'fsdp_sharding'");
   EXPECT_ERROR(base({{"zero_impl", "colossal"}}), "key 'zero_impl'");
   EXPECT_ERROR(base({{"offload", "gpu"}}), "key 'offload': unknown value \"gpu\"");

@@ -239,6 +239,65 @@ TEST(Cli, DistributedRanksContract) {
   EXPECT_NE(tp.err.find("not divisible by tp 5"), std::string::npos) << tp.err;
 }
 
+TEST(Cli, InterleavedScheduleOptions) {
+  // Llama-2-7B: 32 layers; pp 4 x V 2 = 8 virtual stages of 4 layers.
+  std::vector<const char*> ok = {"estimate",
+                                 "--model",
+                                 "meta-llama/Llama-2-7b-hf",
+                                 "--method",
+                                 "megatron",
+                                 "--pp",
+                                 "4",
+                                 "--schedule",
+                                 "interleaved",
+                                 "--virtual-stages",
+                                 "2",
+                                 "--grad-accum",
+                                 "8",
+                                 "--seq",
+                                 "256",
+                                 "--format",
+                                 "json"};
+  Result r = run_cli(ok);
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["ranks"].size(), 4u);
+  EXPECT_EQ(j["ranks"][0]["role"], "stage 0 (layers 0-3, 16-19)");
+  EXPECT_EQ(j["ranks"][3]["role"], "stage 3 (layers 12-15, 28-31)");
+  EXPECT_EQ(j["setup"]["schedule"], "interleaved");
+  EXPECT_EQ(j["setup"]["virtual_stages"], 2);
+  // Each refusal names its option.
+  auto refused = [&](std::vector<const char*> args, const std::string& needle) {
+    Result bad = run_cli(args);
+    EXPECT_EQ(bad.code, kExitBadInput) << needle;
+    EXPECT_NE(bad.err.find(needle), std::string::npos) << bad.err;
+  };
+  std::vector<const char*> base = {
+      "estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "megatron", "--seq", "256"};
+  auto with = [&](std::vector<const char*> extra) {
+    std::vector<const char*> a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  refused(with({"--pp", "4", "--virtual-stages", "2"}), "need --schedule interleaved");
+  refused(with({"--pp", "4", "--schedule", "interleaved", "--virtual-stages", "0"}),
+          "--virtual-stages");
+  refused(with({"--pp", "4", "--schedule", "interleaved", "--grad-accum", "8"}),
+          "at least 2 model chunks");
+  refused(with({"--pp", "4", "--schedule", "interleaved", "--virtual-stages", "3", "--grad-accum",
+                "8"}),
+          "32 decoder layers do not split into pp x V = 4 x 3");
+  refused(with({"--pp", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--grad-accum",
+                "6"}),
+          "multiple of pp = 4");
+  refused(with({"--tp", "2", "--schedule", "interleaved", "--virtual-stages", "2"}),
+          "at least 2 pipeline stages");
+  refused({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "ddp", "--dp", "2",
+           "--pp", "2", "--schedule", "interleaved", "--virtual-stages", "2", "--grad-accum", "2"},
+          "use --method megatron");
+  refused(with({"--pp", "4", "--schedule", "interleave"}), "did you mean \"interleaved\"");
+}
+
 TEST(Cli, RecipeSetsTheFrameworkAndWarnsOnStderr) {
   Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-3B", "--recipe",
                       LLMEM_TEST_DATA_DIR "/recipes/torchtune-llama3_2-3B_lora_single_device.yaml",

@@ -875,6 +875,136 @@ TEST(Distributed, PeakOnlyPipelineEstimatesKeepThePeak) {
   }
 }
 
+// Megatron-LM's interleaved 1F1B (schedules.py get_pp_rank_microbatches at
+// 00611e6): rank r of pp with V chunks runs 2 (pp - r - 1) + (V - 1) pp
+// warm-up chunk forwards, then one more before its first backward; forward k
+// runs chunk (k mod (pp V)) / pp, whose layers are L/(pp V) long.
+TEST(Distributed, InterleavedRanksHoldMegatronsWarmupChunks) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.grad_accum = 8;
+  s.parallel.method = Method::kMegatron;
+  s.parallel.pp = 4;
+  Estimate plain = estimate(m, s, gpu);
+  s.parallel.schedule = PipelineSchedule::kInterleaved;
+  s.parallel.virtual_stages = 2;
+  Estimate v = estimate(m, s, gpu);
+  ASSERT_EQ(v.ranks.size(), 4u);
+  EXPECT_EQ(v.ranks[0].role, "stage 0 (layers 0-3, 16-19)");
+  EXPECT_EQ(v.ranks[2].role, "stage 2 (layers 8-11, 24-27)");
+  // The same layers per rank as plain 1F1B: the same parameters.
+  for (size_t k = 0; k < 4; ++k) {
+    EXPECT_EQ(component(v.ranks[k].peak, Component::kParameters),
+              component(plain.ranks[k].peak, Component::kParameters))
+        << k;
+  }
+  auto act = [](const Estimate& e, size_t k) {
+    return static_cast<double>(component(e.ranks[k].peak, Component::kActivations));
+  };
+  // Rank 0: 2·3 + 1·4 + 1 = 11 chunk forwards of 4 layers (44 layer-forwards)
+  // against plain 1F1B's 4 micro-batches of 8 layers (32): the factor
+  // 1 + (pp − 1)/(pp·V) = 1.375 of Narayanan et al. 2021 / Korthikanti et al. 2022.
+  EXPECT_NEAR(act(v, 0) / act(plain, 0), 1.0 + 3.0 / 8.0, 0.02);
+  // Rank 2: 2·1 + 4 + 1 = 7 chunk forwards, against rank 0's 11.
+  EXPECT_NEAR(act(v, 0) / act(v, 2), 11.0 / 7.0, 0.03);
+  // Rank 1: 9 chunk forwards (36 layer-forwards) against plain 1F1B's 3 x 8 = 24.
+  EXPECT_NEAR(act(v, 1) / act(plain, 1), 36.0 / 24.0, 0.03);
+  // The first rank is the worst, as under plain 1F1B, and more so.
+  EXPECT_EQ(v.peak.device_bytes, v.ranks[0].peak.device_bytes);
+  for (size_t k = 1; k < 4; ++k)
+    EXPECT_GT(v.ranks[0].peak.device_bytes, v.ranks[k].peak.device_bytes) << k;
+  EXPECT_GT(v.peak.allocated_bytes, plain.peak.allocated_bytes);
+
+  // pp = 2, V = 2: rank 0 warms up with 2 + 2 = 4 chunk forwards and holds 5
+  // of 8 layers each (40 layer-forwards) against 1F1B's 2 x 16: 1 + 1/4.
+  s.parallel.pp = 2;
+  s.grad_accum = 4;
+  Estimate v2 = estimate(m, s, gpu);
+  s.parallel.schedule = PipelineSchedule::k1F1B;
+  s.parallel.virtual_stages = 1;
+  Estimate p2 = estimate(m, s, gpu);
+  EXPECT_NEAR(act(v2, 0) / act(p2, 0), 1.25, 0.02);
+  // With m = pp every chunk forward of the step is in the warm-up (4 of
+  // them): 4 x 8 layers, as many as 1F1B's 2 x 16.
+  s.grad_accum = 2;
+  Estimate p2m2 = estimate(m, s, gpu);
+  s.parallel.schedule = PipelineSchedule::kInterleaved;
+  s.parallel.virtual_stages = 2;
+  Estimate v2m2 = estimate(m, s, gpu);
+  EXPECT_NEAR(act(v2m2, 0) / act(p2m2, 0), 1.0, 0.02);
+}
+
+TEST(Distributed, PeakOnlyInterleavedEstimatesKeepThePeak) {
+  // The planner simulates min(m, 2 pp) micro-batches of an interleaved
+  // pipeline, at most two groups per rank and no middle ranks past 1.
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  for (int pp : {2, 4}) {
+    TrainingSetup s;
+    s.batch = 1;
+    s.seq = 1024;
+    s.precision = Precision::kBf16Mixed;
+    s.attention = AttentionImpl::kSdpa;
+    s.parallel.method = Method::kMegatron;
+    s.parallel.dp = 8 / pp;
+    s.parallel.pp = pp;
+    s.parallel.schedule = PipelineSchedule::kInterleaved;
+    s.parallel.virtual_stages = 2;
+    s.grad_accum = 4 * pp;
+    Estimate full = estimate(m, s, gpu);
+    s.peak_only = true;
+    s.grad_accum = 2 * pp;
+    Estimate fast = estimate(m, s, gpu);
+    SCOPED_TRACE("pp " + std::to_string(pp));
+    EXPECT_EQ(fast.peak.allocated_bytes, full.peak.allocated_bytes);
+    EXPECT_EQ(fast.peak.device_bytes, full.peak.device_bytes);
+  }
+}
+
+TEST(Distributed, BadInterleavedLayoutsAreErrors) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");  // 32 layers
+  GpuSpec gpu = find_gpu("H100-80GB");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 128;
+  s.grad_accum = 8;
+  s.parallel.method = Method::kMegatron;
+  s.parallel.pp = 4;
+  s.parallel.virtual_stages = 2;
+  expect_error(m, s, gpu, "2 model chunks per rank need --schedule interleaved");
+  s.parallel.schedule = PipelineSchedule::kGpipe;
+  expect_error(m, s, gpu, "need --schedule interleaved");
+  s.parallel.schedule = PipelineSchedule::kInterleaved;
+  s.parallel.virtual_stages = 0;
+  expect_error(m, s, gpu, "expected between 1 and 1024 model chunks");
+  s.parallel.virtual_stages = 1;
+  expect_error(m, s, gpu, "at least 2 model chunks per rank");
+  s.parallel.virtual_stages = 3;
+  expect_error(m, s, gpu, "32 decoder layers do not split into pp x V = 4 x 3");
+  s.parallel.virtual_stages = 16;  // 64 virtual stages for 32 layers
+  expect_error(m, s, gpu, "pp x V = 4 x 16");
+  s.parallel.virtual_stages = 2;
+  s.grad_accum = 6;
+  expect_error(m, s, gpu, "multiple of pp = 4 micro-batches per step");
+  s.grad_accum = 2;  // fewer than pp
+  expect_error(m, s, gpu, "multiple of pp = 4");
+  s.grad_accum = 8;
+  s.parallel.method = Method::kDdp;
+  expect_error(m, s, gpu, "use --method megatron, not ddp");
+  s.parallel.method = Method::kMegatron;
+  s.parallel.pp = 1;
+  s.parallel.tp = 2;
+  expect_error(m, s, gpu, "at least 2 pipeline stages");
+  // One GPU: the single-GPU path checks too.
+  s.parallel = ParallelSetup{};
+  s.parallel.schedule = PipelineSchedule::kInterleaved;
+  s.parallel.virtual_stages = 2;
+  expect_error(m, s, gpu, "use --method megatron, not single");
+}
+
 TEST(Distributed, BadLayoutsAreErrors) {
   ModelSpec m = tiny();
   GpuSpec gpu = find_gpu("A100-80GB");

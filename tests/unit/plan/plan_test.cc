@@ -252,6 +252,50 @@ TEST(Plan, GlobalBatchRestrictsMicroBatches) {
   }
 }
 
+TEST(Plan, InterleavedFamiliesWhenAllowed) {
+  PlanRequest r;
+  r.gpus = 8;
+  r.max_micro_batch = 8;
+  std::vector<TrainingSetup> seen;
+  r.estimator = [&seen](const ModelSpec& m, const TrainingSetup& s, const GpuSpec& g) {
+    seen.push_back(s);
+    return FakeEstimator{}(m, s, g);
+  };
+  r.allow_interleaved = true;
+  Plan p = plan(llama7b(), r, find_gpu("A100-80GB"));
+  // The 14 families, plus vp=2 for the 6 megatron layouts with pp > 1
+  // (pp 2, 4, 8 all split Llama-2-7B's 32 layers into 2·pp virtual stages).
+  EXPECT_EQ(p.candidates.size(), 20u);
+  std::set<std::string> labels;
+  for (const PlanCandidate& c : p.candidates)
+    labels.insert(candidate_label(c));
+  EXPECT_TRUE(labels.count("megatron dp=4 pp=2 vp=2"));
+  EXPECT_TRUE(labels.count("megatron dp=1 pp=8 vp=2"));
+  EXPECT_TRUE(labels.count("megatron dp=2 tp=2 pp=2 +sp"));
+  // Interleaved probes: Megatron's schedule, 2·pp micro-batches (4·pp per step
+  // by default, a multiple of pp) for the peak.
+  bool interleaved = false;
+  for (const TrainingSetup& s : seen) {
+    if (s.parallel.virtual_stages == 2) {
+      interleaved = true;
+      EXPECT_EQ(s.parallel.schedule, PipelineSchedule::kInterleaved);
+      EXPECT_EQ(s.grad_accum, 2 * s.parallel.pp);
+    } else {
+      EXPECT_EQ(s.parallel.schedule, PipelineSchedule::k1F1B);
+    }
+  }
+  EXPECT_TRUE(interleaved);
+  // With a global batch, only micro-batches giving a multiple of pp per step.
+  r.global_batch = 48;
+  r.methods = {Method::kMegatron};
+  Plan g = plan(llama7b(), r, find_gpu("A100-80GB"));
+  for (const PlanCandidate& c : g.candidates) {
+    if (c.vp > 1 && c.fits) {
+      EXPECT_EQ(c.grad_accum % c.pp, 0) << candidate_label(c);
+    }
+  }
+}
+
 TEST(Plan, RejectionReasons) {
   const GpuSpec& gpu = find_gpu("A100-80GB");
   // Heads not divisible by tp = 3 (32 heads), and 6 GPUs on one 7B model.
@@ -389,6 +433,18 @@ TEST(Plan, StepTimeModel) {
   StepTime many = step_time(m, s, pp, gpu, 1, StepTimeOptions{});
   EXPECT_NEAR(few.bubble_s / (few.step_s), 3.0 / 7.0, 0.1);
   EXPECT_GT(many.tokens_per_s, few.tokens_per_s);
+  // Interleaved with V = 2: the bubble is (p − 1)/V slots, (p − 1)/(V·m) of
+  // the ideal time, and each rank sends V times as often.
+  PlanCandidate vp = pp;
+  vp.grad_accum = 4;
+  vp.vp = 2;
+  StepTime inter = step_time(m, s, vp, gpu, 1, StepTimeOptions{});
+  double per_mb_plain = few.bubble_s / 3.0;
+  double per_mb_inter = inter.bubble_s / 1.5;
+  EXPECT_NEAR(inter.pp_comm_s, 2 * few.pp_comm_s, 1e-12);
+  EXPECT_NEAR(per_mb_inter - per_mb_plain, few.pp_comm_s / 4, 1e-9);  // one more p2p share
+  EXPECT_NEAR(inter.step_s - few.step_s, (4 + 1.5) * per_mb_inter - (4 + 3) * per_mb_plain, 1e-9);
+  EXPECT_LT(inter.step_s, few.step_s);
 }
 
 // Elementwise work is memory-bound: ColossalAI 1D TP replicates it on every TP
@@ -593,6 +649,30 @@ TEST(PlanCli, JsonContractWhenSomethingFits) {
     EXPECT_GE(c["max_micro_batch"].get<int64_t>(), c["micro_batch"].get<int64_t>());
   }
   EXPECT_GT(j["epoch_s"].get<double>(), 0);
+}
+
+TEST(PlanCli, AllowInterleavedAddsVirtualStageFamilies) {
+  // OPT-125m: 12 layers split into 2·pp = 4 virtual stages on 2 GPUs.
+  Result r = run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--methods",
+                      "megatron", "--allow", "interleaved", "--seq", "256", "--max-micro-batch",
+                      "8", "--format", "json", "--top", "0"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  std::map<std::string, int64_t> stages;
+  for (const auto& c : j["candidates"])
+    stages[c["label"].get<std::string>()] = c["virtual_stages"].get<int64_t>();
+  EXPECT_EQ(stages, (std::map<std::string, int64_t>{{"megatron dp=1 pp=2 vp=2", 2},
+                                                    {"megatron dp=1 pp=2", 1},
+                                                    {"megatron dp=1 tp=2", 1}}));
+  Result plain =
+      run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--methods", "megatron",
+               "--seq", "256", "--max-micro-batch", "8", "--format", "json", "--top", "0"});
+  ASSERT_EQ(plain.code, kExitOk) << plain.err;
+  EXPECT_EQ(nlohmann::json::parse(plain.out)["candidates"].size(), 2u);
+  Result bad =
+      run_cli({"plan", "--model", "facebook/opt-125m", "--gpus", "2", "--allow", "interleave"});
+  EXPECT_EQ(bad.code, kExitBadInput);
+  EXPECT_NE(bad.err.find("--allow"), std::string::npos) << bad.err;
 }
 
 TEST(PlanCli, ExitOneWhenNothingFits) {
