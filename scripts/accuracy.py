@@ -178,12 +178,8 @@ def framework_section(path, doc):
     lines += ["", "| line | source | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if "error_pct" not in r:
-            continue
-        why = reason(r) if abs(r["error_pct"]) > 5 else ""
-        lines.append(f"| {r['line']} | {source(r['source_url'])} | {r['model']} | {r['setting']} | {r['counter']} | "
-                     f"{r['measured_bytes'] / 2**30:.2f} | {r['estimated_bytes'] / 2**30:.2f} | "
-                     f"{r['error_pct']:+.2f} % | {why} |")
+        if "error_pct" in r:
+            lines.append(compared_line(r, [source(r["source_url"])]))
     band = [r for r in rows if "band_error_pct" in r]
     if band:
         lines += ["", "#### Counter not named",
@@ -203,6 +199,16 @@ def framework_section(path, doc):
     return lines
 
 
+def compared_line(r, extra):
+    """One compared row of a per-source table: line, `extra` columns, model, setting, counter,
+    measured, estimate, error and the reason when it is above 5 %."""
+    why = reason(r) if abs(r["error_pct"]) > 5 else ""
+    cells = [str(r["line"]), *extra, r["model"], r["setting"], r["counter"],
+             f"{r['measured_bytes'] / 2**30:.2f}", f"{r['estimated_bytes'] / 2**30:.2f}",
+             f"{r['error_pct']:+.2f} %", why]
+    return "| " + " | ".join(cells) + " |"
+
+
 def peft_section(doc):
     """The Hugging Face / PEFT rows (PEFT's README and accelerate docs), one line each."""
     rows = [r for r in doc["rows"] if source(r.get("source_url", "")) == "peft" and "error_pct" in r]
@@ -214,10 +220,7 @@ def peft_section(doc):
              "| line | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        why = reason(r) if abs(r["error_pct"]) > 5 else ""
-        lines.append(f"| {r['line']} | {r['model']} | {r['setting']} | {r['counter']} | "
-                     f"{r['measured_bytes'] / 2**30:.2f} | {r['estimated_bytes'] / 2**30:.2f} | "
-                     f"{r['error_pct']:+.2f} % | {why} |")
+        lines.append(compared_line(r, []))
     lines.append("")
     return lines
 

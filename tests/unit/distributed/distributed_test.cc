@@ -68,6 +68,19 @@ TrainingSetup seven_b(Method m, int dp) {
   return s;
 }
 
+// A Llama-2-7B pipeline of `pp` stages: micro-batch 1 of 1024 tokens, 8
+// micro-batches per step.
+TrainingSetup pipeline_7b(Method m, int dp, int pp) {
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 1024;
+  s.grad_accum = 8;
+  s.parallel.method = m;
+  s.parallel.dp = dp;
+  s.parallel.pp = pp;
+  return s;
+}
+
 int64_t trainable_bytes(const ModelSpec& m, int elem) {
   return m.params() * elem;
 }
@@ -211,13 +224,7 @@ TEST(Distributed, TorchZeroPartitionsWholeTensorsGreedily) {
 TEST(Distributed, PipelineStagesSplitLayersAndHoldMicroBatchesInFlight) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
   GpuSpec gpu = find_gpu("H100-80GB");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.grad_accum = 8;
-  s.parallel.method = Method::kDdp;
-  s.parallel.dp = 2;
-  s.parallel.pp = 4;
+  TrainingSetup s = pipeline_7b(Method::kDdp, 2, 4);
   Estimate e = estimate(m, s, gpu);
   ASSERT_EQ(e.ranks.size(), 4u);
   EXPECT_EQ(e.ranks[1].ranks, (std::vector<int>{2, 3}));
@@ -850,14 +857,9 @@ TEST(Distributed, PeakOnlyPipelineEstimatesKeepThePeak) {
   for (int pp : {2, 4, 8}) {
     for (PipelineSchedule sched : {PipelineSchedule::k1F1B, PipelineSchedule::kGpipe}) {
       for (int64_t micro : {int64_t{pp + 1}, int64_t{3 * pp}}) {
-        TrainingSetup s;
-        s.batch = 1;
-        s.seq = 1024;
+        TrainingSetup s = pipeline_7b(Method::kMegatron, 8 / pp, pp);
         s.precision = Precision::kBf16Mixed;
         s.attention = AttentionImpl::kSdpa;
-        s.parallel.method = Method::kMegatron;
-        s.parallel.dp = 8 / pp;
-        s.parallel.pp = pp;
         s.parallel.schedule = sched;
         s.grad_accum = micro;
         Estimate full = estimate(m, s, gpu);
@@ -882,12 +884,7 @@ TEST(Distributed, PeakOnlyPipelineEstimatesKeepThePeak) {
 TEST(Distributed, InterleavedRanksHoldMegatronsWarmupChunks) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
   GpuSpec gpu = find_gpu("H100-80GB");
-  TrainingSetup s;
-  s.batch = 1;
-  s.seq = 1024;
-  s.grad_accum = 8;
-  s.parallel.method = Method::kMegatron;
-  s.parallel.pp = 4;
+  TrainingSetup s = pipeline_7b(Method::kMegatron, 1, 4);
   Estimate plain = estimate(m, s, gpu);
   s.parallel.schedule = PipelineSchedule::kInterleaved;
   s.parallel.virtual_stages = 2;
@@ -943,14 +940,9 @@ TEST(Distributed, PeakOnlyInterleavedEstimatesKeepThePeak) {
   ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
   const GpuSpec& gpu = find_gpu("A100-80GB");
   for (int pp : {2, 4}) {
-    TrainingSetup s;
-    s.batch = 1;
-    s.seq = 1024;
+    TrainingSetup s = pipeline_7b(Method::kMegatron, 8 / pp, pp);
     s.precision = Precision::kBf16Mixed;
     s.attention = AttentionImpl::kSdpa;
-    s.parallel.method = Method::kMegatron;
-    s.parallel.dp = 8 / pp;
-    s.parallel.pp = pp;
     s.parallel.schedule = PipelineSchedule::kInterleaved;
     s.parallel.virtual_stages = 2;
     s.grad_accum = 4 * pp;
