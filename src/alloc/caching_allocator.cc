@@ -348,8 +348,10 @@ class CachingAllocator::Impl {
 
     // Index of the first size not less than `size`.
     size_t FindSize(uint64_t size) const {
-      return PartitionPoint(sizes_.data(), sizes_.size(),
-                            [size](const SizeEntry& s) { return s.size < size; });
+      const auto it =
+          std::lower_bound(sizes_.begin(), sizes_.end(), size,
+                           [](const SizeEntry& s, uint64_t value) { return s.size < value; });
+      return static_cast<size_t>(it - sizes_.begin());
     }
 
     // Index of the first entry of a bucket (descending addresses) below
@@ -361,25 +363,10 @@ class CachingAllocator::Impl {
         if (entries[n - 1].addr >= addr)
           return n;
       }
-      return PartitionPoint(entries.data(), n, [addr](const Entry& e) { return e.addr >= addr; });
-    }
-
-    // std::partition_point over `n` elements where `first` holds on a prefix.
-    // Every pool operation searches the sizes, and which way a comparison
-    // goes is close to random, so the range is halved without branching on it
-    // (a conditional move): std::lower_bound's mispredicted branches were a
-    // sixth of a replay's time.
-    template <typename T, typename Pred>
-    static size_t PartitionPoint(const T* data, size_t n, Pred first) {
-      if (n == 0)
-        return 0;
-      const T* base = data;
-      while (n > 1) {
-        const size_t half = n / 2;
-        base = first(base[half]) ? base + half : base;
-        n -= half;
-      }
-      return static_cast<size_t>(base - data) + (first(*base) ? 1 : 0);
+      const auto it =
+          std::partition_point(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(n),
+                               [addr](const Entry& e) { return e.addr >= addr; });
+      return static_cast<size_t>(it - entries.begin());
     }
 
     uint32_t TakeBucket() {
