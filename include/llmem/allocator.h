@@ -157,6 +157,9 @@ class CachingAllocator {
   /// still gets a handle, of block_size 0, that must be released like others.
   /// Throws llmem::Error only if 2^32 - 1 handles have already been issued.
   Handle allocate(uint64_t bytes);
+  /// The same, also storing the new handle's block_size() in `*block_size`
+  /// (0 when out of memory): one call per allocation on a replay's hot path.
+  Handle allocate(uint64_t bytes, uint64_t* block_size);
 
   /// Frees a block (DeviceCachingAllocator::free / free_block): it returns to
   /// its pool and merges with free neighbours of the same segment. Throws

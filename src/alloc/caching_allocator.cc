@@ -75,9 +75,8 @@ uint64_t NextPower2Division(uint64_t size, uint64_t divisions) {
   return down > UINT64_MAX - step ? kMaxRounded : down + step;
 }
 
-}  // namespace
-
-uint64_t round_request(uint64_t bytes, const AllocatorOptions& options) {
+// round_request, inlined into every allocation.
+inline uint64_t RoundRequest(uint64_t bytes, const AllocatorOptions& options) {
   if (bytes < kMinBlockSize)
     return kMinBlockSize;
   const uint64_t divisions = options.roundup_power2_divisions;
@@ -85,6 +84,12 @@ uint64_t round_request(uint64_t bytes, const AllocatorOptions& options) {
     return NextPower2Division(bytes, divisions);
   }
   return RoundUp(bytes, kMinBlockSize);
+}
+
+}  // namespace
+
+uint64_t round_request(uint64_t bytes, const AllocatorOptions& options) {
+  return RoundRequest(bytes, options);
 }
 
 uint64_t segment_size_for(uint64_t size) {
@@ -135,7 +140,10 @@ class CachingAllocator::Impl {
     device_memory_ = std::min(device, kMaxDeviceBytes);
   }
 
-  Handle Allocate(uint64_t bytes) {
+  // `*block_size` (when given) gets the new block's size, 0 when out of memory.
+  Handle Allocate(uint64_t bytes, uint64_t* block_size) {
+    if (block_size != nullptr)
+      *block_size = 0;
     if (handles_.size() >= kOutOfMemory) {
       throw Error("caching allocator", "allocate", "more than 2^32 - 1 handles issued");
     }
@@ -144,7 +152,7 @@ class CachingAllocator::Impl {
       handles_.push_back(kZeroSlot);
       return handle;
     }
-    const uint64_t size = round_request(bytes, options_);
+    const uint64_t size = RoundRequest(bytes, options_);
     Pool& pool = PoolFor(size <= kSmallSize);
     const uint64_t alloc_size = segment_size_for(size);
 
@@ -168,6 +176,8 @@ class CachingAllocator::Impl {
     }
     block = AllocFoundBlock(pool, block, size, bytes, ShouldSplit(block, size));
     handles_.push_back(block);
+    if (block_size != nullptr)
+      *block_size = blocks_[block].size;
     return handle;
   }
 
@@ -349,7 +359,7 @@ class CachingAllocator::Impl {
     // a few entries of the low-address end, so those are scanned first.
     static size_t FindBelow(const std::vector<Entry>& entries, uint64_t addr) {
       size_t n = entries.size();
-      for (int scanned = 0; scanned < 8 && n > 0; ++scanned, --n) {
+      for (int scanned = 0; scanned < 16 && n > 0; ++scanned, --n) {
         if (entries[n - 1].addr >= addr)
           return n;
       }
@@ -391,14 +401,17 @@ class CachingAllocator::Impl {
   Pool& PoolFor(bool small) { return small ? small_pool_ : large_pool_; }
 
   uint32_t Slot(Handle h, const char* what) const {
+    if (h >= handles_.size() || handles_[h] == kReleasedSlot) [[unlikely]]
+      ThrowBadHandle(h, what);
+    return handles_[h];
+  }
+
+  // Out of line, so that Slot() stays small enough to inline into release().
+  [[noreturn, gnu::cold, gnu::noinline]] void ThrowBadHandle(Handle h, const char* what) const {
     if (h >= handles_.size()) {
       throw Error("caching allocator", what, "unknown handle " + std::to_string(h));
     }
-    if (handles_[h] == kReleasedSlot) {
-      throw Error("caching allocator", what,
-                  "handle " + std::to_string(h) + " was already released");
-    }
-    return handles_[h];
+    throw Error("caching allocator", what, "handle " + std::to_string(h) + " was already released");
   }
 
   static FreeKey KeyOf(const Block& b, uint32_t index) { return FreeKey{b.size, b.addr, index}; }
@@ -838,7 +851,10 @@ CachingAllocator::CachingAllocator(CachingAllocator&&) noexcept = default;
 CachingAllocator& CachingAllocator::operator=(CachingAllocator&&) noexcept = default;
 
 CachingAllocator::Handle CachingAllocator::allocate(uint64_t bytes) {
-  return impl_->Allocate(bytes);
+  return impl_->Allocate(bytes, nullptr);
+}
+CachingAllocator::Handle CachingAllocator::allocate(uint64_t bytes, uint64_t* block_size) {
+  return impl_->Allocate(bytes, block_size);
 }
 void CachingAllocator::release(Handle h) {
   impl_->Release(h);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -333,8 +334,12 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
 
   Estimate est;
   std::vector<std::string> notes;
-  ModelSpec view =
-      p.tp > 1 ? tensor_parallel_view(model, p.tp, p.method != Method::kColossal1d, &notes) : model;
+  // Each rank's share of the model; without tensor parallelism the model
+  // itself (copying it cost a few thousand small allocations per estimate).
+  std::optional<ModelSpec> tp_view;
+  if (p.tp > 1)
+    tp_view = tensor_parallel_view(model, p.tp, p.method != Method::kColossal1d, &notes);
+  const ModelSpec& view = tp_view ? *tp_view : model;
   TrainingSetup s = setup;
   trace::RankPlan r;
   int dp = p.dp;

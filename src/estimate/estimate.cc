@@ -81,21 +81,23 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   caching.reset(options);
   const AllocatorStats& stats = caching.stats();  // the allocator's live counters
   uint64_t exact_allocated = 0;
-  thread_local std::vector<uint32_t> handles;  // reused: no fresh pages per estimate
-  thread_local std::vector<uint64_t> sizes;
-  std::vector<uint32_t>& handle = handles;
-  std::vector<uint64_t>& size = sizes;
-  handle.clear();
-  size.clear();
+  // Per tensor id: its allocator handle and the bytes charged for it (side by
+  // side, as every event reads both). Reused: no fresh pages per estimate.
+  struct Live {
+    CachingAllocator::Handle handle;
+    uint64_t size;
+  };
+  thread_local std::vector<Live> tensors;
+  tensors.clear();
   std::array<uint64_t, kComponents> live{};
   uint64_t thin = 0;
   for (size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     auto t = static_cast<size_t>(e.tensor);
-    if (t >= handle.size()) {  // tensor ids grow through the trace: grow by doubling
-      handle.resize(std::max(t + 1, 2 * handle.size()), CachingAllocator::kOutOfMemory);
-      size.resize(handle.size(), 0);
+    if (t >= tensors.size()) {  // tensor ids grow through the trace: grow by doubling
+      tensors.resize(std::max(t + 1, 2 * tensors.size()), Live{CachingAllocator::kOutOfMemory, 0});
     }
+    Live& tensor = tensors[t];
     auto c = static_cast<size_t>(e.component);
     if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
       // A phase begins at the level the previous one left (SGD's step frees only).
@@ -106,24 +108,22 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
     if (e.alloc) {
       auto bytes = static_cast<uint64_t>(e.bytes);
       if (cuda) {
-        CachingAllocator::Handle h = caching.allocate(bytes);
-        if (h == CachingAllocator::kOutOfMemory) {
+        tensor.handle = caching.allocate(bytes, &tensor.size);
+        if (tensor.handle == CachingAllocator::kOutOfMemory) {
           r.oom = true;
           return r;
         }
-        handle[t] = h;
-        size[t] = caching.block_size(h);
       } else {
-        size[t] = bytes;
+        tensor.size = bytes;
         exact_allocated += bytes;
       }
-      live[c] += size[t];
+      live[c] += tensor.size;
     } else {
-      live[c] -= size[t];
+      live[c] -= tensor.size;
       if (cuda) {
-        caching.release(handle[t]);
+        caching.release(tensor.handle);
       } else {
-        exact_allocated -= size[t];
+        exact_allocated -= tensor.size;
       }
     }
     uint64_t allocated = cuda ? stats.allocated : exact_allocated;

@@ -85,8 +85,11 @@ void ranks_section(std::ostringstream& out, const Estimate& e) {
          "<th>peak in</th><th>fits</th><th>against the capacity</th></tr>\n";
   for (const RankEstimate& r : e.ranks) {
     std::string ranks;
-    for (int k : r.ranks)
-      ranks += (ranks.empty() ? "" : ",") + std::to_string(k);
+    for (int k : r.ranks) {
+      if (!ranks.empty())  // not `(cond ? "" : ",") + ...`: GCC 12 -O3 warns falsely (bug 105651)
+        ranks += ',';
+      ranks += std::to_string(k);
+    }
     bool fits = e.capacity_bytes == 0 || r.peak.device_bytes <= e.capacity_bytes;
     out << "<tr><td>" << html_escape(r.role) << "</td><td>" << ranks << "</td><td class=\"n\">"
         << gib_text(r.peak.allocated_bytes) << "</td><td class=\"n\">"

@@ -139,8 +139,11 @@ std::string rank_list(const std::vector<int>& ranks) {
   if (run && ranks.size() > 1)
     return std::to_string(ranks.front()) + "-" + std::to_string(ranks.back());
   std::string out;
-  for (int r : ranks)
-    out += (out.empty() ? "" : ",") + std::to_string(r);
+  for (int r : ranks) {
+    if (!out.empty())  // not `(cond ? "" : ",") + ...`: GCC 12 -O3 warns falsely (bug 105651)
+      out += ',';
+    out += std::to_string(r);
+  }
   return out;
 }
 }  // namespace

@@ -402,6 +402,30 @@ TEST(MaxSplitSize, NonSplitRoundingIsConfigurable) {
   EXPECT_EQ(a.stats().reserved, 196 * kMiB);
 }
 
+// allocate(bytes, &size) reports what block_size() would, slack included.
+TEST(CachingAllocator, AllocateReportsTheChargedBlockSize) {
+  AllocatorOptions o;
+  o.capacity = 40 * kMiB;
+  CachingAllocator a(o);
+  uint64_t size = 1;
+  // 1000 B rounds to 1024 B (two 512-B units) in a 2 MiB small segment.
+  const Handle small = a.allocate(1000, &size);
+  EXPECT_EQ(size, 1024u);
+  EXPECT_EQ(size, a.block_size(small));
+  // 11 MiB takes a 12 MiB segment whole (a 1 MiB remainder is not split).
+  const Handle whole = a.allocate(11 * kMiB, &size);
+  EXPECT_EQ(size, 12 * kMiB);
+  EXPECT_EQ(size, a.block_size(whole));
+  // A zero-byte request is charged nothing.
+  a.allocate(0, &size);
+  EXPECT_EQ(size, 0u);
+  // 2 + 12 MiB reserved: 30 MiB more does not fit in 40 MiB, and nothing
+  // cached can be freed: out of memory, size 0.
+  size = 1;
+  EXPECT_EQ(a.allocate(30 * kMiB, &size), kOom);
+  EXPECT_EQ(size, 0u);
+}
+
 // ---------------------------------------------------------------- capacity and OOM
 
 TEST(Capacity, FreesCachedBlocksAndRetries) {
