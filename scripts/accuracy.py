@@ -47,8 +47,9 @@ LITGPT_QLORA = (
     "Fabric quantizes weight.to(half), so every dequantize is fp16 plus a bf16 copy (lm_head the "
     "widest); PagedAdamW keeps the states of tensors under 1e5 elements on the device; Fabric "
     "returns the logits in fp32; q/k/v is one Linear4bit (LoRAQKVLinear) whose output SDPA keeps "
-    "for multi-head models. The QLoRA rows stay 1-3.5 points below their LoRA rows (Llama-2-7b: "
-    "0.79 GiB under against 0.49 GiB for LoRA); that QLoRA-only remainder is not explained")
+    "for multi-head models; the flash kernel's output is copied by y.transpose(1, 2).reshape and "
+    "MatMul4Bit keeps the copy (docs/frameworks.md, attention output). What is left is about the "
+    "LoRA row's own under-prediction (Llama-2-7b: 0.54 GiB under against 0.49 GiB for LoRA)")
 
 
 # Why a torchtune or LitGPT row disagrees by more than 5 %, found by reading

@@ -660,6 +660,28 @@ class Program {
     return s_.framework == Framework::kLitgpt && s_.finetune != FinetuneMode::kFull;
   }
 
+  /// LitGPT's attention output reaches its projection as a copy under the
+  /// CUDA flash kernel of PyTorch 2.2+. CausalSelfAttention.forward
+  /// (litgpt/model.py at 00af8b0d) builds q by torch.cat((q_roped,
+  /// q[..., rope_n_elem:]), dim=-1): a contiguous [b, heads, s, d] tensor.
+  /// SDPA's flash path passes query.transpose(1, 2) to mha_fwd, which
+  /// allocates its output with empty_like of that view, so the output keeps
+  /// q's [b, heads, s, d] memory order (aten/src/ATen/native/transformers/
+  /// cuda/flash_attn/flash_api.cpp mha_fwd; flash-attention 2, PyTorch PR
+  /// #105602, in 2.2). scaled_dot_product_attention returns y.transpose(1, 2)
+  /// and y.reshape(B, T, n_head * head_size) must then copy. The
+  /// memory-efficient kernel allocates [b, s, heads, d] itself (res =
+  /// at::empty({B, M, num_heads, Kv}) in _efficient_attention_forward), and
+  /// transformers' q (a view of q_proj's output, rotated elementwise) is
+  /// already in that order, so neither copies. The copy is transient under
+  /// LoRA (a frozen Linear saves no input) but is the input bitsandbytes'
+  /// MatMul4Bit keeps on ctx.tensors under QLoRA, and the input a trainable
+  /// proj saves in full fine-tuning.
+  bool litgpt_flash_output_copy() const {
+    return s_.framework == Framework::kLitgpt && cuda_ &&
+           s_.attention == AttentionImpl::kSdpaFlash && s_.torch_version >= 202;
+  }
+
   /// litgpt/finetune/full.py calls model(input_ids) without lm_head_chunk_size.
   bool litgpt_full() const {
     return s_.framework == Framework::kLitgpt && s_.finetune == FinetuneMode::kFull;
@@ -1711,6 +1733,13 @@ class Program {
       g_.release(vc);
       if (bias != kNone)
         g_.release(bias);
+      if (litgpt_flash_output_copy()) {
+        // y.transpose(1, 2).reshape(B, T, C) of a [b, heads, s, d]-ordered
+        // output: a copy (see litgpt_flash_output_copy).
+        Tid y = g_.op(g_.numel(o), g_.elem(o), {o}, {});
+        g_.release(o);
+        return y;
+      }
       return o;  // already [b, s, heads, d] in memory: .contiguous() is free
     }
     // eager: repeat_kv copies K/V when heads are grouped.

@@ -227,6 +227,42 @@ TEST(Framework, LitgptQloraDequantizesToFp16ThenCastsToTheComputeDtype) {
   EXPECT_EQ(max_live_in_steps(half.events, Component::kWeightCopies), head * kBf16);
 }
 
+TEST(Framework, LitgptFlashOutputIsCopiedBeforeTheProjection) {
+  // LitGPT's q is torch.cat((q_roped, q_pass)): contiguous [b, heads, s, d].
+  // PyTorch 2.2+'s flash kernel allocates its output like q (empty_like of
+  // q.transpose(1, 2)), so y.transpose(1, 2).reshape(B, T, C) copies one
+  // [T, heads * d] bf16 tensor per layer; the memory-efficient kernel's output
+  // is [b, s, heads, d] already. Llama-3.2-1B: 16 layers, 32 heads x 64,
+  // T = 256 tokens: 256 * 2048 * 2 bytes = 1 MiB per layer.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  const AttentionSpec& a = m.layers.front().attention;
+  int64_t copy = 256 * a.num_heads * a.head_dim * kBf16;
+  ASSERT_EQ(copy, 1 << 20);
+  auto activations = [&](FinetuneMode mode, AttentionImpl kernel, int torch) {
+    TrainingSetup s = litgpt_setup(1, 256, mode);
+    s.device = Device::kCuda;
+    s.attention = kernel;
+    s.torch_version = torch;
+    s.lora.rank = 8;
+    return max_live_in_steps(trace::build_trace(m, s).events, Component::kActivations);
+  };
+  auto extra = [&](FinetuneMode mode, int torch = 204) {
+    return activations(mode, AttentionImpl::kSdpaFlash, torch) -
+           activations(mode, AttentionImpl::kSdpaEfficient, torch);
+  };
+  // QLoRA: bitsandbytes' MatMul4Bit keeps the copy on ctx.tensors, so the
+  // forward's end holds all 16 (the previous step's graph holds the same
+  // count under either kernel: copies, or the outputs themselves).
+  EXPECT_EQ(extra(FinetuneMode::kQlora), 16 * copy);
+  // Full fine-tuning: the trainable proj saves its input, the copy.
+  EXPECT_EQ(extra(FinetuneMode::kFull), 16 * copy);
+  // LoRA: a frozen proj saves nothing; the copy dies inside its layer.
+  EXPECT_EQ(extra(FinetuneMode::kLora), 0);
+  // PyTorch 2.1's flash path (q_t.reshape to [b * s, heads, d]) wrote a
+  // [b, s, heads, d] output: no copy.
+  EXPECT_EQ(extra(FinetuneMode::kQlora, 201), 0);
+}
+
 TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
   // bnb get_state_buffer pages tensors of 1e5 elements or more; smaller ones
   // get fp32 torch.zeros_like states the allocator counts. LitGPT fuses the
