@@ -54,6 +54,13 @@ import shlex  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
+# oneDNN's bf16 kernels, which PyTorch picks on CPUs with AVX512-BF16 or AMX
+# (mkldnn_bf16_device_check), keep scratchpads and reordered weights in malloc
+# memory outside the c10 allocator, and may copy inputs differently. The tier
+# measures PyTorch's own kernels, the same on every CPU (the committed rows
+# were measured on CPUs without those features), so oneDNN stays off.
+torch.backends.mkldnn.enabled = False
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models  # noqa: E402
 
