@@ -212,16 +212,16 @@ struct FrameworkSetup {
   /// flex_attention on GPUs of sm75 and newer, else a dense bool [b, s, s]
   /// passed to SDPA (torchtune/modules/attention_utils.py at 1814feb).
   bool packed = false;
-  /// torchtune compile=True: training.compile_model compiles every
+  /// torchtune compile=True sets both: training.compile_model compiles every
   /// TransformerSelfAttentionLayer on its own (per-layer torch.compile) and
   /// training.compile_loss the loss (torchtune/training/_compile.py at
   /// 1814feb). Inductor's partitioner then decides what each layer saves
-  /// for backward (docs/frameworks.md, "torch.compile").
+  /// for backward (docs/frameworks.md, "torch.compile"). Recipes since 2025
+  /// may set them apart (compile: {model: ..., loss: ...}); torchtune
+  /// 0217d44c2 (2024-04) compiled the whole model (utils.wrap_compile) and
+  /// ran the loss eagerly.
   bool compile = false;
-  /// With compile: the loss is compiled too (training.compile_loss, torchtune
-  /// 2024-09 on). torchtune 0217d44c2 (2024-04) compiled the whole model
-  /// (utils.wrap_compile) and ran the loss eagerly.
-  bool compile_loss = true;
+  bool compile_loss = false;
 };
 
 struct TrainingSetup {

@@ -549,6 +549,7 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
     if (s->framework != Framework::kTorchtune)
       f.fail("compile", "torch.compile is modelled for --framework torchtune (compile=True)");
     s->fw.compile = true;
+    s->fw.compile_loss = true;
   }
   if (f.boolean("sdpa_mask", false))
     s->fw.sdpa_attn_mask = true;

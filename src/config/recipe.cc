@@ -111,6 +111,10 @@ class Reader {
   bool torchtune_launch(int64_t* nproc) const;
   /// torchtune distributed recipe keys (training.shard_model's arguments).
   void torchtune_fsdp(const std::string& key, const YAML::Node& v);
+  /// torchtune `compile`: a bool (model and loss), or since 2025 a map
+  /// {model, loss, optimizer_step, scale_grads} (recipes/
+  /// full_finetune_distributed.py at bd2a0fc7c: model and loss default true).
+  void read_compile(const YAML::Node& v);
 
   std::string file_;
   std::string text_;
@@ -200,6 +204,30 @@ bool Reader::torchtune_launch(int64_t* nproc) const {
     return distributed;
   }
   return false;
+}
+
+void Reader::read_compile(const YAML::Node& v) {
+  if (!v.IsMap()) {
+    s_->fw.compile = s_->fw.compile_loss = flag(v, "compile");
+    return;
+  }
+  s_->fw.compile = s_->fw.compile_loss = true;
+  for (const auto& kv : v) {
+    std::string part = kv.first.as<std::string>();
+    std::string key = "compile." + part;
+    if (part == "model") {
+      s_->fw.compile = flag(kv.second, key);
+    } else if (part == "loss") {
+      s_->fw.compile_loss = flag(kv.second, key);
+    } else if (part == "scale_grads") {
+      flag(kv.second, key);  // a compiled gradient scaling keeps nothing
+    } else if (part == "optimizer_step") {
+      if (flag(kv.second, key))
+        warn(key, "a compiled optimizer step is not modelled; traced eagerly (an upper bound)");
+    } else {
+      warn(key, "not modelled");
+    }
+  }
 }
 
 void Reader::torchtune_fsdp(const std::string& key, const YAML::Node& v) {
@@ -363,7 +391,7 @@ void Reader::torchtune(const YAML::Node& root) {
       if (v.IsMap() && v["packed"])
         packed = flag(v["packed"], "dataset.packed");
     } else if (key == "compile") {
-      s_->fw.compile = flag(v, key);
+      read_compile(v);
     } else if (key == "fsdp_cpu_offload" || key == "fsdp_sharding_strategy" ||
                key == "custom_sharded_layers" || key == "fsdp_reshard_after_forward" ||
                key == "tensor_parallel_dim" || key == "data_parallel_shard_dim" ||

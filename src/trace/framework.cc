@@ -204,7 +204,7 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
     Tid c = logits[i];
     int64_t rows = g.numel(c) / vocab;
     Tid part;
-    if (fw.compile && fw.compile_loss && fw.loss_fp32) {
+    if (fw.compile_loss && fw.loss_fp32) {
       // torchtune compile_loss compiles compute_cross_entropy alone:
       // F.cross_entropy(logits.float(), ...) becomes one graph that saves the
       // chunk as it came (bf16) and the per-row max and log-sum-exp, and

@@ -2892,7 +2892,7 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
     return mean;
   }
   Tid loss;
-  if (s_.fw.compile && s_.fw.compile_loss) {
+  if (s_.fw.compile_loss) {
     // training.compile_loss: the compiled cross-entropy saves the fp32
     // logits (its input, alive anyway) and the per-row max and log-sum-exp
     // (reductions), not a log-softmax; backward writes one fp32 gradient.

@@ -176,7 +176,7 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   // torchtune 0217d44c2 (2024-04): utils.wrap_compile(model) compiled the
   // whole model (the partitioner's rules hold layer by layer inside it) and
   // the recipe's loss ran eagerly.
-  s->fw.compile_loss = !has(url, "0217d44c2");
+  s->fw.compile_loss = compiled && !has(url, "0217d44c2");
   // "+packed dataset", "packed, compile, ..." or "torchtune SDPA/flex (packed)".
   s->fw.packed =
       fw == Framework::kTorchtune &&
@@ -406,7 +406,7 @@ std::string framework_flags(const TrainingSetup& s) {
   std::string out;
   if (s.fw.packed)
     out += " packed";
-  if (s.fw.compile)
+  if (s.fw.compile || s.fw.compile_loss)
     out += " compile";
   if (s.framework == Framework::kTorchtune && s.fw.output_chunks > 0)
     out += " chunked-ce";

@@ -409,7 +409,7 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   s.finetune = FinetuneMode::kLora;
   int64_t tv = s.batch * s.seq * m.vocab_size;
   auto widest_loss = [&](bool compiled, int64_t chunks) {
-    s.fw.compile = compiled;
+    s.fw.compile = s.fw.compile_loss = compiled;
     s.fw.output_chunks = chunks;
     trace::TraceResult t = trace::build_trace(m, s);
     return widest(t, Component::kLogitsLoss);
@@ -418,7 +418,7 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   EXPECT_EQ(widest_loss(true, 8), s.batch * s.seq * 8);
   s.fw.output_chunks = 0;
   auto loss_peak = [&](bool compiled) {
-    s.fw.compile = compiled;
+    s.fw.compile = s.fw.compile_loss = compiled;
     trace::TraceResult t = trace::build_trace(m, s);
     return max_live_in_steps(t.events, Component::kLogitsLoss);
   };
@@ -428,10 +428,12 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   int64_t t = s.batch * s.seq;
   EXPECT_NEAR(static_cast<double>(loss_peak(false) - loss_peak(true)),
               static_cast<double>(4 * tv - 8 * t), 64);
-  // Whole-model compile with an eager loss (torchtune 0217d44c2): the loss
-  // is the eager one.
+  // Compiled layers with an eager loss (torchtune 0217d44c2, or a recipe's
+  // compile: {loss: False}): the loss is the eager one.
+  s.fw.compile = true;
   s.fw.compile_loss = false;
-  EXPECT_EQ(loss_peak(true), loss_peak(false));
+  trace::TraceResult layers_only = trace::build_trace(m, s);
+  EXPECT_EQ(max_live_in_steps(layers_only.events, Component::kLogitsLoss), loss_peak(false));
 }
 
 std::string recipe(const char* name) {
@@ -544,7 +546,35 @@ TEST(Recipe, UnknownKeysAreNamed) {
       "x.yaml", &s);
   EXPECT_TRUE(warns_about(r, "frobnicate"));
   EXPECT_FALSE(warns_about(r, "compile"));  // modelled (per-layer compile)
+  EXPECT_TRUE(s.fw.compile && s.fw.compile_loss);
+}
+
+// torchtune's recipes at bd2a0fc7c also take compile: {model, loss,
+// optimizer_step, scale_grads} (recipes/full_finetune_distributed.py).
+TEST(Recipe, TorchtuneCompileParts) {
+  auto read = [](const std::string& compile, TrainingSetup* s) {
+    return read_recipe(
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "compile:\n" +
+            compile,
+        "x.yaml", s);
+  };
+  TrainingSetup s;
+  RecipeResult r = read("  model: True\n  loss: False\n  scale_grads: True\n", &s);
   EXPECT_TRUE(s.fw.compile);
+  EXPECT_FALSE(s.fw.compile_loss);
+  EXPECT_FALSE(warns_about(r, "compile"));
+  TrainingSetup o;
+  r = read("  optimizer_step: True\n", &o);  // model and loss default to True
+  EXPECT_TRUE(o.fw.compile && o.fw.compile_loss);
+  EXPECT_TRUE(warns_about(r, "compile.optimizer_step"));
+  TrainingSetup bad;
+  try {
+    read("  model: maybe\n", &bad);
+    ADD_FAILURE() << "not a boolean";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("compile.model"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Recipe, BadYamlNamesFileAndLine) {
