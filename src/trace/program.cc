@@ -676,10 +676,17 @@ class Program {
   /// already in that order, so neither copies. The copy is transient under
   /// LoRA (a frozen Linear saves no input) but is the input bitsandbytes'
   /// MatMul4Bit keeps on ctx.tensors under QLoRA, and the input a trainable
-  /// proj saves in full fine-tuning.
-  bool litgpt_flash_output_copy() const {
-    return s_.framework == Framework::kLitgpt && cuda_ &&
-           s_.attention == AttentionImpl::kSdpaFlash && s_.torch_version >= 202;
+  /// proj saves in full fine-tuning. transformers' partial rotary (Phi,
+  /// GPT-NeoX, StableLM: query_states = torch.cat((query_rot, query_pass),
+  /// dim=-1) in modeling_phi.py, modeling_gpt_neox.py, modeling_stablelm.py
+  /// v4.57) makes the same contiguous q, and attn_output.transpose(1, 2)
+  /// .contiguous() then copies the same way.
+  bool flash_output_copy(const AttentionSpec& a) const {
+    if (!cuda_ || s_.attention != AttentionImpl::kSdpaFlash || s_.torch_version < 202)
+      return false;
+    bool hf_partial_rotary = s_.framework == Framework::kHf && cos_ != kNone &&
+                             a.rotary_fraction > 0 && a.rotary_fraction < 1;
+    return s_.framework == Framework::kLitgpt || hf_partial_rotary;
   }
 
   /// litgpt/finetune/full.py calls model(input_ids) without lm_head_chunk_size.
@@ -1733,9 +1740,9 @@ class Program {
       g_.release(vc);
       if (bias != kNone)
         g_.release(bias);
-      if (litgpt_flash_output_copy()) {
+      if (flash_output_copy(a)) {
         // y.transpose(1, 2).reshape(B, T, C) of a [b, heads, s, d]-ordered
-        // output: a copy (see litgpt_flash_output_copy).
+        // output: a copy (see flash_output_copy).
         Tid y = g_.op(g_.numel(o), g_.elem(o), {o}, {});
         g_.release(o);
         return y;

@@ -263,6 +263,28 @@ TEST(Framework, LitgptFlashOutputIsCopiedBeforeTheProjection) {
   EXPECT_EQ(extra(FinetuneMode::kQlora, 201), 0);
 }
 
+// transformers' partial rotary builds q with torch.cat((q_rot, q_pass)) too,
+// so under PyTorch 2.2+ flash attn_output.transpose(1, 2).contiguous()
+// copies, and a trainable dense saves the copy: Phi-2, 32 layers, h 2560,
+// 512 tokens: 32 x 512 x 2560 x 2 bytes. Full rotary (Llama) q stays
+// [b, s, heads, d] in memory: no copy.
+TEST(Framework, HfPartialRotaryFlashOutputIsCopied) {
+  auto extra = [](const std::string& name) {
+    ModelSpec m = load_model(name);
+    auto activations = [&](AttentionImpl kernel) {
+      TrainingSetup s;
+      s.batch = 1;
+      s.seq = 512;
+      s.precision = Precision::kBf16Mixed;
+      s.attention = kernel;
+      return max_live_in_steps(trace::build_trace(m, s).events, Component::kActivations);
+    };
+    return activations(AttentionImpl::kSdpaFlash) - activations(AttentionImpl::kSdpaEfficient);
+  };
+  EXPECT_EQ(extra("microsoft/phi-2"), int64_t{32} * 512 * 2560 * 2);
+  EXPECT_EQ(extra("meta-llama/Llama-3.2-1B"), 0);
+}
+
 TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
   // bnb get_state_buffer pages tensors of 1e5 elements or more; smaller ones
   // get fp32 torch.zeros_like states the allocator counts. LitGPT fuses the
