@@ -193,6 +193,11 @@ Tid eager_chunk_loss(Graph& g, Tid c, int64_t rows, int64_t vocab, int64_t batch
 
 }  // namespace
 
+Tid compiled_cross_entropy(Graph& g, Tid logits, Tid labels, int64_t rows) {
+  return g.op(1, kF32, {logits}, {logits, labels}, Component::kLogitsLoss,
+              {{rows, kF32}, {rows, kF32}});
+}
+
 Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_t seq,
                  int64_t vocab, const FrameworkSetup& fw) {
   // Labels: torchtune hstack's labels[..., 1:] with an ignore column (a new
@@ -205,11 +210,9 @@ Tid chunked_loss(Graph& g, const std::vector<Tid>& logits, int64_t batch, int64_
     int64_t rows = g.numel(c) / vocab;
     Tid part;
     if (fw.compile_loss && fw.loss_fp32) {
-      // torchtune compile_loss compiles compute_cross_entropy alone:
-      // F.cross_entropy(logits.float(), ...) becomes one graph that saves the
-      // chunk as it came (bf16) and the per-row max and log-sum-exp, and
-      // whose backward writes the chunk's gradient in the chunk's dtype.
-      part = g.op(1, kF32, {c}, {c, labels}, Component::kLogitsLoss, {{rows, kF32}, {rows, kF32}});
+      // torchtune compile_loss compiles compute_cross_entropy alone, the
+      // .float() inside it: the chunk is kept in bf16, its gradient bf16.
+      part = compiled_cross_entropy(g, c, labels, rows);
     } else {
       part = eager_chunk_loss(g, c, rows, vocab, batch, labels, fw, i + 1 == logits.size());
     }

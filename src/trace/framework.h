@@ -32,6 +32,13 @@ std::vector<std::string> hf_module_names(Framework f, const std::string& name);
 std::vector<Tid> chunked_head(Graph& g, Tid hn, int64_t width, int64_t batch, int64_t seq,
                               const FrameworkSetup& fw, const std::function<Tid(Tid)>& head);
 
+/// A compiled F.cross_entropy over `rows` rows of `logits` (torchtune
+/// compile_loss): inductor's graph saves its input as it came and the per-row
+/// max and log-sum-exp (reductions), no log-softmax, and its backward writes
+/// one gradient in the input's dtype. Returns the scalar; `logits` and
+/// `labels` stay with the caller.
+Tid compiled_cross_entropy(Graph& g, Tid logits, Tid labels, int64_t rows);
+
 /// The loss over logits slices: torchtune CEWithChunkedOutputLoss (each slice
 /// .float() then F.cross_entropy, reduction sum) or LitGPT
 /// chunked_cross_entropy (each slice in its own dtype, reduction none, cat,

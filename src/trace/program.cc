@@ -2900,11 +2900,9 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
   }
   Tid loss;
   if (s_.fw.compile_loss) {
-    // training.compile_loss: the compiled cross-entropy saves the fp32
-    // logits (its input, alive anyway) and the per-row max and log-sum-exp
-    // (reductions), not a log-softmax; backward writes one fp32 gradient.
-    loss = g_.op(1, kF32, {l32}, {l32, shifted}, Component::kLogitsLoss,
-                 {{tokens_, kF32}, {tokens_, kF32}});
+    // training.compile_loss on nn.CrossEntropyLoss: the fp32 logits (alive
+    // anyway) are its input.
+    loss = compiled_cross_entropy(g_, l32, shifted, tokens_);
     g_.release(l32);
   } else {
     Tid lsm = g_.op(g_.numel(l32), kF32, {l32}, {}, Component::kLogitsLoss, {}, 0, true);
