@@ -92,6 +92,11 @@ TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("compile"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("torchtune"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-2-7b-hf", "--method", "ddp", "--dp", "2",
+               "--embedding-units"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--embedding-units"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("FSDP"), std::string::npos) << r.err;
   r = run_cli({"estimate", "--model", "facebook/opt-125m", "--transformers-version", "latest"});
   EXPECT_EQ(r.code, kExitBadInput);
   EXPECT_NE(r.err.find("MAJOR.MINOR"), std::string::npos) << r.err;
