@@ -18,6 +18,7 @@
 #include "llmem/model.h"
 
 #include "trace/framework.h"
+#include "validate/known_gaps.h"
 
 namespace llmem {
 namespace {
@@ -632,46 +633,6 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   }
 }
 
-// Compared rows whose gap the model leaves open: the best-supported reason,
-// from the row's sources, shown with the row ("why"). Nothing here changes an
-// estimate.
-std::string known_gap(const std::map<std::string, std::string>& r, const TrainingSetup& s) {
-  auto it = r.find("source_url");
-  std::string url = it == r.end() ? std::string() : it->second;
-  const ParallelSetup& p = s.parallel;
-  if (has(url, "peft/blob/v0.2.0/readme.md") && p.method == Method::kZero3 && p.offload_params) {
-    return "PEFT v0.2.0 + DeepSpeed 0.8 ZeRO-3 offload at world size 1: modelled are the "
-           "5e8-element fp32 ipg bucket (stage3.py), the gathered layers, the head's fetch "
-           "(full weight plus its host partition copied to the device, partition_parameters.py "
-           "all_gather_coalesced) and the activations; the rest (4.8 GiB) is not found in "
-           "DeepSpeed 0.8.1's fetch/release path (stage3_max_reuse_distance 1e9 releases every "
-           "bloom layer before its backward); the README's \"18.1GB\" may also be MiB-based "
-           "(17.7 GiB)";
-  }
-  if (!has(url, "peft/blob/main/docs/source/accelerate/"))
-    return "";
-  if (s.finetune == FinetuneMode::kLora && p.method == Method::kFsdp) {
-    return "fsdp.md gives 72-80 GB and says the rise to 80 comes when the FULL_STATE_DICT is "
-           "gathered for saving, which is not simulated; the training figure is 72 GB";
-  }
-  if (s.finetune == FinetuneMode::kLora && p.method == Method::kZero3) {
-    return "nvidia-smi screenshot on 8 x H100: the CUDA context (catalog 400 MiB, lazy loading) "
-           "and NCCL's buffers (688 MB per communicator from A100 measurements; NVLS on H100 "
-           "NVSwitch systems allocates more) are first-order figures; ZeRO-3 runs on "
-           "DeepSpeed's defaults (accelerate's plugin config has no bucket or threshold keys to "
-           "fill: prefetch 5e7, persistence 1e5, max live and reuse 1e9), which keep less than "
-           "1 GiB more gathered than one layer and the next";
-  }
-  if (s.finetune == FinetuneMode::kQlora) {
-    return "the three 70B QLoRA rows miss a near-constant 5.9-7.0 GiB that does not depend on "
-           "where the parameters live (ZeRO-3 or FSDP, offload or not); no source gives a "
-           "breakdown of the nvidia-smi screenshots; candidates: the CUDA context with "
-           "bitsandbytes, flash-attn and cuBLAS kernels loaded, and allocator pools of the "
-           "all-gather streams";
-  }
-  return "";
-}
-
 uint64_t measured_bytes(const std::map<std::string, std::string>& r) {
   auto get = [&](const char* key) {
     auto it = r.find(key);
@@ -851,7 +812,7 @@ ValidationReport validate_csv(const std::string& text, const std::string& file) 
                                               : "") +
           framework_flags(setup) + gpu_note;
       row.error_pct = band_error_pct(row);
-      row.why = known_gap(r, setup);
+      row.why = known_gap(row.source_url, row.model, row.setting, setup);
     } catch (const Skip& s) {
       row.skipped_reason = s.reason;
     } catch (const std::invalid_argument&) {
@@ -944,11 +905,11 @@ std::string validation_json(const ValidationReport& report) {
       o["measured_bytes"] = r.measured_bytes;
       o["estimated_bytes"] = r.estimated_bytes;
       o["error_pct"] = r.error_pct;
-      if (!r.why.empty())
-        o["why"] = r.why;
     } else {
       o["skipped_reason"] = r.skipped_reason;
     }
+    if (r.skipped_reason.empty() && !r.why.empty())
+      o["why"] = r.why;
     rows.push_back(o);
   }
   j["rows"] = rows;

@@ -124,6 +124,31 @@ TEST(Validate, WholeModelCompileRunsTheLossEagerly) {
   EXPECT_NE(setting.find("ckpt qlora compile"), std::string::npos) << setting;
 }
 
+TEST(Validate, ARegisteredGapIsShownWithItsRowOnly) {
+  // torchtune 5cbc1967b's README row for 7B_full on "4" GPUs: the reason is
+  // registered for that source, model and setting (src/validate/known_gaps.cc).
+  auto row = [](const std::string& commit, const std::string& ranks) {
+    return "https://github.com/pytorch/torchtune/blob/" + commit +
+           "/README.md,meta-llama/Llama-2-7b-hf,A100,fsdp," + ranks +
+           ",1,bf16 (pure),AdamW,2,\"<=512 (alpaca, unpacked)\",on,full,,torchtune SDPA,"
+           "torch.cuda.max_memory_reserved (GB 1e9),11.19,confidence=high\n";
+  };
+  ValidationReport r = validate_csv(
+      std::string(kHeader) + row("5cbc1967b", "4") + row("5cbc1967b", "8") + row("0217d44c2", "4"),
+      "t.csv");
+  ASSERT_EQ(r.rows.size(), 3u);
+  for (const ValidationRow& v : r.rows)
+    ASSERT_TRUE(v.skipped_reason.empty()) << v.skipped_reason;
+  EXPECT_EQ(r.rows[0].setting, "torchtune bf16 b2 s512 ckpt fsdp dp4");
+  EXPECT_NE(r.rows[0].why.find("probably on an 8-GPU node"), std::string::npos) << r.rows[0].why;
+  EXPECT_EQ(r.rows[1].why, "");  // another setting
+  EXPECT_EQ(r.rows[2].why, "");  // another source
+  nlohmann::json j = nlohmann::json::parse(validation_json(r));
+  EXPECT_EQ(j["rows"][0]["why"], r.rows[0].why);
+  EXPECT_FALSE(j["rows"][1].contains("why"));
+  EXPECT_NE(validation_table(r).find("    why: the bf16 model states"), std::string::npos);
+}
+
 TEST(Validate, AlpacaRowsCappedAtMaxSeqLenAreComparedAtTheCap) {
   auto row = [](const std::string& url, const std::string& seq) {
     return url + ",openai-community/gpt2,A100 80GB,single,1,1,bf16 (pure),AdamW,2,\"" + seq +
