@@ -57,6 +57,7 @@ function syncVisibility() {
   $('quant-field').style.visibility = ft === 'qlora' ? 'visible' : 'hidden';
   $('gpu').disabled = form.elements.gpu_mem.value !== '';
   $('torchtune-fields').hidden = form.elements.framework.value !== 'torchtune';
+  $('hf-fields').hidden = form.elements.framework.value !== 'hf';
 }
 
 /// torchtune and LitGPT train in pure bf16 with SDPA: picking one sets those
@@ -102,6 +103,7 @@ function buildRequest() {
   if (f.framework.value === 'torchtune') {
     for (const k of kTorchtuneFlags) if (f[k].checked) r[k] = true;
   }
+  if (f.framework.value === 'hf' && f.liger.checked) r.liger = true;
   const ft = radio('finetune');
   if (ft !== 'full') {
     r.lora_rank = Number(f.lora_rank.value);
@@ -136,7 +138,7 @@ function applyQuery() {
       if (![...f.model.options].some((o) => o.value === v)) f.model.add(new Option(v, v));
       f.model.value = v;
       setRadio('model_source', 'catalog');
-    } else if (k === 'grad_ckpt' || kTorchtuneFlags.includes(k)) {
+    } else if (k === 'grad_ckpt' || k === 'liger' || kTorchtuneFlags.includes(k)) {
       f[k].checked = v !== 'false' && v !== '0';
     } else if (k === 'lora_rank') {
       f.lora_rank.value = v;

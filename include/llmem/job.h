@@ -222,6 +222,12 @@ struct FrameworkSetup {
   /// ran the loss eagerly.
   bool compile = false;
   bool compile_loss = false;
+  /// Hugging Face Trainer use_liger_kernel=True (TRL SFTConfig the same):
+  /// Liger's kernels patched into the model (liger_kernel v0.6.4
+  /// monkey_patch.py, with each model type's defaults): RMSNorm, RoPE,
+  /// SwiGLU/GeGLU and the fused linear cross-entropy, which never
+  /// materializes the logits (docs/frameworks.md, "Liger").
+  bool liger = false;
 };
 
 struct TrainingSetup {

@@ -44,7 +44,7 @@ const std::vector<std::string>& all_keys() {
       "batch", "seq", "grad_accum", "precision", "optimizer", "attention", "grad_ckpt", "ckpt_mode",
       "dropout", "freeze_layers", "freeze_embeddings", "framework", "recipe", "optimizer_in_bwd",
       "activation_offload", "paged_optimizer", "output_chunks", "lm_head_chunk", "sdpa_mask",
-      "packed", "compile",
+      "packed", "compile", "liger",
       // LoRA / QLoRA
       "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_dtype", "quant",
       "quant_compute", "no_double_quant", "quant_block", "no_prepare_kbit",
@@ -550,6 +550,12 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
       f.fail("compile", "torch.compile is modelled for --framework torchtune (compile=True)");
     s->fw.compile = true;
     s->fw.compile_loss = true;
+  }
+  if (f.boolean("liger", false)) {
+    if (s->framework != Framework::kHf)
+      f.fail("liger",
+             "Liger kernels are modelled for --framework hf (the Trainer's use_liger_kernel)");
+    s->fw.liger = true;
   }
   if (f.boolean("sdpa_mask", false))
     s->fw.sdpa_attn_mask = true;

@@ -79,6 +79,16 @@ bool half(Precision p) {
 // The layouts the framework profiles' training loops can run.
 void check_framework_layout(const TrainingSetup& s) {
   const ParallelSetup& p = s.parallel;
+  if (s.fw.liger && (p.tp > 1 || p.pp > 1 || p.method == Method::kGemini ||
+                     p.method == Method::kMegatron || p.method == Method::kColossal1d)) {
+    // Liger patches Transformers modules for the Trainer (DDP, DeepSpeed,
+    // FSDP); its fused linear cross-entropy needs the whole head weight.
+    throw Error("--liger", "",
+                "Liger kernels run under the Hugging Face Trainer's data-parallel methods "
+                "(ddp, zero1-3, fsdp), not " +
+                    std::string(method_name(p.method)) +
+                    (p.tp > 1 || p.pp > 1 ? " with --tp/--pp" : ""));
+  }
   if (s.framework == Framework::kHf)
     return;
   std::string fw(framework_name(s.framework));

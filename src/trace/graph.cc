@@ -292,7 +292,16 @@ void Graph::run_backward(size_t begin) {
         for (uint32_t i = 0; i < node.num_inputs; ++i) {
           Tid in = node_tids_[node.tids + i];
           const Tensor& t = tensors_[static_cast<size_t>(in)];
-          Tid g = new_tensor(t.numel, t.elem, Component::kTemporaries);
+          Tid g;
+          if (node.grad_source == GradSource::kSaved && i < node.num_saved) {
+            g = node_tids_[node.tids + node.num_inputs + i];
+            retain(g);
+          } else if (node.grad_source == GradSource::kOutputGrad && i == 0) {
+            g = out_grad;
+            retain(g);
+          } else {
+            g = new_tensor(t.numel, t.elem, Component::kTemporaries);
+          }
           accumulate(in, g);
         }
         if (temp != kNone)

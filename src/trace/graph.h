@@ -24,6 +24,20 @@ inline constexpr Tid kNone = -1;
 /// heads into one batch dimension as a view).
 enum class Layout : uint8_t { kContiguous, kBshd };
 
+/// Where a node's backward gets its inputs' gradients.
+enum class GradSource : uint8_t {
+  /// Allocated by the backward (autograd's default).
+  kNew,
+  /// The node's i-th saved tensor is input i's gradient, written in place or
+  /// computed in forward: Liger's SwiGLU backward writes da and db into the
+  /// saved a and b; its fused linear cross-entropy computes both gradients
+  /// during forward and saves them.
+  kSaved,
+  /// The first input's gradient is the output's, overwritten in place
+  /// (Liger's RMSNorm with in_place=True writes dX into dY).
+  kOutputGrad,
+};
+
 struct Event {
   int32_t tensor;
   bool alloc;
@@ -90,6 +104,14 @@ class Graph {
          std::initializer_list<Tid> saved, Component c = Component::kActivations,
          std::initializer_list<std::pair<int64_t, int>> saved_new = {}, int64_t backward_temp = 0,
          bool save_output = false);
+
+  /// How the backward of the node that produced `out` (the latest op) gets
+  /// its inputs' gradients; kNew unless set. With kSaved the op's `saved`
+  /// list holds exactly one tensor per input that requires grad, in order.
+  void set_grad_source(Tid out, GradSource src) {
+    if (!nodes_.empty() && nodes_.back().output == out)
+      nodes_.back().grad_source = src;
+  }
 
   /// Marks where one backward call would end when several forwards share one
   /// simulated backward (pipeline micro-batches): gradients arriving on the
@@ -158,6 +180,7 @@ class Graph {
     int32_t checkpoint = -1;  // index into checkpoints_
     bool offloaded = false;   // the checkpoint input lives on the CPU
     bool boundary = false;    // pass_boundary(): no op, ends a backward pass
+    GradSource grad_source = GradSource::kNew;
   };
 
   Node new_node() const;  // in the current layer, its tensors to be pushed next

@@ -296,6 +296,26 @@ class Program {
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
+    if (s.fw.liger) {
+      // liger_kernel.transformers.monkey_patch (v0.6.4)
+      // MODEL_TYPE_TO_APPLY_LIGER_FN, which the Trainer's use_liger_kernel
+      // calls (_apply_liger_kernel_to_instance); other model types only get
+      // a warning there.
+      static const char* const kLiger[] = {"llama", "mistral", "mixtral", "qwen2",
+                                           "qwen3", "phi3",    "gemma",   "gemma2"};
+      liger_ = std::find(std::begin(kLiger), std::end(kLiger), m.family) != std::end(kLiger) &&
+               style_ == Style::kLlama;
+      out->notes.push_back(
+          liger_ ? "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and "
+                   "fp32 rstd and writes dX into dY; RoPE rotates q and k in place; "
+                   "SwiGLU/GeGLU saves gate and up and writes their gradients into them; the "
+                   "fused linear cross-entropy never materializes the logits" +
+                       std::string(m.family == "mixtral"
+                                       ? " (the experts' MLPs are traced with eager rules)"
+                                       : "")
+                 : "Liger has no kernels for model type \"" + m.family +
+                       "\" (liger_kernel v0.6.4): traced without them, as the Trainer runs it");
+    }
   }
 
   void setup() {
@@ -698,6 +718,11 @@ class Program {
   /// the framework profile's logits slices in logit_chunks_).
   Tid loss_and_logits(Tid out, Tid labels) {
     Tid loss;
+    if (liger_loss_ != kNone) {
+      loss = liger_loss_;
+      liger_loss_ = kNone;
+      return loss;
+    }
     if (out == kNone) {
       loss = chunked_loss(g_, logit_chunks_, s_.batch, s_.seq, m_.vocab_size, s_.fw);
       if (s_.fw.logits_outlive_step) {
@@ -1477,6 +1502,17 @@ class Program {
   /// x * rsqrt(variance + eps); weight * x.to(input_dtype).
   Tid rms_norm(Tid x, const std::string& name, bool gemma_style, int64_t dim) {
     int64_t rows = g_.numel(x) / dim;
+    if (liger_) {
+      // LigerRMSNormFunction (ops/rms_norm.py): Y in X's dtype, fp32 RSTD per
+      // row; saves X, W and RSTD. With in_place (LigerRMSNorm's default; off
+      // for Gemma-2, LigerRMSNormForGemma2) backward writes dX into dY.
+      Param& w = param(name, ".weight");
+      Tid y =
+          g_.op(g_.numel(x), g_.elem(x), {x, w.id}, {x}, Component::kActivations, {{rows, kF32}});
+      if (m_.family != "gemma2")
+        g_.set_grad_source(y, GradSource::kOutputGrad);
+      return y;
+    }
     if (compiled_) {
       // One fused kernel. The mean of squares is a reduction whose output is
       // far smaller than its input, so the partitioner bans recomputing it and
@@ -1586,7 +1622,15 @@ class Program {
       g_.retain(t);
       return t;
     }
-    if (compiled_) {
+    if (liger_ && !liger_rope_copies_) {
+      // LigerRopeFunction (ops/rope.py): q.transpose(1, 2) is the projection's
+      // own [b, s, heads, d] memory, so .contiguous() is a no-op and the
+      // kernel rotates it in place; backward rotates dq in place. It saves
+      // only cos and sin.
+      g_.retain(t);
+      return t;
+    }
+    if (compiled_ || liger_) {
       // Pointwise in t with cos/sin as constants: one kernel, and its
       // backward needs only cos and sin (alive as the layer's inputs).
       Tid y = g_.op(g_.numel(t), promote(g_.elem(t), g_.elem(cos_)), {t, cos_, sin_}, {});
@@ -1831,11 +1875,23 @@ class Program {
     if (find_param(p + "gate_up_proj.weight") != nullptr) {
       Tid gu = linear(x, p + "gate_up_proj", h, 2 * inter);
       Tid gate = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});  // chunk view (grad: full size)
+      if (liger_) {
+        // LigerPhi3SwiGLUMLP: gate_up_proj(x).chunk(2, -1) into the kernel.
+        Tid up = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});
+        g_.release(gu);
+        return liger_glu_down(gate, up, p + down_name, inter);
+      }
       Tid act = activation(gate, mlp.activation);
       g_.release(gate);
       Tid up = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});
       g_.release(gu);
       return product_down(up, act, p + down_name, inter);
+    }
+    if (liger_ && std::string(gate_name) == "gate_proj") {
+      // LigerSwiGLUMLP / LigerGEGLUMLP: down_proj(kernel(gate_proj(x), up_proj(x))).
+      Tid gate = linear(x, p + gate_name, h, inter);
+      Tid up = linear(x, p + up_name, h, inter);
+      return liger_glu_down(gate, up, p + down_name, inter);
     }
     if (compiled_) {
       // act(gate) * up is one pointwise kernel fed by two matmul outputs the
@@ -1851,6 +1907,94 @@ class Program {
     g_.release(gate);
     Tid up = linear(x, p + up_name, h, inter);
     return product_down(act, up, p + down_name, inter);
+  }
+
+  /// Liger's fused linear cross-entropy (liger_kernel v0.6.4:
+  /// transformers/model/loss_utils.py LigerForCausalLMLoss, then
+  /// ops/fused_linear_cross_entropy.py). The labels are padded and shifted (an
+  /// int64 copy); forward allocates grad_input (zeros_like the hidden states),
+  /// grad_weight (zeros_like the head weight, when it is trained) and an fp32
+  /// per-token loss, then walks the tokens in chunks of
+  /// next_pow2(ceil(BT / ceil(V / H))) rows: logits of one chunk (the CE kernel
+  /// turns them into their gradient in place), the chunk's grad_input as a
+  /// temporary copied into place, and for grad_weight mm(grad_logits.t(),
+  /// input).float() added into it (v0.6.2+, PR #830: a [V, H] product and its
+  /// fp32 copy for a moment). Backward hands the two saved gradients over.
+  Tid liger_linear_cross_entropy(Tid hn, const std::string& head, int64_t in) {
+    g_.set_phase(Phase::kLoss);
+    Param& w = param(head, ".weight");
+    int64_t bt = g_.numel(hn) / in;
+    int64_t v = m_.vocab_size;
+    Tid padded = g_.leaf(s_.batch * (s_.seq + 1), kI64, Component::kLogitsLoss, false);
+    Tid shifted = g_.leaf(tokens_, kI64, Component::kLogitsLoss, false);
+    g_.release(padded);
+    bool train_head = g_.requires_grad(w.id);
+    Tid gi = g_.leaf(g_.numel(hn), g_.elem(hn), Component::kLogitsLoss, false);
+    Tid gw = train_head && g_.requires_grad(hn)
+                 ? g_.leaf(g_.numel(w.id), g_.elem(w.id), Component::kGradients, false)
+                 : kNone;
+    Tid loss_1d = g_.leaf(bt, kF32, Component::kLogitsLoss, false);
+    Tid mask = g_.leaf(bt, 1, Component::kLogitsLoss, false);     // target != ignore_index
+    Tid count = g_.leaf(1, kI64, Component::kLogitsLoss, false);  // .sum().item()
+    g_.release(count);
+    int64_t inc = (v + in - 1) / in;
+    int64_t rows = (bt + inc - 1) / inc;
+    int64_t chunk = 1;
+    while (chunk < rows)
+      chunk *= 2;
+    int me = autocast_ ? ae_ : promote(g_.elem(hn), g_.elem(w.id));
+    Tid wc = autocast_ ? autocast_weight(w) : (g_.retain(w.id), w.id);
+    bool was = g_.grad_enabled();
+    g_.set_grad_enabled(false);  // inside autograd.Function.forward
+    for (int64_t start = 0; start < bt; start += chunk) {
+      int64_t n = std::min(chunk, bt - start);
+      // _input_chunk is a view; autocast casts it for each matmul.
+      Tid xc = me != g_.elem(hn) ? g_.op(n * in, me, {hn}, {}, Component::kTemporaries) : kNone;
+      Tid logits = g_.op(n * v, me, {}, {}, Component::kLogitsLoss);
+      Tid gic = g_.op(n * in, me, {logits, wc}, {}, Component::kTemporaries);
+      g_.release(gic);  // copied into grad_input[start:end]
+      if (g_.requires_grad(hn) && gw != kNone) {
+        Tid xc2 = me != g_.elem(hn) ? g_.op(n * in, me, {hn}, {}, Component::kTemporaries) : kNone;
+        Tid mm = g_.op(v * in, me, {logits}, {}, Component::kTemporaries);
+        if (xc2 != kNone)
+          g_.release(xc2);
+        Tid f = me != kF32 ? g_.op(v * in, kF32, {mm}, {}, Component::kTemporaries) : kNone;
+        g_.release(mm);
+        if (f != kNone)
+          g_.release(f);  // grad_weight += ... in place
+      }
+      g_.release(logits);
+      if (xc != kNone)
+        g_.release(xc);
+    }
+    g_.set_grad_enabled(was);
+    g_.release(mask);
+    g_.release(wc);
+    g_.release(shifted);
+    // loss = torch.sum(loss_1d), then / num_items_in_batch (the Trainer's).
+    Tid loss =
+        g_.op(1, kF32, {hn, w.id}, {g_.requires_grad(hn) ? gi : kNone, gw}, Component::kLogitsLoss);
+    g_.set_grad_source(loss, GradSource::kSaved);
+    g_.release(loss_1d);
+    g_.release(gi);
+    if (gw != kNone)
+      g_.release(gw);
+    Tid scaled = plain(loss);
+    g_.release(loss);
+    return scaled;
+  }
+
+  /// Liger's LigerSiLUMulFunction / LigerGELUMulFunction (ops/swiglu.py,
+  /// ops/geglu.py): c = act(a) * b in one kernel, saving a and b; backward
+  /// writes da and db into them. Then down(c); consumes a and b.
+  Tid liger_glu_down(Tid a, Tid b, const std::string& down_name, int64_t inter) {
+    Tid c = g_.op(g_.numel(a), g_.elem(a), {a, b}, {a, b});
+    g_.set_grad_source(c, GradSource::kSaved);
+    g_.release(a);
+    g_.release(b);
+    Tid down = linear(c, down_name, inter, m_.hidden_size);
+    g_.release(c);
+    return down;
   }
 
   /// The gated MLP's tail: down(a * b); consumes a and b.
@@ -1975,6 +2119,15 @@ class Program {
   /// fuses the norms, rotary embedding and gated activation, and its
   /// partitioner keeps only what backward must read (docs/frameworks.md).
   bool compiled_ = false;
+  /// Liger kernels patched into the model (fw.liger on a model type Liger
+  /// supports): its RMSNorm, RoPE, SwiGLU/GeGLU and fused linear
+  /// cross-entropy replace the eager ops (docs/frameworks.md, "Liger").
+  bool liger_ = false;
+  /// Liger RoPE on q/k that are slices of a fused qkv projection (Phi-3):
+  /// transpose(1, 2).contiguous() copies them before the in-place kernel.
+  bool liger_rope_copies_ = false;
+  /// The loss Liger's fused linear cross-entropy computed in the head.
+  Tid liger_loss_ = kNone;
   /// The model has an output head of its own (not tied to the embedding).
   bool untied_head_ = false;
   bool cuda_ = true;
@@ -2473,6 +2626,15 @@ Tid Program::forward(Tid ids) {
     release_shared();
   // lm_head: a Linear (tied to the embedding when the config ties them).
   std::string head = style_ == Style::kGeneric ? names_.lm_head : "lm_head";
+  if (liger_) {
+    // Liger's lce_forward: in training with labels the logits are skipped and
+    // LigerForCausalLMLoss runs on the final hidden states.
+    gather_unit(head_unit());
+    liger_loss_ = liger_linear_cross_entropy(hn, head, ew);
+    reshard_unit(head_unit());
+    g_.release(hn);
+    return kNone;
+  }
   if ((s_.fw.output_chunks > 0 || s_.fw.lm_head_chunk_tokens > 0) && !litgpt_full()) {
     // torchtune chunked_output / LitGPT lm_head_chunk_size: the head on slices.
     gather_unit(head_unit());
@@ -2557,6 +2719,7 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
     g_.set_layout(q, Layout::kBshd);
     g_.set_layout(k, Layout::kBshd);
   }
+  liger_rope_copies_ = fused != kNone;
   Tid qe = rope(q, a);
   g_.release(q);
   Tid ke = rope(k, a);

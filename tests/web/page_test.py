@@ -151,6 +151,13 @@ def main():
                        ["--model", "meta-llama/Llama-3.2-3B", "--framework", "torchtune",
                         "--precision", "bf16", "--attention", "sdpa", "--optimizer", "adamw",
                         "--batch", "2", "--seq", "2048", "--grad-ckpt", "--compile", "--packed"])
+            check_case(server, out_dir, profile, "liger-lora-qwen2-h100",
+                       {"model": "Qwen/Qwen2.5-7B", "gpu": "H100-80GB", "attention": "sdpa",
+                        "batch": "4", "seq": "2048", "grad_ckpt": "true", "lora_rank": "16",
+                        "liger": "true"},
+                       ["--model", "Qwen/Qwen2.5-7B", "--gpu", "H100-80GB", "--attention",
+                        "sdpa", "--batch", "4", "--seq", "2048", "--grad-ckpt", "--lora-rank",
+                        "16", "--liger"])
             check_error(server, profile)
             check_report(server, out_dir, profile)
     finally:

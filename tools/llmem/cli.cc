@@ -192,6 +192,9 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.flag("--compile",
            "torchtune compile=True: per-layer torch.compile and a compiled loss (inductor's "
            "partitioner decides what is saved)");
+  est.flag("--liger",
+           "Hugging Face Trainer use_liger_kernel: Liger's RMSNorm, RoPE, SwiGLU and fused "
+           "linear cross-entropy (no logits)");
   est.flag("--activation-offload", "torchtune enable_activation_offloading (needs --grad-ckpt)");
   est.flag("--paged-optimizer", "bitsandbytes paged optimizer: states outside the allocator");
   est.flag("--sdpa-mask",

@@ -328,6 +328,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"sdpa_mask", true},
                  {"packed", false},
                  {"compile", false},
+                 {"liger", false},
                  {"output_chunks", 0},
                  {"lm_head_chunk", 0}};
   for (const std::string& key : request_keys()) {
@@ -448,6 +449,9 @@ TEST(Request, Conflicts) {
                "key 'quant': QLoRA trains LoRA adapters: give lora_rank too");
   EXPECT_ERROR(base({{"ckpt_mode", "reentrant"}}), "key 'ckpt_mode': has no effect without");
   EXPECT_ERROR(base({{"gpu", "RTX4090"}, {"gpu_mem", 24}}), "give gpu or gpu_mem, not both");
+  EXPECT_ERROR(base({{"framework", "torchtune"}, {"liger", true}}),
+               "key 'liger': Liger kernels are modelled for --framework hf");
+  EXPECT_TRUE(parse_request(base({{"liger", true}}).dump()).setup.fw.liger);
   EXPECT_ERROR(base({{"lora", {{"r", 8}}}, {"lora_rank", 4}}),
                "key 'lora_rank': give either lora (a LoraConfig) or lora_rank, not both");
 }

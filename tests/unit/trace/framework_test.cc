@@ -458,6 +458,67 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   EXPECT_EQ(max_live_in_steps(layers_only.events, Component::kLogitsLoss), loss_peak(false));
 }
 
+// Liger kernels (docs/frameworks.md, "Liger"): each RMSNorm keeps its input
+// (2Th in bf16) and the fp32 rstd where the eager one keeps an fp32 copy (4Th)
+// and the bf16 normalized value (2Th); SwiGLU keeps gate, up and (for
+// down_proj) the product, not act(gate) too. Per layer 2·4Th + 2TI bytes
+// fewer, and 4Th for the final norm; RoPE in place adds nothing.
+TEST(Framework, LigerLayersKeepWhatTheirKernelsSave) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // 16 layers, h 2048, I 8192
+  TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kFull, 1, 128);
+  s.precision = Precision::kBf16;
+  auto activations_after_forward = [&](bool liger) {
+    s.fw.liger = liger;
+    trace::TraceResult t = trace::build_trace(m, s);
+    int64_t live = 0;
+    for (const trace::Event& e : t.events) {
+      if (e.step == 1 && e.phase == Phase::kLoss)
+        return live;
+      if (e.step == 1 && e.component == Component::kActivations)
+        live += e.alloc ? e.bytes : -e.bytes;
+    }
+    return live;
+  };
+  int64_t eager = activations_after_forward(false);
+  int64_t liger = activations_after_forward(true);
+  int64_t t = s.batch * s.seq;
+  int64_t h = m.hidden_size;
+  int64_t inter = m.layers.front().mlp.intermediate_size;
+  // Plus the eager head's bf16 logits (2TV), made in forward; Liger makes none.
+  EXPECT_EQ(eager - liger,
+            m.num_layers * (2 * 4 * t * h + 2 * t * inter) + 4 * t * h + 2 * t * m.vocab_size);
+}
+
+// The fused linear cross-entropy never materializes the logits: the widest
+// loss tensor is one chunk of next_pow2(ceil(T / ceil(V / H))) rows of
+// logits; training the head adds grad_weight and, for a moment per chunk,
+// mm(...) and its fp32 copy ([V, H] each). Backward allocates no gradient
+// for the hidden states or the head: both were computed in forward.
+TEST(Framework, LigerFusedLinearCrossEntropyKeepsOneChunkOfLogits) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");  // V 128256, h 2048, tied head
+  TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kLora, 2, 256);
+  s.precision = Precision::kBf16;
+  s.fw.liger = true;
+  int64_t t = s.batch * s.seq;
+  int64_t v = m.vocab_size;
+  int64_t h = m.hidden_size;
+  int64_t inc = (v + h - 1) / h;  // 63
+  int64_t chunk = 16;             // next_pow2(ceil(512 / 63) = 9)
+  ASSERT_EQ(inc, 63);
+  trace::TraceResult lora = trace::build_trace(m, s);
+  EXPECT_EQ(widest(lora, Component::kLogitsLoss), chunk * v * kBf16);
+  // Live at once in the loss: the labels (padded int64 freed before the rest),
+  // grad_input (2Th), the fp32 per-token loss and bool mask, one chunk of
+  // logits and the chunk's grad_input temporary.
+  int64_t loss_live = 8 * t + 2 * t * h + 4 * t + t + chunk * v * kBf16;
+  EXPECT_NEAR(static_cast<double>(max_live_in_steps(lora.events, Component::kLogitsLoss)),
+              static_cast<double>(loss_live), 64);
+  s.finetune = FinetuneMode::kFull;
+  trace::TraceResult full = trace::build_trace(m, s);
+  EXPECT_EQ(widest(full, Component::kTemporaries), 4 * v * h);  // mm(...).float()
+  EXPECT_EQ(widest(full, Component::kLogitsLoss), chunk * v * kBf16);
+}
+
 std::string recipe(const char* name) {
   return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
 }

@@ -42,6 +42,62 @@ TEST(Graph, LinearKeepsItsInputOnlyWhenTheWeightNeedsAGradient) {
   EXPECT_EQ(live_bytes(ev), 400);
 }
 
+TEST(Graph, GradientsComputedInForwardAreHandedOverWithoutAllocation) {
+  // Liger's fused linear cross-entropy: forward allocates the input's and the
+  // weight's gradients and saves them; backward allocates nothing.
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(100, 4, Component::kParameters, true);  // 400 B
+  Tid x0 = g.leaf(10, 4, Component::kInputs, true);      // 40 B
+  Tid x = g.op(10, 4, {x0}, {});                         // 40 B, its backward needs nothing
+  Tid gx = g.leaf(10, 4, Component::kLogitsLoss, false);
+  Tid gw = g.leaf(100, 4, Component::kGradients, false);
+  Tid loss = g.op(1, 4, {x, w}, {gx, gw});
+  g.set_grad_source(loss, GradSource::kSaved);
+  g.release(gx);
+  g.release(gw);
+  g.release(x);
+  EXPECT_EQ(live_bytes(ev), 400 + 40 + 40 + 400 + 4);
+  size_t before = ev.size();
+  g.backward(loss);
+  g.release(loss);
+  // Allocated: the seed (4 B), then x0's gradient (40 B) in x's node; the
+  // saved gradients became w's .grad and x's gradient.
+  int64_t allocated = 0;
+  for (size_t i = before; i < ev.size(); ++i)
+    allocated += ev[i].alloc && ev[i].component != Component::kGradients ? ev[i].bytes : 0;
+  EXPECT_EQ(allocated, 4 + 40);
+  // Peak in x's node: w, x0, gx (x's gradient), gw (w's .grad), the loss and
+  // x0's new gradient.
+  EXPECT_EQ(peak_live(ev), 400 + 40 + 40 + 400 + 4 + 40);
+  EXPECT_NE(g.grad(w), kNone);
+  EXPECT_NE(g.grad(x0), kNone);
+  EXPECT_EQ(live_bytes(ev), 400 + 40 + 400 + 40);  // w, x0 and their .grad
+}
+
+TEST(Graph, AnInPlaceBackwardReusesTheOutputGradient) {
+  // Liger's RMSNorm (in_place): dX is written into dY.
+  auto run = [](GradSource src) {
+    std::vector<Event> ev;
+    Graph g(&ev);
+    Tid x0 = g.leaf(10, 4, Component::kInputs, true);  // 40 B
+    Tid x = g.op(10, 4, {x0}, {});
+    Tid y = g.op(10, 4, {x}, {x});
+    g.set_grad_source(y, src);
+    g.release(x);
+    Tid loss = g.op(1, 4, {y}, {});
+    g.release(y);
+    g.backward(loss);
+    g.release(loss);
+    return peak_live(ev);
+  };
+  // Default: in y's backward its gradient, x's new gradient, the saved x, x0
+  // and the loss (4 B). In place there is no new gradient there, and the peak
+  // moves to the loss's backward: x0, x, y's gradient, the loss and the seed.
+  EXPECT_EQ(run(GradSource::kNew), 4 * 40 + 4);
+  EXPECT_EQ(run(GradSource::kOutputGrad), 3 * 40 + 4 + 4);
+}
+
 TEST(Graph, FrozenWeightSavesNothingWithoutInputGradient) {
   std::vector<Event> ev;
   Graph g(&ev);
