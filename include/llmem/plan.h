@@ -83,6 +83,8 @@ struct PlanCandidate {
   /// Megatron with tp > 1 on a model where it is modelled: sequence
   /// parallelism on (it only lowers memory; the communication volume is the same).
   bool sequence_parallel = false;
+  /// Hugging Face Trainer use_liger_kernel (TrainingSetup::fw.liger).
+  bool liger = false;
   int64_t micro_batch = 0;      ///< chosen (0 when nothing fits)
   int64_t max_micro_batch = 0;  ///< largest that fits (0 when even 1 does not)
   int64_t grad_accum = 1;       ///< micro-batches per optimizer step at `micro_batch`
@@ -113,6 +115,10 @@ struct PlanRequest {
   /// Also Megatron's interleaved 1F1B with 2 model chunks per rank, for each
   /// megatron pipeline whose layers split into 2·pp equal virtual stages.
   bool allow_interleaved = false;
+  /// Also Liger's kernels (hf, on model types Liger patches, data-parallel
+  /// layouts): each family with and without them. base.fw.liger instead
+  /// runs every candidate with them.
+  bool allow_liger = false;
   bool colossalai = false;  ///< the paper's framework: Gemini and its 1D TP, fp16, ckpt
   /// `base` came from a torchtune or LitGPT recipe: its fine-tuning mode and
   /// checkpointing are kept (allow adds to them), and only the layouts the

@@ -857,7 +857,7 @@ const std::vector<std::string>& plan_request_keys() {
       "global_batch", "dataset_tokens", "methods",   "allow",           "margin",    "top",
       "max_seq",      "min_gpus",       "paper",     "paper_literal",   "framework", "precision",
       "optimizer",    "attention",      "lora_rank", "max_micro_batch", "max_pp",    "efficiency",
-      "recipe"};
+      "recipe",       "liger"};
   return kKeys;
 }
 
@@ -911,13 +911,21 @@ PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& o
   } catch (...) {
     c.restyle();
   }
-  for (const std::string& a : f.names("allow", "lora, qlora, ckpt, offload or interleaved")) {
-    size_t k = f.choose("allow", a, {"lora", "qlora", "ckpt", "offload", "interleaved"});
+  for (const std::string& a :
+       f.names("allow", "lora, qlora, ckpt, offload, interleaved or liger")) {
+    size_t k = f.choose("allow", a, {"lora", "qlora", "ckpt", "offload", "interleaved", "liger"});
     (k == 0   ? r.allow_lora
      : k == 1 ? r.allow_qlora
      : k == 2 ? r.allow_ckpt
      : k == 3 ? r.allow_offload
-              : r.allow_interleaved) = true;
+     : k == 4 ? r.allow_interleaved
+              : r.allow_liger) = true;
+  }
+  if (f.boolean("liger", false)) {
+    if (!hf || r.colossalai)
+      f.fail("liger",
+             "Liger kernels are modelled for --framework hf (the Trainer's use_liger_kernel)");
+    r.base.fw.liger = true;
   }
   // torchtune and LitGPT keep their own (or the recipe's) precision,
   // optimizer and attention unless the request names them.

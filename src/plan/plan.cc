@@ -18,6 +18,7 @@
 
 #include "estimate/distributed.h"
 #include "plan/plan_internal.h"
+#include "trace/program.h"
 
 namespace llmem {
 namespace {
@@ -42,7 +43,7 @@ struct Probe {
   uint64_t activation = 0;  ///< its allocated peak over forward, loss and backward
 };
 
-using ProbeKey = std::array<int64_t, 12>;
+using ProbeKey = std::array<int64_t, 13>;
 
 /// Micro-batches per step to simulate for the peak. The trace repeats one
 /// micro-step per group of micro-batches in flight (a pipeline stage holds up
@@ -103,6 +104,7 @@ class Searcher {
     else if (s.parallel.schedule == PipelineSchedule::kInterleaved)
       s.parallel.schedule = PipelineSchedule::k1F1B;
     s.parallel.sequence_parallel = c.sequence_parallel;
+    s.fw.liger = c.liger;
     s.peak_only = true;
     s.parallel.gpus_per_node = std::max(1, c.dp * c.tp * c.pp / std::max(1, r.nodes));
     s.parallel.offload_optimizer = c.offload != Offload::kNone;
@@ -124,7 +126,8 @@ class Searcher {
                  batch,
                  r.seq,
                  grad_accum,
-                 r.nodes};
+                 r.nodes,
+                 c.liger ? 1 : 0};
     auto it = memo_.find(key);
     if (it != memo_.end()) {
       ++memo_hits_;
@@ -172,15 +175,20 @@ class Searcher {
   const GpuSpec& gpu_;
   plan_detail::ModelStats stats_;
   EstimateFn estimator_;
-  static std::array<int64_t, 7> slope_key(const PlanCandidate& c) {
+  static std::array<int64_t, 8> slope_key(const PlanCandidate& c) {
     int64_t style = c.method == Method::kMegatron ? 1 : c.method == Method::kColossal1d ? 2 : 0;
-    return {
-        style, c.tp, c.pp, static_cast<int64_t>(c.checkpointing), static_cast<int64_t>(c.finetune),
-        c.dp,  c.vp};
+    return {style,
+            c.tp,
+            c.pp,
+            static_cast<int64_t>(c.checkpointing),
+            static_cast<int64_t>(c.finetune),
+            c.dp,
+            c.vp,
+            c.liger ? 1 : 0};
   }
 
   std::map<ProbeKey, Probe> memo_;
-  std::map<std::array<int64_t, 7>, double> slopes_;
+  std::map<std::array<int64_t, 8>, double> slopes_;
   size_t estimates_ = 0;
   size_t memo_hits_ = 0;
 };
@@ -301,6 +309,10 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
            " layers do not split into pp=" + std::to_string(c.pp) +
            " x vp=" + std::to_string(c.vp) + " virtual stages";
   }
+  if (c.liger && (c.tp > 1 || c.pp > 1 || c.method == Method::kGemini ||
+                  c.method == Method::kMegatron || c.method == Method::kColossal1d)) {
+    return "Liger kernels run under the Hugging Face Trainer's data-parallel methods only";
+  }
   if (c.finetune == FinetuneMode::kQlora && (c.tp > 1 || c.pp > 1)) {
     return "QLoRA under tensor or pipeline parallelism: no framework offers it";
   }
@@ -368,6 +380,17 @@ int64_t grad_accum_for(const PlanRequest& r, const Family& f, int64_t batch) {
   return 1;
 }
 
+/// Every (fine-tuning mode, Liger) pair, modes outermost.
+std::vector<std::pair<FinetuneMode, bool>> combinations(const std::vector<FinetuneMode>& modes,
+                                                        const std::vector<bool>& ligers) {
+  std::vector<std::pair<FinetuneMode, bool>> out;
+  for (FinetuneMode ft : modes) {
+    for (bool liger : ligers)
+      out.emplace_back(ft, liger);
+  }
+  return out;
+}
+
 std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int64_t batch_cap) {
   std::vector<Family> out;
   // torchtune and LitGPT checkpoint without reentrancy (torch.utils.checkpoint
@@ -387,14 +410,24 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
     if (allowed && std::find(modes.begin(), modes.end(), mode) == modes.end())
       modes.push_back(mode);
   }
+  std::vector<bool> ligers{r.base.fw.liger};
+  if (r.allow_liger && !r.base.fw.liger && r.base.framework == Framework::kHf &&
+      trace::liger_patches(model))
+    ligers.push_back(true);
   for (Method m : methods_of(r)) {
     for (const Layout& l : with_virtual_stages(layouts_of(m, r.gpus), m, model, r)) {
       if (r.max_pp > 0 && l.pp > r.max_pp)
         continue;
       for (Offload off : offloads_of(m, r.allow_offload)) {
         for (CheckpointMode ck : ckpts) {
-          for (FinetuneMode ft : modes) {
+          for (auto [ft, liger] : combinations(modes, ligers)) {
+            if (liger &&
+                (l.tp > 1 || l.pp > 1 || m == Method::kGemini || m == Method::kMegatron ||
+                 m == Method::kColossal1d) &&
+                !r.base.fw.liger)
+              continue;  // Liger is tried only where it runs
             Family f;
+            f.c.liger = liger;
             f.c.method = m;
             f.c.dp = l.dp;
             f.c.tp = l.tp;
@@ -739,6 +772,8 @@ std::string candidate_label(const PlanCandidate& c) {
     s += " +offload-opt";
   if (c.offload == Offload::kOptimizerAndParams)
     s += " +offload-all";
+  if (c.liger)
+    s += " +liger";
   return s;
 }
 

@@ -38,6 +38,7 @@ nlohmann::json candidate_json(const PlanCandidate& c) {
   j["pp"] = c.pp;
   j["virtual_stages"] = c.vp;
   j["sequence_parallel"] = c.sequence_parallel;
+  j["liger"] = c.liger;
   j["micro_batch"] = c.micro_batch;
   j["peak_bytes"] = c.peak_bytes;
   j["tokens_per_s"] = c.time.tokens_per_s;

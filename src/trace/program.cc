@@ -297,14 +297,7 @@ class Program {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
     if (s.fw.liger) {
-      // liger_kernel.transformers.monkey_patch (v0.6.4)
-      // MODEL_TYPE_TO_APPLY_LIGER_FN, which the Trainer's use_liger_kernel
-      // calls (_apply_liger_kernel_to_instance); other model types only get
-      // a warning there.
-      static const char* const kLiger[] = {"llama", "mistral", "mixtral", "qwen2",
-                                           "qwen3", "phi3",    "gemma",   "gemma2"};
-      liger_ = std::find(std::begin(kLiger), std::end(kLiger), m.family) != std::end(kLiger) &&
-               style_ == Style::kLlama;
+      liger_ = liger_patches(m);
       out->notes.push_back(
           liger_ ? "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and "
                    "fp32 rstd and writes dX into dY; RoPE rotates q and k in place; "
@@ -3408,6 +3401,16 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
     }
     program.optimizer_step(step == 1);
   }
+}
+
+bool liger_patches(const ModelSpec& m) {
+  // liger_kernel.transformers.monkey_patch (v0.6.4) MODEL_TYPE_TO_APPLY_LIGER_FN,
+  // which the Trainer's use_liger_kernel calls (_apply_liger_kernel_to_instance);
+  // other model types only get a warning there.
+  static const char* const kLiger[] = {"llama", "mistral", "mixtral", "qwen2",
+                                       "qwen3", "phi3",    "gemma",   "gemma2"};
+  return std::find(std::begin(kLiger), std::end(kLiger), m.family) != std::end(kLiger) &&
+         llama_style(m);
 }
 
 bool llama_style(const ModelSpec& m) {

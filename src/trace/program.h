@@ -16,6 +16,10 @@
 
 namespace llmem::trace {
 
+/// Liger (liger_kernel v0.6.4 MODEL_TYPE_TO_APPLY_LIGER_FN) has kernels for
+/// this model's type, and the trace models them (TrainingSetup::fw.liger).
+bool liger_patches(const ModelSpec& m);
+
 struct TraceResult {
   std::vector<Event> events;
   int64_t params = 0;

@@ -47,7 +47,7 @@ PlanCommand::PlanCommand(CLI::App& app) {
   f.option<std::vector<std::string>>(
        "--allow",
        "Also search: lora, qlora, ckpt, offload, interleaved (Megatron, "
-       "2 model chunks per rank)")
+       "2 model chunks per rank), liger (Liger kernels, hf)")
       ->delimiter(',');
   f.option<double>("--margin", "Minimum free memory, percent of capacity (default 5)");
   f.option<int64_t>("--top", "Candidates shown (0: all)");
@@ -68,6 +68,7 @@ PlanCommand::PlanCommand(CLI::App& app) {
                         "eager, sdpa (the kernel PyTorch picks), sdpa-flash, sdpa-efficient, "
                         "sdpa-math, flash_attention_2");
   f.option<int64_t>("--lora-rank", "LoRA rank of the lora and qlora candidates");
+  f.flag("--liger", "hf: every candidate with Liger kernels (the Trainer's use_liger_kernel)");
   f.option<int64_t>("--max-micro-batch", "Largest micro-batch searched");
   f.option<int64_t>("--max-pp", "Most pipeline stages searched (0: no limit)");
   f.option<double>("--efficiency", "Achieved share of the dense tensor-core peak (default 0.5)");

@@ -296,6 +296,51 @@ TEST(Plan, InterleavedFamiliesWhenAllowed) {
   }
 }
 
+TEST(Plan, LigerFamiliesOnDataParallelLayoutsWhenAllowed) {
+  PlanRequest r;
+  r.gpus = 8;
+  r.max_micro_batch = 8;
+  std::vector<TrainingSetup> seen;
+  r.estimator = [&seen](const ModelSpec& m, const TrainingSetup& s, const GpuSpec& g) {
+    seen.push_back(s);
+    return FakeEstimator{}(m, s, g);
+  };
+  r.allow_liger = true;
+  Plan p = plan(llama7b(), r, find_gpu("A100-80GB"));
+  // The 14 families, plus Liger for the 5 data-parallel ones (Megatron
+  // layouts split the head; Liger is not tried there).
+  EXPECT_EQ(p.candidates.size(), 19u);
+  std::set<std::string> labels;
+  for (const PlanCandidate& c : p.candidates) {
+    labels.insert(candidate_label(c));
+    if (c.liger) {
+      EXPECT_EQ(c.tp * c.pp, 1) << candidate_label(c);
+    }
+  }
+  EXPECT_TRUE(labels.count("zero3 dp=8 +liger"));
+  EXPECT_TRUE(labels.count("ddp dp=8 +liger"));
+  bool with = false;
+  for (const TrainingSetup& s : seen)
+    with = with || s.fw.liger;
+  EXPECT_TRUE(with);
+  // A model type Liger has no kernels for: nothing to add.
+  Plan opt = plan(load_model("facebook/opt-1.3b"), r, find_gpu("A100-80GB"));
+  for (const PlanCandidate& c : opt.candidates)
+    EXPECT_FALSE(c.liger) << candidate_label(c);
+  // Every candidate with Liger (base.fw.liger): Megatron layouts are rejected.
+  r.allow_liger = false;
+  r.base.fw.liger = true;
+  Plan all = plan(llama7b(), r, find_gpu("A100-80GB"));
+  EXPECT_EQ(all.candidates.size(), 14u);
+  for (const PlanCandidate& c : all.candidates) {
+    EXPECT_TRUE(c.liger) << candidate_label(c);
+    if (c.method == Method::kMegatron) {
+      EXPECT_FALSE(c.fits);
+      EXPECT_NE(c.rejected_reason.find("Liger"), std::string::npos) << c.rejected_reason;
+    }
+  }
+}
+
 TEST(Plan, RejectionReasons) {
   const GpuSpec& gpu = find_gpu("A100-80GB");
   // Heads not divisible by tp = 3 (32 heads), and 6 GPUs on one 7B model.
