@@ -301,6 +301,12 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
            " layers do not split into pp=" + std::to_string(c.pp) +
            " x vp=" + std::to_string(c.vp) + " virtual stages";
   }
+  if ((c.method == Method::kGemini || c.method == Method::kColossal1d) &&
+      c.finetune != FinetuneMode::kFull) {
+    // ColossalAI gemini_plugin.py: support_lora() is False, enable_lora
+    // raises NotImplementedError (14b0d4c7e through 4f9953be3).
+    return "LoRA with Gemini: ColossalAI's GeminiPlugin does not support LoRA";
+  }
   if (c.finetune == FinetuneMode::kQlora && (c.tp > 1 || c.pp > 1)) {
     return "QLoRA under tensor or pipeline parallelism: no framework offers it";
   }
