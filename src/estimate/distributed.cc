@@ -330,6 +330,21 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
     throw Error("--offload", "",
                 "parameter offload needs sharded parameters (zero3, fsdp or gemini)");
   }
+  if ((p.method == Method::kGemini || p.method == Method::kColossal1d) &&
+      setup.finetune != FinetuneMode::kFull) {
+    // ColossalAI booster/plugin/gemini_plugin.py: support_lora() returns
+    // False and enable_lora raises NotImplementedError (since 14b0d4c7e,
+    // April 2024, through 4f9953be3, April 2026; the paper's d4fb7bf has no
+    // LoRA API), and Booster.enable_lora asserts support_lora(). Frozen
+    // layers and embeddings are modelled (--freeze-layers, --freeze-embeddings).
+    bool q = setup.finetune == FinetuneMode::kQlora;
+    throw Error(q ? "--quant" : "--lora-rank", "",
+                std::string(q ? "QLoRA" : "LoRA") + " with Gemini (--method " +
+                    std::string(method_name(p.method)) +
+                    "): ColossalAI's GeminiPlugin does not support LoRA (gemini_plugin.py: "
+                    "support_lora() is False, enable_lora raises NotImplementedError); use "
+                    "ddp, zero1/2/3 or fsdp");
+  }
   bool tp_method = p.method == Method::kMegatron || p.method == Method::kColossal1d;
   if (p.tp > 1 && !(tp_method || p.method == Method::kDdp || p.method == Method::kZero1 ||
                     p.method == Method::kZero2)) {
@@ -496,11 +511,6 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       r.offload_fetch = trace::OffloadFetch::kLargestParam;
   }
   if (s.finetune == FinetuneMode::kQlora && r.sharded_params()) {
-    if (p.method == Method::kGemini) {
-      throw Error("--quant", "",
-                  "QLoRA with Gemini is not modelled (ColossalAI's chunks hold fp16 weights, not "
-                  "bitsandbytes 4-bit parameters)");
-    }
     // FSDP-QLoRA and ZeRO-3 QLoRA as TRL's SFTTrainer prepares them (trl
     // trainer/sft_trainer.py _prepare_peft_model, is_sharded_qlora): no
     // prepare_model_for_kbit_training (it would cast the norms to fp32 next

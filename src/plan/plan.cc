@@ -313,6 +313,12 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
                   c.method == Method::kMegatron || c.method == Method::kColossal1d)) {
     return "Liger kernels run under the Hugging Face Trainer's data-parallel methods only";
   }
+  if ((c.method == Method::kGemini || c.method == Method::kColossal1d) &&
+      c.finetune != FinetuneMode::kFull) {
+    // ColossalAI gemini_plugin.py: support_lora() is False, enable_lora
+    // raises NotImplementedError (14b0d4c7e through 4f9953be3).
+    return "LoRA with Gemini: ColossalAI's GeminiPlugin does not support LoRA";
+  }
   if (c.finetune == FinetuneMode::kQlora && (c.tp > 1 || c.pp > 1)) {
     return "QLoRA under tensor or pipeline parallelism: no framework offers it";
   }

@@ -68,6 +68,14 @@ int64_t GeminiChunkLayout::in_shard(size_t k, int rank) const {
 
 GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
                                       const GeminiChunkConfig& config) {
+  return gemini_chunk_layout(numel, std::vector<bool>(numel.size(), false), dp, config);
+}
+
+GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel,
+                                      const std::vector<bool>& frozen, int dp,
+                                      const GeminiChunkConfig& config) {
+  if (frozen.size() != numel.size())
+    throw Error("gemini", "", "expected one frozen flag per tensor");
   if (dp < 1)
     throw Error("--dp", "", "Gemini chunks need a data-parallel degree of at least 1");
   if (config.search_interval < 1 || config.search_range_m < 0 || config.min_chunk_size_m < 0)
@@ -79,12 +87,17 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
   }
   GeminiChunkLayout out;
   out.dp = dp;
-  out.numel = numel;
-  if (numel.empty())
+  for (size_t k = 0; k < numel.size(); ++k) {
+    if (!frozen[k])
+      out.numel.push_back(numel[k]);  // what _init_chunks registers
+  }
+  if (out.numel.empty())
     return out;
 
-  // search_chunk_configuration. Every tensor here is in the one data-parallel
-  // group of degree dp (classify_params_by_dp_degree), so the lcm is dp.
+  // search_chunk_configuration over every tensor, frozen ones included (none
+  // is ddp-ignored yet when GeminiDDP.__init__ calls init_chunk_manager).
+  // Every tensor here is in the one data-parallel group of degree dp
+  // (classify_params_by_dp_degree), so the lcm is dp.
   int64_t range = mebi(config.search_range_m);
   int64_t min_chunk = mebi(config.min_chunk_size_m);
   int64_t total = 0;
@@ -92,8 +105,10 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
     total += n;
   // The search tries up to 2^15 sizes over every tensor; a plan asks again
   // for the same model and layout at every micro-batch, so remember a few.
-  using Key = std::tuple<std::vector<int64_t>, int, int64_t, int64_t, int64_t, bool, bool>;
+  using Key = std::tuple<std::vector<int64_t>, std::vector<bool>, int, int64_t, int64_t, int64_t,
+                         bool, bool>;
   Key key{numel,
+          frozen,
           dp,
           range,
           config.search_interval,
@@ -110,7 +125,7 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
   }
   if (total < min_chunk) {
     // "let small parameters keep gathered in CUDA all the time": one chunk
-    // of exactly the total, never sharded.
+    // of exactly the total (frozen tensors included), never sharded.
     out.chunk_size = total;
     out.keep_gathered = true;
   } else {
@@ -152,10 +167,12 @@ GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
   // ChunkManager.register_tensor: append to the last chunk; when it is full
   // (Chunk.append_tensor raises ChunkFullError) open a new one, of the
   // tensor's own size rounded up to dp when the tensor is larger.
-  out.chunk_of.resize(numel.size());
-  out.offset.resize(numel.size());
-  for (size_t k = 0; k < numel.size(); ++k) {
-    int64_t n = numel[k];
+  // Only the tensors that require grad (gemini_ddp.py _init_chunks).
+  const std::vector<int64_t>& chunked = out.numel;
+  out.chunk_of.resize(chunked.size());
+  out.offset.resize(chunked.size());
+  for (size_t k = 0; k < chunked.size(); ++k) {
+    int64_t n = chunked[k];
     if (out.chunks.empty() || out.chunks.back().used + n > out.chunks.back().capacity) {
       GeminiChunk c;
       c.capacity = out.chunk_size;

@@ -8,7 +8,9 @@
 // chunk/manager.py (ChunkManager.register_tensor), chunk/chunk.py (Chunk:
 // shard_size = chunk_size / dp, append_tensor, ChunkFullError) and
 // gemini_optimizer.py (get_range_pair: a rank's optimizer states cover the
-// part of each parameter inside its shard). Every size is an element count:
+// part of each parameter inside its shard), gemini_ddp.py (GeminiDDP.__init__
+// searches before _init_chunks leaves tensors without gradients out of the
+// chunks; the same at ColossalAI 4f9953be3, April 2026). Every size is an element count:
 // ColossalAI's "_byte" and "_mb" names count elements.
 
 #ifndef LLMEM_SRC_TRACE_GEMINI_CHUNKS_H_
@@ -65,6 +67,19 @@ struct GeminiChunkLayout {
 /// model.parameters(), tied tensors once) with `numel` elements each, over
 /// `dp` data-parallel ranks. Throws llmem::Error on dp < 1 or a size < 1.
 GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel, int dp,
+                                      const GeminiChunkConfig& config = {});
+
+/// The same with frozen tensors (`frozen[k]`: tensor k has requires_grad
+/// False). GeminiDDP.__init__ runs the search (init_chunk_manager) before
+/// _init_chunks marks such tensors ddp-ignored, so the search counts every
+/// tensor: the keep_gathered threshold and the gathered chunk's size are the
+/// total of all of them, and their sizes enter the outlier filter, the start
+/// size and the waste. _init_chunks then leaves the frozen tensors out of the
+/// chunks (whole, in the compute dtype, on every rank). The layout's
+/// chunk_of, offset, numel and in_shard() index the chunked (trainable)
+/// tensors only, in order. `frozen` must be as long as `numel`.
+GeminiChunkLayout gemini_chunk_layout(const std::vector<int64_t>& numel,
+                                      const std::vector<bool>& frozen, int dp,
                                       const GeminiChunkConfig& config = {});
 
 }  // namespace llmem::trace

@@ -388,7 +388,8 @@ class Program {
         // cleared), while the local `old_embedding` keeps the old weight alive.
         g_.leaf(t.numel, pe_, Component::kParameters, false);
         p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
-      } else if (r_.sharded_params()) {
+      } else if (r_.sharded_params() && (p.trainable || !r_.gemini_chunks)) {
+        // (Gemini keeps a frozen tensor whole on every rank: the last branch.)
         if (qlora && s_.framework != Framework::kHf) {
           throw Error("--method", "",
                       "QLoRA with sharded parameters is modelled for the Hugging Face profile "
@@ -406,20 +407,29 @@ class Program {
         param_rows_[p.id] = t.shape.empty() ? 1 : t.shape[0];
         layer_shard_numel_[slot] += tensor_shard(p.id, r_.param_shards);
       } else {
+        // Whole on the device. Under Gemini also a frozen tensor with dp > 1:
+        // gemini_ddp.py _init_chunks (ColossalAI d4fb7bf, and 4f9953be3)
+        // marks a parameter without requires_grad ddp-ignored and moves it
+        // to the device in the compute dtype, outside every chunk; the
+        // gemini_hook.py pre_op and the optimizer skip it.
         p.id = g_.leaf(t.numel, qlora ? other_elem : pe_, Component::kParameters, p.trainable);
       }
       params_[t.name] = p;
       set_param_layer(p.id, unit_of(t));
       if (r_.gemini_chunks && p.quantized == 0) {
-        // Gemini registers model.parameters() in module order (tied tensors
-        // once). Forward position: the layer, or the embeddings before the
-        // layers and the other root tensors (final norm, head) after them.
+        // Gemini searches over model.parameters() in module order (tied
+        // tensors once), frozen ones included, and registers the trainable
+        // ones in chunks. Forward position: the layer, or the embeddings
+        // before the layers and the other root tensors (final norm, head)
+        // after them.
+        chunk_search_.emplace_back(t.numel, !p.trainable);
         int pos = t.layer;
         if (pos < 0) {
           bool embed = t.role == TensorRole::kEmbedding || t.role == TensorRole::kPositionEmbedding;
           pos = embed ? -1 : stage_end();
         }
-        chunk_order_.emplace_back(p.id, pos);
+        if (p.trainable)
+          chunk_order_.emplace_back(p.id, pos);
       }
       out_->params += t.numel;
       if (p.trainable) {
@@ -2096,7 +2106,8 @@ class Program {
   std::vector<Tid> param_shard_;  ///< per unit, when gather_frees_shard
   // Gemini chunks (RankPlan::gemini_chunks).
   bool chunked_ = false;
-  std::vector<std::pair<Tid, int>> chunk_order_;  ///< registration order, forward position
+  std::vector<std::pair<Tid, int>> chunk_order_;  ///< chunked tensors: order, forward position
+  std::vector<std::pair<int64_t, bool>> chunk_search_;  ///< every tensor searched: numel, frozen
   GeminiChunkLayout chunks_;
   std::vector<int> chunk_key_;  ///< per chunk: first forward position (gather and release)
   std::vector<Tid> chunk_gathered_;
@@ -2332,22 +2343,35 @@ void Program::setup_distributed() {
 // ColossalAI Gemini (d4fb7bf gemini_ddp.py _init_chunks): every tensor that
 // requires grad goes into an fp16 chunk and a paired fp32 chunk of the same
 // layout (trace/gemini_chunks.h); a rank stores one shard of each chunk.
+// Frozen tensors (--freeze-layers, --freeze-embeddings) stay outside the
+// chunks, whole in fp16 (setup), with no gradient, master copy or optimizer
+// state, but the chunk-size search still counts them.
 void Program::setup_chunks() {
-  for (const auto& [p, pos] : chunk_order_) {
-    if (std::find(trainable_.begin(), trainable_.end(), p) == trainable_.end()) {
-      // Frozen tensors are ddp-ignored (kept whole, outside the chunks) but
-      // still counted by the search; not modelled: per-layer units instead.
-      out_->notes.push_back(
-          "Gemini with frozen parameters: the chunk layout is not simulated, one unit per "
-          "decoder layer instead");
-      return;
-    }
+  if (s_.finetune != FinetuneMode::kFull) {
+    // booster/plugin/gemini_plugin.py: support_lora() is False and
+    // enable_lora raises NotImplementedError (ColossalAI 14b0d4c7e, April
+    // 2024, through 4f9953be3); d4fb7bf has no LoRA API.
+    throw Error("--lora-rank", "",
+                "ColossalAI's GeminiPlugin does not support LoRA (support_lora() is False, "
+                "enable_lora raises NotImplementedError); use ddp, zero or fsdp");
   }
   std::vector<int64_t> numel;
-  numel.reserve(chunk_order_.size());
-  for (const auto& entry : chunk_order_)
-    numel.push_back(g_.numel(entry.first));
-  chunks_ = gemini_chunk_layout(numel, r_.param_shards, r_.gemini);
+  std::vector<bool> frozen;
+  numel.reserve(chunk_search_.size());
+  frozen.reserve(chunk_search_.size());
+  int64_t frozen_numel = 0;
+  for (const auto& [n, f] : chunk_search_) {
+    numel.push_back(n);
+    frozen.push_back(f);
+    if (f)
+      frozen_numel += n;
+  }
+  chunks_ = gemini_chunk_layout(numel, frozen, r_.param_shards, r_.gemini);
+  if (frozen_numel > 0) {
+    out_->notes.push_back("Gemini: " + std::to_string(frozen_numel) +
+                          " frozen elements kept whole in 16 bits on every rank, outside the "
+                          "chunks (ddp-ignored), but counted by the chunk-size search");
+  }
   if (chunks_.chunks.empty())
     return;
   chunked_ = true;
@@ -2361,7 +2385,7 @@ void Program::setup_chunks() {
     chunk_state_[chunk_order_[k].first] = chunks_.in_shard(k, 0);
   }
   int64_t padding = chunks_.padded_numel();
-  for (int64_t e : numel)
+  for (int64_t e : chunks_.numel)
     padding -= e;
   if (!r_.sharded_params()) {
     // dp 1: the tensors are whole on the device; their chunks add the padding.

@@ -102,6 +102,27 @@ TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
   EXPECT_NE(r.err.find("MAJOR.MINOR"), std::string::npos) << r.err;
 }
 
+TEST(Cli, GeminiWithLoraIsBadInput) {
+  // ColossalAI's GeminiPlugin does not support LoRA (gemini_plugin.py:
+  // support_lora() False, enable_lora raises NotImplementedError).
+  Result r = run_cli({"estimate", "--model", "facebook/opt-1.3b", "--gpu", "V100-16GB", "--batch",
+                      "2", "--seq", "512", "--method", "gemini", "--dp", "4", "--lora-rank", "8"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--lora-rank"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GeminiPlugin does not support LoRA"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "facebook/opt-1.3b", "--method", "gemini", "--dp", "2",
+               "--lora-rank", "8", "--quant", "nf4"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--quant"), std::string::npos) << r.err;
+  // Frozen layers and embeddings are modelled: whole fp16 tensors outside
+  // the chunks, no fallback note.
+  r = run_cli({"estimate", "--model", "facebook/opt-1.3b", "--method", "gemini", "--dp", "4",
+               "--freeze-layers", "12", "--freeze-embeddings"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  EXPECT_EQ(r.out.find("not simulated"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("frozen elements kept whole"), std::string::npos) << r.out;
+}
+
 TEST(Cli, HelpExitsZero) {
   Result r = run_cli({"--help"});
   EXPECT_EQ(r.code, kExitOk);

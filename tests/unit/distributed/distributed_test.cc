@@ -667,6 +667,18 @@ TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   s.seq = 32;
   s.finetune = FinetuneMode::kQlora;
   fails(s, "QLoRA with Gemini");
+  // ColossalAI's GeminiPlugin refuses LoRA (support_lora() False), one GPU
+  // and colossalai-1d (Gemini over the replicas) included.
+  s.finetune = FinetuneMode::kLora;
+  fails(s, "GeminiPlugin does not support LoRA");
+  s.parallel.dp = 1;
+  fails(s, "LoRA with Gemini");
+  s.parallel.method = Method::kColossal1d;
+  s.parallel.tp = 2;
+  fails(s, "LoRA with Gemini (--method colossalai-1d)");
+  s.parallel.tp = 1;
+  s.parallel.dp = 2;
+  s.finetune = FinetuneMode::kQlora;
   s.parallel.method = Method::kFsdp;
   s.framework = Framework::kLitgpt;
   fails(s, "devices > 1");  // LitGPT itself refuses

@@ -121,6 +121,20 @@ TEST(Plan, ColossalAiCoversThePapersMethods) {
   }
   EXPECT_EQ(labels, (std::set<std::string>{"gemini dp=4 +ckpt", "colossalai-1d dp=2 tp=2 +ckpt",
                                            "colossalai-1d dp=1 tp=4 +ckpt"}));
+  // LoRA and QLoRA: ColossalAI's GeminiPlugin does not support them, so
+  // every such candidate is rejected, never proposed.
+  r.allow_lora = r.allow_qlora = true;
+  Plan lora = plan(load_model("facebook/opt-1.3b"), r, find_gpu("V100-16GB"));
+  size_t refused = 0;
+  for (const PlanCandidate& c : lora.candidates) {
+    if (c.finetune == FinetuneMode::kFull)
+      continue;
+    ++refused;
+    EXPECT_FALSE(c.fits) << candidate_label(c);
+    EXPECT_NE(c.rejected_reason.find("GeminiPlugin does not support LoRA"), std::string::npos)
+        << c.rejected_reason;
+  }
+  EXPECT_EQ(refused, 3u * 2u);
 }
 
 TEST(Plan, LargestMicroBatchMatchesBruteForce) {

@@ -190,6 +190,136 @@ TEST(GeminiChunks, TheTraceGathersWholeChunksAtFirstUse) {
   EXPECT_EQ(test_util::max_live(t.events, Component::kMasterWeights), 4 * l.shard_numel());
 }
 
+TEST(GeminiChunks, FrozenTensorsAreSearchedButNotChunked) {
+  // GeminiDDP searches before _init_chunks leaves tensors without gradients
+  // out (ColossalAI d4fb7bf gemini_ddp.py). Sizes 4, 4*, 4, 6 (* frozen),
+  // step 2 over 2 ranks: the search sees all four and picks 10 as in
+  // SearchPicksTheLeastWastefulSize; the chunks hold 4, 4, 6: [4, 4] (2 of
+  // padding), then [6] (4 of padding).
+  GeminiChunkLayout l =
+      gemini_chunk_layout({4, 4, 4, 6}, {false, true, false, false}, 2, small(2, 8));
+  EXPECT_EQ(l.chunk_size, 10);
+  EXPECT_EQ(l.search_waste, 2);
+  EXPECT_EQ(l.numel, (std::vector<int64_t>{4, 4, 6}));
+  ASSERT_EQ(l.chunks.size(), 2u);
+  EXPECT_EQ(l.chunks[0].used, 8);
+  EXPECT_EQ(l.chunks[1].used, 6);
+  EXPECT_EQ(l.chunks[1].padding(), 4);
+  EXPECT_EQ(l.padded_numel(), 20);
+  EXPECT_EQ(l.shard_numel(), 10);
+  EXPECT_EQ(l.chunk_of, (std::vector<size_t>{0, 0, 1}));
+  EXPECT_EQ(l.offset, (std::vector<int64_t>{0, 4, 0}));
+  // The 6 (index 2 of the chunked ones) spans [0, 6) of chunk 1: 5 elements
+  // in rank 0's shard [0, 5), 1 in rank 1's.
+  EXPECT_EQ(l.in_shard(2, 0), 5);
+  EXPECT_EQ(l.in_shard(2, 1), 1);
+  // Searching the chunked tensors alone would find 14 (4 + 4 + 6, no waste):
+  // one chunk. The frozen 4 changes the layout.
+  GeminiChunkLayout alone = gemini_chunk_layout({4, 4, 6}, 2, small(2, 8));
+  EXPECT_EQ(alone.chunk_size, 14);
+  EXPECT_EQ(alone.chunks.size(), 1u);
+}
+
+TEST(GeminiChunks, FrozenTensorsCountTowardTheGatheredChunk) {
+  // 10* + 20 < min_chunk_size: the search's total (30, the frozen 10
+  // included) is the size of the one kept-gathered chunk, which holds 20.
+  GeminiChunkLayout l = gemini_chunk_layout({10, 20}, {true, false}, 4);
+  EXPECT_TRUE(l.keep_gathered);
+  ASSERT_EQ(l.chunks.size(), 1u);
+  EXPECT_EQ(l.chunks[0].capacity, 30);
+  EXPECT_EQ(l.chunks[0].used, 20);
+  EXPECT_EQ(l.shard_numel(), 30);
+  EXPECT_EQ(l.in_shard(0, 3), 20);
+  // Everything frozen: no chunk at all.
+  EXPECT_TRUE(gemini_chunk_layout({10, 20}, {true, true}, 4).chunks.empty());
+}
+
+TrainingSetup tiny_setup() {
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 64;
+  s.precision = Precision::kFp16;
+  s.device = Device::kCpu;
+  return s;
+}
+
+TEST(GeminiChunks, FrozenEmbeddingStaysWholeOutsideTheGatheredChunk) {
+  // tiny-llama (vocab 32000, hidden 128, MLP 352, 2 layers, untied head):
+  // embedding 4,096,000, per layer 4 x 16,384 + 3 x 45,056 + 2 x 128 =
+  // 200,960, final norm 128, head 4,096,000: 8,594,048 elements in all,
+  // under 32 Mi, so GeminiDDP keeps one chunk of 8,594,048 gathered on every
+  // rank. With the embedding frozen the chunk keeps its size (the search
+  // counted the embedding) but holds 4,498,048; the embedding is an fp16
+  // tensor of its own next to it.
+  ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
+  TrainingSetup s = tiny_setup();
+  s.freeze_embeddings = true;
+  TraceResult t = build_trace(m, s, gemini_rank(2));
+  EXPECT_EQ(t.trainable_params, 4498048);
+  // 2 B x (4,096,000 frozen + 8,594,048 chunk) = 25,380,096.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kParameters), 25380096);
+  // The fp32 chunk of the same size: 4 B x 8,594,048.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kMasterWeights), 34376192);
+  // HybridAdam's two fp32 moments for the trainable tensors only (whole:
+  // the chunk is not sharded): 2 x 4 B x 4,498,048 = 35,984,384, plus the
+  // 4-byte step of each of the 20 trainable tensors (2 x 9 per layer, final
+  // norm, head), real memory on this CPU device: 35,984,464.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kOptimizerStates), 35984464);
+  // Nothing is gathered: the chunk never leaves.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kWeightCopies), 0);
+}
+
+TEST(GeminiChunks, FrozenLayerIsNeitherChunkedNorGathered) {
+  // tiny-llama over 2 ranks with small chunks (as in
+  // TheTraceGathersWholeChunksAtFirstUse) and layer 0 frozen: its 200,960
+  // elements are whole fp16 tensors on every rank; the chunks hold the rest.
+  ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
+  TrainingSetup s = tiny_setup();
+  s.freeze_layers = 1;
+  RankPlan r = gemini_rank(2);
+  r.gemini.min_chunk_size_m = 0;
+  r.gemini.search_range_m = in_m(65536);
+  std::vector<int64_t> sizes;
+  std::vector<bool> frozen;
+  int64_t frozen_numel = 0;
+  for (const TensorSpec& t : m.tensors) {
+    if (!t.tied_to.empty())
+      continue;
+    sizes.push_back(t.numel);
+    frozen.push_back(t.layer == 0);
+    if (t.layer == 0)
+      frozen_numel += t.numel;
+  }
+  ASSERT_EQ(frozen_numel, 200960);
+  GeminiChunkLayout l = gemini_chunk_layout(sizes, frozen, 2, r.gemini);
+  ASSERT_GT(l.chunks.size(), 3u);
+  int64_t chunked = 0;
+  for (int64_t n : l.numel)
+    chunked += n;
+  EXPECT_EQ(chunked, 8594048 - 200960);
+
+  TraceResult t = build_trace(m, s, r);
+  EXPECT_EQ(t.trainable_params, 8594048 - 200960);
+  // Setup: the frozen layer whole plus one fp16 shard of every chunk.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kParameters),
+            2 * frozen_numel + 2 * l.shard_numel());
+  // Held to the loss: every chunk gathered, the frozen layer not among them.
+  EXPECT_EQ(test_util::max_live(t.events, Component::kWeightCopies), 2 * l.padded_numel());
+  EXPECT_EQ(test_util::max_live(t.events, Component::kMasterWeights), 4 * l.shard_numel());
+  for (const std::string& n : t.notes)
+    EXPECT_EQ(n.find("not simulated"), std::string::npos) << n;
+}
+
+TEST(GeminiChunks, LoraIsRefused) {
+  // ColossalAI's GeminiPlugin: support_lora() False, enable_lora raises
+  // NotImplementedError.
+  ModelSpec m = load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-llama.json");
+  TrainingSetup s = tiny_setup();
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  EXPECT_THROW(build_trace(m, s, gemini_rank(2)), Error);
+}
+
 TEST(GeminiChunks, BadInputNamesTheKey) {
   EXPECT_THROW(gemini_chunk_layout({4}, 0), Error);
   EXPECT_THROW(gemini_chunk_layout({4, 0}, 2), Error);
@@ -197,6 +327,7 @@ TEST(GeminiChunks, BadInputNamesTheKey) {
   c.search_interval = 0;
   EXPECT_THROW(gemini_chunk_layout({4}, 2, c), Error);
   EXPECT_TRUE(gemini_chunk_layout({}, 2).chunks.empty());
+  EXPECT_THROW(gemini_chunk_layout({4, 4}, {false}, 2), Error);
 }
 
 }  // namespace
