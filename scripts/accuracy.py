@@ -114,7 +114,7 @@ REASONS = {
         "llmem gives 16.31 GiB (+0.7 %), so the 4090 run probably had it on (row left as published)",
     ("1814feb", "meta-llama/Llama-3.1-70B", "torchtune bf16 b2 s2048 ckpt lora fsdp dp8 packed "
      "compile chunked-ce"):
-        "llmem's 30.65 GiB at the backward of the last layer: the bf16 base shards (16.4 GiB), the "
+        "llmem's 30.35 GiB at the backward of the last layer: the bf16 base shards (16.4 GiB), the "
         "root unit kept gathered (embedding and head, 3.9 GiB: FSDP2 does not reshard the root "
         "after forward), the layer in backward and the prefetched one (3.2 GiB, and for a moment "
         "the prefetched layer's flat all-gather output beside its per-parameter copies, 1.6 GiB), "
