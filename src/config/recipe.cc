@@ -397,6 +397,11 @@ void Reader::torchtune(const YAML::Node& root) {
                key == "tensor_parallel_dim" || key == "data_parallel_shard_dim" ||
                key == "data_parallel_replicate_dim") {
       torchtune_fsdp(key, v);
+    } else if (key == "fsdp") {
+      // llama3_1/405B_qlora.yaml (1814feb and later) has `fsdp: {cpu_offload:
+      // False}`, but lora_finetune_distributed reads cfg.get("fsdp_cpu_offload"):
+      // the map reaches no code.
+      warn(key, "lora_finetune_distributed reads fsdp_cpu_offload, not this map; ignored");
     } else if (!no_memory_effect(key)) {
       warn(key, "not modelled");
     }

@@ -102,6 +102,15 @@ void check_framework_layout(const TrainingSetup& s) {
                     std::string(method_name(p.method)) +
                     (p.tp > 1 || p.pp > 1 ? " with --tp/--pp" : ""));
   }
+  if (s.framework == Framework::kTorchtune && s.finetune == FinetuneMode::kQlora &&
+      p.fsdp_version != 2 && p.dp > 1) {
+    // lora_finetune_distributed shards torchao NF4Tensors with FSDP2's
+    // fully_shard (torchtune 1814feb training/_distributed.py shard_model,
+    // load_from_full_model_state_dict; torchao NF4Tensor.fsdp_pre_all_gather).
+    throw Error("--fsdp-version", "",
+                "torchtune's distributed QLoRA shards its NF4 weights with FSDP2 (fully_shard); "
+                "expected 2");
+  }
   if (s.framework == Framework::kLitgpt) {
     if (p.fsdp_version != 1)
       throw Error("--fsdp-version", "",
@@ -113,6 +122,24 @@ void check_framework_layout(const TrainingSetup& s) {
       throw Error("--finetune", "",
                   "LitGPT raises NotImplementedError for --quantize with devices > 1");
   }
+}
+
+// FSDP-QLoRA and ZeRO-3 QLoRA as TRL's SFTTrainer prepares them (trl
+// trainer/sft_trainer.py _prepare_peft_model, is_sharded_qlora): no
+// prepare_model_for_kbit_training (it would cast the norms to fp32 next
+// to the 16-bit packed weights of the same flat parameter), and
+// get_peft_model(autocast_adapter_dtype=False): adapters in the model's
+// dtype. Under FSDP with mixed precision accelerate then upcasts the
+// adapters' flat parameters to fp32 (Accelerator.prepare_model); DeepSpeed
+// keeps them 16-bit with an fp32 master partition.
+void hf_sharded_qlora(Method method, TrainingSetup* s, std::vector<std::string>* notes) {
+  s->quant.prepare_kbit = false;
+  bool mixed = s->precision == Precision::kBf16Mixed || s->precision == Precision::kFp16Mixed;
+  s->lora.adapter_fp32 = method == Method::kFsdp && mixed;
+  notes->push_back(
+      "sharded QLoRA: packed 4-bit weights (bnb_4bit_quant_storage = the model's dtype) "
+      "sharded with the other frozen parameters; quant state (absmax) whole on every rank; "
+      "no prepare_model_for_kbit_training (TRL is_sharded_qlora); LoRA adapters whole");
 }
 
 }  // namespace
@@ -511,21 +538,15 @@ Estimate estimate_distributed(const ModelSpec& model, const TrainingSetup& setup
       r.offload_fetch = trace::OffloadFetch::kLargestParam;
   }
   if (s.finetune == FinetuneMode::kQlora && r.sharded_params()) {
-    // FSDP-QLoRA and ZeRO-3 QLoRA as TRL's SFTTrainer prepares them (trl
-    // trainer/sft_trainer.py _prepare_peft_model, is_sharded_qlora): no
-    // prepare_model_for_kbit_training (it would cast the norms to fp32 next
-    // to the 16-bit packed weights of the same flat parameter), and
-    // get_peft_model(autocast_adapter_dtype=False): adapters in the model's
-    // dtype. Under FSDP with mixed precision accelerate then upcasts the
-    // adapters' flat parameters to fp32 (Accelerator.prepare_model); DeepSpeed
-    // keeps them 16-bit with an fp32 master partition.
-    s.quant.prepare_kbit = false;
-    bool mixed = s.precision == Precision::kBf16Mixed || s.precision == Precision::kFp16Mixed;
-    s.lora.adapter_fp32 = p.method == Method::kFsdp && mixed;
-    notes.push_back(
-        "sharded QLoRA: packed 4-bit weights (bnb_4bit_quant_storage = the model's dtype) "
-        "sharded with the other frozen parameters; quant state (absmax) whole on every rank; "
-        "no prepare_model_for_kbit_training (TRL is_sharded_qlora); LoRA adapters whole");
+    // (Gemini with LoRA or QLoRA was refused above: GeminiPlugin has no LoRA.)
+    if (s.framework == Framework::kTorchtune) {
+      notes.push_back(
+          "torchtune sharded QLoRA: NF4 weights (packed 4-bit data, int8 block scalers, "
+          "scaler factors) sharded by rows with FSDP2 and all-gathered per layer; LoRA "
+          "adapters sharded with their layer");
+    } else {
+      hf_sharded_qlora(p.method, &s, &notes);
+    }
   }
   if (r.offload_optimizer)
     notes.push_back(

@@ -356,7 +356,9 @@ class Program {
         int64_t packed = (t.numel + 1) / 2;
         int64_t state =
             s_.quant.double_quant ? blocks + ((blocks + 255) / 256) * kF32 : blocks * kF32;
-        if (r_.sharded_params()) {
+        if (r_.sharded_params() && s_.framework == Framework::kTorchtune) {
+          p.id = nf4_dtensor(t, packed + state);
+        } else if (r_.sharded_params()) {
           // FSDP-QLoRA / ZeRO-3 QLoRA (bnb_4bit_quant_storage = the model's
           // dtype): quantize_4bit packs the bytes into a tensor of the storage
           // dtype (bitsandbytes/functional.py: ((n + 1) // (2 * itemsize), 1)),
@@ -370,12 +372,7 @@ class Program {
           // the device.
           int64_t storage = base_store_elem_;
           packed = (packed + storage - 1) / storage * storage;
-          p.id = g_.virtual_leaf(packed, 1, false);
-          auto slot = static_cast<size_t>(unit_of(t) + 1);
-          if (layer_packed_.size() <= slot)
-            layer_packed_.resize(slot + 1, 0);
-          layer_packed_[slot] += packed;
-          note_unit_param(slot, packed);
+          p.id = packed_param(unit_of(t), packed);
           g_.leaf(state, 1, Component::kParameters, false);
         } else {
           p.id = load_quantized(t, packed + state);
@@ -390,22 +387,14 @@ class Program {
         p.id = g_.leaf(t.numel, pe_, Component::kParameters, true);
       } else if (r_.sharded_params() && (p.trainable || !r_.gemini_chunks)) {
         // (Gemini keeps a frozen tensor whole on every rank: the last branch.)
-        if (qlora && s_.framework != Framework::kHf) {
+        if (qlora && s_.framework == Framework::kLitgpt) {
           throw Error("--method", "",
-                      "QLoRA with sharded parameters is modelled for the Hugging Face profile "
-                      "(PEFT + bitsandbytes quant_storage) only, not " +
-                          std::string(framework_name(s_.framework)));
+                      "QLoRA with sharded parameters is modelled for the Hugging Face (PEFT + "
+                      "bitsandbytes quant_storage) and torchtune (torchao NF4 under FSDP2) "
+                      "profiles, not litgpt");
         }
-        p.id = g_.virtual_leaf(t.numel, pe_, p.trainable);
-        auto slot = static_cast<size_t>(unit_of(t) + 1);
-        if (layer_numel_.size() <= slot) {
-          layer_numel_.resize(slot + 1, 0);
-          layer_shard_numel_.resize(slot + 1, 0);
-        }
-        layer_numel_[slot] += t.numel;
-        note_unit_param(slot, t.numel * (qlora ? base_store_elem_ : store_elem_));
-        param_rows_[p.id] = t.shape.empty() ? 1 : t.shape[0];
-        layer_shard_numel_[slot] += tensor_shard(p.id, r_.param_shards);
+        p.id = sharded_param(unit_of(t), t.numel, t.shape.empty() ? 1 : t.shape[0], p.trainable,
+                             qlora ? base_store_elem_ : store_elem_);
       } else {
         // Whole on the device. Under Gemini also a frozen tensor with dp > 1:
         // gemini_ddp.py _init_chunks (ColossalAI d4fb7bf, and 4f9953be3)
@@ -935,6 +924,53 @@ class Program {
     if (unit_max_bytes_.size() <= slot)
       unit_max_bytes_.resize(slot + 1, 0);
     unit_max_bytes_[slot] = std::max(unit_max_bytes_[slot], bytes);
+  }
+  /// A ZeRO-3 / FSDP parameter of `unit` (a layer; -1: the root): a virtual
+  /// leaf whose storage is the unit's shard and gathered buffers. `rows` is
+  /// dim 0 (FSDP2 pads it to a multiple of the shard count); `stored_elem`
+  /// the stored dtype's size.
+  Tid sharded_param(int unit, int64_t numel, int64_t rows, bool trainable, int stored_elem) {
+    Tid id = g_.virtual_leaf(numel, pe_, trainable);
+    auto slot = static_cast<size_t>(unit + 1);
+    if (layer_numel_.size() <= slot) {
+      layer_numel_.resize(slot + 1, 0);
+      layer_shard_numel_.resize(slot + 1, 0);
+    }
+    layer_numel_[slot] += numel;
+    note_unit_param(slot, numel * stored_elem);
+    param_rows_[id] = rows;
+    layer_shard_numel_[slot] += tensor_shard(id, r_.param_shards);
+    return id;
+  }
+  /// A sharded quantized weight of `unit` that all-gathers as `whole` bytes
+  /// (a multiple of the shard count): stored 1/n with the unit, gathered
+  /// with it as bytes, dequantized per linear at compute.
+  Tid packed_param(int unit, int64_t whole) {
+    Tid id = g_.virtual_leaf(whole, 1, false);
+    auto slot = static_cast<size_t>(unit + 1);
+    if (layer_packed_.size() <= slot)
+      layer_packed_.resize(slot + 1, 0);
+    layer_packed_[slot] += whole;
+    note_unit_param(slot, whole);
+    return id;
+  }
+  /// torchtune QLoRA under FSDP2 (lora_finetune_distributed): each
+  /// FrozenNF4Linear weight is a DTensor whose local tensor is an NF4Tensor.
+  /// training.load_from_full_model_state_dict (torchtune 1814feb
+  /// training/_distributed.py) quantizes the whole weight with to_nf4 and
+  /// keeps torch.chunk(dim=0)[rank] of it, FSDP2's per-parameter dim-0
+  /// sharding: quantized_data (n/2 bytes), quantized_scalers (int8, n/64) and
+  /// quantization_factor all split by rows (torchao nf4tensor.py nf4_split,
+  /// _INNER_TENSOR_NAMES_FOR_SHARDING), the fullest rank holding
+  /// ceil(rows / N) rows' worth. fsdp_pre_all_gather hands those three
+  /// tensors to FSDP2's all-gather (the unit's inputs mix dtypes, so the flat
+  /// buffer is uint8 bytes) and fsdp_post_all_gather wraps the gathered ones
+  /// in a whole NF4Tensor; the linear dequantizes it per call (LinearNF4,
+  /// weight.to(bf16)) as on one device. `bytes`: the NF4Tensor's bytes whole.
+  Tid nf4_dtensor(const TensorSpec& t, int64_t bytes) {
+    int64_t rows = t.shape.empty() ? 1 : t.shape[0];
+    int64_t rank_bytes = (bytes * shard(rows, r_.param_shards) + rows - 1) / rows;
+    return packed_param(unit_of(t), rank_bytes * r_.param_shards);
   }
   /// DeepSpeed ZeRO-3 with offload_param (OffloadFetch::kLargestParam): the
   /// fetched parameter's host partition, copied to the device for the
@@ -2423,8 +2459,16 @@ Lora Program::new_lora(int64_t in, int64_t out, int elem, int layer) {
   Lora l;
   l.rank = s_.lora.rank;
   l.elem = elem;
-  l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
-  l.b = g_.leaf(out * l.rank, elem, Component::kParameters, true);
+  if (s_.framework == Framework::kTorchtune && r_.per_param_shards && r_.sharded_params()) {
+    // lora_finetune_distributed: fully_shard on each layer takes its
+    // LoRALinear's lora_a [r, in] and lora_b [out, r] with the rest (FSDP2
+    // DTensors, dim 0 padded), gathered with the layer's unit.
+    l.a = sharded_param(layer, l.rank * in, l.rank, true, elem);
+    l.b = sharded_param(layer, out * l.rank, out, true, elem);
+  } else {
+    l.a = g_.leaf(l.rank * in, elem, Component::kParameters, true);
+    l.b = g_.leaf(out * l.rank, elem, Component::kParameters, true);
+  }
   lora_params_[l.a] = Param{l.a, true, kNone};
   lora_params_[l.b] = Param{l.b, true, kNone};
   trainable_.push_back(l.a);
@@ -2471,7 +2515,7 @@ void Program::add_lora() {
       ++matched;
       continue;
     }
-    lora_[prefix] = new_lora(in, out, elem, t.layer);
+    lora_[prefix] = new_lora(in, out, elem, r_.per_param_shards ? unit_of(t) : t.layer);
     ++matched;
   }
   if (matched == 0) {

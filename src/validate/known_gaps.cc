@@ -117,12 +117,21 @@ constexpr KnownGap kGaps[] = {
      "left as published)"},
     {"1814feb", "meta-llama/Llama-3.1-70B",
      "torchtune bf16 b2 s2048 ckpt lora fsdp dp8 packed compile chunked-ce", "",
-     "llmem's 30.65 GiB at the backward of the last layer: the bf16 base shards (16.4 GiB), "
+     "llmem's 30.35 GiB at the backward of the last layer: the bf16 base shards (16.4 GiB), "
      "the root unit kept gathered (embedding and head, 3.9 GiB: FSDP2 does not reshard the "
      "root after forward), the layer in backward and the prefetched one (3.2 GiB, and for a "
      "moment the prefetched layer's flat all-gather output beside its per-parameter copies, "
      "1.6 GiB), 80 checkpointed layer inputs (5.0 GiB); the README's 27.6 GiB is below that "
      "sum even without the copy-out moment; not explained"},
+    // torchtune README (1814feb), "Llama 3.1 405B | QLoRA | 8x A100 | 44.8 GB".
+    {"1814feb", "meta-llama/Llama-3.1-405B",
+     "torchtune bf16 b2 s2048 ckpt qlora fsdp dp8 packed compile", "",
+     "the stated setting cannot hold: per rank the NF4 shards of the 405B layers (24.1 GiB), the "
+     "126 checkpointed layer inputs at batch 2 x 2048 (126 x 2·2048·16384 bf16 = 15.8 GiB) and "
+     "the root unit FSDP2 keeps gathered through backward (bf16 embedding and head, 7.8 GiB) "
+     "already sum to 47.7 GiB, above 44.8 in either unit; the row's config "
+     "(llama3_1/405B_qlora.yaml) sets batch_size 1, with which llmem gives 47.4 GiB allocated "
+     "(+5.8 % against 44.8 GiB), so the run was probably at batch 1 (row left as published)"},
 };
 
 // Hugging Face / PEFT rows: matched by their setting's shape rather than one

@@ -335,6 +335,48 @@ TEST(Cli, RecipeSetsTheFrameworkAndWarnsOnStderr) {
   EXPECT_GT(j["model"]["trainable_params"].get<int64_t>(), 0);
 }
 
+TEST(Cli, TorchtuneShardedQlora) {
+  // --framework torchtune --method fsdp --quant nf4: FSDP2 over NF4 weights
+  // (docs/frameworks.md); before, an input error.
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "torchtune",
+                      "--method", "fsdp", "--dp", "8", "--quant", "nf4", "--lora-rank", "8",
+                      "--batch", "1", "--seq", "128", "--format", "json"});
+  ASSERT_EQ(r.code, kExitOk) << r.err;
+  nlohmann::json j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["setup"]["finetune"], "qlora");
+  EXPECT_EQ(j["setup"]["method"], "fsdp");
+  bool noted = false;
+  for (const auto& n : j["notes"])
+    noted = noted || n.get<std::string>().find("torchtune sharded QLoRA") != std::string::npos;
+  EXPECT_TRUE(noted) << r.out;
+  // FSDP1 is not what torchtune runs: a bad-input exit that names the option.
+  Result v1 = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "torchtune",
+                       "--method", "fsdp", "--dp", "8", "--quant", "nf4", "--lora-rank", "8",
+                       "--fsdp-version", "1"});
+  EXPECT_EQ(v1.code, kExitBadInput);
+  EXPECT_NE(v1.err.find("--fsdp-version"), std::string::npos) << v1.err;
+  EXPECT_NE(v1.err.find("FSDP2"), std::string::npos) << v1.err;
+  // The 405B QLoRA config (torchtune 1814feb): 8 ranks from its header,
+  // QLoRA from its qlora_ builder, nn.CrossEntropyLoss (no output chunks),
+  // and a warning that its `fsdp:` map is read by no recipe.
+  Result cfg = run_cli({"estimate", "--model", "meta-llama/Llama-3.1-405B", "--recipe",
+                        LLMEM_TEST_DATA_DIR "/recipes/torchtune-llama3_1-405B_qlora-1814feb.yaml",
+                        "--seq", "2048", "--format", "json"});
+  ASSERT_EQ(cfg.code, kExitOk) << cfg.err;
+  EXPECT_NE(cfg.err.find("'fsdp'"), std::string::npos) << cfg.err;
+  EXPECT_NE(cfg.err.find("fsdp_cpu_offload"), std::string::npos) << cfg.err;
+  nlohmann::json q = nlohmann::json::parse(cfg.out);
+  EXPECT_EQ(q["setup"]["finetune"], "qlora");
+  EXPECT_EQ(q["setup"]["dp"], 8);
+  EXPECT_EQ(q["setup"]["lora_rank"], 16);
+  EXPECT_EQ(q["setup"]["batch"], 1);
+  // NF4 shards of 405B over 8 ranks, about 0.516 byte per weight over 8 (24.1 GiB),
+  // against 94.6 GiB of bf16 shards.
+  double params = q["components"]["parameters"].get<double>() / (1u << 30);
+  EXPECT_GT(params, 24.0);
+  EXPECT_LT(params, 26.0);
+}
+
 TEST(Cli, FrameworkOptionIsChecked) {
   Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "keras"});
   EXPECT_EQ(r.code, kExitBadInput);

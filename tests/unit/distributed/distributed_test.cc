@@ -682,8 +682,10 @@ TEST(Distributed, ShardedQloraCombosThatStayErrors) {
   s.parallel.method = Method::kFsdp;
   s.framework = Framework::kLitgpt;
   fails(s, "devices > 1");  // LitGPT itself refuses
+  // torchtune's distributed QLoRA is FSDP2 (NF4Tensor DTensors): FSDP1 is refused.
   s.framework = Framework::kTorchtune;
-  fails(s, "Hugging Face profile");
+  s.parallel.fsdp_version = 1;
+  fails(s, "FSDP2");
 }
 
 TEST(Distributed, ValidateReadsOffloadMethodStrings) {

@@ -233,6 +233,125 @@ TEST(FrameworkDistributed, TorchtuneOffloadAndOptimizerInBackwardLeaveNoStates) 
   EXPECT_GT(at(live, Component::kOptimizerStates), 0);
 }
 
+// torchtune lora_finetune_distributed with a qlora_* builder: FSDP2 over
+// NF4Tensor weights (torchtune 1814feb training/_distributed.py
+// load_from_full_model_state_dict keeps torch.chunk(dim=0)[rank] of each
+// to_nf4 result; torchao nf4tensor.py splits quantized_data, quantized_scalers
+// and quantization_factor by rows).
+TrainingSetup torchtune_qlora_1b() {
+  TrainingSetup s;
+  apply_framework_defaults(Framework::kTorchtune, &s);
+  s.finetune = FinetuneMode::kQlora;
+  s.lora.rank = 8;
+  s.batch = 1;
+  s.seq = 128;
+  return s;
+}
+
+TEST(FrameworkDistributed, TorchtuneQloraShardsNf4WeightsAndAdapters) {
+  // Llama-3.2-1B over 8 ranks (every dim 0 divides by 8). Per layer, NF4
+  // bytes n/2 + n/64 (int8 scalers) + 4·n/16384 (factors, as the
+  // single-device trace counts them):
+  //   q_proj, o_proj [2048, 2048]: 2,097,152 + 65,536 + 1,024 = 2,163,712
+  //   k_proj, v_proj [512, 2048]:    524,288 + 16,384 +   256 =   540,928
+  //   gate, up [8192, 2048], down [2048, 8192]:
+  //                               8,388,608 + 262,144 + 4,096 = 8,654,848
+  // layer: 2·2,163,712 + 2·540,928 + 3·8,654,848 = 31,373,824; 16 layers
+  // over 8 ranks: 62,747,648 bytes. The bf16 rest over 8: the (tied)
+  // embedding 128256·2048·2/8 = 65,667,072 and the norms (33 × 2048)·2/8 =
+  // 16,896. LoRA r 8 (q, v, output_proj, mlp) in bf16: lora_a [8, in] is one
+  // row per rank (in elements), lora_b [out, 8] out/8 rows (out elements):
+  // q 4096 + v 2560 + o 4096 + gate 10240 + up 10240 + down 10240 = 41,472
+  // per layer, 663,552 elements = 1,327,104 bytes per rank.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  trace::TraceResult t = trace::build_trace(m, torchtune_qlora_1b(), fsdp_plan(8, true));
+  std::vector<int64_t> live = live_at_step2_optimizer(t.events);
+  EXPECT_EQ(at(live, Component::kParameters), 62'747'648 + 65'667'072 + 16'896 + 1'327'104);
+  EXPECT_EQ(at(live, Component::kGradients), 1'327'104);        // reduced LoRA shards
+  EXPECT_EQ(at(live, Component::kOptimizerStates), 2'654'208);  // bf16 exp_avg, exp_avg_sq
+  EXPECT_EQ(at(live, Component::kWeightCopies), 0);             // every unit resharded
+  // A layer's all-gather: its NF4 bytes whole, its two norms (2·2048 bf16)
+  // and its adapters whole (41,472 · 8 elements, bf16): the flat output of
+  // FSDP2's foreach_all_gather (uint8, the inputs' dtypes differ) and the
+  // per-parameter copies it is split into.
+  const int64_t layer = 31'373'824 + 8'192 + 663'552;
+  int64_t gathers = 0;
+  for (const trace::Event& e : t.events) {
+    if (e.step == 2 && e.phase == Phase::kForward && e.alloc &&
+        e.component == Component::kWeightCopies && e.bytes == layer)
+      ++gathers;
+  }
+  EXPECT_EQ(gathers, 2 * 16);  // flat output and copies, once per layer in forward
+}
+
+TEST(FrameworkDistributed, TorchtuneQloraPadsNf4RowsLikeEveryDTensor) {
+  // Over 3 ranks rank 0 holds ceil(rows / 3) rows of each NF4 weight: the
+  // bytes of a row (NF4 bytes / rows) times 683 of 2048 rows, or 2731 of
+  // 8192; rounded up per weight.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  int64_t nf4 = 0;
+  for (const TensorSpec& t : m.tensors) {
+    if (t.layer < 0 || t.shape.size() != 2 || t.role == TensorRole::kNorm)
+      continue;
+    int64_t n = t.numel;
+    int64_t bytes = n / 2 + n / 64 + (n / 64 / 256) * 4;
+    int64_t rows = t.shape[0];
+    nf4 += (bytes * ((rows + 2) / 3) + rows - 1) / rows;
+  }
+  // q_proj alone: 2,163,712 · 683 / 2048 = 721,589.5 -> 721,590.
+  EXPECT_EQ((2'163'712LL * 683 + 2047) / 2048, 721'590);
+  int64_t over8 = at(live_at_step2_optimizer(
+                         trace::build_trace(m, torchtune_qlora_1b(), fsdp_plan(8, true)).events),
+                     Component::kParameters) -
+                  62'747'648;
+  int64_t over3 = at(live_at_step2_optimizer(
+                         trace::build_trace(m, torchtune_qlora_1b(), fsdp_plan(3, true)).events),
+                     Component::kParameters);
+  // The bf16 rest over 3 (rows padded the same way): embedding 42,752 rows,
+  // norms 683 rows each, and the adapters (lora_a 3 of 8 rows, lora_b ceil(out / 3) rows).
+  int64_t rest = 2 * (42'752 * 2048 + 33 * 683);
+  int64_t lora = 0;
+  for (const auto& [in, out] : std::vector<std::pair<int64_t, int64_t>>{
+           {2048, 2048}, {2048, 512}, {2048, 2048}, {2048, 8192}, {2048, 8192}, {8192, 2048}})
+    lora += 3 * in + (out + 2) / 3 * 8;
+  EXPECT_EQ(over3, nf4 + rest + 2 * 16 * lora);
+  EXPECT_GT(over3, over8);
+}
+
+TEST(FrameworkDistributed, TorchtuneLoraAdaptersAreShardedWithTheirLayer) {
+  // lora_finetune_distributed without quantize_base: the adapters are FSDP2
+  // DTensors of their layer too, so the step holds 1/8 of them (bf16), not
+  // every rank the whole set.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_qlora_1b();
+  s.finetune = FinetuneMode::kLora;
+  std::vector<int64_t> live =
+      live_at_step2_optimizer(trace::build_trace(m, s, fsdp_plan(8, true)).events);
+  int64_t base = 2 * (m.params() / 8);  // every dim 0 of the 1B divides by 8
+  EXPECT_EQ(at(live, Component::kParameters), base + 1'327'104);
+}
+
+TEST(FrameworkDistributed, TorchtuneQloraEstimateNamesItsLayout) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_qlora_1b();
+  s.parallel.method = Method::kFsdp;
+  s.parallel.dp = 8;
+  Estimate e = estimate(m, s, find_gpu("A100-80GB"));
+  bool noted = std::any_of(e.notes.begin(), e.notes.end(), [](const std::string& n) {
+    return n.find("torchtune sharded QLoRA") != std::string::npos;
+  });
+  EXPECT_TRUE(noted);
+  // The NF4 shards (62.7 MB) instead of bf16 ones (2 · 973 M / 8 = 243 MB).
+  EXPECT_LT(e.peak.components[static_cast<size_t>(Component::kParameters)], 160'000'000u);
+  s.parallel.fsdp_version = 1;  // the torchtune profile's default is 2
+  try {
+    estimate(m, s, find_gpu("A100-80GB"));
+    ADD_FAILURE() << "torchtune QLoRA under FSDP1 accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("FSDP2"), std::string::npos) << err.what();
+  }
+}
+
 TEST(FrameworkDistributedRecipe, TorchtuneFullDistributedConfig) {
   TrainingSetup s;
   RecipeResult r = read_recipe_file(recipe("torchtune-llama3_1-8B_full.yaml"), &s);
