@@ -71,6 +71,14 @@ const ModelSpec& llama7b() {
   return m;
 }
 
+/// FakeEstimator that also records every setup it is asked about.
+EstimateFn recording(std::vector<TrainingSetup>* seen) {
+  return [seen](const ModelSpec& m, const TrainingSetup& s, const GpuSpec& g) {
+    seen->push_back(s);
+    return FakeEstimator{}(m, s, g);
+  };
+}
+
 TEST(Plan, EnumeratesMethodsLayoutsAndOptions) {
   PlanRequest r;
   r.gpus = 8;
@@ -271,10 +279,7 @@ TEST(Plan, InterleavedFamiliesWhenAllowed) {
   r.gpus = 8;
   r.max_micro_batch = 8;
   std::vector<TrainingSetup> seen;
-  r.estimator = [&seen](const ModelSpec& m, const TrainingSetup& s, const GpuSpec& g) {
-    seen.push_back(s);
-    return FakeEstimator{}(m, s, g);
-  };
+  r.estimator = recording(&seen);
   r.allow_interleaved = true;
   Plan p = plan(llama7b(), r, find_gpu("A100-80GB"));
   // The 14 families, plus vp=2 for the 6 megatron layouts with pp > 1
@@ -315,10 +320,7 @@ TEST(Plan, LigerFamiliesOnDataParallelLayoutsWhenAllowed) {
   r.gpus = 8;
   r.max_micro_batch = 8;
   std::vector<TrainingSetup> seen;
-  r.estimator = [&seen](const ModelSpec& m, const TrainingSetup& s, const GpuSpec& g) {
-    seen.push_back(s);
-    return FakeEstimator{}(m, s, g);
-  };
+  r.estimator = recording(&seen);
   r.allow_liger = true;
   Plan p = plan(llama7b(), r, find_gpu("A100-80GB"));
   // The 14 families, plus Liger for the 5 data-parallel ones (Megatron

@@ -390,6 +390,18 @@ TEST(Framework, OffloadingNeedsCheckpointing) {
   EXPECT_THROW(trace::build_trace(m, s), Error);
 }
 
+/// Activation bytes live in the first step when its loss phase begins.
+int64_t activations_before_loss(const trace::TraceResult& t) {
+  int64_t live = 0;
+  for (const trace::Event& e : t.events) {
+    if (e.step == 1 && e.phase == Phase::kLoss)
+      return live;
+    if (e.step == 1 && e.component == Component::kActivations)
+      live += e.alloc ? e.bytes : -e.bytes;
+  }
+  return live;
+}
+
 // torchtune compile=True, per layer (docs/frameworks.md, "torch.compile"):
 // each norm keeps its bf16 input (2Th) instead of an fp32 copy (4Th) and the
 // bf16 normalized value (2Th), the per-row fp32 rsqrt in both; the gated MLP
@@ -401,15 +413,7 @@ TEST(Framework, CompiledLayersKeepWhatThePartitionerSaves) {
   s.fw.output_chunks = 0;
   auto activations_after_forward = [&](bool compiled) {
     s.fw.compile = compiled;
-    trace::TraceResult t = trace::build_trace(m, s);
-    int64_t live = 0;
-    for (const trace::Event& e : t.events) {
-      if (e.step == 1 && e.phase == Phase::kLoss)
-        return live;
-      if (e.step == 1 && e.component == Component::kActivations)
-        live += e.alloc ? e.bytes : -e.bytes;
-    }
-    return live;
+    return activations_before_loss(trace::build_trace(m, s));
   };
   int64_t eager = activations_after_forward(false);
   int64_t compiled = activations_after_forward(true);
@@ -469,15 +473,7 @@ TEST(Framework, LigerLayersKeepWhatTheirKernelsSave) {
   s.precision = Precision::kBf16;
   auto activations_after_forward = [&](bool liger) {
     s.fw.liger = liger;
-    trace::TraceResult t = trace::build_trace(m, s);
-    int64_t live = 0;
-    for (const trace::Event& e : t.events) {
-      if (e.step == 1 && e.phase == Phase::kLoss)
-        return live;
-      if (e.step == 1 && e.component == Component::kActivations)
-        live += e.alloc ? e.bytes : -e.bytes;
-    }
-    return live;
+    return activations_before_loss(trace::build_trace(m, s));
   };
   int64_t eager = activations_after_forward(false);
   int64_t liger = activations_after_forward(true);
