@@ -228,6 +228,16 @@ struct FrameworkSetup {
   /// SwiGLU/GeGLU and the fused linear cross-entropy, which never
   /// materializes the logits (docs/frameworks.md, "Liger").
   bool liger = false;
+  /// Liger's module classes are in the model. Its 2024 examples called
+  /// apply_liger_kernel_to_*() after from_pretrained: the patch replaces the
+  /// classes in the modeling module, so the instances already built keep the
+  /// eager RMSNorm and MLP, while RoPE (a module function) and lce_forward
+  /// (a method) take effect. false models that.
+  bool liger_modules = true;
+  /// Liger 0.1's fused linear cross-entropy (2024-08): a shifted contiguous
+  /// copy of the hidden states, grad_linear always allocated, and each chunk
+  /// upcast, cast back and scaled (docs/frameworks.md, "Liger").
+  bool liger_flce_2024 = false;
 };
 
 struct TrainingSetup {

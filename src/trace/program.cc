@@ -298,16 +298,20 @@ class Program {
     }
     if (s.fw.liger) {
       liger_ = liger_patches(m);
+      liger_modules_ = liger_ && s.fw.liger_modules;
       out->notes.push_back(
-          liger_ ? "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and "
-                   "fp32 rstd and writes dX into dY; RoPE rotates q and k in place; "
-                   "SwiGLU/GeGLU saves gate and up and writes their gradients into them; the "
-                   "fused linear cross-entropy never materializes the logits" +
-                       std::string(m.family == "mixtral"
-                                       ? " (the experts' MLPs are traced with eager rules)"
-                                       : "")
-                 : "Liger has no kernels for model type \"" + m.family +
-                       "\" (liger_kernel v0.6.4): traced without them, as the Trainer runs it");
+          liger_ && !liger_modules_
+              ? std::string("Liger kernels applied after the model was built: RoPE in place and "
+                            "the fused linear cross-entropy; RMSNorm and MLP stay eager")
+          : liger_ ? "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and "
+                     "fp32 rstd and writes dX into dY; RoPE rotates q and k in place; "
+                     "SwiGLU/GeGLU saves gate and up and writes their gradients into them; the "
+                     "fused linear cross-entropy never materializes the logits" +
+                         std::string(m.family == "mixtral"
+                                         ? " (the experts' MLPs are traced with eager rules)"
+                                         : "")
+                   : "Liger has no kernels for model type \"" + m.family +
+                         "\" (liger_kernel v0.6.4): traced without them, as the Trainer runs it");
     }
   }
 
@@ -1541,7 +1545,7 @@ class Program {
   /// x * rsqrt(variance + eps); weight * x.to(input_dtype).
   Tid rms_norm(Tid x, const std::string& name, bool gemma_style, int64_t dim) {
     int64_t rows = g_.numel(x) / dim;
-    if (liger_) {
+    if (liger_modules_) {
       // LigerRMSNormFunction (ops/rms_norm.py): Y in X's dtype, fp32 RSTD per
       // row; saves X, W and RSTD. With in_place (LigerRMSNorm's default; off
       // for Gemma-2, LigerRMSNormForGemma2) backward writes dX into dY.
@@ -1914,7 +1918,7 @@ class Program {
     if (find_param(p + "gate_up_proj.weight") != nullptr) {
       Tid gu = linear(x, p + "gate_up_proj", h, 2 * inter);
       Tid gate = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});  // chunk view (grad: full size)
-      if (liger_) {
+      if (liger_modules_) {
         // LigerPhi3SwiGLUMLP: gate_up_proj(x).chunk(2, -1) into the kernel.
         Tid up = g_.op(g_.numel(gu) / 2, g_.elem(gu), {gu}, {});
         g_.release(gu);
@@ -1926,7 +1930,7 @@ class Program {
       g_.release(gu);
       return product_down(up, act, p + down_name, inter);
     }
-    if (liger_ && std::string(gate_name) == "gate_proj") {
+    if (liger_modules_ && std::string(gate_name) == "gate_proj") {
       // LigerSwiGLUMLP / LigerGEGLUMLP: down_proj(kernel(gate_proj(x), up_proj(x))).
       Tid gate = linear(x, p + gate_name, h, inter);
       Tid up = linear(x, p + up_name, h, inter);
@@ -1976,11 +1980,7 @@ class Program {
     Tid mask = g_.leaf(bt, 1, Component::kLogitsLoss, false);     // target != ignore_index
     Tid count = g_.leaf(1, kI64, Component::kLogitsLoss, false);  // .sum().item()
     g_.release(count);
-    int64_t inc = (v + in - 1) / in;
-    int64_t rows = (bt + inc - 1) / inc;
-    int64_t chunk = 1;
-    while (chunk < rows)
-      chunk *= 2;
+    int64_t chunk = liger_chunk_rows(bt, v, in);
     int me = autocast_ ? ae_ : promote(g_.elem(hn), g_.elem(w.id));
     Tid wc = autocast_ ? autocast_weight(w) : (g_.retain(w.id), w.id);
     bool was = g_.grad_enabled();
@@ -2011,8 +2011,26 @@ class Program {
     g_.release(wc);
     g_.release(shifted);
     // loss = torch.sum(loss_1d), then / num_items_in_batch (the Trainer's).
+    return liger_loss_node(hn, w.id, gi, gw, loss_1d);
+  }
+
+  /// LigerFusedLinearCrossEntropyFunction's chunk: next_pow2(ceil(BT /
+  /// ceil(V / H))) rows, so that a chunk's logits are about BT x H.
+  static int64_t liger_chunk_rows(int64_t bt, int64_t v, int64_t in) {
+    int64_t inc = (v + in - 1) / in;
+    int64_t rows = (bt + inc - 1) / inc;
+    int64_t chunk = 1;
+    while (chunk < rows)
+      chunk *= 2;
+    return chunk;
+  }
+
+  /// The fused cross-entropy's autograd node on input x and weight w, whose
+  /// gradients gi and gw (kNone: none) forward computed; consumes the
+  /// caller's references to gi, gw and the per-token loss.
+  Tid liger_loss_node(Tid x, Tid w, Tid gi, Tid gw, Tid loss_1d) {
     Tid loss =
-        g_.op(1, kF32, {hn, w.id}, {g_.requires_grad(hn) ? gi : kNone, gw}, Component::kLogitsLoss);
+        g_.op(1, kF32, {x, w}, {g_.requires_grad(x) ? gi : kNone, gw}, Component::kLogitsLoss);
     g_.set_grad_source(loss, GradSource::kSaved);
     g_.release(loss_1d);
     g_.release(gi);
@@ -2021,6 +2039,68 @@ class Program {
     Tid scaled = plain(loss);
     g_.release(loss);
     return scaled;
+  }
+
+  /// Liger 0.1 (2024-08, as its examples/huggingface benchmark ran:
+  /// src/liger_kernel/transformers/model/llama.py and
+  /// ops/fused_linear_cross_entropy.py at 8d882141): lce_forward shifts with
+  /// hidden_states[..., :-1, :].contiguous() (a copy) and
+  /// labels[..., 1:].contiguous(); forward allocates grad_linear (zeros_like
+  /// the weight, trained or not) and grad_input; per chunk the logits are
+  /// upcast (.float()), turned into their gradient in place, cast back
+  /// (.to(dtype)) and scaled (a third chunk), and addmm adds into
+  /// grad_linear in place. Python rebinding keeps the previous chunk's
+  /// logits and scaled gradient alive until the next matmul has returned.
+  Tid liger_linear_cross_entropy_2024(Tid hn, const std::string& head, int64_t in) {
+    g_.set_phase(Phase::kLoss);
+    Param& w = param(head, ".weight");
+    int64_t v = m_.vocab_size;
+    int64_t bt = s_.batch * (s_.seq - 1);
+    Tid x = g_.op(bt * in, g_.elem(hn), {hn}, {}, Component::kLogitsLoss);
+    Tid shifted = g_.leaf(bt, kI64, Component::kLogitsLoss, false);
+    Tid gw = g_.leaf(g_.numel(w.id), g_.elem(w.id), Component::kGradients, false);
+    Tid gi = g_.leaf(g_.numel(x), g_.elem(x), Component::kLogitsLoss, false);
+    Tid loss_1d = g_.leaf(bt, kF32, Component::kLogitsLoss, false);
+    Tid count = g_.leaf(1, kI64, Component::kLogitsLoss, false);  // .sum().item()
+    g_.release(count);
+    int64_t chunk = liger_chunk_rows(bt, v, in);
+    int me = autocast_ ? ae_ : promote(g_.elem(x), g_.elem(w.id));
+    Tid wc = autocast_ ? autocast_weight(w) : (g_.retain(w.id), w.id);
+    bool was = g_.grad_enabled();
+    g_.set_grad_enabled(false);
+    Tid prev_logits = kNone, prev_grad = kNone;
+    for (int64_t start = 0; start < bt; start += chunk) {
+      int64_t n = std::min(chunk, bt - start);
+      Tid xc = me != g_.elem(x) ? g_.op(n * in, me, {x}, {}, Component::kTemporaries) : kNone;
+      Tid mm = g_.op(n * v, me, {}, {}, Component::kLogitsLoss);
+      if (xc != kNone)
+        g_.release(xc);
+      if (prev_logits != kNone)
+        g_.release(prev_logits);
+      Tid f32 = g_.op(n * v, kF32, {mm}, {}, Component::kLogitsLoss);
+      g_.release(mm);
+      Tid logits = g_.op(n * v, me, {f32}, {}, Component::kLogitsLoss);
+      g_.release(f32);
+      Tid grad = g_.op(n * v, me, {logits}, {}, Component::kLogitsLoss);
+      if (prev_grad != kNone)
+        g_.release(prev_grad);
+      Tid gic = g_.op(n * in, me, {grad, wc}, {}, Component::kTemporaries);
+      g_.release(gic);  // copied into grad_input[start:end]; addmm adds in place
+      prev_logits = logits;
+      prev_grad = grad;
+    }
+    if (prev_logits != kNone) {
+      g_.release(prev_logits);
+      g_.release(prev_grad);
+    }
+    g_.set_grad_enabled(was);
+    g_.release(wc);
+    g_.release(shifted);
+    // LigerFusedLinearCrossEntropyFunction.apply(_input, linear, target):
+    // grad_linear is saved even for a frozen head (freed with the node).
+    Tid loss = liger_loss_node(x, w.id, gi, gw, loss_1d);
+    g_.release(x);
+    return loss;
   }
 
   /// Liger's LigerSiLUMulFunction / LigerGELUMulFunction (ops/swiglu.py,
@@ -2163,6 +2243,9 @@ class Program {
   /// supports): its RMSNorm, RoPE, SwiGLU/GeGLU and fused linear
   /// cross-entropy replace the eager ops (docs/frameworks.md, "Liger").
   bool liger_ = false;
+  /// Liger's module classes (RMSNorm, SwiGLU/GeGLU MLP) replace the model's
+  /// (fw.liger_modules); RoPE and the fused cross-entropy are patched either way.
+  bool liger_modules_ = false;
   /// Liger RoPE on q/k that are slices of a fused qkv projection (Phi-3):
   /// transpose(1, 2).contiguous() copies them before the in-place kernel.
   bool liger_rope_copies_ = false;
@@ -2691,7 +2774,8 @@ Tid Program::forward(Tid ids) {
     // Liger's lce_forward: in training with labels the logits are skipped and
     // LigerForCausalLMLoss runs on the final hidden states.
     gather_unit(head_unit());
-    liger_loss_ = liger_linear_cross_entropy(hn, head, ew);
+    liger_loss_ = s_.fw.liger_flce_2024 ? liger_linear_cross_entropy_2024(hn, head, ew)
+                                        : liger_linear_cross_entropy(hn, head, ew);
     reshard_unit(head_unit());
     g_.release(hn);
     return kNone;

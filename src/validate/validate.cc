@@ -419,6 +419,12 @@ std::string framework_flags(const TrainingSetup& s) {
     out += " act-offload";
   if (s.optimizer == OptimizerKind::kAdamW8bit)
     out += " adamw8bit";
+  if (s.fw.sdpa_attn_mask && s.framework == Framework::kHf)
+    out += " sdpa-mask";
+  if (s.fw.liger)
+    out += s.fw.liger_flce_2024 ? " liger-0.1" : " liger";
+  if (s.fw.liger && !s.fw.liger_modules)
+    out += "(rope,flce)";
   return out;
 }
 
@@ -595,6 +601,19 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   s->attention = has(attn, "eager")   ? AttentionImpl::kEager
                  : has(attn, "flash") ? AttentionImpl::kFlashAttention2
                                       : AttentionImpl::kSdpa;
+  if (fw == Framework::kHf) {
+    // "sdpa (padded batch mask)": the collator pads, so SDPA gets attn_mask.
+    if (has(attn, "mask"))
+      s->fw.sdpa_attn_mask = true;
+    // The liger column: Liger's version, and "after from_pretrained" when the
+    // run patched the classes after building the model (its 2024 examples).
+    std::string liger = lower(get("liger"));
+    if (!liger.empty() && liger != "no" && liger != "off") {
+      s->fw.liger = true;
+      s->fw.liger_flce_2024 = liger.rfind("0.1", 0) == 0;
+      s->fw.liger_modules = !has(liger, "after from_pretrained");
+    }
+  }
   std::string mb = get("micro_batch");
   std::string seq = get("seq_len");
   if (mb.empty() || seq.empty())
@@ -678,6 +697,11 @@ std::string resolve_model(const std::string& model, const std::string& file) {
 std::string stand_in(const std::string& model) {
   if (model == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T")
     return "TinyLlama/TinyLlama-1.1B-Chat-v1.0";
+  // Qwen2-7B and Qwen2.5-7B publish the same shapes in their config.json
+  // (hidden 3584, 28 layers of 28 query and 4 key/value heads, MLP 18944,
+  // vocabulary 152064, untied head); only rope_theta-style fields differ.
+  if (model == "Qwen/Qwen2-7B")
+    return "Qwen/Qwen2.5-7B";
   return model;
 }
 

@@ -149,6 +149,25 @@ TEST(Validate, ARegisteredGapIsShownWithItsRowOnly) {
   EXPECT_NE(validation_table(r).find("    why: the bf16 model states"), std::string::npos);
 }
 
+TEST(Validate, LigerColumnSetsTheKernelsAndTheirVersion) {
+  auto row = [](const std::string& liger) {
+    return "https://example.com/liger,meta-llama/Llama-3.2-1B,A100 80GB,single,1,1,bf16-mixed,"
+           "AdamW,2,256,on,full,,sdpa (padded batch mask),torch.cuda.max_memory_allocated,3.0,"
+           "confidence=high," +
+           liger + "\n";
+  };
+  std::string header = std::string(kHeader);
+  header.insert(header.size() - 1, ",liger");
+  auto setting = [&](const std::string& liger) {
+    ValidationReport r = validate_csv(header + row(liger), "t.csv");
+    return r.rows.size() == 1 ? r.rows[0].setting + r.rows[0].skipped_reason : std::string();
+  };
+  EXPECT_EQ(setting(""), "bf16-mixed b2 s256 ckpt sdpa-mask");
+  EXPECT_EQ(setting("0.6.4"), "bf16-mixed b2 s256 ckpt sdpa-mask liger");
+  EXPECT_EQ(setting("0.1 after from_pretrained"),
+            "bf16-mixed b2 s256 ckpt sdpa-mask liger-0.1(rope,flce)");
+}
+
 TEST(Validate, AlpacaRowsCappedAtMaxSeqLenAreComparedAtTheCap) {
   auto row = [](const std::string& url, const std::string& seq) {
     return url + ",openai-community/gpt2,A100 80GB,single,1,1,bf16 (pure),AdamW,2,\"" + seq +

@@ -515,6 +515,33 @@ TEST(Framework, LigerFusedLinearCrossEntropyKeepsOneChunkOfLogits) {
   EXPECT_EQ(widest(full, Component::kLogitsLoss), chunk * v * kBf16);
 }
 
+// Liger 0.1 as its 2024 Hugging Face example ran it (patched after
+// from_pretrained): the eager RMSNorm and MLP stay, RoPE rotates in place (no
+// bytes either way) and lce_forward replaces the logits. Its fused
+// cross-entropy upcasts each chunk to fp32, the widest loss tensor.
+TEST(Framework, Liger2024PatchAfterLoadKeepsTheEagerModules) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kFull, 2, 256);
+  s.precision = Precision::kBf16;
+  int64_t eager = activations_before_loss(trace::build_trace(m, s));
+  s.fw.liger = true;
+  s.fw.liger_modules = false;
+  s.fw.liger_flce_2024 = true;
+  trace::TraceResult t = trace::build_trace(m, s);
+  int64_t tokens = s.batch * s.seq;
+  EXPECT_EQ(eager - activations_before_loss(t), 2 * tokens * m.vocab_size);
+  int64_t bt = s.batch * (s.seq - 1);  // 510: hidden_states[..., :-1, :].contiguous()
+  int64_t chunk = 16;                  // next_pow2(ceil(510 / 63))
+  EXPECT_EQ(widest(t, Component::kLogitsLoss), 4 * chunk * m.vocab_size);
+  // Live at once, at the second chunk's .to(dtype): the shifted copy, the
+  // labels, grad_input, the fp32 loss, the previous chunk's scaled gradient
+  // and this chunk's fp32 and bf16 logits (grad_linear is a gradient).
+  int64_t h = m.hidden_size;
+  int64_t expected = 2 * bt * h + 8 * bt + 2 * bt * h + 4 * bt + (2 + 4 + 2) * chunk * m.vocab_size;
+  EXPECT_NEAR(static_cast<double>(max_live_in_steps(t.events, Component::kLogitsLoss)),
+              static_cast<double>(expected), 64);
+}
+
 std::string recipe(const char* name) {
   return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
 }
