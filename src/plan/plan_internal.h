@@ -29,6 +29,7 @@ struct ModelStats {
   double norm_residual_elems = 0;  ///< norms and residual adds: never split by tensor parallelism
   double mlp_act_elems = 0;        ///< the MLP activation (and gate product): split by Megatron TP
   double score_heads = 0;          ///< sum over layers of query heads (materialized scores: x s)
+  bool liger = false;              ///< Liger has kernels for the model type (trace::liger_patches)
 };
 
 ModelStats model_stats(const ModelSpec& model);

@@ -9,6 +9,7 @@
 #include "llmem/plan.h"
 
 #include "plan/plan_internal.h"
+#include "trace/program.h"
 
 namespace llmem {
 namespace plan_detail {
@@ -94,6 +95,7 @@ ModelStats model_stats(const ModelSpec& model) {
   s.hidden = static_cast<double>(model.hidden_size);
   s.vocab = static_cast<double>(model.vocab_size);
   s.layers = static_cast<double>(model.num_layers);
+  s.liger = trace::liger_patches(model);
   for (const TensorSpec& t : model.tensors) {
     if (!is_weight(t))
       continue;
@@ -189,8 +191,10 @@ StepTime step_time(const ModelStats& st, const TrainingSetup& setup, const PlanC
   double fwd_elems = st.norm_residual_elems / outer_split + st.mlp_act_elems / inner_split +
                      (scores ? 5 * st.score_heads * s_eff / inner_split : 0);
   // Logits upcast to fp32, log-softmax, its gradient: about six fp32 passes over
-  // the vocabulary per token (vocabulary-parallel under Megatron).
-  double loss_bytes = 6 * 4 * st.vocab / inner_split;
+  // the vocabulary per token (vocabulary-parallel under Megatron). Liger's
+  // fused linear cross-entropy writes each chunk's 16-bit logits once and turns
+  // them into their gradient in place (one read, one write); the matmuls read them.
+  double loss_bytes = (setup.fw.liger && st.liger ? 2 * 2 : 6 * 4) * st.vocab / inner_split;
   double fwd_mem = tokens * fwd_elems * act_bytes / c.pp / mem_bw;
   double mem_mb = fwd_mem * (3 + (ckpt ? 1 : 0)) + tokens * loss_bytes / c.pp / mem_bw;
   t_fwd += fwd_mem;

@@ -548,6 +548,34 @@ TEST(Plan, StepTimeElementwiseTraffic) {
   EXPECT_LT(step_time(m, s, c, gpu, 1, StepTimeOptions{}).memory_s, dp.memory_s * 0.8);
 }
 
+// Liger's fused cross-entropy: about 4 bytes of logits traffic per vocabulary
+// entry and token instead of 24 (docs/planner.md); nothing for model types
+// Liger does not patch.
+TEST(Plan, StepTimeLigerLossTraffic) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  TrainingSetup s;
+  s.seq = 1024;
+  s.attention = AttentionImpl::kSdpa;
+  PlanCandidate c;
+  c.micro_batch = 4;
+  c.trainable_params = m.params();
+  StepTime eager = step_time(m, s, c, gpu, 1, StepTimeOptions{});
+  s.fw.liger = true;
+  StepTime liger = step_time(m, s, c, gpu, 1, StepTimeOptions{});
+  double tokens = 4.0 * 1024;
+  double bw = gpu.memory_bandwidth_gbps * 1e9 * StepTimeOptions{}.memory_efficiency;
+  EXPECT_NEAR(eager.memory_s - liger.memory_s, tokens * 20 * static_cast<double>(m.vocab_size) / bw,
+              1e-9);
+  EXPECT_DOUBLE_EQ(liger.compute_s, eager.compute_s);
+  ModelSpec opt = load_model("facebook/opt-1.3b");
+  EXPECT_DOUBLE_EQ(step_time(opt, s, c, gpu, 1, StepTimeOptions{}).memory_s, [&] {
+    TrainingSetup e = s;
+    e.fw.liger = false;
+    return step_time(opt, e, c, gpu, 1, StepTimeOptions{}).memory_s;
+  }());
+}
+
 // The LLMem paper's Table 3 (4x V100 16 GB, sequence 512; shared/docs/llmem-paper.md §5.5):
 // which of 4DP, 2DP+2TP and 4TP run out of memory and which is fastest.
 struct Table3Row {
