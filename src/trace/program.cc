@@ -772,12 +772,16 @@ class Program {
         break;
       case OptimizerKind::kAdamW8bit:
       case OptimizerKind::kPagedAdamW8bit:
-        if (n < 4096) {  // bnb min_8bit_size: small tensors keep 32-bit states
+        // bitsandbytes 0.44.0+ Optimizer2State.init_state (optim/optimizer.py,
+        // PR #1365 set the block to 256): a tensor under min_8bit_size (4096)
+        // keeps two fp32 states whatever its dtype; a larger one gets two
+        // uint8 states and two fp32 absmax of ceil(n / 256) blocks each.
+        if (n < 4096) {
           opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
         } else {
           opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
           opt_state_.push_back(
-              g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
+              g_.leaf(2 * ((n + 255) / 256), kF32, Component::kOptimizerStates, false));
         }
         break;
       default:  // AdamW: exp_avg and exp_avg_sq in the stepped tensor's dtype

@@ -336,6 +336,28 @@ TEST(Framework, OptimizerInBackwardHoldsTheTiedGradientThroughBackward) {
   EXPECT_EQ(max_live(in_bwd.events, Component::kOptimizerStates), 2 * total);
 }
 
+// bitsandbytes 0.44.1 AdamW8bit (Optimizer2State.init_state), one optimizer
+// per parameter under optimizer_in_bwd: Llama-3.2-1B's 2048-element norms are
+// under min_8bit_size (4096) and keep two fp32 states; every other tensor gets
+// two uint8 states plus two fp32 absmax of ceil(n / 256) blocks. The tied
+// embedding/lm_head gets its states once.
+TEST(Framework, AdamW8bitStatesFollowBitsandbytesInitState) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 256);
+  s.fw.output_chunks = 8;
+  s.fw.optimizer_in_bwd = true;
+  s.optimizer = OptimizerKind::kAdamW8bit;
+  int64_t h = 2048;
+  int64_t kv = 512;
+  int64_t ffn = 8192;
+  int64_t vocab = 128256;
+  auto eight_bit = [](int64_t n) { return 2 * n + 2 * 4 * ((n + 255) / 256); };
+  int64_t layer = 2 * eight_bit(h * h) + 2 * eight_bit(kv * h) + 3 * eight_bit(h * ffn) +
+                  2 * (2 * 4 * h);  // q, o; k, v; gate, up, down; two norms
+  int64_t expected = 16 * layer + eight_bit(vocab * h) + 2 * 4 * h;  // + embedding, final norm
+  EXPECT_EQ(max_live(trace::build_trace(m, s).events, Component::kOptimizerStates), expected);
+}
+
 // torchtune's MultiHeadAttention expands grouped K/V to every query head
 // (expand + reshape or flatten: copies) before SDPA, which saves them; HF with
 // torch >= 2.5 and no mask passes enable_gqa instead. Layer 0's forward thus
