@@ -358,6 +358,29 @@ TEST(Framework, AdamW8bitStatesFollowBitsandbytesInitState) {
   EXPECT_EQ(max_live(trace::build_trace(m, s).events, Component::kOptimizerStates), expected);
 }
 
+// bitsandbytes PagedAdamW8bit under optimizer_in_bwd (torchtune's
+// 3B_full_single_device default at 1814feb): get_state_buffer pages only
+// tensors of 1e5 elements or more, and the blockwise absmax are plain device
+// tensors (bnb 0.44.1 Optimizer2State.init_state). Llama-3.2-1B: each 2048
+// norm keeps two fp32 states; every other tensor leaves two fp32 absmax of
+// ceil(n / 256) on the device.
+TEST(Framework, PagedAdamW8bitInBackwardKeepsAbsmaxAndSmallStatesOnTheDevice) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 256);
+  s.fw.output_chunks = 8;
+  s.fw.optimizer_in_bwd = true;
+  s.fw.paged_optimizer = true;
+  s.optimizer = OptimizerKind::kPagedAdamW8bit;
+  int64_t h = 2048;
+  int64_t kv = 512;
+  int64_t ffn = 8192;
+  int64_t vocab = 128256;
+  auto absmax = [](int64_t n) { return 2 * 4 * ((n + 255) / 256); };
+  int64_t layer = 2 * absmax(h * h) + 2 * absmax(kv * h) + 3 * absmax(h * ffn) + 2 * (2 * 4 * h);
+  int64_t expected = 16 * layer + absmax(vocab * h) + 2 * 4 * h;
+  EXPECT_EQ(max_live(trace::build_trace(m, s).events, Component::kOptimizerStates), expected);
+}
+
 // torchtune's MultiHeadAttention expands grouped K/V to every query head
 // (expand + reshape or flatten: copies) before SDPA, which saves them; HF with
 // torch >= 2.5 and no mask passes enable_gqa instead. Layer 0's forward thus
@@ -483,6 +506,18 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   s.fw.compile_loss = false;
   trace::TraceResult layers_only = trace::build_trace(m, s);
   EXPECT_EQ(max_live_in_steps(layers_only.events, Component::kLogitsLoss), loss_peak(false));
+  // full_finetune_single_device (1814feb) calls training.compile_loss(self._loss_fn)
+  // and drops its result: compile_loss compiles CEWithChunkedOutputLoss's
+  // compute_cross_entropy in place, but returns nn.CrossEntropyLoss wrapped
+  // anew. Unchunked, the full recipe's loss is the eager one, whose widest
+  // tensor is the saved fp32 log-softmax (4TV); chunked, it is compiled (the
+  // widest loss tensor is the 8-byte-per-row statistics). The LoRA
+  // single-device recipe keeps the compiled module.
+  EXPECT_LT(widest_loss(true, 0), 4 * tv);
+  s.finetune = FinetuneMode::kFull;
+  EXPECT_EQ(widest_loss(true, 0), 4 * tv);
+  EXPECT_EQ(loss_peak(true), loss_peak(false));
+  EXPECT_EQ(widest_loss(true, 8), s.batch * s.seq * 8);
 }
 
 std::string recipe(const char* name) {
