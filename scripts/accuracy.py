@@ -98,7 +98,7 @@ REASONS = {
         "uint8 states, fp32 absmax per 256, fp32 states for the 3072-element norms, one fused "
         "kernel, no temporaries; the config's PagedAdamW8bit (3B_full_single_device.yaml) would "
         "leave 9.4 GiB in the counters, so it was not the one. torchtune's docs also name torchao's "
-        "low_bit_optim.AdamW8bit: same state bytes, but each parameter is stepped by "
+        "low_bit_optim.AdamW8bit (v0.6.1): same state bytes, but each parameter is stepped by "
         "torch.compile(single_param_adam), which dequantizes to fp32; any fp32 copy inductor "
         "materializes is 1.47 GiB for the tied [128256, 3072] weight, stepped at the end of "
         "backward when llmem has 12.86 GiB live: the measured 17.6 would need 4.7 GiB there, about "
