@@ -171,6 +171,11 @@ struct FrameworkSetup {
   /// bitsandbytes paged optimizer (PagedAdamW): states in CUDA managed
   /// memory, outside PyTorch's allocator and its counters.
   bool paged_optimizer = false;
+  /// Elements per fp32 absmax of bitsandbytes' blockwise 8-bit optimizer
+  /// states: 2048 up to 0.43.3, 256 from 0.44.0 (2024-09-23, PR #1365;
+  /// optim/optimizer.py Optimizer2State.init_state). LitGPT pins
+  /// bitsandbytes==0.42.0 (pyproject.toml, 2024-09).
+  int64_t bnb_block = 256;
   /// The training loop keeps the previous step's logits bound to a Python
   /// name until the next forward returns (LitGPT; torchtune before `del logits`).
   bool logits_outlive_step = false;

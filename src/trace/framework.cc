@@ -51,6 +51,7 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     if (s->checkpointing != CheckpointMode::kOff)
       s->checkpointing = CheckpointMode::kNonReentrant;
   } else {
+    s->fw.bnb_block = 2048;  // litgpt pyproject.toml: bitsandbytes==0.42.0
     s->fw.lm_head_chunk_tokens = 128;
     s->fw.loss_fp32 = false;
     s->fw.logits_outlive_step = true;

@@ -132,6 +132,7 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
   for (Tid i : inputs) {
     if (i != kNone && requires_grad(i)) {
       node_tids_.push_back(i);
+      count_edge(i);
       ++node.num_inputs;
     }
   }
@@ -166,6 +167,7 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
   Node node = new_node();
   node.output = out;
   node_tids_.push_back(input);
+  count_edge(input);
   node.num_inputs = 1;
   if (offload_) {
     // torchtune/training/_activation_offloading.py pack_tensor: the saved
@@ -203,10 +205,54 @@ void Graph::pass_boundary() {
   nodes_.push_back(node);
 }
 
-void Graph::accumulate(Tid target, Tid g) {
+Tid Graph::grad_target(Tid t) const {
+  const Tensor& x = tensors_[static_cast<size_t>(t)];
+  return x.storage != kNone && !x.is_leaf ? x.storage : t;
+}
+
+bool Graph::accumulates(Tid t) const {
+  const Tensor& x = tensors_[static_cast<size_t>(t)];
+  return x.is_leaf && x.storage == kNone;
+}
+
+void Graph::count_edge(Tid input) {
+  Tid target = grad_target(input);
+  if (accumulates(target))
+    ++tensors_[static_cast<size_t>(target)].pending_edges;
+}
+
+void Graph::serve_edge(Tid input, Tid g) {
+  Tid target = grad_target(input);
+  bool counted = accumulates(target) && tensors_[static_cast<size_t>(target)].pending_edges > 0;
+  if (counted)
+    --tensors_[static_cast<size_t>(target)].pending_edges;
+  if (g != kNone) {
+    accumulate(target, g);
+    if (counted)
+      tensors_[static_cast<size_t>(target)].grad_arrived = true;
+  }
   Tensor& t = tensors_[static_cast<size_t>(target)];
-  if (t.storage != kNone && !t.is_leaf)
-    target = t.storage;
+  if (!counted || t.pending_edges > 0 || !t.grad_arrived)
+    return;
+  // The AccumulateGrad node has all its inputs: it is ready, and runs (then
+  // its hook) once the node that fed it has returned.
+  t.grad_arrived = false;
+  if (post_accumulate_)
+    ready_.push_back(target);
+}
+
+void Graph::run_ready(size_t from) {
+  // By index: a hook may run ops that grow ready_ (it does not today).
+  for (size_t k = from; k < ready_.size(); ++k) {
+    Tid p = ready_[k];
+    if (tensors_[static_cast<size_t>(p)].grad != kNone)
+      post_accumulate_(p);
+  }
+  ready_.resize(from);
+}
+
+void Graph::accumulate(Tid target, Tid g) {
+  target = grad_target(target);
   Tensor& dst = tensors_[static_cast<size_t>(target)];
   if (dst.grad == kNone) {
     dst.grad = g;  // AccumulateGrad / InputBuffer steal the first gradient
@@ -230,9 +276,6 @@ void Graph::accumulate(Tid target, Tid g) {
   } else {
     release(g);  // added in place into the existing buffer
   }
-  const Tensor& leaf_t = tensors_[static_cast<size_t>(target)];
-  if (post_accumulate_ && leaf_t.is_leaf && leaf_t.storage == kNone && leaf_t.grad != kNone)
-    post_accumulate_(target);
 }
 
 void Graph::clear_grad(Tid param) {
@@ -256,6 +299,7 @@ void Graph::run_backward(size_t begin) {
     }
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
     enter_layer(node.layer);
+    size_t ready_from = ready_.size();
     if (out_grad != kNone) {
       tensors_[static_cast<size_t>(node.output)].grad = kNone;
       if (node.checkpoint >= 0) {
@@ -281,14 +325,15 @@ void Graph::run_backward(size_t begin) {
         tensors_[static_cast<size_t>(detached)].grad = kNone;
         release(detached);
         const Tensor& in = tensors_[static_cast<size_t>(input)];
-        if (g != kNone && in.is_leaf && !in.live)
+        if (g != kNone && in.is_leaf && !in.live) {
           release(g);  // a leaf already gone (offloaded embedding output): nothing to keep
-        else if (g != kNone)
-          accumulate(input, g);
+          g = kNone;
+        }
+        serve_edge(input, g);
       } else {
         Tid temp =
             node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
-        // By index: node_tids_ may grow while accumulate() runs hooks.
+        // By index: node_tids_ may grow while the tensors are made.
         for (uint32_t i = 0; i < node.num_inputs; ++i) {
           Tid in = node_tids_[node.tids + i];
           const Tensor& t = tensors_[static_cast<size_t>(in)];
@@ -302,17 +347,26 @@ void Graph::run_backward(size_t begin) {
           } else {
             g = new_tensor(t.numel, t.elem, Component::kTemporaries);
           }
-          accumulate(in, g);
+          serve_edge(in, g);
         }
         if (temp != kNone)
           release(temp);
         release(out_grad);
       }
+    } else {
+      // No gradient reached this node: its edges are served empty.
+      for (uint32_t i = 0; i < node.num_inputs; ++i)
+        serve_edge(node_tids_[node.tids + i], kNone);
     }
     for (uint32_t i = 0; i < node.num_saved; ++i)
       release(node_tids_[node.tids + node.num_inputs + i]);
     // Every node created after this one has run: its tensors are the top of the stack.
     node_tids_.resize(node.tids);
+    // engine.cpp evaluate_function: the node's incoming gradient and saved
+    // tensors (release_variables) are gone before the AccumulateGrad nodes it
+    // made ready run; those run first among the ready nodes (sequence_nr
+    // UINT64_MAX).
+    run_ready(ready_from);
   }
 }
 

@@ -80,8 +80,13 @@ class Graph {
   /// memory of its own; its gradient accumulates into the base's.
   Tid view(Tid base, int64_t numel);
 
-  /// torch.Tensor.register_post_accumulate_grad_hook on every leaf: called
-  /// with the leaf each time a gradient has been accumulated into its .grad.
+  /// torch.Tensor.register_post_accumulate_grad_hook on every leaf. The hook
+  /// belongs to the leaf's AccumulateGrad node, which the autograd engine runs
+  /// once per backward, when every edge into it has delivered its gradient
+  /// (torch/csrc/autograd/engine.cpp dependencies; the contributions wait,
+  /// summed, in the node's InputBuffer). A leaf used by several ops (a tied
+  /// embedding and lm_head) thus gets the hook once, after its last use in
+  /// backward order, with the sum; a leaf used once gets it right away.
   void set_post_accumulate_grad_hook(std::function<void(Tid)> hook) {
     post_accumulate_ = std::move(hook);
   }
@@ -163,6 +168,8 @@ class Graph {
     bool is_leaf = false;
     bool live = false;
     bool grad_this_pass = false;  // .grad was set during the current backward
+    int32_t pending_edges = 0;    // recorded nodes not yet run that send it a gradient
+    bool grad_arrived = false;    // a gradient is waiting for the AccumulateGrad node
     bool owns_memory = true;      // false: a virtual leaf
     Layout layout = Layout::kContiguous;
     Component component = Component::kActivations;
@@ -188,6 +195,16 @@ class Graph {
   Tid share(Tid base);  // a tensor on base's storage (alias, view)
   Tid new_tensor(int64_t numel, int elem, Component c);
   void emit(Tid t, bool alloc);
+  /// The tensor a gradient for `t` lands in: a view's base, else `t`.
+  Tid grad_target(Tid t) const;
+  /// Whether `t` is a leaf whose gradient goes through an AccumulateGrad node.
+  bool accumulates(Tid t) const;
+  void count_edge(Tid input);  // a recorded node will send `input` a gradient
+  /// One edge into `input`'s AccumulateGrad has been served; with `g` (kNone:
+  /// the node sent nothing) its gradient is added first.
+  void serve_edge(Tid input, Tid g);
+  /// Runs the post-accumulate hooks of the leaves in ready_[from..], then drops them.
+  void run_ready(size_t from);
   void accumulate(Tid target, Tid g);
   void run_backward(size_t begin);
   void enter_layer(int16_t layer);
@@ -206,6 +223,7 @@ class Graph {
   std::function<void(int, int)> layer_hook_;
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
   std::function<void(Tid)> post_accumulate_;
+  std::vector<Tid> ready_;  // leaves whose AccumulateGrad has all its inputs
   bool offload_ = false;
   int offload_stash_limit_ = 5;
   std::vector<Tid> offload_stash_;  // offloaded tensors still on the GPU (copy in flight)

@@ -778,6 +778,11 @@ class Program {
 
   void optimizer_step(bool first);
   void add_paged_states();
+  /// What a bitsandbytes paged optimizer keeps in the caching allocator for a
+  /// tensor of `n` elements (see add_paged_states).
+  void add_paged_remnant(int64_t n);
+  /// Elements per absmax of bitsandbytes' blockwise 8-bit states (FrameworkSetup::bnb_block).
+  int64_t bnb_block() const { return std::max<int64_t>(1, s_.fw.bnb_block); }
   /// The states `kind` keeps for a tensor of `n` elements of `e` bytes.
   void add_states(OptimizerKind kind, int64_t n, int e) {
     switch (kind) {
@@ -793,12 +798,17 @@ class Program {
         break;
       case OptimizerKind::kAdamW8bit:
       case OptimizerKind::kPagedAdamW8bit:
-        if (n < 4096) {  // bnb min_8bit_size: small tensors keep 32-bit states
+        // bitsandbytes Optimizer2State.init_state (optim/optimizer.py): a
+        // tensor under min_8bit_size (4096) keeps two fp32 states whatever its
+        // dtype; a larger one gets two uint8 states and two fp32 absmax of
+        // ceil(n / bnb_block()) blocks each.
+        if (n < 4096) {
           opt_state_.push_back(g_.leaf(2 * n, kF32, Component::kOptimizerStates, false));
         } else {
+          int64_t block = bnb_block();
           opt_state_.push_back(g_.leaf(2 * n, 1, Component::kOptimizerStates, false));
           opt_state_.push_back(
-              g_.leaf(2 * (n / 256 + 1), kF32, Component::kOptimizerStates, false));
+              g_.leaf(2 * ((n + block - 1) / block), kF32, Component::kOptimizerStates, false));
         }
         break;
       default:  // AdamW: exp_avg and exp_avg_sq in the stepped tensor's dtype
@@ -2195,6 +2205,22 @@ class Program {
   Tid gpt2_layer(Tid x, int i);
   Tid opt_layer(Tid x, int i);
   Tid causal_lm_loss(Tid logits, Tid labels);
+  /// Whether an unchunked loss runs compiled. torchtune's training.compile_loss
+  /// (training/_compile.py, 1814feb to 2026-04) compiles
+  /// CEWithChunkedOutputLoss.compute_cross_entropy in place but wraps any
+  /// other loss in a new module that it returns, and only
+  /// lora_finetune_single_device keeps it (self._loss_fn =
+  /// training.compile_loss(...)); full_finetune_single_device,
+  /// full_finetune_distributed and lora_finetune_distributed drop the return
+  /// value, so their nn.CrossEntropyLoss runs eagerly.
+  bool compiled_whole_loss() const {
+    if (!s_.fw.compile_loss)
+      return false;
+    if (s_.framework != Framework::kTorchtune)
+      return true;
+    bool distributed = s_.parallel.method != Method::kSingle || s_.parallel.dp > 1;
+    return s_.finetune != FinetuneMode::kFull && !distributed;
+  }
   void add_lora();
   /// A trainable adapter pair for an [out, in] weight of `layer`: lora_A
   /// [r, in] and lora_B [out, r].
@@ -3207,7 +3233,7 @@ Tid Program::causal_lm_loss(Tid logits, Tid labels) {
     return mean;
   }
   Tid loss;
-  if (s_.fw.compile_loss) {
+  if (compiled_whole_loss()) {
     // training.compile_loss on nn.CrossEntropyLoss: the fp32 logits (alive
     // anyway) are its input.
     loss = compiled_cross_entropy(g_, l32, shifted, tokens_);
@@ -3321,29 +3347,31 @@ void Program::optimizer_step(bool first) {
   zero_grad();
 }
 
-// bitsandbytes/optim/optimizer.py (0.42 to 0.44): Optimizer2State.init_state
+// bitsandbytes/optim/optimizer.py (0.42.0 to 0.44.1): Optimizer2State.init_state
 // takes each state from get_state_buffer, which pages only tensors of 1e5
 // elements or more; a smaller parameter's states are torch.zeros_like on the
 // device, inside the caching allocator and its counters (fp32 for the 32-bit
 // PagedAdamW whatever the parameter's dtype). The 8-bit optimizers' blockwise
-// absmax1/absmax2 (one fp32 per 2048 elements) are never paged. LitGPT's
-// LoRAQKVLinear (litgpt/lora.py) holds one lora_A of r * enabled rows and one
-// lora_B of the enabled q/k/v widths, so its q/k/v adapters of a layer count
-// as one tensor each against the threshold.
-void Program::add_paged_states() {
+// absmax1/absmax2 (one fp32 per bnb_block() elements) are never paged.
+void Program::add_paged_remnant(int64_t n) {
   constexpr int64_t kPageMin = 100000;
   bool eight_bit =
       s_.optimizer == OptimizerKind::kAdamW8bit || s_.optimizer == OptimizerKind::kPagedAdamW8bit;
-  auto add = [&](int64_t n) {
-    if (n <= 0)
-      return;
-    if (n < kPageMin) {
-      add_states(eight_bit ? s_.optimizer : OptimizerKind::kAdamW, n, kF32);
-    } else if (eight_bit) {
-      opt_state_.push_back(
-          g_.leaf(2 * ((n + 2047) / 2048), kF32, Component::kOptimizerStates, false));
-    }
-  };
+  if (n <= 0)
+    return;
+  if (n < kPageMin) {
+    add_states(eight_bit ? s_.optimizer : OptimizerKind::kAdamW, n, kF32);
+  } else if (eight_bit) {
+    int64_t block = bnb_block();
+    opt_state_.push_back(
+        g_.leaf(2 * ((n + block - 1) / block), kF32, Component::kOptimizerStates, false));
+  }
+}
+
+// LitGPT's LoRAQKVLinear (litgpt/lora.py) holds one lora_A of r * enabled rows
+// and one lora_B of the enabled q/k/v widths, so its q/k/v adapters of a layer
+// count as one tensor each against the paging threshold.
+void Program::add_paged_states() {
   std::map<std::string, std::pair<int64_t, int64_t>> fused;  // layer's attention -> (A, B)
   std::unordered_set<Tid> grouped;
   if (s_.framework == Framework::kLitgpt) {
@@ -3359,12 +3387,12 @@ void Program::add_paged_states() {
     }
   }
   for (const auto& entry : fused) {
-    add(entry.second.first);
-    add(entry.second.second);
+    add_paged_remnant(entry.second.first);
+    add_paged_remnant(entry.second.second);
   }
   for (Tid p : trainable_) {
     if (grouped.count(p) == 0)
-      add(tensor_shard(p, r_.state_shards));
+      add_paged_remnant(tensor_shard(p, r_.state_shards));
   }
 }
 
@@ -3381,9 +3409,13 @@ void Program::step_in_backward(Tid p) {
     n = tensor_shard(p, r_.state_shards);
     e = r_.param_shards > 1 ? store_elem_ : e;
   }
-  if (!s_.fw.paged_optimizer && !r_.offload_optimizer && stepped_in_bwd_.insert(p).second) {
-    // The parameter's own optimizer creates its states at its first step.
-    add_states(s_.optimizer, n, e);
+  if (!r_.offload_optimizer && stepped_in_bwd_.insert(p).second) {
+    // The parameter's own optimizer creates its states at its first step; a
+    // paged one keeps on the device what get_state_buffer does not page.
+    if (s_.fw.paged_optimizer)
+      add_paged_remnant(n);
+    else
+      add_states(s_.optimizer, n, e);
   }
   bool adam_temps =
       !s_.fw.paged_optimizer && !r_.offload_optimizer &&

@@ -94,20 +94,20 @@ constexpr KnownGap kGaps[] = {
      "pages that none of torchtune's three counters (torchtune/utils/memory.py: active, "
      "allocated, reserved) see, so they are not the gap; the config's batch_size is 2 while "
      "the README says 4; not yet explained"},
-    {"1814feb", "meta-llama/Llama-3.2-3B", "torchtune bf16 b2 s4096 packed compile", "",
-     "compiled layers with the unchunked compiled cross-entropy: 4.0 GiB under, about one "
-     "fp32 [T, V] tensor (3.92 GiB). The same compiled layers with chunked CE (line 13) are "
-     "-1.3 %, so the gap is in the unchunked compiled loss, where llmem keeps the fp32 "
-     "logits and two per-row statistics and writes one fp32 gradient (inductor lowers the "
-     "nll scatter onto zeros to a pointwise kernel, optimize_scatter_upon_const_tensor); not "
-     "yet explained"},
     {"1814feb", "meta-llama/Llama-3.2-3B",
      "torchtune bf16 b2 s4096 ckpt packed compile chunked-ce optim-in-bwd act-offload adamw8bit",
      "",
-     "bitsandbytes AdamW8bit stepped in backward: the table's drop from the previous row is "
-     "4.2 GiB, while 8-bit states (2 bytes per parameter plus blockwise absmax) against bf16 "
-     "AdamW states (4 bytes per parameter) save 5.9 GiB, which llmem applies; 2.6 GiB under, "
-     "not yet explained"},
+     "\"+ 8-bit AdamW\": 2.15 GiB under. The README names only AdamW8bit. bitsandbytes' "
+     "AdamW8bit (0.44.1, Optimizer2State.init_state / update_step) allocates what llmem traces: "
+     "uint8 states, fp32 absmax per 256, fp32 states for the 3072-element norms, one fused "
+     "kernel, no temporaries; the config's PagedAdamW8bit (3B_full_single_device.yaml) would "
+     "leave 9.4 GiB in the counters, so it was not the one. torchtune's docs also name torchao's "
+     "low_bit_optim.AdamW8bit (v0.6.1): same state bytes, but each parameter is stepped by "
+     "torch.compile(single_param_adam), which dequantizes to fp32; any fp32 copy inductor "
+     "materializes is 1.47 GiB for the tied [128256, 3072] weight, stepped at the end of "
+     "backward when llmem has 12.86 GiB live: the measured 17.6 would need 4.7 GiB there, about "
+     "three such copies. Needs a GPU run to settle (docs/frameworks.md, Optimizer in backward "
+     "and 8-bit states)"},
     {"1814feb", "meta-llama/Llama-3.2-3B",
      "torchtune bf16 b2 s4096 ckpt qlora packed compile chunked-ce act-offload", "",
      "0.34 GiB over on a 4.6 GiB QLoRA run (the LoRA row, line 18, is +3.9 %, 0.33 GiB "

@@ -203,6 +203,12 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
       s->fw.optimizer_in_bwd = true;
     if (has(ckpt, "offload"))
       s->fw.activation_offload = true;
+    // bitsandbytes (torchtune pins none): 8-bit states keep one fp32 absmax
+    // per 2048 elements up to 0.43.3 and per 256 from 0.44.0 (2024-09-23).
+    // Only the Llama-3.2-3B table (README PR #2003, 2024-11-18) is later; the
+    // Llama-3.1 table came with PR #1664 (30b8519e8, merged 2024-09-24), the
+    // others in March-April 2024.
+    s->fw.bnb_block = has(url, "1814feb") && !readme_compiled ? 256 : 2048;
     // training.shard_model: FSDP2 fully_shard; the 2024-03/04 recipes
     // (5cbc1967b, 0217d44c2) wrapped the model in FSDP1.
     s->parallel.fsdp_version = early ? 1 : 2;

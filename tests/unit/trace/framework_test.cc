@@ -310,25 +310,75 @@ TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
   EXPECT_EQ(states(64), 0);
 }
 
-TEST(Framework, OptimizerInBackwardNeverHoldsMoreThanOneGradient) {
+// torchtune optimizer_in_bwd (training/_optim_in_bwd / register_optim_in_bwd_hooks
+// at 1814feb) steps each parameter in its post-accumulate-grad hook and frees
+// its gradient. Llama-3.2-1B ties lm_head to the embedding: that weight's
+// AccumulateGrad node runs once, after the embedding's backward at the very
+// end, so the head's gradient (bf16 [128256, 2048]) waits through all of
+// backward while every other weight is stepped and freed one at a time.
+TEST(Framework, OptimizerInBackwardHoldsTheTiedGradientThroughBackward) {
   ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
   TrainingSetup s = torchtune_setup(1, 256);
   s.fw.output_chunks = 8;
   trace::TraceResult plain = trace::build_trace(m, s);
   s.fw.optimizer_in_bwd = true;
   trace::TraceResult in_bwd = trace::build_trace(m, s);
-  int64_t largest = 0;
   int64_t total = 0;
   for (const TensorSpec& t : m.tensors) {
-    if (!t.tied_to.empty())
-      continue;
-    largest = std::max(largest, t.numel * kBf16);
-    total += t.numel * kBf16;
+    if (t.tied_to.empty())
+      total += t.numel * kBf16;
   }
   EXPECT_EQ(max_live(plain.events, Component::kGradients), total);
-  EXPECT_LE(max_live(in_bwd.events, Component::kGradients), largest);
-  // Each parameter still gets its two AdamW states.
+  int64_t tied = int64_t{128256} * 2048 * kBf16;
+  int64_t mlp = int64_t{2048} * 8192 * kBf16;  // the largest other weight
+  EXPECT_EQ(max_live(in_bwd.events, Component::kGradients), tied + mlp);
+  // Each parameter still gets its two AdamW states, the tied one once.
   EXPECT_EQ(max_live(in_bwd.events, Component::kOptimizerStates), 2 * total);
+}
+
+// bitsandbytes 0.44.1 AdamW8bit (Optimizer2State.init_state), one optimizer
+// per parameter under optimizer_in_bwd: Llama-3.2-1B's 2048-element norms are
+// under min_8bit_size (4096) and keep two fp32 states; every other tensor gets
+// two uint8 states plus two fp32 absmax of ceil(n / 256) blocks. The tied
+// embedding/lm_head gets its states once.
+TEST(Framework, AdamW8bitStatesFollowBitsandbytesInitState) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 256);
+  s.fw.output_chunks = 8;
+  s.fw.optimizer_in_bwd = true;
+  s.optimizer = OptimizerKind::kAdamW8bit;
+  int64_t h = 2048;
+  int64_t kv = 512;
+  int64_t ffn = 8192;
+  int64_t vocab = 128256;
+  auto eight_bit = [](int64_t n) { return 2 * n + 2 * 4 * ((n + 255) / 256); };
+  int64_t layer = 2 * eight_bit(h * h) + 2 * eight_bit(kv * h) + 3 * eight_bit(h * ffn) +
+                  2 * (2 * 4 * h);  // q, o; k, v; gate, up, down; two norms
+  int64_t expected = 16 * layer + eight_bit(vocab * h) + 2 * 4 * h;  // + embedding, final norm
+  EXPECT_EQ(max_live(trace::build_trace(m, s).events, Component::kOptimizerStates), expected);
+}
+
+// bitsandbytes PagedAdamW8bit under optimizer_in_bwd (torchtune's
+// 3B_full_single_device default at 1814feb): get_state_buffer pages only
+// tensors of 1e5 elements or more, and the blockwise absmax are plain device
+// tensors (bnb 0.44.1 Optimizer2State.init_state). Llama-3.2-1B: each 2048
+// norm keeps two fp32 states; every other tensor leaves two fp32 absmax of
+// ceil(n / 256) on the device.
+TEST(Framework, PagedAdamW8bitInBackwardKeepsAbsmaxAndSmallStatesOnTheDevice) {
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = torchtune_setup(1, 256);
+  s.fw.output_chunks = 8;
+  s.fw.optimizer_in_bwd = true;
+  s.fw.paged_optimizer = true;
+  s.optimizer = OptimizerKind::kPagedAdamW8bit;
+  int64_t h = 2048;
+  int64_t kv = 512;
+  int64_t ffn = 8192;
+  int64_t vocab = 128256;
+  auto absmax = [](int64_t n) { return 2 * 4 * ((n + 255) / 256); };
+  int64_t layer = 2 * absmax(h * h) + 2 * absmax(kv * h) + 3 * absmax(h * ffn) + 2 * (2 * 4 * h);
+  int64_t expected = 16 * layer + absmax(vocab * h) + 2 * 4 * h;
+  EXPECT_EQ(max_live(trace::build_trace(m, s).events, Component::kOptimizerStates), expected);
 }
 
 // torchtune's MultiHeadAttention expands grouped K/V to every query head
@@ -460,6 +510,18 @@ TEST(Framework, CompiledLossKeepsNoLogSoftmax) {
   s.fw.compile_loss = false;
   trace::TraceResult layers_only = trace::build_trace(m, s);
   EXPECT_EQ(max_live_in_steps(layers_only.events, Component::kLogitsLoss), loss_peak(false));
+  // full_finetune_single_device (1814feb) calls training.compile_loss(self._loss_fn)
+  // and drops its result: compile_loss compiles CEWithChunkedOutputLoss's
+  // compute_cross_entropy in place, but returns nn.CrossEntropyLoss wrapped
+  // anew. Unchunked, the full recipe's loss is the eager one, whose widest
+  // tensor is the saved fp32 log-softmax (4TV); chunked, it is compiled (the
+  // widest loss tensor is the 8-byte-per-row statistics). The LoRA
+  // single-device recipe keeps the compiled module.
+  EXPECT_LT(widest_loss(true, 0), 4 * tv);
+  s.finetune = FinetuneMode::kFull;
+  EXPECT_EQ(widest_loss(true, 0), 4 * tv);
+  EXPECT_EQ(loss_peak(true), loss_peak(false));
+  EXPECT_EQ(widest_loss(true, 8), s.batch * s.seq * 8);
 }
 
 // Liger kernels (docs/frameworks.md, "Liger"): each RMSNorm keeps its input

@@ -178,7 +178,6 @@ TEST(Graph, SavedOutputsAndExtraBuffersLiveUntilBackward) {
   g.release(loss);
   EXPECT_EQ(live_bytes(ev), 32 + 32);  // w and its .grad
 }
-
 }  // namespace
 }  // namespace llmem::trace
 
@@ -207,6 +206,49 @@ TEST(Graph, TiedWeightGradientsAccumulateOutOfPlaceBeforeTorch2) {
     return peak_live(ev);
   };
   EXPECT_EQ(peak_of(true) - peak_of(false), 400);
+}
+
+// torch.Tensor.register_post_accumulate_grad_hook runs in the leaf's
+// AccumulateGrad node, which the engine runs once all edges into it have
+// delivered (torch/csrc/autograd/engine.cpp dependency counts): a weight used
+// by the lm_head and by the embedding gets one call, after the embedding's
+// backward, with both gradients summed in the node's input buffer. The
+// optimizer_in_bwd hook (step, then free .grad) thus frees the tied gradient
+// only at the end of backward.
+TEST(Graph, PostAccumulateHookWaitsForEveryUseOfATiedWeight) {
+  std::vector<Event> ev;
+  Graph g(&ev);
+  Tid w = g.leaf(100, 4, Component::kParameters, true);  // 400 B, tied
+  Tid v = g.leaf(50, 4, Component::kParameters, true);   // 200 B, used once
+  std::vector<std::pair<Tid, int64_t>> calls;            // (leaf, live bytes then)
+  g.set_post_accumulate_grad_hook([&](Tid p) {
+    calls.emplace_back(p, live_bytes(ev));
+    g.clear_grad(p);
+  });
+  Tid ids = g.leaf(1, 8, Component::kInputs, false);  // 8 B
+  Tid x = g.op(10, 4, {w, ids}, {ids});               // embedding, 40 B
+  Tid h = g.op(10, 4, {x, v}, {x});                   // a layer, 40 B
+  g.release(x);
+  Tid y = g.op(10, 4, {h, w}, {h});  // lm_head (tied), 40 B
+  g.release(h);
+  Tid loss = g.op(1, 4, {y}, {});
+  g.release(y);
+  g.release(ids);
+  g.backward(loss);
+  g.release(loss);
+  ASSERT_EQ(calls.size(), 2u);
+  // The hooks run after the node that fed them has freed its incoming
+  // gradient and saved tensors (engine.cpp evaluate_function). v first: the
+  // layer's node has made grad_x (40, pending for the embedding) and grad_v
+  // (200) and dropped grad_h and the saved x, while the head's gradient of w
+  // (400) waits: params 600 + loss 4 + saved ids 8 + 400 + 40 + 200.
+  EXPECT_EQ(calls[0].first, v);
+  EXPECT_EQ(calls[0].second, 600 + 4 + 8 + 400 + 40 + 200);
+  // w once, at the end: the embedding's contribution added in place into the
+  // head's (one 400 B buffer), grad_x and ids gone.
+  EXPECT_EQ(calls[1].first, w);
+  EXPECT_EQ(calls[1].second, 600 + 4 + 400);
+  EXPECT_EQ(live_bytes(ev), 600);
 }
 
 }  // namespace
