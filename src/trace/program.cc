@@ -3556,6 +3556,10 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   if (setup.framework == Framework::kLitgpt && setup.finetune == FinetuneMode::kQlora)
     setup.fw.paged_optimizer = true;  // litgpt instantiate_bnb_optimizer: bnb PagedAdamW
+  // bnb.optim.PagedAdamW8bit (the Trainer's optim="paged_adamw_8bit") pages its
+  // states whether or not --paged-optimizer is given.
+  if (setup.optimizer == OptimizerKind::kPagedAdamW8bit)
+    setup.fw.paged_optimizer = true;
   if (setup.fw.activation_offload && setup.checkpointing == CheckpointMode::kOff) {
     throw Error("--activation-offload", "",
                 "torchtune offloads activations only with activation checkpointing on");

@@ -539,7 +539,7 @@ void express(const std::map<std::string, std::string>& r, TrainingSetup* s, std:
   if (fw == Framework::kHf && (has(opt, "backward") || has(opt, "in_bwd")))
     throw Skip{"optimizer in backward not modelled"};
   if (fw == Framework::kHf && has(opt, "paged"))
-    throw Skip{"paged optimizer states not modelled"};
+    s->fw.paged_optimizer = true;  // bnb paged states: cudaMallocManaged, off the counters
   if (opt == "adamw-foreach" || opt == "adamw-fused" || opt == "adamw-forloop" ||
       opt == "sgd-momentum" || opt == "sgd") {
     s->optimizer = parse_optimizer(opt, "optimizer");

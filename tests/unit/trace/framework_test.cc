@@ -310,6 +310,22 @@ TEST(Framework, LitgptPagedAdamWKeepsStatesOfSmallTensorsOnTheDevice) {
   EXPECT_EQ(states(64), 0);
 }
 
+TEST(Framework, PagedAdamW8bitPagesItsStatesWithoutTheFlag) {
+  // --optimizer paged-adamw-8bit (the Trainer's optim="paged_adamw_8bit") is
+  // bnb.optim.PagedAdamW8bit: what stays on the device is the same with or
+  // without --paged-optimizer, and less than the non-paged AdamW8bit's states.
+  ModelSpec m = load_model("meta-llama/Llama-3.2-1B");
+  TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kFull, 1, 64);
+  auto states = [&](OptimizerKind k, bool flag) {
+    s.optimizer = k;
+    s.fw.paged_optimizer = flag;
+    return max_live(trace::build_trace(m, s).events, Component::kOptimizerStates);
+  };
+  int64_t paged = states(OptimizerKind::kPagedAdamW8bit, false);
+  EXPECT_EQ(paged, states(OptimizerKind::kPagedAdamW8bit, true));
+  EXPECT_LT(paged, states(OptimizerKind::kAdamW8bit, false) / 10);
+}
+
 // torchtune optimizer_in_bwd (training/_optim_in_bwd / register_optim_in_bwd_hooks
 // at 1814feb) steps each parameter in its post-accumulate-grad hook and frees
 // its gradient. Llama-3.2-1B ties lm_head to the embedding: that weight's
