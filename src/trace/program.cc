@@ -452,6 +452,30 @@ class Program {
         g_.leaf(m_.max_position_embeddings * rot, kF32, Component::kInputs, false);
       }
     }
+    if (qwen2_rope_cache()) {
+      // Qwen2Attention before transformers v4.45 (PR #32617) builds its own
+      // Qwen2RotaryEmbedding, whose _set_cos_sin_cache registers cos_cached
+      // and sin_cached [max_position_embeddings, head_dim] (non-persistent
+      // buffers) in torch.get_default_dtype() at construction: the
+      // from_pretrained torch_dtype, and bf16 once FSDP's MixedPrecision
+      // buffer_dtype casts them (modeling_qwen2.py, v4.43.3). One pair per
+      // layer, on every rank.
+      const AttentionSpec& a = m_.layers.front().attention;
+      for (int64_t i = 0; i < m_.num_layers; ++i) {
+        TensorSpec t;
+        t.layer = static_cast<int>(i);
+        if (!on_stage(t))
+          continue;
+        for (int k = 0; k < 2; ++k)
+          g_.leaf(m_.max_position_embeddings * a.head_dim, pe_, Component::kInputs, false);
+      }
+    }
+  }
+
+  /// Qwen2 under transformers before v4.45 keeps a cos/sin table of every
+  /// position in each attention layer (setup_model).
+  bool qwen2_rope_cache() const {
+    return s_.framework == Framework::kHf && m_.family == "qwen2" && s_.transformers_version < 445;
   }
 
   /// Whether this pipeline stage holds tensor `t`.

@@ -705,7 +705,9 @@ std::string stand_in(const std::string& model) {
     return "TinyLlama/TinyLlama-1.1B-Chat-v1.0";
   // Qwen2-7B and Qwen2.5-7B publish the same shapes in their config.json
   // (hidden 3584, 28 layers of 28 query and 4 key/value heads, MLP 18944,
-  // vocabulary 152064, untied head); only rope_theta-style fields differ.
+  // vocabulary 152064, untied head) and 131072 max_position_embeddings, which
+  // sizes the per-layer rotary tables of transformers before 4.45 (Qwen2-7B's
+  // config.json, transformers_version 4.41.2, as copied into downstream configs).
   if (model == "Qwen/Qwen2-7B")
     return "Qwen/Qwen2.5-7B";
   return model;

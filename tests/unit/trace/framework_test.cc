@@ -620,6 +620,57 @@ TEST(Framework, Liger2024PatchAfterLoadKeepsTheEagerModules) {
               static_cast<double>(expected), 64);
 }
 
+// Qwen2 before transformers v4.45 (PR #32617): every Qwen2Attention builds
+// its own Qwen2RotaryEmbedding, whose _set_cos_sin_cache registers cos_cached
+// and sin_cached of [max_position_embeddings, head_dim] in the default dtype
+// at construction (modeling_qwen2.py, v4.43.3). Qwen2.5-7B: 28 layers, head
+// 128, 131072 positions, so 28 * 2 * 131072 * 128 elements = 64 MiB per
+// layer in bf16 (1.75 GiB), twice that for a model built in fp32. Llama's
+// rotary embedding (v4.43) keeps only inv_freq.
+TEST(Framework, Qwen2BeforeTransformers445KeepsACosSinTablePerLayer) {
+  ModelSpec qwen = load_model("Qwen/Qwen2.5-7B");
+  ASSERT_EQ(qwen.num_layers, 28);
+  ASSERT_EQ(qwen.max_position_embeddings, 131072);
+  ASSERT_EQ(qwen.layers.front().attention.head_dim, 128);
+  auto inputs = [](const ModelSpec& m, Precision p, int version) {
+    TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kLora, 1, 64);
+    s.precision = p;
+    s.transformers_version = version;
+    return max_live(trace::build_trace(m, s).events, Component::kInputs);
+  };
+  const int64_t elems = int64_t{28} * 2 * 131072 * 128;
+  // Loaded with torch_dtype=bfloat16: bf16 tables.
+  EXPECT_EQ(inputs(qwen, Precision::kBf16, 443) - inputs(qwen, Precision::kBf16, 445), elems * 2);
+  EXPECT_EQ(elems * 2, int64_t{1792} << 20);
+  // bf16-mixed on one GPU: the model was built in fp32, and so were the tables.
+  EXPECT_EQ(inputs(qwen, Precision::kBf16Mixed, 443) - inputs(qwen, Precision::kBf16Mixed, 445),
+            elems * 4);
+  ModelSpec llama = load_model("meta-llama/Llama-3.2-1B");
+  EXPECT_EQ(inputs(llama, Precision::kBf16, 443), inputs(llama, Precision::kBf16, 445));
+}
+
+// Under FSDP with mixed precision accelerate's MixedPrecision(buffer_dtype=
+// bf16) makes the tables bf16 on every rank, whole (buffers are not sharded):
+// the Qwen2-7B rows of Liger's example (transformers 4.43.3) carry 1.75 GiB.
+TEST(Framework, Qwen2RotaryTablesAreWholeOnEveryFsdpRank) {
+  ModelSpec qwen = load_model("Qwen/Qwen2.5-7B");
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 256;
+  s.precision = Precision::kBf16Mixed;
+  s.checkpointing = CheckpointMode::kNonReentrant;
+  s.parallel.method = Method::kFsdp;
+  s.parallel.dp = 4;
+  s.transformers_version = 445;
+  Estimate now = estimate(qwen, s, find_gpu("A100-80GB"));
+  s.transformers_version = 443;
+  Estimate then = estimate(qwen, s, find_gpu("A100-80GB"));
+  auto inputs = [](const Estimate& e) {
+    return e.peak.components[static_cast<size_t>(Component::kInputs)];
+  };
+  EXPECT_EQ(inputs(then) - inputs(now), uint64_t{1792} << 20);
+}
+
 std::string recipe(const char* name) {
   return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
 }
