@@ -32,6 +32,79 @@ namespace {
 constexpr int kF32 = 4;
 constexpr int kI64 = 8;
 
+/// How a position table's element type is decided.
+enum class TableDtype {
+  kDefault,        ///< torch.get_default_dtype() at construction: the load dtype
+  kFp32Buffer,     ///< an fp32 buffer: 16-bit only once an engine casts the module
+  kFp32Attribute,  ///< a plain fp32 attribute: no module cast reaches it
+  kCompute,        ///< built in the first forward in the query's dtype
+};
+
+/// Position tables that a transformers release keeps in every attention
+/// layer, read from modeling_<family>.py on transformers' main branch just
+/// before each release's version bump (release 4.N = the parent of the
+/// commit that sets 4.(N+1).0.dev0). `from` and `to` are inclusive
+/// versions as major*100+minor.
+struct PositionTableRule {
+  const char* family;
+  int from;
+  int to;
+  int tables;  ///< tensors per layer: cos and sin, or GPT-J's one sin|cos
+  TableDtype dtype;
+  bool seq_rows;  ///< rows are the sequence length (lazily built), not max positions
+  bool grows;     ///< forward rebuilds it with seq_len rows (x.dtype) when seq > rows
+};
+
+// Each row: the rotary module whose __init__ (or first forward) builds the
+// table, one per attention layer (its _init_rope), [rows, rotary dim].
+constexpr PositionTableRule kPositionTables[] = {
+    // LlamaRotaryEmbedding, v4.28-v4.30: cos_cached/sin_cached [1, 1, max_pos,
+    // head_dim] from the fp32 inv_freq (non-persistent buffers).
+    {"llama", 428, 430, 2, TableDtype::kFp32Buffer, false, true},
+    // v4.31 (PR #24653 scaling) - v4.37: _set_cos_sin_cache(max_pos,
+    // dtype=torch.get_default_dtype()).
+    {"llama", 431, 437, 2, TableDtype::kDefault, false, true},
+    // v4.38.0 computes cos/sin per forward; main at 8a8a0a4ae0 (PR #29198,
+    // 2024-02-28, after the 4.38 branch) registers _cos_cached/_sin_cached
+    // "for BC" in the default dtype, unused by forward; removed by PR #30743
+    // (57c965a8f1, v4.41).
+    {"llama", 439, 440, 2, TableDtype::kDefault, false, false},
+    {"olmo", 440, 440, 2, TableDtype::kDefault, false, false},
+    // MistralRotaryEmbedding: v4.34 (added) - v4.41; PR #30642 (v4.42) follows Llama.
+    {"mistral", 434, 441, 2, TableDtype::kDefault, false, true},
+    // Kept until the v4.48 attention refactor (PR #35235, 2c47618c1a).
+    {"mixtral", 436, 447, 2, TableDtype::kDefault, false, true},
+    // Until the v4.45 rotary refactor (PR #32617).
+    {"qwen2", 437, 444, 2, TableDtype::kDefault, false, true},
+    {"qwen2_moe", 440, 444, 2, TableDtype::kDefault, false, true},
+    {"stablelm", 438, 444, 2, TableDtype::kDefault, false, true},
+    {"phi", 436, 444, 2, TableDtype::kDefault, false, true},
+    // GPTNeoXRotaryEmbedding: plain CPU attributes before v4.35 (copied to the
+    // device per forward, not kept there); buffers in the default dtype in
+    // v4.35-v4.37, then emb.cos() without .to(dtype): fp32 (v4.38-v4.44).
+    {"gpt_neox", 435, 437, 2, TableDtype::kDefault, false, true},
+    {"gpt_neox", 438, 444, 2, TableDtype::kFp32Buffer, false, true},
+    // FalconRotaryEmbedding v4.31-v4.35: cos_cached/sin_cached attributes set
+    // in the first forward, [seq, head_dim] in the query's dtype, moved to
+    // its device; v4.36-v4.44: max_pos buffers like Llama's.
+    {"falcon", 431, 435, 2, TableDtype::kCompute, true, false},
+    {"falcon", 436, 444, 2, TableDtype::kDefault, false, true},
+    // GPTJAttention/CodeGenAttention.embed_positions: create_sinusoidal_positions
+    // (max_positions, rotary dim), a plain fp32 attribute (model.to() leaves it
+    // fp32) moved to the device by the first forward; every release.
+    {"gptj", 0, 9999, 1, TableDtype::kFp32Attribute, false, false},
+    {"codegen", 0, 9999, 1, TableDtype::kFp32Attribute, false, false},
+};
+
+/// The position-table rule of `family` under transformers `version`, if any.
+const PositionTableRule* position_table_rule(const std::string& family, int version) {
+  for (const PositionTableRule& r : kPositionTables) {
+    if (family == r.family && version >= r.from && version <= r.to)
+      return &r;
+  }
+  return nullptr;
+}
+
 // transformers v4.57 sdpa_attention_forward (integrations/sdpa_attention.py):
 // a module with grouped K/V heads passes enable_gqa=True when torch >= 2.5
 // and no attention mask is given (use_gqa_in_sdpa); otherwise repeat_kv
@@ -442,40 +515,54 @@ class Program {
         continue;  // a layer's own buffer (GPT-2's causal mask) lives on its stage only
       g_.leaf(b.numel, dtype_size(b.dtype), Component::kInputs, false);
     }
-    if (m_.family == "codegen" || m_.family == "gptj") {
-      // attn.embed_positions: a plain fp32 attribute [max_positions, rotary_dim]
-      // per layer (not a buffer, so model.to() leaves it fp32), moved to the
-      // device with the first forward.
-      const AttentionSpec& a = m_.layers.front().attention;
-      auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
-      for (int64_t i = 0; i < m_.num_layers; ++i) {
-        g_.leaf(m_.max_position_embeddings * rot, kF32, Component::kInputs, false);
-      }
-    }
-    if (qwen2_rope_cache()) {
-      // Qwen2Attention before transformers v4.45 (PR #32617) builds its own
-      // Qwen2RotaryEmbedding, whose _set_cos_sin_cache registers cos_cached
-      // and sin_cached [max_position_embeddings, head_dim] (non-persistent
-      // buffers) in torch.get_default_dtype() at construction: the
-      // from_pretrained torch_dtype, and bf16 once FSDP's MixedPrecision
-      // buffer_dtype casts them (modeling_qwen2.py, v4.43.3). One pair per
-      // layer, on every rank.
-      const AttentionSpec& a = m_.layers.front().attention;
-      for (int64_t i = 0; i < m_.num_layers; ++i) {
-        TensorSpec t;
-        t.layer = static_cast<int>(i);
-        if (!on_stage(t))
-          continue;
-        for (int k = 0; k < 2; ++k)
-          g_.leaf(m_.max_position_embeddings * a.head_dim, pe_, Component::kInputs, false);
-      }
-    }
+    add_position_tables();
   }
 
-  /// Qwen2 under transformers before v4.45 keeps a cos/sin table of every
-  /// position in each attention layer (setup_model).
-  bool qwen2_rope_cache() const {
-    return s_.framework == Framework::kHf && m_.family == "qwen2" && s_.transformers_version < 445;
+  /// The rotary cos/sin tables (and GPT-J's sinusoid table) that the
+  /// transformers release keeps per attention layer (kPositionTables): never
+  /// sharded, on every rank, on the stages that hold the layer.
+  void add_position_tables() {
+    if (s_.framework != Framework::kHf)
+      return;
+    const PositionTableRule* rule = position_table_rule(m_.family, s_.transformers_version);
+    if (rule == nullptr)
+      return;
+    const AttentionSpec& a = m_.layers.front().attention;
+    auto rot = static_cast<int64_t>(static_cast<double>(a.head_dim) * a.rotary_fraction);
+    if (rot == 0)
+      return;  // ALiBi Falcon: no rotary embedding
+    int64_t rows = rule->seq_rows ? s_.seq : m_.max_position_embeddings;
+    int elem = 0;
+    switch (rule->dtype) {
+      case TableDtype::kDefault:
+        elem = pe_;
+        break;
+      case TableDtype::kFp32Buffer:
+        // DeepSpeed's engine casts the module to 16 bits; FSDP's
+        // MixedPrecision casts buffers to buffer_dtype.
+        elem = (r_.master_fp32 || (r_.sharded_params() && autocast_)) ? 2 : kF32;
+        break;
+      case TableDtype::kFp32Attribute:
+        elem = kF32;
+        break;
+      case TableDtype::kCompute:
+        elem = ae_;
+        break;
+    }
+    if (rule->grows && s_.seq > rows) {
+      // forward: seq_len > max_seq_len_cached rebuilds the tables with
+      // seq_len rows (fp32 where the table is built from inv_freq alone).
+      rows = s_.seq;
+      elem = rule->dtype == TableDtype::kFp32Buffer ? kF32 : ae_;
+    }
+    for (int64_t i = 0; i < m_.num_layers; ++i) {
+      TensorSpec t;
+      t.layer = static_cast<int>(i);
+      if (!on_stage(t))
+        continue;
+      for (int k = 0; k < rule->tables; ++k)
+        g_.leaf(rows * rot, elem, Component::kInputs, false);
+    }
   }
 
   /// Whether this pipeline stage holds tensor `t`.

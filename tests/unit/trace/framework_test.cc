@@ -671,6 +671,110 @@ TEST(Framework, Qwen2RotaryTablesAreWholeOnEveryFsdpRank) {
   EXPECT_EQ(inputs(then) - inputs(now), uint64_t{1792} << 20);
 }
 
+// The per-layer position tables of older transformers releases (the
+// kPositionTables rules in program.cc): the bytes the setup adds under
+// `version` against v4.57, where no family but GPT-J/CodeGen keeps one.
+int64_t table_bytes(const ModelSpec& m, Precision p, int version, int64_t seq = 64) {
+  auto inputs = [&](int v) {
+    TrainingSetup s = test_util::cpu_run(Framework::kHf, FinetuneMode::kLora, 1, seq);
+    s.precision = p;
+    s.transformers_version = v;
+    return max_live(trace::build_trace(m, s).events, Component::kInputs);
+  };
+  return inputs(version) - inputs(457);
+}
+
+// MistralRotaryEmbedding, v4.34-v4.41: cos_cached and sin_cached of
+// [max_position_embeddings, head_dim] in the default dtype, per attention
+// layer (modeling_mistral.py); v4.42 computes them per forward. Mistral-7B-v0.1:
+// 32 layers, head 128, 32768 positions: 2 * 32768 * 128 elements per layer,
+// 512 MiB in all in bf16.
+TEST(Framework, MistralBeforeTransformers442KeepsCosSinTablesOfEveryPosition) {
+  ModelSpec m = load_model("mistralai/Mistral-7B-v0.1");
+  ASSERT_EQ(m.num_layers, 32);
+  ASSERT_EQ(m.max_position_embeddings, 32768);
+  ASSERT_EQ(m.layers.front().attention.head_dim, 128);
+  const int64_t elems = int64_t{32} * 2 * 32768 * 128;
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 441), elems * 2);
+  EXPECT_EQ(elems * 2, int64_t{512} << 20);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16Mixed, 434), elems * 4);  // built in fp32
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 442), 0);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 433), 0);  // no Mistral in v4.33
+}
+
+// GPTNeoXRotaryEmbedding over rotary_ndims = head 64 * rotary_pct 0.25 = 16
+// (Pythia-160m: 12 layers, 2048 positions). Before v4.35 the tables are plain
+// CPU attributes; v4.35-v4.37 buffers in the default dtype; v4.38-v4.44
+// buffers of emb.cos() without .to(dtype): fp32 even in a bf16-loaded model,
+// until DeepSpeed's engine casts the module to bf16.
+TEST(Framework, GptNeoXRotaryTablesFollowTheirReleasesDtype) {
+  ModelSpec m = load_model("EleutherAI/pythia-160m");
+  ASSERT_EQ(m.num_layers, 12);
+  ASSERT_EQ(m.max_position_embeddings, 2048);
+  const int64_t elems = int64_t{12} * 2 * 2048 * 16;  // 393216
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 434), 0);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 437), elems * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 438), elems * 4);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 445), 0);
+  TrainingSetup s;
+  s.batch = 1;
+  s.seq = 128;
+  s.precision = Precision::kBf16Mixed;
+  s.parallel.method = Method::kZero2;
+  s.parallel.dp = 2;
+  auto inputs = [&](int v) {
+    s.transformers_version = v;
+    return estimate(m, s, find_gpu("A100-80GB"))
+        .peak.components[static_cast<size_t>(Component::kInputs)];
+  };
+  EXPECT_EQ(inputs(440) - inputs(445), static_cast<uint64_t>(elems * 2));
+}
+
+// FalconRotaryEmbedding, v4.31-v4.35: cos_cached/sin_cached set by the first
+// forward, [seq, head_dim] in the query's dtype (bf16 under autocast);
+// v4.36-v4.44: [max_position_embeddings, head_dim] buffers in the default
+// dtype (fp32 for a model built in fp32). Falcon-7B: 32 layers, head 64, no
+// max_position_embeddings in its config (FalconConfig's default 2048).
+TEST(Framework, FalconRotaryTablesWereLazyBeforeTransformers436) {
+  ModelSpec m = load_model("tiiuae/falcon-7b");
+  ASSERT_EQ(m.num_layers, 32);
+  ASSERT_EQ(m.layers.front().attention.head_dim, 64);
+  ASSERT_EQ(m.max_position_embeddings, 2048);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16Mixed, 433, 256), int64_t{32} * 2 * 256 * 64 * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16Mixed, 436, 256), int64_t{32} * 2 * 2048 * 64 * 4);
+}
+
+// Phi (v4.36-v4.44) and StableLM (v4.38-v4.44) rotate partial_rotary_factor
+// of the head: phi-2, 32 layers, head 80 * 0.4 = 32 rotated, 2048 positions.
+TEST(Framework, PhiRotaryTablesCoverTheRotatedDimsOnly) {
+  ModelSpec m = load_model("microsoft/phi-2");
+  ASSERT_EQ(m.num_layers, 32);
+  ASSERT_EQ(m.layers.front().attention.head_dim, 80);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 444), int64_t{32} * 2 * 2048 * 32 * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 445), 0);
+}
+
+// LlamaRotaryEmbedding: v4.28-v4.30 fp32 tables; v4.31-v4.37 the default
+// dtype, rebuilt with seq_len rows in x.dtype when a sequence is longer; v4.38.0
+// none; v4.39-v4.40 the "for BC" _cos_cached/_sin_cached buffers, which
+// forward never rebuilds; none from v4.41. TinyLlama: 22 layers, head 64, 2048
+// positions.
+TEST(Framework, LlamaRotaryTablesByRelease) {
+  ModelSpec m = load_model("TinyLlama/TinyLlama-1.1B-Chat-v1.0");
+  ASSERT_EQ(m.num_layers, 22);
+  ASSERT_EQ(m.max_position_embeddings, 2048);
+  ASSERT_EQ(m.layers.front().attention.head_dim, 64);
+  const int64_t per_row = int64_t{22} * 2 * 64;
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 428), per_row * 2048 * 4);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 431), per_row * 2048 * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 438), 0);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 440), per_row * 2048 * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 441), 0);
+  // 4096 tokens: v4.37 rebuilds at 4096 rows; v4.40's BC buffers stay 2048.
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 437, 4096), per_row * 4096 * 2);
+  EXPECT_EQ(table_bytes(m, Precision::kBf16, 440, 4096), per_row * 2048 * 2);
+}
+
 std::string recipe(const char* name) {
   return std::string(LLMEM_TEST_DATA_DIR) + "/recipes/" + name;
 }
