@@ -346,12 +346,18 @@ class CachingAllocator::Impl {
 
     const std::vector<Entry>& bucket(size_t i) const { return buckets_[sizes_[i].bucket]; }
 
-    // Index of the first size not less than `size`.
+    // Index of the first size not less than `size`. The last answer is
+    // tried first (a step asks for the same sizes in runs); it is checked
+    // against its neighbours, so a stale hint only costs the search.
     size_t FindSize(uint64_t size) const {
+      const size_t h = hint_;
+      if (h < sizes_.size() && sizes_[h].size >= size && (h == 0 || sizes_[h - 1].size < size))
+        return h;
       const auto it =
           std::lower_bound(sizes_.begin(), sizes_.end(), size,
                            [](const SizeEntry& s, uint64_t value) { return s.size < value; });
-      return static_cast<size_t>(it - sizes_.begin());
+      hint_ = static_cast<size_t>(it - sizes_.begin());
+      return hint_;
     }
 
     // Index of the first entry of a bucket (descending addresses) below
@@ -382,6 +388,7 @@ class CachingAllocator::Impl {
     std::vector<SizeEntry> sizes_;             // distinct sizes present, ascending
     std::vector<std::vector<Entry>> buckets_;  // by id; descending addresses, listed ones non-empty
     std::vector<uint32_t> spare_;              // ids of emptied buckets, kept for reuse
+    mutable size_t hint_ = 0;                  // FindSize's last answer (any value is safe)
   };
 
   struct Pool {

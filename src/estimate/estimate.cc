@@ -72,25 +72,40 @@ struct Replay {
   bool oom = false;
 };
 
-Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
-              bool record_timeline) {
+// Per tensor id: its allocator handle and the bytes charged for it (side by
+// side, as every event reads both).
+struct Live {
+  CachingAllocator::Handle handle;
+  uint64_t size;
+};
+
+// One allocator and tensor table per thread, reset for each replay: their
+// tables keep their capacity from one estimate to the next (no fresh pages
+// per estimate), whichever replay_events variant runs.
+struct ReplayScratch {
+  CachingAllocator caching{AllocatorOptions{}};
+  std::vector<Live> tensors;
+};
+
+ReplayScratch& replay_scratch() {
+  thread_local ReplayScratch scratch;
+  return scratch;
+}
+
+// The replay loop, compiled once per (device, timeline) pair so that neither
+// test runs per event.
+template <bool cuda, bool record_timeline>
+Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOptions& options) {
   Replay r;
-  // One allocator per thread, reset for each replay: its tables keep their
-  // capacity from one estimate to the next.
-  thread_local CachingAllocator caching{AllocatorOptions{}};
+  ReplayScratch& scratch = replay_scratch();
+  CachingAllocator& caching = scratch.caching;
   caching.reset(options);
   const AllocatorStats& stats = caching.stats();  // the allocator's live counters
   uint64_t exact_allocated = 0;
-  // Per tensor id: its allocator handle and the bytes charged for it (side by
-  // side, as every event reads both). Reused: no fresh pages per estimate.
-  struct Live {
-    CachingAllocator::Handle handle;
-    uint64_t size;
-  };
-  thread_local std::vector<Live> tensors;
+  std::vector<Live>& tensors = scratch.tensors;
   tensors.clear();
   std::array<uint64_t, kComponents> live{};
-  uint64_t thin = 0;
+  [[maybe_unused]] uint64_t thin = 0;
   for (size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     auto t = static_cast<size_t>(e.tensor);
@@ -107,7 +122,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
     }
     if (e.alloc) {
       auto bytes = static_cast<uint64_t>(e.bytes);
-      if (cuda) {
+      if constexpr (cuda) {
         tensor.handle = caching.allocate(bytes, &tensor.size);
         if (tensor.handle == CachingAllocator::kOutOfMemory) {
           r.oom = true;
@@ -120,7 +135,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
       live[c] += tensor.size;
     } else {
       live[c] -= tensor.size;
-      if (cuda) {
+      if constexpr (cuda) {
         caching.release(tensor.handle);
       } else {
         exact_allocated -= tensor.size;
@@ -142,7 +157,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
       auto p = static_cast<size_t>(e.phase);
       r.phase_peaks[p] = std::max(r.phase_peaks[p], allocated);
     }
-    if (record_timeline) {
+    if constexpr (record_timeline) {
       // Keep a point when memory moved by more than ~0.2 % of the running peak.
       uint64_t last = r.timeline.empty() ? 0 : r.timeline.back().allocated;
       uint64_t delta = allocated > last ? allocated - last : last - allocated;
@@ -160,6 +175,16 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   if (r.phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
     r.phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
   return r;
+}
+
+Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
+              bool record_timeline) {
+  if (cuda) {
+    return record_timeline ? replay_events<true, true>(events, options)
+                           : replay_events<true, false>(events, options);
+  }
+  return record_timeline ? replay_events<false, true>(events, options)
+                         : replay_events<false, false>(events, options);
 }
 
 }  // namespace
