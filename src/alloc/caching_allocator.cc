@@ -283,7 +283,7 @@ class CachingAllocator::Impl {
     }
 
     // First key not less than `key`, or end().
-    Pos lower_bound(const FreeKey& key) const {
+    [[gnu::always_inline]] Pos lower_bound(const FreeKey& key) const {
       const size_t i = FindSize(key.size);
       if (i == sizes_.size() || sizes_[i].size != key.size)
         return Pos{i, 0};
@@ -292,7 +292,7 @@ class CachingAllocator::Impl {
       return at_or_above > 0 ? Pos{i, entries.size() - at_or_above} : Pos{i + 1, 0};
     }
 
-    void insert(const FreeKey& key) {
+    [[gnu::always_inline]] void insert(const FreeKey& key) {
       const size_t i = FindSize(key.size);
       if (i == sizes_.size() || sizes_[i].size != key.size) {
         sizes_.insert(sizes_.begin() + static_cast<std::ptrdiff_t>(i),
@@ -450,9 +450,14 @@ class CachingAllocator::Impl {
     stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.reserved);
   }
 
+  // [[gnu::always_inline]] below marks the per-event helpers that GCC 12 kept
+  // out of line at -O2: inlined, the replay of a planner's estimates runs
+  // ~4 % fewer instructions (callgrind). FreeBlock and NewBlock inlined were
+  // slower, so they stay calls.
+
   // get_free_block: smallest cached block of at least `size` (ties: lowest
   // address), subject to the oversize rules.
-  uint32_t GetFreeBlock(Pool& pool, uint64_t size) {
+  [[gnu::always_inline]] uint32_t GetFreeBlock(Pool& pool, uint64_t size) {
     FreeIndex& free = pool.free;
     FreeIndex::Pos it = free.lower_bound(FreeKey{size, 0, 0});
     if (it == free.end())
@@ -496,8 +501,8 @@ class CachingAllocator::Impl {
 
   // alloc_found_block: the front `size` bytes become the allocation, the rest
   // goes back to the pool.
-  uint32_t AllocFoundBlock(Pool& pool, uint32_t block, uint64_t size, uint64_t requested,
-                           bool split) {
+  [[gnu::always_inline]] uint32_t AllocFoundBlock(Pool& pool, uint32_t block, uint64_t size,
+                                                  uint64_t requested, bool split) {
     if (split) {
       const uint32_t front = NewBlock();
       Block& rest = blocks_[block];
@@ -536,7 +541,7 @@ class CachingAllocator::Impl {
 
   // try_merge_blocks: `dst` absorbs neighbour `src` if it is free and in the
   // same mapping state. Neither may be in a pool set except `src`.
-  void TryMergeBlocks(uint32_t dst, uint32_t src) {
+  [[gnu::always_inline]] void TryMergeBlocks(uint32_t dst, uint32_t src) {
     if (src == kNil)
       return;
     Block& s = blocks_[src];
