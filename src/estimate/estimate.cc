@@ -106,6 +106,18 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
   tensors.clear();
   std::array<uint64_t, kComponents> live{};
   [[maybe_unused]] uint64_t thin = 0;
+  // The running peaks, in locals (registers) rather than in `r`, whose
+  // storage the compiler must assume the allocator calls may read.
+  uint64_t peak_allocated = 0;
+  uint64_t reserved_peak = 0;
+  std::array<uint64_t, 3> step_peak{};
+  std::array<uint64_t, 5> phase_peaks{};
+  auto finish = [&] {
+    r.peak.allocated_bytes = peak_allocated;
+    r.reserved_peak = reserved_peak;
+    std::copy(step_peak.begin(), step_peak.end(), r.step_peak);
+    r.phase_peaks = phase_peaks;
+  };
   for (size_t i = 0; i < events.size(); ++i) {
     const trace::Event& e = events[i];
     auto t = static_cast<size_t>(e.tensor);
@@ -118,7 +130,7 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
       // A phase begins at the level the previous one left (SGD's step frees only).
       uint64_t level = cuda ? stats.allocated : exact_allocated;
       auto p = static_cast<size_t>(e.phase);
-      r.phase_peaks[p] = std::max(r.phase_peaks[p], level);
+      phase_peaks[p] = std::max(phase_peaks[p], level);
     }
     if (e.alloc) {
       auto bytes = static_cast<uint64_t>(e.bytes);
@@ -126,6 +138,7 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
         tensor.handle = caching.allocate(bytes, &tensor.size);
         if (tensor.handle == CachingAllocator::kOutOfMemory) {
           r.oom = true;
+          finish();
           return r;
         }
       } else {
@@ -143,25 +156,25 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
     }
     uint64_t allocated = cuda ? stats.allocated : exact_allocated;
     uint64_t reserved = cuda ? stats.reserved : exact_allocated;
-    r.reserved_peak = std::max(r.reserved_peak, reserved);
-    if (allocated > r.peak.allocated_bytes) {
-      r.peak.allocated_bytes = allocated;
+    reserved_peak = std::max(reserved_peak, reserved);
+    if (allocated > peak_allocated) {
+      peak_allocated = allocated;
       r.peak.components = live;
       r.peak.phase = e.phase;
       r.peak.layer = e.layer;
       r.peak.step = e.step;
     }
-    r.step_peak[std::min<size_t>(e.step, 2)] =
-        std::max(r.step_peak[std::min<size_t>(e.step, 2)], allocated);
+    uint64_t& step_level = step_peak[std::min<size_t>(e.step, 2)];
+    step_level = std::max(step_level, allocated);
     if (e.step == 2) {
       auto p = static_cast<size_t>(e.phase);
-      r.phase_peaks[p] = std::max(r.phase_peaks[p], allocated);
+      phase_peaks[p] = std::max(phase_peaks[p], allocated);
     }
     if constexpr (record_timeline) {
       // Keep a point when memory moved by more than ~0.2 % of the running peak.
       uint64_t last = r.timeline.empty() ? 0 : r.timeline.back().allocated;
       uint64_t delta = allocated > last ? allocated - last : last - allocated;
-      if (r.timeline.empty() || delta * 500 > r.peak.allocated_bytes ||
+      if (r.timeline.empty() || delta * 500 > peak_allocated ||
           r.timeline.back().phase != e.phase || ++thin % 64 == 0) {
         r.timeline.push_back(
             {static_cast<uint32_t>(i), e.step, e.phase, e.layer, allocated, reserved});
@@ -172,8 +185,9 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
   // (a fused step on existing buffers, Gemini's fp16 gradient slices) it
   // runs at the level backward left.
   auto opt = static_cast<size_t>(Phase::kOptimizer);
-  if (r.phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
-    r.phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
+  if (phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
+    phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
+  finish();
   return r;
 }
 
