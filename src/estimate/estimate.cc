@@ -118,15 +118,23 @@ Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOpt
     std::copy(step_peak.begin(), step_peak.end(), r.step_peak);
     r.phase_peaks = phase_peaks;
   };
-  for (size_t i = 0; i < events.size(); ++i) {
-    const trace::Event& e = events[i];
+  // Sizes and pointers in locals: the compiler cannot tell that the opaque
+  // allocator calls leave the vectors alone, and would reload them per event.
+  const size_t n = events.size();
+  const trace::Event* ev = events.data();
+  size_t slots = tensors.size();
+  Live* table = tensors.data();
+  for (size_t i = 0; i < n; ++i) {
+    const trace::Event& e = ev[i];
     auto t = static_cast<size_t>(e.tensor);
-    if (t >= tensors.size()) {  // tensor ids grow through the trace: grow by doubling
-      tensors.resize(std::max(t + 1, 2 * tensors.size()), Live{CachingAllocator::kOutOfMemory, 0});
+    if (t >= slots) {  // tensor ids grow through the trace: grow by doubling
+      tensors.resize(std::max(t + 1, 2 * slots), Live{CachingAllocator::kOutOfMemory, 0});
+      slots = tensors.size();
+      table = tensors.data();
     }
-    Live& tensor = tensors[t];
+    Live& tensor = table[t];
     auto c = static_cast<size_t>(e.component);
-    if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
+    if (e.step == 2 && (i == 0 || ev[i - 1].phase != e.phase || ev[i - 1].step != 2)) {
       // A phase begins at the level the previous one left (SGD's step frees only).
       uint64_t level = cuda ? stats.allocated : exact_allocated;
       auto p = static_cast<size_t>(e.phase);
