@@ -283,7 +283,7 @@ class CachingAllocator::Impl {
     }
 
     // First key not less than `key`, or end().
-    Pos lower_bound(const FreeKey& key) const {
+    [[gnu::always_inline]] Pos lower_bound(const FreeKey& key) const {
       const size_t i = FindSize(key.size);
       if (i == sizes_.size() || sizes_[i].size != key.size)
         return Pos{i, 0};
@@ -292,7 +292,7 @@ class CachingAllocator::Impl {
       return at_or_above > 0 ? Pos{i, entries.size() - at_or_above} : Pos{i + 1, 0};
     }
 
-    void insert(const FreeKey& key) {
+    [[gnu::always_inline]] void insert(const FreeKey& key) {
       const size_t i = FindSize(key.size);
       if (i == sizes_.size() || sizes_[i].size != key.size) {
         sizes_.insert(sizes_.begin() + static_cast<std::ptrdiff_t>(i),
@@ -346,12 +346,18 @@ class CachingAllocator::Impl {
 
     const std::vector<Entry>& bucket(size_t i) const { return buckets_[sizes_[i].bucket]; }
 
-    // Index of the first size not less than `size`.
+    // Index of the first size not less than `size`. The last answer is
+    // tried first (a step asks for the same sizes in runs); it is checked
+    // against its neighbours, so a stale hint only costs the search.
     size_t FindSize(uint64_t size) const {
+      const size_t h = hint_;
+      if (h < sizes_.size() && sizes_[h].size >= size && (h == 0 || sizes_[h - 1].size < size))
+        return h;
       const auto it =
           std::lower_bound(sizes_.begin(), sizes_.end(), size,
                            [](const SizeEntry& s, uint64_t value) { return s.size < value; });
-      return static_cast<size_t>(it - sizes_.begin());
+      hint_ = static_cast<size_t>(it - sizes_.begin());
+      return hint_;
     }
 
     // Index of the first entry of a bucket (descending addresses) below
@@ -382,6 +388,7 @@ class CachingAllocator::Impl {
     std::vector<SizeEntry> sizes_;             // distinct sizes present, ascending
     std::vector<std::vector<Entry>> buckets_;  // by id; descending addresses, listed ones non-empty
     std::vector<uint32_t> spare_;              // ids of emptied buckets, kept for reuse
+    mutable size_t hint_ = 0;                  // FindSize's last answer (any value is safe)
   };
 
   struct Pool {
@@ -443,9 +450,14 @@ class CachingAllocator::Impl {
     stats_.peak_reserved = std::max(stats_.peak_reserved, stats_.reserved);
   }
 
+  // [[gnu::always_inline]] below marks the per-event helpers that GCC 12 kept
+  // out of line at -O2: inlined, the replay of a planner's estimates runs
+  // ~4 % fewer instructions (callgrind). FreeBlock and NewBlock inlined were
+  // slower, so they stay calls.
+
   // get_free_block: smallest cached block of at least `size` (ties: lowest
   // address), subject to the oversize rules.
-  uint32_t GetFreeBlock(Pool& pool, uint64_t size) {
+  [[gnu::always_inline]] uint32_t GetFreeBlock(Pool& pool, uint64_t size) {
     FreeIndex& free = pool.free;
     FreeIndex::Pos it = free.lower_bound(FreeKey{size, 0, 0});
     if (it == free.end())
@@ -489,8 +501,8 @@ class CachingAllocator::Impl {
 
   // alloc_found_block: the front `size` bytes become the allocation, the rest
   // goes back to the pool.
-  uint32_t AllocFoundBlock(Pool& pool, uint32_t block, uint64_t size, uint64_t requested,
-                           bool split) {
+  [[gnu::always_inline]] uint32_t AllocFoundBlock(Pool& pool, uint32_t block, uint64_t size,
+                                                  uint64_t requested, bool split) {
     if (split) {
       const uint32_t front = NewBlock();
       Block& rest = blocks_[block];
@@ -529,7 +541,7 @@ class CachingAllocator::Impl {
 
   // try_merge_blocks: `dst` absorbs neighbour `src` if it is free and in the
   // same mapping state. Neither may be in a pool set except `src`.
-  void TryMergeBlocks(uint32_t dst, uint32_t src) {
+  [[gnu::always_inline]] void TryMergeBlocks(uint32_t dst, uint32_t src) {
     if (src == kNil)
       return;
     Block& s = blocks_[src];

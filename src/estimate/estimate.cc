@@ -72,45 +72,81 @@ struct Replay {
   bool oom = false;
 };
 
-Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
-              bool record_timeline) {
+// Per tensor id: its allocator handle and the bytes charged for it (side by
+// side, as every event reads both).
+struct Live {
+  CachingAllocator::Handle handle;
+  uint64_t size;
+};
+
+// One allocator and tensor table per thread, reset for each replay: their
+// tables keep their capacity from one estimate to the next (no fresh pages
+// per estimate), whichever replay_events variant runs.
+struct ReplayScratch {
+  CachingAllocator caching{AllocatorOptions{}};
+  std::vector<Live> tensors;
+};
+
+ReplayScratch& replay_scratch() {
+  thread_local ReplayScratch scratch;
+  return scratch;
+}
+
+// The replay loop, compiled once per (device, timeline) pair so that neither
+// test runs per event.
+template <bool cuda, bool record_timeline>
+Replay replay_events(const std::vector<trace::Event>& events, const AllocatorOptions& options) {
   Replay r;
-  // One allocator per thread, reset for each replay: its tables keep their
-  // capacity from one estimate to the next.
-  thread_local CachingAllocator caching{AllocatorOptions{}};
+  ReplayScratch& scratch = replay_scratch();
+  CachingAllocator& caching = scratch.caching;
   caching.reset(options);
   const AllocatorStats& stats = caching.stats();  // the allocator's live counters
   uint64_t exact_allocated = 0;
-  // Per tensor id: its allocator handle and the bytes charged for it (side by
-  // side, as every event reads both). Reused: no fresh pages per estimate.
-  struct Live {
-    CachingAllocator::Handle handle;
-    uint64_t size;
-  };
-  thread_local std::vector<Live> tensors;
+  std::vector<Live>& tensors = scratch.tensors;
   tensors.clear();
   std::array<uint64_t, kComponents> live{};
-  uint64_t thin = 0;
-  for (size_t i = 0; i < events.size(); ++i) {
-    const trace::Event& e = events[i];
+  [[maybe_unused]] uint64_t thin = 0;
+  // The running peaks, in locals (registers) rather than in `r`, whose
+  // storage the compiler must assume the allocator calls may read.
+  uint64_t peak_allocated = 0;
+  uint64_t reserved_peak = 0;
+  std::array<uint64_t, 3> step_peak{};
+  std::array<uint64_t, 5> phase_peaks{};
+  auto finish = [&] {
+    r.peak.allocated_bytes = peak_allocated;
+    r.reserved_peak = reserved_peak;
+    std::copy(step_peak.begin(), step_peak.end(), r.step_peak);
+    r.phase_peaks = phase_peaks;
+  };
+  // Sizes and pointers in locals: the compiler cannot tell that the opaque
+  // allocator calls leave the vectors alone, and would reload them per event.
+  const size_t n = events.size();
+  const trace::Event* ev = events.data();
+  size_t slots = tensors.size();
+  Live* table = tensors.data();
+  for (size_t i = 0; i < n; ++i) {
+    const trace::Event& e = ev[i];
     auto t = static_cast<size_t>(e.tensor);
-    if (t >= tensors.size()) {  // tensor ids grow through the trace: grow by doubling
-      tensors.resize(std::max(t + 1, 2 * tensors.size()), Live{CachingAllocator::kOutOfMemory, 0});
+    if (t >= slots) {  // tensor ids grow through the trace: grow by doubling
+      tensors.resize(std::max(t + 1, 2 * slots), Live{CachingAllocator::kOutOfMemory, 0});
+      slots = tensors.size();
+      table = tensors.data();
     }
-    Live& tensor = tensors[t];
+    Live& tensor = table[t];
     auto c = static_cast<size_t>(e.component);
-    if (e.step == 2 && (i == 0 || events[i - 1].phase != e.phase || events[i - 1].step != 2)) {
+    if (e.step == 2 && (i == 0 || ev[i - 1].phase != e.phase || ev[i - 1].step != 2)) {
       // A phase begins at the level the previous one left (SGD's step frees only).
       uint64_t level = cuda ? stats.allocated : exact_allocated;
       auto p = static_cast<size_t>(e.phase);
-      r.phase_peaks[p] = std::max(r.phase_peaks[p], level);
+      phase_peaks[p] = std::max(phase_peaks[p], level);
     }
     if (e.alloc) {
       auto bytes = static_cast<uint64_t>(e.bytes);
-      if (cuda) {
+      if constexpr (cuda) {
         tensor.handle = caching.allocate(bytes, &tensor.size);
         if (tensor.handle == CachingAllocator::kOutOfMemory) {
           r.oom = true;
+          finish();
           return r;
         }
       } else {
@@ -120,7 +156,7 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
       live[c] += tensor.size;
     } else {
       live[c] -= tensor.size;
-      if (cuda) {
+      if constexpr (cuda) {
         caching.release(tensor.handle);
       } else {
         exact_allocated -= tensor.size;
@@ -128,25 +164,25 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
     }
     uint64_t allocated = cuda ? stats.allocated : exact_allocated;
     uint64_t reserved = cuda ? stats.reserved : exact_allocated;
-    r.reserved_peak = std::max(r.reserved_peak, reserved);
-    if (allocated > r.peak.allocated_bytes) {
-      r.peak.allocated_bytes = allocated;
+    reserved_peak = std::max(reserved_peak, reserved);
+    if (allocated > peak_allocated) {
+      peak_allocated = allocated;
       r.peak.components = live;
       r.peak.phase = e.phase;
       r.peak.layer = e.layer;
       r.peak.step = e.step;
     }
-    r.step_peak[std::min<size_t>(e.step, 2)] =
-        std::max(r.step_peak[std::min<size_t>(e.step, 2)], allocated);
+    uint64_t& step_level = step_peak[std::min<size_t>(e.step, 2)];
+    step_level = std::max(step_level, allocated);
     if (e.step == 2) {
       auto p = static_cast<size_t>(e.phase);
-      r.phase_peaks[p] = std::max(r.phase_peaks[p], allocated);
+      phase_peaks[p] = std::max(phase_peaks[p], allocated);
     }
-    if (record_timeline) {
+    if constexpr (record_timeline) {
       // Keep a point when memory moved by more than ~0.2 % of the running peak.
       uint64_t last = r.timeline.empty() ? 0 : r.timeline.back().allocated;
       uint64_t delta = allocated > last ? allocated - last : last - allocated;
-      if (r.timeline.empty() || delta * 500 > r.peak.allocated_bytes ||
+      if (r.timeline.empty() || delta * 500 > peak_allocated ||
           r.timeline.back().phase != e.phase || ++thin % 64 == 0) {
         r.timeline.push_back(
             {static_cast<uint32_t>(i), e.step, e.phase, e.layer, allocated, reserved});
@@ -157,9 +193,20 @@ Replay replay(const std::vector<trace::Event>& events, bool cuda, const Allocato
   // (a fused step on existing buffers, Gemini's fp16 gradient slices) it
   // runs at the level backward left.
   auto opt = static_cast<size_t>(Phase::kOptimizer);
-  if (r.phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
-    r.phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
+  if (phase_peaks[opt] == 0 && !events.empty() && events.back().step == 2)
+    phase_peaks[opt] = cuda ? stats.allocated : exact_allocated;
+  finish();
   return r;
+}
+
+Replay replay(const std::vector<trace::Event>& events, bool cuda, const AllocatorOptions& options,
+              bool record_timeline) {
+  if (cuda) {
+    return record_timeline ? replay_events<true, true>(events, options)
+                           : replay_events<true, false>(events, options);
+  }
+  return record_timeline ? replay_events<false, true>(events, options)
+                         : replay_events<false, false>(events, options);
 }
 
 }  // namespace

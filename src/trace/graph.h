@@ -191,10 +191,12 @@ class Graph {
   };
 
   Node new_node() const;  // in the current layer, its tensors to be pushed next
-  Tid push_tensor(int64_t numel, int elem, Component c);  // no event
+  // push_tensor and emit run for every tensor and event; declared inline (and
+  // defined in graph.cc, their only user) so that GCC inlines them there.
+  inline Tid push_tensor(int64_t numel, int elem, Component c);  // no event
   Tid share(Tid base);  // a tensor on base's storage (alias, view)
   Tid new_tensor(int64_t numel, int elem, Component c);
-  void emit(Tid t, bool alloc);
+  inline void emit(Tid t, bool alloc);
   /// The tensor a gradient for `t` lands in: a view's base, else `t`.
   Tid grad_target(Tid t) const;
   /// Whether `t` is a leaf whose gradient goes through an AccumulateGrad node.

@@ -665,6 +665,34 @@ TEST(CachingAllocator, PeakCounters) {
   EXPECT_EQ(a.stats().allocated, 0u);
 }
 
+TEST(CachingAllocator, BestFitWhenTheLastSizeLookedUpIsTooLarge) {
+  // Cached segments of 12, 14, 16 and 16 MiB (a request of at least 10 MiB
+  // gets a segment of its own size, rounded to 2 MiB). A leftover of at most
+  // 1 MiB is not split off a large block (should_split: remaining >
+  // kSmallSize), so each reuse below is charged its whole block. The free
+  // index remembers the last size it looked up: each request here is smaller
+  // than that size and must still get the smallest block that fits.
+  CachingAllocator a;
+  const Handle h12 = a.allocate(12 * kMiB);
+  const Handle h14 = a.allocate(14 * kMiB);
+  const Handle h16 = a.allocate(16 * kMiB);
+  const Handle h16b = a.allocate(16 * kMiB);
+  for (const Handle h : {h12, h14, h16, h16b})
+    a.release(h);
+  ASSERT_EQ(a.stats().reserved, 58 * kMiB);  // 12 + 14 + 16 + 16
+  uint64_t size = 0;
+  a.allocate(15 * kMiB, &size);
+  EXPECT_EQ(size, 16 * kMiB);  // one 16 MiB block left cached
+  a.allocate(13 * kMiB, &size);
+  EXPECT_EQ(size, 14 * kMiB);  // not the 16 MiB size looked up last
+  a.allocate(11 * kMiB, &size);
+  EXPECT_EQ(size, 12 * kMiB);
+  a.allocate(15 * kMiB, &size);
+  EXPECT_EQ(size, 16 * kMiB);
+  EXPECT_EQ(a.stats().reserved, 58 * kMiB);  // every request reused a cached segment
+  EXPECT_EQ(a.stats().allocated, 58 * kMiB);
+}
+
 TEST(CachingAllocator, ZeroByteRequestAllocatesNothing) {
   CachingAllocator a;
   const Handle h = a.allocate(0);
