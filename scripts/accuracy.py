@@ -115,34 +115,33 @@ def compared_line(r, extra):
     return "| " + " | ".join(cells) + " |"
 
 
+def rows_table(rows, title, intro):
+    """A section listing compared rows one line each (nothing when there are none)."""
+    if not rows:
+        return []
+    lines = ([f"### {title}", ""] if title else []) + [intro, "",
+             "| line | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [compared_line(r, []) for r in rows]
+    lines.append("")
+    return lines
+
+
 def peft_section(doc):
     """The Hugging Face / PEFT rows (PEFT's README and accelerate docs), one line each."""
     rows = [r for r in doc["rows"] if source(r.get("source_url", "")) == "peft" and "error_pct" in r]
-    if not rows:
-        return []
-    lines = ["### Hugging Face / PEFT rows", "",
-             "PEFT v0.2.0's README and `docs/source/accelerate/{deepspeed,fsdp}.md` "
-             "(docs/distributed.md, published rows).", "",
-             "| line | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(compared_line(r, []))
-    lines.append("")
-    return lines
+    return rows_table(rows, "Hugging Face / PEFT rows",
+                      "PEFT v0.2.0's README and `docs/source/accelerate/{deepspeed,fsdp}.md` "
+                      "(docs/distributed.md, published rows).")
 
 
 def extra_section(doc):
     """Every row of the project's own collection of published figures."""
     rows = [r for r in doc["rows"] if "error_pct" in r]
-    lines = ["Collected for this project from public sources; each row's notes give the source, "
-             "how the figure was read and the setting (Liger-Kernel's Hugging Face example: "
-             "docs/frameworks.md, \"Liger\").", "",
-             "| line | model | setting | counter | measured GiB | estimate GiB | error | why (> 5 %) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(compared_line(r, []))
-    lines.append("")
-    return lines
+    return rows_table(rows, "",
+                      "Collected for this project from public sources; each row's notes give the "
+                      "source, how the figure was read and the setting (Liger-Kernel's Hugging Face "
+                      "example: docs/frameworks.md, \"Liger\").")
 
 
 def main():
