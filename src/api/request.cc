@@ -32,6 +32,9 @@
 namespace llmem {
 namespace {
 
+constexpr const char* kLigerHfOnly =
+    "Liger kernels are modelled for --framework hf (the Trainer's use_liger_kernel)";
+
 using nlohmann::json;
 
 // Every key, in the order of the documentation. Keep request_keys() and the
@@ -553,8 +556,7 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
   }
   if (f.boolean("liger", false)) {
     if (s->framework != Framework::kHf)
-      f.fail("liger",
-             "Liger kernels are modelled for --framework hf (the Trainer's use_liger_kernel)");
+      f.fail("liger", kLigerHfOnly);
     s->fw.liger = true;
   }
   if (f.boolean("sdpa_mask", false))
@@ -923,8 +925,7 @@ PlanQuery parse_plan_request(std::string_view json_text, const RequestOptions& o
   }
   if (f.boolean("liger", false)) {
     if (!hf || r.colossalai)
-      f.fail("liger",
-             "Liger kernels are modelled for --framework hf (the Trainer's use_liger_kernel)");
+      f.fail("liger", kLigerHfOnly);
     r.base.fw.liger = true;
   }
   // torchtune and LitGPT keep their own (or the recipe's) precision,

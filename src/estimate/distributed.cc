@@ -79,10 +79,7 @@ bool half(Precision p) {
 // The layouts the framework profiles' training loops can run.
 void check_framework_layout(const TrainingSetup& s) {
   const ParallelSetup& p = s.parallel;
-  if (s.fw.liger && (p.tp > 1 || p.pp > 1 || p.method == Method::kGemini ||
-                     p.method == Method::kMegatron || p.method == Method::kColossal1d)) {
-    // Liger patches Transformers modules for the Trainer (DDP, DeepSpeed,
-    // FSDP); its fused linear cross-entropy needs the whole head weight.
+  if (s.fw.liger && !liger_runs_on(p.method, p.tp, p.pp)) {
     throw Error("--liger", "",
                 "Liger kernels run under the Hugging Face Trainer's data-parallel methods "
                 "(ddp, zero1-3, fsdp), not " +
@@ -143,6 +140,12 @@ void hf_sharded_qlora(Method method, TrainingSetup* s, std::vector<std::string>*
 }
 
 }  // namespace
+
+bool liger_runs_on(Method method, int tp, int pp) {
+  // Liger patches Transformers modules for the Trainer (DDP, DeepSpeed, FSDP).
+  return tp <= 1 && pp <= 1 && method != Method::kGemini && method != Method::kMegatron &&
+         method != Method::kColossal1d;
+}
 
 ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
                                std::vector<std::string>* notes) {

@@ -30,6 +30,11 @@ ModelSpec tensor_parallel_view(const ModelSpec& model, int tp, bool megatron,
 /// Megatron-LM rejects (docs/distributed.md, "Interleaved 1F1B").
 void check_pipeline_schedule(const ModelSpec& model, const TrainingSetup& setup);
 
+/// Whether Liger's kernels can run on this layout: the Hugging Face Trainer's
+/// data-parallel methods (single, DDP, ZeRO, FSDP) without tensor or pipeline
+/// parallelism, since its fused linear cross-entropy needs the whole head.
+bool liger_runs_on(Method method, int tp, int pp);
+
 /// Whether Megatron sequence parallelism is modelled for this model and mode:
 /// dense Llama-style decoders with standard attention, full fine-tuning.
 bool sequence_parallel_modelled(const ModelSpec& model, FinetuneMode finetune);

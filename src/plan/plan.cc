@@ -309,8 +309,7 @@ std::string invalid_layout(const ModelSpec& model, const PlanCandidate& c) {
            " layers do not split into pp=" + std::to_string(c.pp) +
            " x vp=" + std::to_string(c.vp) + " virtual stages";
   }
-  if (c.liger && (c.tp > 1 || c.pp > 1 || c.method == Method::kGemini ||
-                  c.method == Method::kMegatron || c.method == Method::kColossal1d)) {
+  if (c.liger && !liger_runs_on(c.method, c.tp, c.pp)) {
     return "Liger kernels run under the Hugging Face Trainer's data-parallel methods only";
   }
   if ((c.method == Method::kGemini || c.method == Method::kColossal1d) &&
@@ -427,10 +426,7 @@ std::vector<Family> enumerate(const ModelSpec& model, const PlanRequest& r, int6
       for (Offload off : offloads_of(m, r.allow_offload)) {
         for (CheckpointMode ck : ckpts) {
           for (auto [ft, liger] : combinations(modes, ligers)) {
-            if (liger &&
-                (l.tp > 1 || l.pp > 1 || m == Method::kGemini || m == Method::kMegatron ||
-                 m == Method::kColossal1d) &&
-                !r.base.fw.liger)
+            if (liger && !r.base.fw.liger && !liger_runs_on(m, l.tp, l.pp))
               continue;  // Liger is tried only where it runs
             Family f;
             f.c.liger = liger;

@@ -372,19 +372,24 @@ class Program {
     if (s.fw.liger) {
       liger_ = liger_patches(m);
       liger_modules_ = liger_ && s.fw.liger_modules;
-      out->notes.push_back(
-          liger_ && !liger_modules_
-              ? std::string("Liger kernels applied after the model was built: RoPE in place and "
-                            "the fused linear cross-entropy; RMSNorm and MLP stay eager")
-          : liger_ ? "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and "
-                     "fp32 rstd and writes dX into dY; RoPE rotates q and k in place; "
-                     "SwiGLU/GeGLU saves gate and up and writes their gradients into them; the "
-                     "fused linear cross-entropy never materializes the logits" +
-                         std::string(m.family == "mixtral"
-                                         ? " (the experts' MLPs are traced with eager rules)"
-                                         : "")
-                   : "Liger has no kernels for model type \"" + m.family +
-                         "\" (liger_kernel v0.6.4): traced without them, as the Trainer runs it");
+      std::string note;
+      if (!liger_) {
+        note = "Liger has no kernels for model type \"" + m.family +
+               "\" (liger_kernel v0.6.4): traced without them, as the Trainer runs it";
+      } else if (!liger_modules_) {
+        note =
+            "Liger kernels applied after the model was built: RoPE in place and the fused "
+            "linear cross-entropy; RMSNorm and MLP stay eager";
+      } else {
+        note =
+            "Liger kernels (v0.6.4, use_liger_kernel): RMSNorm saves its input and fp32 rstd "
+            "and writes dX into dY; RoPE rotates q and k in place; SwiGLU/GeGLU saves gate "
+            "and up and writes their gradients into them; the fused linear cross-entropy "
+            "never materializes the logits";
+        if (m.family == "mixtral")
+          note += " (the experts' MLPs are traced with eager rules)";
+      }
+      out->notes.push_back(note);
     }
   }
 
@@ -2113,7 +2118,7 @@ class Program {
       Tid logits = g_.op(n * v, me, {}, {}, Component::kLogitsLoss);
       Tid gic = g_.op(n * in, me, {logits, wc}, {}, Component::kTemporaries);
       g_.release(gic);  // copied into grad_input[start:end]
-      if (g_.requires_grad(hn) && gw != kNone) {
+      if (gw != kNone) {
         Tid xc2 = me != g_.elem(hn) ? g_.op(n * in, me, {hn}, {}, Component::kTemporaries) : kNone;
         Tid mm = g_.op(v * in, me, {logits}, {}, Component::kTemporaries);
         if (xc2 != kNone)

@@ -933,8 +933,6 @@ std::string validation_json(const ValidationReport& report) {
       o["estimated_allocated_bytes"] = r.estimated_bytes;
       o["estimated_reserved_bytes"] = r.estimated_reserved_bytes;
       o["band_error_pct"] = r.error_pct;
-      if (!r.why.empty())
-        o["why"] = r.why;
     } else if (r.skipped_reason.empty()) {
       o["counter"] = r.counter;
       o["setting"] = r.setting;

@@ -102,6 +102,26 @@ TEST(Cli, BadInputOfThisSessionsOptionsExitsWithTwo) {
   EXPECT_NE(r.err.find("MAJOR.MINOR"), std::string::npos) << r.err;
 }
 
+TEST(Cli, LigerOutsideTheTrainersDataParallelLayoutsIsBadInput) {
+  // Liger's fused cross-entropy needs the whole head: no tensor parallelism.
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "megatron",
+                      "--tp", "2", "--liger"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--liger"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("data-parallel methods"), std::string::npos) << r.err;
+  // The Trainer's switch: not for torchtune, in estimate or plan.
+  r = run_cli(
+      {"estimate", "--model", "meta-llama/Llama-3.2-1B", "--framework", "torchtune", "--liger"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--liger: Liger kernels are modelled for --framework hf"), std::string::npos)
+      << r.err;
+  r = run_cli({"plan", "--model", "meta-llama/Llama-3.2-1B", "--gpus", "1", "--framework",
+               "torchtune", "--liger"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("Liger kernels are modelled for --framework hf"), std::string::npos)
+      << r.err;
+}
+
 TEST(Cli, GeminiWithLoraIsBadInput) {
   // ColossalAI's GeminiPlugin does not support LoRA (gemini_plugin.py:
   // support_lora() False, enable_lora raises NotImplementedError).
