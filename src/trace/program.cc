@@ -864,7 +864,18 @@ class Program {
       g_.release(out);
       out = c;
     }
-    loss = causal_lm_loss(out, labels);
+    if (in_model_loss())
+      loss = in_model_causal_lm_loss(&out);
+    else
+      loss = causal_lm_loss(out, labels);
+    if (m_.family == "gpt_neo" && s_.framework == Framework::kHf &&
+        head_hidden_elem_ != g_.elem(out)) {
+      // lm_logits = lm_logits.to(hidden_states.dtype): the output object
+      // holds the copy (the fp32 logits die with the rebinding).
+      Tid back = cast(out, head_hidden_elem_);
+      g_.release(out);
+      out = back;
+    }
     if (s_.fw.logits_outlive_step)
       kept_logits_.push_back(out);
     else
@@ -2321,6 +2332,14 @@ class Program {
   Tid gpt2_layer(Tid x, int i);
   Tid opt_layer(Tid x, int i);
   Tid causal_lm_loss(Tid logits, Tid labels);
+  /// The Hugging Face model computes its loss in its own forward: releases
+  /// before each family moved to ForCausalLMLoss (loss_function_since).
+  bool in_model_loss() const;
+  /// Consumes *logits and leaves there what the model output holds.
+  Tid in_model_causal_lm_loss(Tid* logits);
+  /// The dtype of the hidden states the head ran on, where the head's output
+  /// is upcast (codegen, gptj, gpt_neo); gpt_neo casts its logits back to it.
+  int head_hidden_elem_ = kF32;
   /// Whether an unchunked loss runs compiled. torchtune's training.compile_loss
   /// (training/_compile.py, 1814feb to 2026-04) compiles
   /// CEWithChunkedOutputLoss.compute_cross_entropy in place but wraps any
@@ -2948,6 +2967,7 @@ Tid Program::forward(Tid ids) {
   gather_unit(head_unit());
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   reshard_unit(head_unit());
+  head_hidden_elem_ = g_.elem(hn);
   g_.release(hn);
   if (s_.fw.logits_to_fp32) {
     std::vector<Tid> one = {logits};
@@ -2960,8 +2980,10 @@ Tid Program::forward(Tid ids) {
     g_.release(logits);
     logits = l32;
   }
-  if (m_.family == "codegen" || m_.family == "gpt_neo") {
-    // lm_logits = self.lm_head(hidden_states).to(torch.float32)
+  if (m_.family == "codegen" || m_.family == "gptj" || m_.family == "gpt_neo") {
+    // lm_logits = self.lm_head(hidden_states).to(torch.float32) (codegen,
+    // gptj); gpt_neo casts the same way before its loss and back after it
+    // (modeling_*.py, v4.48 and v4.57).
     Tid l32 = cast(logits, kF32);
     g_.release(logits);
     logits = l32;
@@ -3325,14 +3347,101 @@ Tid Program::opt_layer(Tid x, int i) {
   return h2;
 }
 
+namespace {
+
+struct InModelLoss {
+  const char* family;
+  int since;        // the first transformers release whose forward calls self.loss_function
+  int upcast_from;  // logits.float() before the shift from this release (0: never)
+};
+
+// Before these releases each causal LM computed its loss in its forward:
+// [optionally logits = logits.float()], shift_logits = logits[..., :-1, :]
+// .contiguous(), nn.CrossEntropyLoss on the views. The llama-style families
+// moved to self.loss_function in v4.46 (commit c1c7e89620, PR #34191; gemma2
+// dropped its logits.float() in the same release, 550673a70c), the GPT-era
+// ones in v4.49 (9afb904b15 for gpt_neox, 28f73bc307 for the rest). Llama
+// upcasts since the Llama 2 PR (07360b6c9c, v4.31), the other llama-style
+// families since they were added; codegen, gptj and gpt_neo upcast at the
+// head in every release (Program::forward). qwen3 and deepseek_v2 arrived
+// with loss_function.
+constexpr InModelLoss kInModelLoss[] = {
+    {"llama", 446, 431},   {"mistral", 446, 1},  {"mixtral", 446, 1},  {"qwen2", 446, 1},
+    {"qwen2_moe", 446, 1}, {"gemma", 446, 1},    {"gemma2", 446, 1},   {"phi", 446, 1},
+    {"phi3", 446, 1},      {"olmo", 446, 1},     {"stablelm", 446, 0}, {"gpt2", 449, 0},
+    {"opt", 449, 0},       {"bloom", 449, 0},    {"gpt_neo", 449, 0},  {"gptj", 449, 0},
+    {"codegen", 449, 0},   {"gpt_neox", 449, 0}, {"falcon", 449, 0},   {"gpt_bigcode", 449, 0},
+    {"biogpt", 449, 0},
+};
+
+const InModelLoss* in_model_loss_rule(const std::string& family, int version) {
+  for (const InModelLoss& r : kInModelLoss)
+    if (family == r.family)
+      return version < r.since ? &r : nullptr;
+  return nullptr;
+}
+
+}  // namespace
+
+bool Program::in_model_loss() const {
+  return s_.framework == Framework::kHf && !r_.vocab_parallel_ce &&
+         in_model_loss_rule(m_.family, s_.transformers_version) != nullptr;
+}
+
+// The loss inside the model's forward (transformers before ForCausalLMLoss;
+// modeling_llama.py at c1c7e89620^, modeling_gpt2.py at 28f73bc307^):
+// shift_logits = logits[..., :-1, :].contiguous() (a copy; its backward is
+// SliceBackward's zeros of the full logits), shift_labels likewise (int64),
+// then nn.CrossEntropyLoss, which autocast runs in fp32 (cross_entropy_loss
+// is on the fp32 list of CUDA and CPU autocast: a copy of a half input);
+// log_softmax saves its output. The output object keeps `logits` (upcast or
+// not) until compute_loss returns.
+Tid Program::in_model_causal_lm_loss(Tid* logits) {
+  const InModelLoss* rule = in_model_loss_rule(m_.family, s_.transformers_version);
+  Tid l = *logits;
+  if (rule->upcast_from > 0 && s_.transformers_version >= rule->upcast_from) {
+    l = cast(*logits, kF32);  // logits = logits.float(): the half logits die
+    g_.release(*logits);
+    *logits = l;
+  }
+  int64_t rows = s_.batch * (s_.seq - 1);
+  int64_t n = rows * m_.vocab_size;
+  Tid shift;
+  Tid shift_labels = kNone;
+  if (s_.batch == 1) {
+    // One sequence's logits[..., :-1, :] is already contiguous: .contiguous()
+    // returns the view (the labels' too), whose gradient is the full logits'.
+    g_.retain(l);
+    shift = l;
+  } else {
+    shift = g_.op(n, g_.elem(l), {l}, {}, Component::kLogitsLoss);
+    shift_labels = g_.leaf(rows, kI64, Component::kLogitsLoss, false);
+  }
+  Tid x = autocast_ && g_.elem(shift) != kF32 ? g_.op(n, kF32, {shift}, {}, Component::kLogitsLoss)
+                                              : (g_.retain(shift), shift);
+  Tid lsm = g_.op(n, g_.elem(x), {x}, {}, Component::kLogitsLoss, {}, 0, true);
+  g_.release(x);
+  Tid loss = shift_labels == kNone
+                 ? g_.op(1, g_.elem(lsm), {lsm}, {}, Component::kLogitsLoss)
+                 : g_.op(1, g_.elem(lsm), {lsm}, {shift_labels}, Component::kLogitsLoss);
+  g_.release(lsm);
+  if (shift_labels != kNone)
+    g_.release(shift_labels);
+  g_.release(shift);
+  return loss;
+}
+
 // transformers loss/loss_utils.py ForCausalLMLoss (v4.46+): logits.float(),
 // labels padded with -100 and shifted (a contiguous int64 copy),
 // F.cross_entropy = log_softmax (saves its fp32 output) + nll_loss.
 Tid Program::causal_lm_loss(Tid logits, Tid labels) {
   Tid l32 = cast(logits, kF32);
   Tid padded = g_.leaf(s_.batch * (s_.seq + 1), kI64, Component::kLogitsLoss, false);
-  Tid shifted = g_.leaf(tokens_, kI64, Component::kLogitsLoss, false);
-  g_.release(padded);
+  Tid shifted = padded;  // one row's labels[..., 1:] is contiguous: a view of the padded labels
+  if (s_.batch > 1) {
+    shifted = g_.leaf(tokens_, kI64, Component::kLogitsLoss, false);
+    g_.release(padded);
+  }
   (void)labels;
   if (r_.vocab_parallel_ce) {
     // Megatron's _VocabParallelCrossEntropy works inside the fp32 logits

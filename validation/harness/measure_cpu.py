@@ -314,6 +314,8 @@ def command_line(args):
             parts += ["--lora-dtype", args.lora_dtype]
     if args.use_cache != "config":
         parts += ["--use-cache", args.use_cache]
+    if args.transformers_version:
+        parts += ["--transformers-version", args.transformers_version]
     if args.threads != 1:
         parts += ["--threads", str(args.threads)]
     return " ".join(shlex.quote(p) for p in parts)
@@ -337,6 +339,10 @@ def parser():
                    help="adapter dtype: same as base weights (default) or fp32 (PEFT autocast_adapter_dtype)")
     p.add_argument("--use-cache", choices=["config", "on", "off"], default="config",
                    help="KV cache during the training forward: config.use_cache (HF default behaviour), or forced")
+    p.add_argument("--transformers-version", default=None,
+                   help="X.Y: compute the loss as that release's forward did (inside the model, a shifted "
+                        "contiguous copy, nn.CrossEntropyLoss) before each family moved to ForCausalLMLoss "
+                        "(4.46 llama-style, 4.49 GPT-era); the rest of the forward stays v4.57's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2, help="measured steady-state step is the last one")
     p.add_argument("--threads", type=int, default=1)
@@ -348,6 +354,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (step 1 is the warm-up)")
+    if args.transformers_version:
+        models.TRANSFORMERS_VERSION = tuple(int(x) for x in args.transformers_version.split(".")[:2])
     res = measure(args)
     res["command"] = command_line(args)
     res["date"] = datetime.date.today().isoformat()

@@ -233,6 +233,41 @@ def ForCausalLMLoss(logits, labels, vocab_size, ignore_index=-100):
 
 
 # --------------------------------------------------------------------------------------------
+# Older releases computed the loss inside each model's forward. TRANSFORMERS_VERSION (a (major,
+# minor) tuple, set by measure_cpu.py --transformers-version; None = v4.57) selects that code.
+TRANSFORMERS_VERSION = None
+# The first release whose forward calls self.loss_function (ForCausalLMLoss): 4.46 for the llama-
+# style families (commit c1c7e89620, PR #34191), 4.49 for the GPT-era ones (commits 9afb904b15 and
+# 28f73bc307, February 2025).
+LOSS_FUNCTION_SINCE = {"llama": (4, 46), "mistral": (4, 46), "qwen2": (4, 46), "gpt2": (4, 49),
+                       "opt": (4, 49), "bloom": (4, 49), "gpt_neo": (4, 49), "gpt_bigcode": (4, 49),
+                       "codegen": (4, 49)}
+
+
+def in_model_loss(model_type):
+    since = LOSS_FUNCTION_SINCE.get(model_type)
+    return TRANSFORMERS_VERSION is not None and since is not None and TRANSFORMERS_VERSION < since
+
+
+def InModelCausalLMLoss(logits, labels, vocab_size):
+    """The loss as the forwards of v4.45 (llama style) and v4.48 (GPT era) wrote it: a contiguous
+    copy of the shifted logits, then nn.CrossEntropyLoss (which autocast runs in fp32)."""
+    shift_logits = logits[..., :-1, :].contiguous()
+    shift_labels = labels[..., 1:].contiguous()
+    loss_fct = nn.CrossEntropyLoss()
+    shift_logits = shift_logits.view(-1, vocab_size)
+    shift_labels = shift_labels.view(-1)
+    shift_labels = shift_labels.to(shift_logits.device)
+    return loss_fct(shift_logits, shift_labels)
+
+
+def causal_lm_loss(model_type, logits, labels, vocab_size):
+    if in_model_loss(model_type):
+        return InModelCausalLMLoss(logits, labels, vocab_size)
+    return ForCausalLMLoss(logits, labels, vocab_size=vocab_size)
+
+
+# --------------------------------------------------------------------------------------------
 class GradientCheckpointingLayer(nn.Module):
     gradient_checkpointing = False
 
@@ -461,7 +496,10 @@ class LlamaForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             _mark("loss")
-            loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+            if in_model_loss(self.config.model_type) and (
+                    self.config.model_type != "llama" or TRANSFORMERS_VERSION >= (4, 31)):
+                logits = logits.float()  # since the Llama 2 PR (07360b6c9c, v4.31); mistral, qwen2 always
+            loss = causal_lm_loss(self.config.model_type, logits, labels, self.config.vocab_size)
         return Output(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
 
@@ -653,7 +691,7 @@ class GPT2LMHeadModel(nn.Module):
         loss = None
         if labels is not None:
             _mark("loss")
-            loss = ForCausalLMLoss(logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, logits, labels, self.config.vocab_size)
         return Output(loss=loss, logits=logits, past_key_values=transformer_outputs.past_key_values)
 
 
@@ -863,7 +901,7 @@ class OPTForCausalLM(nn.Module):
         if labels is not None:
             labels = labels.to(logits.device)
             _mark("loss")
-            loss = ForCausalLMLoss(logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, logits, labels, self.config.vocab_size)
         return Output(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
 
@@ -1096,7 +1134,7 @@ class BloomForCausalLM(nn.Module):
         if labels is not None:
             labels = labels.to(lm_logits.device)
             _mark("loss")
-            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, lm_logits, labels, self.config.vocab_size)
         return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
 
 
@@ -1283,7 +1321,7 @@ class GPTNeoForCausalLM(nn.Module):
             labels = labels.to(lm_logits.device)
             _mark("loss")
             lm_logits = lm_logits.to(torch.float32)
-            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, lm_logits, labels, self.config.vocab_size)
             lm_logits = lm_logits.to(hidden_states.dtype)
             loss = loss.to(hidden_states.dtype)
         return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
@@ -1457,7 +1495,7 @@ class GPTBigCodeForCausalLM(nn.Module):
         loss = None
         if labels is not None:
             _mark("loss")
-            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, lm_logits, labels, self.config.vocab_size)
         return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
 
 
@@ -1662,7 +1700,7 @@ class CodeGenForCausalLM(nn.Module):
         if labels is not None:
             labels = labels.to(lm_logits.device)
             _mark("loss")
-            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+            loss = causal_lm_loss(self.config.model_type, lm_logits, labels, self.config.vocab_size)
             loss = loss.to(hidden_states.dtype)
         return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
 

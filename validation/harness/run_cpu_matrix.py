@@ -33,7 +33,9 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
               # 1f1b / gpipe, micro-batches per step
               "pp", "schedule", "grad_accum",
               # Megatron sequence parallelism (1) on a tp > 1 row; empty elsewhere
-              "sequence_parallel"]
+              "sequence_parallel",
+              # the transformers release whose causal-LM loss was measured (empty: v4.57's ForCausalLMLoss)
+              "transformers_version"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen"]
@@ -88,6 +90,12 @@ def matrix():
     add("llama", "bf16", lora=True, extra=("--lora-dtype", "fp32"))
     add("llama", "fp32", lora=True, extra=("--lora-dropout", "0.1"))
     add("gpt2", "fp32", lora=True, extra=("--lora-dropout", "0.1"))
+    # the loss inside the model's forward: the last release before each family called ForCausalLMLoss
+    for fam, version in (("llama", "4.45"), ("mistral", "4.45"), ("qwen2", "4.45"), ("gpt2", "4.48"),
+                         ("bloom", "4.48"), ("gpt_neo", "4.48"), ("gpt_bigcode", "4.48"), ("codegen", "4.48")):
+        add(fam, "bf16-mixed", 2, 96, lora=True, extra=("--transformers-version", version))
+        add(fam, "bf16", 2, 96, extra=("--transformers-version", version))
+    add("llama", "fp32", 2, 96, extra=("--transformers-version", "4.45"))
     return runs
 
 
@@ -121,6 +129,9 @@ def row_from(fam, a, res, nparams):
              "malloc_minus_storage=%+d" % (res["peak_bytes"] - res["storage_peak_bytes"]),
              "trainable_params=%d" % res["trainable_params"], "eager attention", "hf v4.57 op mirror",
              "torch.set_num_threads(1)"]
+    if "--transformers-version" in a:
+        notes.append("loss inside the forward as in transformers %s (shifted contiguous copy, "
+                     "nn.CrossEntropyLoss); the rest of the forward as v4.57" % opt("--transformers-version"))
     if gc:
         notes.append("use_reentrant=%s" % ("False" if "--non-reentrant" in a else "True"))
     if lora_rank:
@@ -141,6 +152,7 @@ def row_from(fam, a, res, nparams):
         "lora_targets": opt("--lora-targets", "") if lora_rank else "",
         "torch_version": res["torch_version"], "command": res["command"], "date": res["date"],
         "pp": 1, "schedule": "", "grad_accum": 1, "sequence_parallel": "",
+        "transformers_version": opt("--transformers-version", ""),
     }
 
 
@@ -173,6 +185,8 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-distributed", action="store_true")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--match", default=None,
+                    help="keep only the runs whose arguments include this one (e.g. --transformers-version)")
     ap.add_argument("--distributed-only", action="store_true",
                     help="keep the single-process rows of --out as they are; rerun only the distributed ones")
     o = ap.parse_args()
@@ -182,6 +196,8 @@ def main():
     if o.only:
         keep = set(o.only.split(","))
         runs = [r for r in runs if r[0] in keep]
+    if o.match:
+        runs = [r for r in runs if o.match in r[1]]
     if o.limit:
         runs = runs[: o.limit]
     t0 = time.time()

@@ -209,6 +209,32 @@ def new_family_details():
           "codegen bf16: logits fp32, loss cast to bf16")
 
 
+def in_model_loss_details():
+    """--transformers-version: the in-model loss of older releases gives the same value as ForCausalLMLoss
+    and makes the copies it should (the shifted logits; fp32 logits first for llama-style families)."""
+    for name, version, upcast in (("tiny-llama", (4, 45), True), ("tiny-gpt2", (4, 48), False)):
+        torch.manual_seed(0)
+        m = models.build_model(_load(name)).to(torch.bfloat16)
+        models.TRANSFORMERS_VERSION = None
+        new = _fwd(m)
+        models.TRANSFORMERS_VERSION = version
+        try:
+            with _OpDtypes() as rec:
+                old = _fwd(m)
+        finally:
+            models.TRANSFORMERS_VERSION = None
+        check(torch.equal(new["loss"].float(), old["loss"].float()) or
+              abs(float(new["loss"]) - float(old["loss"])) < 1e-2,
+              "%s %s: in-model loss %.4f equals ForCausalLMLoss %.4f" % (name, version, float(old["loss"]),
+                                                                         float(new["loss"])))
+        v = m.config.vocab_size
+        clones = [(d, sh) for op, d, sh in rec.seen if op.startswith("aten.clone") and sh == (1, 7, v)]
+        want = torch.float32 if upcast else torch.bfloat16
+        check(clones == [(want, (1, 7, v))], "%s %s: one shifted contiguous copy in %s: %s" % (name, version, want,
+                                                                                               clones))
+        check(old["logits"].dtype == want, "%s %s: the output keeps %s logits" % (name, version, want))
+
+
 def parallel_cases():
     """Pipeline (2 stages, 1F1B and GPipe) and Megatron tp=2 over gloo: the step-1 loss (same weights, same
     micro-batches) equals the single-process dense model's mean micro-batch loss; the schedules' op lists."""
@@ -275,6 +301,7 @@ if __name__ == "__main__":
     pure_parameter_case()
     parallel_cases()
     new_family_details()
+    in_model_loss_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)

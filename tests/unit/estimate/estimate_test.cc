@@ -419,10 +419,67 @@ TEST(Estimate, OldTransformersKeepTheClampedScores) {
     // fp32: under autocast the float mask follows the fp32 embeddings, and
     // the scores plus the mask promote to it.
     double scores = static_cast<double>(m.num_layers * 2 * a.num_heads * 256 * 256 * 4);
-    double added = static_cast<double>(then.phase_peaks[static_cast<size_t>(Phase::kLoss)]) -
-                   static_cast<double>(now.phase_peaks[static_cast<size_t>(Phase::kLoss)]);
+    // The forward phase's peak (its end, the logits made): OPT's loss also
+    // changed at v4.49 (computed in the model before), which moves the loss
+    // phase by a logits-sized tensor of its own (InModelLoss tests).
+    double added = static_cast<double>(then.phase_peaks[static_cast<size_t>(Phase::kForward)]) -
+                   static_cast<double>(now.phase_peaks[static_cast<size_t>(Phase::kForward)]);
     EXPECT_GT(added, 0.95 * scores) << c.model;
     EXPECT_LT(added, 1.1 * scores) << c.model;  // peak against peak: allocator rounding
+  }
+}
+
+// Before v4.46 (llama-style families) and v4.49 (GPT-era ones) the model
+// computed its loss in forward: a contiguous copy of the shifted logits, then
+// nn.CrossEntropyLoss, which autocast runs in fp32. The loss phase's peak is
+// at log_softmax's output in both forms; what is alive then, by hand (CPU:
+// exact sizes), with U = B·T·V·4 and U' = B·(T−1)·V·4 bytes:
+// ForCausalLMLoss: half logits U/2, their fp32 copy U, log-softmax U, the
+// shifted labels 8BT (one row: a view of the padded labels, 8(T+1)). In the
+// model: llama upcasts first (the half logits die): U + shift U' +
+// log-softmax U' + labels 8B(T−1); gpt2 does not: U/2 + shift U'/2 +
+// (autocast) its fp32 copy U' + log-softmax U', or without autocast
+// log-softmax U'/2. One row's shifted logits and labels are views (no copy).
+// Where no fp32 copy dies after log_softmax, the peak is one op later, with
+// the loss scalar (fp32, or bf16) beside it.
+TEST(Estimate, InModelLossOfOlderTransformers) {
+  struct Case {
+    const char* model;
+    Precision precision;
+    int batch, old_version, new_version;
+  };
+  for (const Case& c : {Case{"meta-llama/Llama-2-7b-hf", Precision::kBf16Mixed, 2, 445, 446},
+                        Case{"meta-llama/Llama-2-7b-hf", Precision::kBf16Mixed, 1, 445, 446},
+                        Case{"openai-community/gpt2", Precision::kBf16Mixed, 2, 448, 449},
+                        Case{"openai-community/gpt2", Precision::kBf16, 2, 448, 449}}) {
+    ModelSpec m = load_model(c.model);
+    TrainingSetup s;
+    s.device = Device::kCpu;
+    s.batch = c.batch;
+    s.seq = 1024;
+    s.precision = c.precision;
+    s.attention = AttentionImpl::kEager;
+    s.finetune = FinetuneMode::kLora;
+    s.transformers_version = c.new_version;
+    Estimate now = estimate(m, s, find_gpu("A100-80GB"));
+    s.transformers_version = c.old_version;
+    Estimate then = estimate(m, s, find_gpu("A100-80GB"));
+    const int64_t b = c.batch, t = 1024, v = m.vocab_size;
+    const int64_t u = b * t * v * 4, up = b * (t - 1) * v * 4;
+    const bool one = b == 1;
+    int64_t before = u / 2 + u + u + (one ? 8 * (t + 1) : 8 * b * t);
+    int64_t in_model = one ? 0 : 8 * b * (t - 1);
+    if (m.family == "llama")
+      in_model += u + (one ? 0 : up) + up + 4;
+    else if (c.precision == Precision::kBf16Mixed)
+      in_model += u / 2 + up / 2 + up + up;
+    else
+      in_model += u / 2 + up / 2 + up / 2 + 2;
+    auto loss = static_cast<size_t>(Phase::kLoss);
+    EXPECT_EQ(
+        static_cast<int64_t>(then.phase_peaks[loss]) - static_cast<int64_t>(now.phase_peaks[loss]),
+        in_model - before)
+        << c.model << " batch " << c.batch;
   }
 }
 
