@@ -1621,6 +1621,11 @@ class Program {
     return g_.op(g_.numel(x), g_.elem(x), {x}, {});  // reshape -> clone
   }
 
+  bool qk_in_fp32() const {
+    return s_.framework == Framework::kHf &&
+           (m_.family == "gpt_neo" || m_.family == "codegen" || m_.family == "gptj");
+  }
+
   /// transformers before v4.49 (OPT, since v4.21: PR #17437) and v4.28 to
   /// v4.30 (LLaMA, until the Llama 2 release, PR #24891) clamped the masked
   /// scores with torch.max(attn_weights, finfo(dtype).min) in eager attention.
@@ -1991,7 +1996,22 @@ class Program {
       masked = plain(scores, mask_);
       g_.release(scores);
     } else {
-      Tid scores = batched_matmul(qe, kr, b * heads * s * s);
+      // GPT-Neo, CodeGen and GPT-J compute QK^T from fp32 copies of q and k
+      // (query.to(torch.float32) in _attn, modeling_gpt_neo.py /
+      // modeling_codegen.py / modeling_gptj.py v4.57): in half precision the
+      // matmul saves fp32 copies; under autocast they are cast back (transient).
+      Tid qs = qe;
+      Tid ks = kr;
+      if (qk_in_fp32()) {
+        qs = cast(qe, kF32);
+        ks = cast(kr, kF32);
+      } else {
+        g_.retain(qs);
+        g_.retain(ks);
+      }
+      Tid scores = batched_matmul(qs, ks, b * heads * s * s);
+      g_.release(qs);
+      g_.release(ks);
       Tid scaled = plain(scores);  // * scaling (in place for Falcon: counted the same)
       g_.release(scores);
       if (m_.attn_logit_softcapping > 0) {
