@@ -176,6 +176,12 @@ struct FrameworkSetup {
   /// optim/optimizer.py Optimizer2State.init_state). LitGPT pins
   /// bitsandbytes==0.42.0 (pyproject.toml, 2024-09).
   int64_t bnb_block = 256;
+  /// bitsandbytes before 0.43.2 (PR #1270, 2024-07-16): MatMul4Bit.forward
+  /// keeps ctx.tensors = (A, B) whenever the input needs a gradient, a Python
+  /// attribute of the graph node rather than a saved variable, so each 4-bit
+  /// linear's input lives as long as the graph (and escapes non-reentrant
+  /// checkpointing's hooks); 0.43.2 keeps only B.
+  bool bnb_matmul_keeps_input = false;
   /// The training loop keeps the previous step's logits bound to a Python
   /// name until the next forward returns (LitGPT; torchtune before `del logits`).
   bool logits_outlive_step = false;

@@ -52,7 +52,8 @@ const std::vector<std::string>& all_keys() {
       "lora", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "lora_dtype", "quant",
       "quant_compute", "no_double_quant", "quant_block", "no_prepare_kbit",
       // PyTorch
-      "torch_version", "transformers_version", "expandable_segments", "max_split_size_mb",
+      "torch_version", "transformers_version", "bitsandbytes_version", "expandable_segments",
+      "max_split_size_mb",
       // distributed layout
       "method", "dp", "tp", "pp", "gpus_per_node", "schedule", "virtual_stages",
       "sequence_parallel", "offload", "offload_optimizer", "offload_params", "ddp_bucket_mb",
@@ -479,6 +480,18 @@ int version_from(const char* key, const char* example, const Fields& f) {
   return major * 100 + minor;
 }
 
+/// "0.43.2" -> 4302 (bitsandbytes_version: 0.MINOR[.PATCH]).
+int bnb_version_from(const Fields& f) {
+  std::string text = f.text("bitsandbytes_version", "");
+  int major = -1;
+  int minor = 0;
+  int patch = 0;
+  int n = std::sscanf(text.c_str(), "%d.%d.%d", &major, &minor, &patch);
+  if (n < 2 || major != 0 || minor < 1 || minor > 99 || patch < 0 || patch > 99)
+    f.fail("bitsandbytes_version", "expected 0.MINOR[.PATCH] such as 0.45.5, got \"" + text + "\"");
+  return minor * 100 + (n == 3 ? patch : 0);
+}
+
 // framework: the profile's defaults (apply_framework_defaults); recipe: a
 // torchtune or LitGPT YAML (read_recipe_file), which names its framework and
 // whose warnings go to Request::warnings. Both before every other key, which
@@ -570,6 +583,14 @@ void read_step(const Fields& f, const Context& c, TrainingSetup* s) {
   s->transformers_version = f.has("transformers_version")
                                 ? version_from("transformers_version", "4.57", f)
                                 : s->transformers_version;
+  if (f.has("bitsandbytes_version")) {
+    // 2048-element absmax blocks of the 8-bit optimizer states up to 0.43.3
+    // (256 from 0.44.0, PR #1365); MatMul4Bit's input kept on the graph
+    // before 0.43.2 (PR #1270).
+    int v = bnb_version_from(f);
+    s->fw.bnb_block = v < 4400 ? 2048 : 256;
+    s->fw.bnb_matmul_keeps_input = v < 4302;
+  }
   s->allocator.expandable_segments = f.boolean("expandable_segments", false);
   if (f.has("max_split_size_mb")) {
     double mb = f.number("max_split_size_mb", 0, 20, 1e9,

@@ -51,7 +51,10 @@ void apply_framework_defaults(Framework f, TrainingSetup* s) {
     if (s->checkpointing != CheckpointMode::kOff)
       s->checkpointing = CheckpointMode::kNonReentrant;
   } else {
-    s->fw.bnb_block = 2048;  // litgpt pyproject.toml: bitsandbytes==0.42.0
+    // bitsandbytes: litgpt's pyproject.toml pinned 0.42.0 until d2ed13c3
+    // (2024-12-28), >=0.44 on Linux since (>=0.45.2 at 2026): the defaults'
+    // 256-element absmax blocks and no MatMul4Bit input kept on the graph;
+    // validate restores 0.42.0's for the 2024 measurements.
     s->fw.lm_head_chunk_tokens = 128;
     s->fw.loss_fp32 = false;
     s->fw.logits_outlive_step = true;

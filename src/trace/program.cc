@@ -680,6 +680,13 @@ class Program {
       ipg.push_back(g_.buffer(r_.reduce_bucket_bytes, Component::kGradients));
     gather_unit(head_unit());  // the head's pre-backward hook
     g_.backward(total);
+    if (s_.framework == Framework::kHf) {
+      // The inputs bitsandbytes kept on the graph's nodes die with the graph
+      // when training_step returns.
+      for (Tid t : bnb_ctx_)
+        g_.release(t);
+      bnb_ctx_.clear();
+    }
     if (r_.embedding_units)
       reduce_grads(embed_unit());
     reduce_grads(-1);
@@ -1408,19 +1415,29 @@ class Program {
       } else {
         deq = g_.op(w.quantized, ce, {w.id}, {}, Component::kWeightCopies);
       }
-      // bitsandbytes MatMul4Bit.forward keeps ctx.tensors = (A, B) whenever
-      // the input needs a gradient (bitsandbytes/autograd/_functions.py): a
-      // Python attribute of the graph node, not a saved variable, so it lives
-      // as long as the graph does, and LitGPT's loop keeps the graph through
-      // `loss` until the next step's loss rebinds the name. torchao's NF4
-      // linear saves only the weight. Applied to LitGPT; the hf profile's bnb
-      // path is left as it was measured.
-      if (s_.framework == Framework::kLitgpt && g_.requires_grad(xc)) {
+      // bitsandbytes before 0.43.2: MatMul4Bit.forward keeps ctx.tensors =
+      // (A, B) whenever the input needs a gradient (bitsandbytes/autograd/
+      // _functions.py): a Python attribute of the graph node, not a saved
+      // variable, so it lives as long as the graph does. The Trainer's graph
+      // dies when training_step returns, after backward; LitGPT's loop keeps
+      // it through `loss` until the next step's loss rebinds the name.
+      // Recomputed under reentrant checkpointing, the layer's local graph
+      // keeps it until that layer's backward (approximated by saving it);
+      // non-reentrant recomputation discards its graph at once. torchao's NF4
+      // linear saves only the weight.
+      bool keeps = s_.fw.bnb_matmul_keeps_input &&
+                   (g_.requires_grad(xc) || nonreentrant_forward_) &&
+                   (s_.framework == Framework::kLitgpt || s_.framework == Framework::kHf);
+      bool recomputing = g_.phase() == Phase::kBackward;
+      if (keeps && !recomputing) {
         g_.retain(xc);
         bnb_ctx_.push_back(xc);
       }
-      Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
-                    Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)));
+      bool saved = keeps && recomputing && s_.checkpointing == CheckpointMode::kReentrant;
+      Tid y = saved ? g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {xc},
+                            Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)))
+                    : g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
+                            Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)));
       g_.release(deq);
       g_.release(xc);
       Tid yo = cast(y, g_.elem(x));
@@ -2462,8 +2479,9 @@ class Program {
   std::vector<Tid> logit_chunks_;  // this forward's logits slices
   std::vector<Tid> kept_logits_;   // LitGPT: the previous step's slices
   std::unordered_set<Tid> stepped_in_bwd_;
-  std::vector<Tid> bnb_ctx_;   // LitGPT QLoRA: inputs bnb keeps on this step's graph
-  std::vector<Tid> bnb_prev_;  // and on the previous step's graph
+  bool nonreentrant_forward_ = false;  // inside a non-reentrant checkpoint's forward
+  std::vector<Tid> bnb_ctx_;           // QLoRA: inputs bnb keeps on this step's graph
+  std::vector<Tid> bnb_prev_;          // and on the previous step's graph
 };
 
 // ------------------------------------------------------------------ load
@@ -2915,7 +2933,13 @@ Tid Program::forward(Tid ids) {
         clear_autocast_cache();  // the checkpoint's own autocast context exits
       return y;
     };
+    // Non-reentrant checkpointing runs the forward with grad on (only the
+    // saved tensors go through its hooks): what ops keep outside autograd's
+    // saved variables (bitsandbytes' ctx.tensors) stays alive.
+    nonreentrant_forward_ = s_.checkpointing == CheckpointMode::kNonReentrant &&
+                            g_.grad_enabled() && g_.requires_grad(x);
     Tid y = s_.checkpointing == CheckpointMode::kOff ? body(x) : g_.checkpoint(x, body);
+    nonreentrant_forward_ = false;
     g_.release(x);
     x = y;
     if (r_.reshard_after_forward)

@@ -238,6 +238,13 @@ void express_framework(const std::map<std::string, std::string>& r, Framework fw
   // 2024-10-04); the tutorials are older still.
   if (fw == Framework::kLitgpt)
     s->fw.stable_embedding = false;
+  // Those measurements ran with bitsandbytes==0.42.0 (litgpt pyproject.toml
+  // until d2ed13c3, 2024-12-28): 2048-element absmax blocks of the 8-bit
+  // states, and MatMul4Bit keeping its input on ctx.tensors (until 0.43.2).
+  if (fw == Framework::kLitgpt) {
+    s->fw.bnb_block = 2048;
+    s->fw.bnb_matmul_keeps_input = true;
+  }
   // litgpt/lora.py GPT.forward at 00af8b0d returned the chunked head's output
   // uncapped; per-chunk soft-capping came with PR #1891 (17a58dfa, 2024-12-31).
   if (fw == Framework::kLitgpt)

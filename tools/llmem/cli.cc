@@ -205,6 +205,10 @@ int run(int argc, const char* const* argv, std::ostream& out, std::ostream& err)
   est.option<int64_t>("--lm-head-chunk", "LitGPT lm_head_chunk_size in tokens (0: off)");
   est.option<std::string>("--torch-version",
                           "PyTorch version whose behaviour to model (default 2.4)");
+  est.option<std::string>(
+      "--bitsandbytes-version",
+      "bitsandbytes version whose behaviour to model (default 0.45: before "
+      "0.43.2 MatMul4Bit keeps its input; before 0.44 2048-element absmax blocks)");
   est.option<std::string>("--transformers-version",
                           "transformers version whose modeling code to model (default 4.57)");
   est.flag("--expandable-segments", "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True");

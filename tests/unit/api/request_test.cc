@@ -291,6 +291,7 @@ TEST(Request, EveryDocumentedKeyIsAccepted) {
                  {"no_prepare_kbit", false},
                  {"torch_version", "2.4"},
                  {"transformers_version", "4.28"},
+                 {"bitsandbytes_version", "0.43.1"},
                  {"expandable_segments", false},
                  {"max_split_size_mb", 20},
                  {"method", "ddp"},
@@ -430,6 +431,9 @@ TEST(Request, UnknownValues) {
                "key 'torch_version': expected MAJOR.MINOR such as 2.4");
   EXPECT_ERROR(base({{"transformers_version", "latest"}}),
                "key 'transformers_version': expected MAJOR.MINOR such as 4.57");
+  for (const char* bad : {"1.0", "0.x", "0.43.200", "latest", "0"})
+    EXPECT_ERROR(base({{"bitsandbytes_version", bad}}),
+                 "key 'bitsandbytes_version': expected 0.MINOR[.PATCH] such as 0.45.5");
   EXPECT_ERROR(base({{"method", "zero4"}}),
                "key 'method': unknown value \"zero4\" (did you mean \"zero1\"?)");
   EXPECT_ERROR(base({{"schedule", "interleave"}}),

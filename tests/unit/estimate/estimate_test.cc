@@ -511,5 +511,42 @@ TEST(Estimate, GptNeoAndCodegenAttendInFp32) {
   }
 }
 
+// bitsandbytes before 0.43.2 keeps each 4-bit linear's input on its graph
+// node (MatMul4Bit ctx.tensors) until the Trainer's graph dies after
+// backward, through non-reentrant checkpointing too; reentrant checkpointing
+// runs the forward without a graph. Llama-2-7B QLoRA (q_proj, v_proj), one
+// sequence of 512: at least every layer's down_proj input (the SwiGLU
+// product, kept by nothing else: 512 x 11008 bf16), at most every linear's
+// input in fp32.
+TEST(Estimate, OldBitsandbytesKeepsTheQuantizedLinearsInputs) {
+  ModelSpec m = load_model("meta-llama/Llama-2-7b-hf");
+  auto peaks = [&](CheckpointMode ckpt, bool old_bnb) {
+    TrainingSetup s;
+    s.batch = 1;
+    s.seq = 512;
+    s.precision = Precision::kBf16Mixed;
+    s.finetune = FinetuneMode::kQlora;
+    s.lora.rank = 8;
+    s.lora.targets = {"q_proj", "v_proj"};
+    s.checkpointing = ckpt;
+    s.fw.bnb_matmul_keeps_input = old_bnb;
+    return estimate(m, s, find_gpu("A100-80GB")).phase_peaks;
+  };
+  const auto fwd = static_cast<size_t>(Phase::kForward);
+  const auto opt = static_cast<size_t>(Phase::kOptimizer);
+  const double low = 32.0 * 512 * 11008 * 2;
+  const double high = 32.0 * 512 * (3 * 4096 + 11008) * 4;
+  for (CheckpointMode ckpt : {CheckpointMode::kOff, CheckpointMode::kNonReentrant}) {
+    auto now = peaks(ckpt, false);
+    auto then = peaks(ckpt, true);
+    double added = static_cast<double>(then[fwd]) - static_cast<double>(now[fwd]);
+    EXPECT_GE(added, low) << static_cast<int>(ckpt);
+    EXPECT_LE(added, high) << static_cast<int>(ckpt);
+    EXPECT_EQ(then[opt], now[opt]) << "the graph (and the inputs) died before the step";
+  }
+  EXPECT_EQ(peaks(CheckpointMode::kReentrant, true)[fwd],
+            peaks(CheckpointMode::kReentrant, false)[fwd]);
+}
+
 }  // namespace
 }  // namespace llmem
