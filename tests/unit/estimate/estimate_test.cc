@@ -394,6 +394,15 @@ TEST(Estimate, EveryCatalogModel) {
   EXPECT_EQ(traced, static_cast<int>(catalog().size()));
 }
 
+// One setup estimated at a newer and an older transformers release.
+std::pair<Estimate, Estimate> at_two_versions(const ModelSpec& m, TrainingSetup s, int newer,
+                                              int older) {
+  s.transformers_version = newer;
+  Estimate now = estimate(m, s, find_gpu("A100-80GB"));
+  s.transformers_version = older;
+  return {now, estimate(m, s, find_gpu("A100-80GB"))};
+}
+
 // transformers before v4.49 (OPT) and in v4.28-v4.30 (LLaMA) clamped the
 // masked scores with torch.max, which saves them: one b*heads*s*s tensor per
 // layer more at the end of the forward pass.
@@ -411,10 +420,7 @@ TEST(Estimate, OldTransformersKeepTheClampedScores) {
     s.precision = Precision::kFp16Mixed;
     s.attention = AttentionImpl::kEager;
     s.finetune = FinetuneMode::kLora;
-    s.transformers_version = c.new_version;
-    Estimate now = estimate(m, s, find_gpu("A100-80GB"));
-    s.transformers_version = c.old_version;
-    Estimate then = estimate(m, s, find_gpu("A100-80GB"));
+    auto [now, then] = at_two_versions(m, s, c.new_version, c.old_version);
     const AttentionSpec& a = m.layers.front().attention;
     // fp32: under autocast the float mask follows the fp32 embeddings, and
     // the scores plus the mask promote to it.
@@ -460,10 +466,7 @@ TEST(Estimate, InModelLossOfOlderTransformers) {
     s.precision = c.precision;
     s.attention = AttentionImpl::kEager;
     s.finetune = FinetuneMode::kLora;
-    s.transformers_version = c.new_version;
-    Estimate now = estimate(m, s, find_gpu("A100-80GB"));
-    s.transformers_version = c.old_version;
-    Estimate then = estimate(m, s, find_gpu("A100-80GB"));
+    auto [now, then] = at_two_versions(m, s, c.new_version, c.old_version);
     const int64_t b = c.batch, t = 1024, v = m.vocab_size;
     const int64_t u = b * t * v * 4, up = b * (t - 1) * v * 4;
     const bool one = b == 1;
