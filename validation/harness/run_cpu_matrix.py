@@ -76,6 +76,9 @@ def matrix():
     add("gpt2", "bf16-mixed", 1, 96, lora=True)
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
+    # gemma2's sliding window (16 in tiny-gemma2) not cutting (seq 8) and cutting far (seq 96)
+    add("gemma2", "fp32", 4, 8)
+    add("gemma2", "bf16-mixed", 1, 96, lora=True)
     # KV cache built by the training forward (config use_cache=true) vs forced off
     add("mistral", "fp32", extra=("--use-cache", "off"))
     add("mistral", "bf16-mixed", lora=True, extra=("--use-cache", "off"))
