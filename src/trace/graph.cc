@@ -192,7 +192,9 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     node_tids_.push_back(input);
     node.num_saved = 1;
   }
-  if (rng != kNone) {
+  if (rng != kNone && rng_until_end_) {
+    graph_end_.push_back(rng);
+  } else if (rng != kNone) {
     node_tids_.push_back(rng);  // the node holds the only reference
     ++node.num_saved;
   }
@@ -318,6 +320,10 @@ void Graph::run_backward(size_t begin) {
       for (Tid t : touched_)
         tensors_[static_cast<size_t>(t)].grad_this_pass = false;
       touched_.clear();
+      // That backward call's graph is freed, and with it its dead leaves.
+      for (Tid t : orphans_)
+        clear_grad(t);
+      orphans_.clear();
       continue;
     }
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
@@ -433,6 +439,9 @@ void Graph::backward(Tid loss) {
   for (Tid t : orphans_)
     clear_grad(t);
   orphans_.clear();
+  for (Tid t : graph_end_)
+    release(t);
+  graph_end_.clear();
   enter_layer(-1);
   phase_ = was == Phase::kBackward ? was : Phase::kBackward;
 }

@@ -67,9 +67,15 @@ class Graph {
   /// PyTorch before 2.0 adds two gradients of the same leaf that arrive in
   /// one backward (tied embeddings) out of place: old + new into a third tensor.
   void set_out_of_place_leaf_accumulation(bool on) { out_of_place_leaf_ = on; }
-  /// checkpoint() keeps an RNG state of this many bytes per block until its
-  /// backward and takes another around the recomputation (0: none counted).
-  void set_checkpoint_rng_state_bytes(int64_t bytes) { rng_state_bytes_ = bytes; }
+  /// checkpoint() keeps an RNG state of this many bytes per block and takes
+  /// another around the recomputation (0: none counted). The reentrant
+  /// CheckpointFunction keeps it as a ctx attribute, which lives as long as
+  /// the graph (to the end of backward); the non-reentrant closure dies with
+  /// the block's saved tensors.
+  void set_checkpoint_rng_state_bytes(int64_t bytes, bool until_backward_end) {
+    rng_state_bytes_ = bytes;
+    rng_until_end_ = until_backward_end;
+  }
 
   /// A tensor that is not produced by a recorded op (parameter, input). The
   /// caller holds one reference.
@@ -229,6 +235,8 @@ class Graph {
   bool grad_enabled_ = true;
   bool out_of_place_leaf_ = false;
   int64_t rng_state_bytes_ = 0;
+  bool rng_until_end_ = false;
+  std::vector<Tid> graph_end_;  // freed with the graph, at the end of backward
   std::function<void(int, int)> layer_hook_;
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
   std::vector<Tid> orphans_;  // dead leaves given a .grad in this backward (see accumulate)

@@ -2807,6 +2807,16 @@ Tid Program::forward(Tid ids) {
     // output.requires_grad_(True) on the embedding output so reentrant
     // checkpoints propagate gradients to the adapters.
     g_.mark_requires_grad(x);
+    if (s_.framework == Framework::kHf && r_.in_flight == 1) {
+      // A leaf that requires grad is held by its AccumulateGrad node (and
+      // with it its .grad) until the graph is freed after backward, whatever
+      // names the model's forward drops (Gemma's product, GPT-2's position
+      // add); a pipeline stage's forwards in flight are not handled here,
+      // nor torchtune and LitGPT, which have no PEFT hook (the flag above
+      // lets the trace record their checkpoints).
+      g_.retain(x);
+      graph_held_.push_back(x);
+    }
   }
   if (style_ == Style::kLlama) {
     if (first && (m_.family == "gemma" || m_.family == "gemma2")) {
@@ -2818,16 +2828,10 @@ Tid Program::forward(Tid ids) {
       Tid n = g_.leaf(1, g_.elem(x), Component::kInputs, false);
       Tid y = mul(x, n);
       model_locals_.push_back(n);
-      if (s_.framework == Framework::kHf && lora_ckpt && r_.in_flight == 1) {
-        // PEFT's hook made the embedding output a leaf that requires grad:
-        // the product's AccumulateGrad node holds it (and then its .grad)
-        // until the graph is freed after backward.
-        graph_held_.push_back(x);
-      } else if (s_.framework == Framework::kHf) {
+      if (s_.framework == Framework::kHf)
         model_locals_.push_back(x);
-      } else {
+      else
         g_.release(x);
-      }
       x = y;
     }
     // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
@@ -3736,11 +3740,11 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
   // torch.utils.checkpoint preserves the RNG state: torch.get_rng_state(),
   // the CPU generator's 5056-byte uint8 tensor, is kept per checkpointed
-  // block until its backward, and fork_rng takes another around each
-  // recomputation. On a GPU run they are host memory (the CUDA states too:
-  // torch.cuda.get_rng_state() returns a CPU tensor), so only a CPU run counts them.
+  // block (reentrant: as ctx.fwd_cpu_state, alive as long as the graph), and
+  // fork_rng takes another around each recomputation. On a GPU run they are host memory (the CUDA
+  // states too: torch.cuda.get_rng_state() returns a CPU tensor), so only a CPU run counts them.
   if (setup.device == Device::kCpu)
-    g.set_checkpoint_rng_state_bytes(5056);
+    g.set_checkpoint_rng_state_bytes(5056, setup.checkpointing == CheckpointMode::kReentrant);
   if (setup.framework == Framework::kLitgpt && setup.finetune == FinetuneMode::kQlora)
     setup.fw.paged_optimizer = true;  // litgpt instantiate_bnb_optimizer: bnb PagedAdamW
   // bnb.optim.PagedAdamW8bit (the Trainer's optim="paged_adamw_8bit") pages its
