@@ -157,12 +157,18 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
 }
 
 Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
+  // CheckpointFunction.forward (torch/utils/checkpoint.py): ctx.fwd_cpu_state
+  // = torch.get_rng_state() before running the block.
+  Tid rng = rng_state_bytes_ > 0 ? new_tensor(rng_state_bytes_, 1, Component::kTemporaries) : kNone;
   bool was = grad_enabled_;
   grad_enabled_ = false;
   Tid out = fn(input);
   grad_enabled_ = was;
-  if (!was || !requires_grad(input))
+  if (!was || !requires_grad(input)) {
+    if (rng != kNone)
+      release(rng);  // no node: the ctx dies with the call
     return out;
+  }
   tensors_[static_cast<size_t>(out)].requires_grad = true;
   Node node = new_node();
   node.output = out;
@@ -185,6 +191,12 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     retain(input);
     node_tids_.push_back(input);
     node.num_saved = 1;
+  }
+  if (rng != kNone && rng_until_end_) {
+    graph_end_.push_back(rng);
+  } else if (rng != kNone) {
+    node_tids_.push_back(rng);  // the node holds the only reference
+    ++node.num_saved;
   }
   checkpoints_.push_back(fn);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
@@ -251,6 +263,13 @@ void Graph::run_ready(size_t from) {
   ready_.resize(from);
 }
 
+bool Graph::sums_out_of_place(Tid input) const {
+  if (!out_of_place_leaf_)
+    return false;
+  const Tensor& dst = tensors_[static_cast<size_t>(grad_target(input))];
+  return dst.is_leaf && dst.grad != kNone && dst.grad_this_pass;
+}
+
 void Graph::accumulate(Tid target, Tid g) {
   target = grad_target(target);
   Tensor& dst = tensors_[static_cast<size_t>(target)];
@@ -264,6 +283,12 @@ void Graph::accumulate(Tid target, Tid g) {
       emit(g, true);
       dst.grad_this_pass = true;
       touched_.push_back(target);
+      // A leaf that no name holds any more (Gemma's embedding output made to
+      // require grad by PEFT's input hook, once its model forward returned):
+      // its AccumulateGrad node keeps it, and so its .grad, until the graph
+      // is freed after backward.
+      if (!dst.live)
+        orphans_.push_back(target);
     }
   } else if (out_of_place_leaf_ && dst.is_leaf && dst.grad_this_pass) {
     // Both contributions are in the node's input buffer: old + new.
@@ -295,9 +320,14 @@ void Graph::run_backward(size_t begin) {
       for (Tid t : touched_)
         tensors_[static_cast<size_t>(t)].grad_this_pass = false;
       touched_.clear();
+      // That backward call's graph is freed, and with it its dead leaves.
+      for (Tid t : orphans_)
+        clear_grad(t);
+      orphans_.clear();
       continue;
     }
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
+    bool saved_released = false;
     enter_layer(node.layer);
     size_t ready_from = ready_.size();
     if (out_grad != kNone) {
@@ -312,10 +342,16 @@ void Graph::run_backward(size_t begin) {
                                              Component::kActivations, true)
                                       : alias(input, true);
         size_t mark = nodes_.size();
+        // torch.random.fork_rng around the recomputation: the surrounding
+        // state, saved on entry and restored on exit.
+        Tid fork =
+            rng_state_bytes_ > 0 ? new_tensor(rng_state_bytes_, 1, Component::kTemporaries) : kNone;
         bool was = grad_enabled_;
         grad_enabled_ = true;
         Tid sub_out = checkpoints_[static_cast<size_t>(node.checkpoint)](detached);
         grad_enabled_ = was;
+        if (fork != kNone)
+          release(fork);
         tensors_[static_cast<size_t>(sub_out)].grad = out_grad;
         out_grad = kNone;
         release(sub_out);
@@ -334,6 +370,7 @@ void Graph::run_backward(size_t begin) {
         Tid temp =
             node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
         // By index: node_tids_ may grow while the tensors are made.
+        outputs_.clear();
         for (uint32_t i = 0; i < node.num_inputs; ++i) {
           Tid in = node_tids_[node.tids + i];
           const Tensor& t = tensors_[static_cast<size_t>(in)];
@@ -347,19 +384,35 @@ void Graph::run_backward(size_t begin) {
           } else {
             g = new_tensor(t.numel, t.elem, Component::kTemporaries);
           }
-          serve_edge(in, g);
+          if (sums_out_of_place(in))
+            outputs_.emplace_back(in, g);
+          else
+            serve_edge(in, g);
         }
         if (temp != kNone)
           release(temp);
         release(out_grad);
+        if (!outputs_.empty()) {
+          // engine.cpp evaluate_function: the incoming gradient (the argument
+          // apply() consumes) and the saved tensors (release_variables) are
+          // gone before the outputs are added to the next input buffers,
+          // where a tied leaf's two gradients are summed out of place.
+          for (uint32_t i = 0; i < node.num_saved; ++i)
+            release(node_tids_[node.tids + node.num_inputs + i]);
+          saved_released = true;
+          for (const auto& [in, g] : outputs_)
+            serve_edge(in, g);
+        }
       }
     } else {
       // No gradient reached this node: its edges are served empty.
       for (uint32_t i = 0; i < node.num_inputs; ++i)
         serve_edge(node_tids_[node.tids + i], kNone);
     }
-    for (uint32_t i = 0; i < node.num_saved; ++i)
-      release(node_tids_[node.tids + node.num_inputs + i]);
+    if (!saved_released) {
+      for (uint32_t i = 0; i < node.num_saved; ++i)
+        release(node_tids_[node.tids + node.num_inputs + i]);
+    }
     // Every node created after this one has run: its tensors are the top of the stack.
     node_tids_.resize(node.tids);
     // engine.cpp evaluate_function: the node's incoming gradient and saved
@@ -383,6 +436,12 @@ void Graph::backward(Tid loss) {
   for (Tid t : touched_)
     tensors_[static_cast<size_t>(t)].grad_this_pass = false;
   touched_.clear();
+  for (Tid t : orphans_)
+    clear_grad(t);
+  orphans_.clear();
+  for (Tid t : graph_end_)
+    release(t);
+  graph_end_.clear();
   enter_layer(-1);
   phase_ = was == Phase::kBackward ? was : Phase::kBackward;
 }

@@ -67,6 +67,15 @@ class Graph {
   /// PyTorch before 2.0 adds two gradients of the same leaf that arrive in
   /// one backward (tied embeddings) out of place: old + new into a third tensor.
   void set_out_of_place_leaf_accumulation(bool on) { out_of_place_leaf_ = on; }
+  /// checkpoint() keeps an RNG state of this many bytes per block and takes
+  /// another around the recomputation (0: none counted). The reentrant
+  /// CheckpointFunction keeps it as a ctx attribute, which lives as long as
+  /// the graph (to the end of backward); the non-reentrant closure dies with
+  /// the block's saved tensors.
+  void set_checkpoint_rng_state_bytes(int64_t bytes, bool until_backward_end) {
+    rng_state_bytes_ = bytes;
+    rng_until_end_ = until_backward_end;
+  }
 
   /// A tensor that is not produced by a recorded op (parameter, input). The
   /// caller holds one reference.
@@ -208,6 +217,9 @@ class Graph {
   /// Runs the post-accumulate hooks of the leaves in ready_[from..], then drops them.
   void run_ready(size_t from);
   void accumulate(Tid target, Tid g);
+  /// Whether a gradient for `input` would be summed out of place with one
+  /// already waiting (a tied leaf before PyTorch 2.0).
+  bool sums_out_of_place(Tid input) const;
   void run_backward(size_t begin);
   void enter_layer(int16_t layer);
 
@@ -222,10 +234,15 @@ class Graph {
   uint8_t step_ = 1;
   bool grad_enabled_ = true;
   bool out_of_place_leaf_ = false;
+  int64_t rng_state_bytes_ = 0;
+  bool rng_until_end_ = false;
+  std::vector<Tid> graph_end_;  // freed with the graph, at the end of backward
   std::function<void(int, int)> layer_hook_;
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
+  std::vector<Tid> orphans_;  // dead leaves given a .grad in this backward (see accumulate)
   std::function<void(Tid)> post_accumulate_;
-  std::vector<Tid> ready_;  // leaves whose AccumulateGrad has all its inputs
+  std::vector<Tid> ready_;                    // leaves whose AccumulateGrad has all its inputs
+  std::vector<std::pair<Tid, Tid>> outputs_;  // run_backward: gradients summed after the node
   bool offload_ = false;
   int offload_stash_limit_ = 5;
   std::vector<Tid> offload_stash_;  // offloaded tensors still on the GPU (copy in flight)

@@ -363,9 +363,13 @@ class Program {
     }
     // LlamaModel builds a DynamicCache in training when use_cache is on
     // (config default true) and checkpointing does not force it off.
+    // Gemma2Model never does in training (modeling_gemma2.py v4.57: `if
+    // use_cache and past_key_values is None and not self.training`; the
+    // guard dates from transformers PR #32279, and before it the model built
+    // no cache at all).
     bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
     use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff &&
-                 r.first_stage && r.last_stage;
+                 r.first_stage && r.last_stage && m.family != "gemma2";
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -645,6 +649,9 @@ class Program {
         g_.set_phase(Phase::kLoss);
         g_.set_layer(-1);
         loss = loss_and_logits(out, labels);  // consumes out
+        if (head_input_ != kNone)
+          g_.release(head_input_);
+        head_input_ = kNone;
       } else {
         // The stage's output is sent on and kept for its backward, which
         // starts from the gradient the next stage sends back.
@@ -654,7 +661,7 @@ class Program {
       if (k + 1 < r_.in_flight) {
         // Checkpointed layers of this micro-batch keep its rotary tables and
         // mask until their backward (the next forward makes its own).
-        for (Tid* t : {&cos_, &sin_, &mask_, &alibi_}) {
+        for (Tid* t : {&cos_, &sin_, &mask_, &mask2_, &alibi_}) {
           if (*t != kNone)
             held.push_back(*t);
           *t = kNone;
@@ -687,6 +694,9 @@ class Program {
         g_.release(t);
       bnb_ctx_.clear();
     }
+    for (Tid t : graph_held_)
+      g_.release(t);
+    graph_held_.clear();
     if (r_.embedding_units)
       reduce_grads(embed_unit());
     reduce_grads(-1);
@@ -1671,13 +1681,23 @@ class Program {
   }
 
   /// Gemma-2 soft-capping, cap * tanh(x / cap): the division and the product
-  /// by a Python float save nothing; tanh saves its output.
+  /// by a Python float save nothing; tanh saves its output. Consumes `x`.
+  /// Hugging Face rebinds its one name at each step (`w = w / cap`,
+  /// `w = tanh(w)`, `w = w * cap`: Gemma2ForCausalLM.forward and
+  /// eager_attention_forward in modeling_gemma2.py v4.57), so x dies after the
+  /// division; LitGPT's do_softcapping(x, thresh) (litgpt/model.py) keeps its
+  /// argument, and the caller's name, until it returns.
   Tid softcap(Tid x) {
     Tid d = plain(x);
+    bool hf = s_.framework == Framework::kHf;
+    if (hf)
+      g_.release(x);
     Tid t = g_.op(g_.numel(d), g_.elem(d), {d}, {}, Component::kActivations, {}, 0, true);
     g_.release(d);
     Tid y = plain(t);
     g_.release(t);
+    if (!hf)
+      g_.release(x);
     return y;
   }
   /// The head's output with the final soft-capping of the model, if any
@@ -1685,9 +1705,7 @@ class Program {
   Tid capped_logits(Tid logits) {
     if (m_.final_logit_softcapping <= 0)
       return logits;
-    Tid y = softcap(logits);
-    g_.release(logits);
-    return y;
+    return softcap(logits);
   }
 
   /// softmax without a dtype: CUDA autocast runs it in fp32; otherwise in the input dtype.
@@ -1726,7 +1744,10 @@ class Program {
     }
     Tid h32 = cast(x, kF32);
     Tid sq = g_.op(g_.numel(h32), kF32, {h32}, {h32});  // pow saves self
-    Tid var = g_.op(rows, kF32, {sq}, {});              // mean
+    // mean(-1, keepdim=True): torch before 2.0 saves its input (1.13's
+    // derivatives.yaml writes mean.dim's backward with self.sizes(), so the
+    // codegen keeps `self`, the pow output); 2.0 saves only the sizes.
+    Tid var = g_.op(rows, kF32, {sq}, {s_.torch_version < 200 ? sq : kNone});
     g_.release(sq);
     Tid ve = plain(var);
     g_.release(var);
@@ -1806,8 +1827,16 @@ class Program {
     return g_.op(g_.numel(x), g_.elem(x), {x}, {x});
   }
 
+  /// Tensors bound to locals of the model's forward (Gemma's embeddings and
+  /// normalizer) die when it returns.
+  void release_model_locals() {
+    for (Tid t : model_locals_)
+      g_.release(t);
+    model_locals_.clear();
+  }
+
   void release_shared() {
-    for (Tid* t : {&cos_, &sin_, &mask_, &alibi_}) {
+    for (Tid* t : {&cos_, &sin_, &mask_, &mask2_, &alibi_}) {
       if (*t != kNone)
         g_.release(*t);
       *t = kNone;
@@ -2034,9 +2063,7 @@ class Program {
       if (m_.attn_logit_softcapping > 0) {
         // Gemma-2 eager attention (HF eager_attention_forward, LitGPT): capped
         // before the mask.
-        Tid capped = softcap(scaled);
-        g_.release(scaled);
-        scaled = capped;
+        scaled = softcap(scaled);
       }
       masked = mask_ != kNone ? plain(scaled, mask_) : (g_.retain(scaled), scaled);
       g_.release(scaled);
@@ -2471,8 +2498,12 @@ class Program {
   bool fwd_head_ = true;
   // Per-forward tensors shared by all layers.
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
+  Tid mask2_ = kNone;  // Gemma-2 eager: the sliding-window mask beside mask_
   bool use_cache_ = false;
-  std::vector<Tid> cache_kv_;  // DynamicCache contents of this forward
+  std::vector<Tid> cache_kv_;      // DynamicCache contents of this forward
+  std::vector<Tid> model_locals_;  // see release_model_locals()
+  std::vector<Tid> graph_held_;    // leaves the autograd graph keeps until backward ends
+  Tid head_input_ = kNone;         // the final hidden states, bound until the loss is computed
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
   // Framework profiles (trace/framework.cc).
@@ -2833,12 +2864,31 @@ Tid Program::forward(Tid ids) {
     // output.requires_grad_(True) on the embedding output so reentrant
     // checkpoints propagate gradients to the adapters.
     g_.mark_requires_grad(x);
+    if (s_.framework == Framework::kHf && r_.in_flight == 1) {
+      // A leaf that requires grad is held by its AccumulateGrad node (and
+      // with it its .grad) until the graph is freed after backward, whatever
+      // names the model's forward drops (Gemma's product, GPT-2's position
+      // add); a pipeline stage's forwards in flight are not handled here,
+      // nor torchtune and LitGPT, which have no PEFT hook (the flag above
+      // lets the trace record their checkpoints).
+      g_.retain(x);
+      graph_held_.push_back(x);
+    }
   }
   if (style_ == Style::kLlama) {
     if (first && (m_.family == "gemma" || m_.family == "gemma2")) {
-      // hidden_states * normalizer (sqrt(hidden_size) as a tensor of the dtype).
-      Tid y = plain(x);
-      g_.release(x);
+      // hidden_states * normalizer, sqrt(hidden_size) as a 0-dim tensor of the
+      // embeddings' dtype, which the product saves. In GemmaModel.forward /
+      // Gemma2Model.forward (v4.57) both `inputs_embeds` and `normalizer`
+      // stay bound until the model's forward returns (after the final norm);
+      // LitGPT and torchtune rebind x to the product.
+      Tid n = g_.leaf(1, g_.elem(x), Component::kInputs, false);
+      Tid y = mul(x, n);
+      model_locals_.push_back(n);
+      if (s_.framework == Framework::kHf)
+        model_locals_.push_back(x);
+      else
+        g_.release(x);
       x = y;
     }
     // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
@@ -2854,6 +2904,15 @@ Tid Program::forward(Tid ids) {
       Tid mb = g_.leaf(b * s * s, 1, Component::kInputs, false);
       mask_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
       g_.release(mb);
+      if (m_.family == "gemma2" && s_.framework == Framework::kHf &&
+          s_.attention == AttentionImpl::kEager) {
+        // Gemma2Model.forward (v4.57) builds both create_causal_mask and
+        // create_sliding_window_causal_mask whatever the layer types; the
+        // window changes the values, not the [b, 1, s, s] shape.
+        Tid mb2 = g_.leaf(b * s * s, 1, Component::kInputs, false);
+        mask2_ = g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
+        g_.release(mb2);
+      }
     }
   } else if (style_ == Style::kGpt2 && first) {
     Tid pos = g_.op(s * h, pe_, {param("transformer.wpe.weight").id}, {});
@@ -2949,6 +3008,7 @@ Tid Program::forward(Tid ids) {
   if (!fwd_head_) {
     if (s_.checkpointing == CheckpointMode::kOff)
       release_shared();
+    release_model_locals();
     return x;
   }
   if (chunked_)
@@ -2969,6 +3029,7 @@ Tid Program::forward(Tid ids) {
     }
   }
   g_.release(x);
+  release_model_locals();
   // Checkpointed layers keep the rotary tables and the mask (their kwargs)
   // until their recomputation in backward.
   if (s_.checkpointing == CheckpointMode::kOff)
@@ -3012,7 +3073,14 @@ Tid Program::forward(Tid ids) {
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   reshard_unit(head_unit());
   head_hidden_elem_ = g_.elem(hn);
-  g_.release(hn);
+  if (s_.framework == Framework::kHf && r_.first_stage && r_.last_stage && !r_.vocab_parallel_ce) {
+    // XForCausalLM.forward (v4.57): `hidden_states = outputs.last_hidden_state`
+    // stays bound while self.loss_function runs; with a frozen head nothing
+    // else keeps it.
+    head_input_ = hn;
+  } else {
+    g_.release(hn);
+  }
   if (s_.fw.logits_to_fp32) {
     std::vector<Tid> one = {logits};
     fabric_output_fp32(&one);
@@ -3823,6 +3891,13 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
   Graph g(&result.events);
   g.reserve(hint / 2);
   g.set_out_of_place_leaf_accumulation(setup.torch_version < 200);
+  // torch.utils.checkpoint preserves the RNG state: torch.get_rng_state(),
+  // the CPU generator's 5056-byte uint8 tensor, is kept per checkpointed
+  // block (reentrant: as ctx.fwd_cpu_state, alive as long as the graph), and
+  // fork_rng takes another around each recomputation. On a GPU run they are host memory (the CUDA
+  // states too: torch.cuda.get_rng_state() returns a CPU tensor), so only a CPU run counts them.
+  if (setup.device == Device::kCpu)
+    g.set_checkpoint_rng_state_bytes(5056, setup.checkpointing == CheckpointMode::kReentrant);
   if (setup.framework == Framework::kLitgpt && setup.finetune == FinetuneMode::kQlora)
     setup.fw.paged_optimizer = true;  // litgpt instantiate_bnb_optimizer: bnb PagedAdamW
   // bnb.optim.PagedAdamW8bit (the Trainer's optim="paged_adamw_8bit") pages its

@@ -72,6 +72,7 @@ DEFAULT_LORA_TARGETS = {
     "gpt2": "c_attn", "opt": "q_proj,v_proj",
     # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn", "codegen": "qkv_proj",
+    "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj",
 }
 
 

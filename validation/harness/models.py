@@ -1706,9 +1706,284 @@ class CodeGenForCausalLM(nn.Module):
 
 
 # ============================================================================================
+# gemma, gemma2 (models/gemma/modeling_gemma.py, models/gemma2/modeling_gemma2.py and their
+# configuration_*.py, commit 3553f0bc2301). Both: RMSNorm computing in fp32 with (1 + weight) and the cast
+# after the product, the embedding multiplied by sqrt(hidden_size) held as a 0-dim tensor in the embedding's
+# dtype, head_dim from the config (num_heads * head_dim != hidden_size), GeGLU MLP, tied lm_head.
+# gemma2 adds the post-attention / pre- and post-feed-forward norms, tanh soft-capping of the attention
+# scores and of the logits, query_pre_attn_scalar for the scaling, sliding-window and global layers
+# alternating (layer_types), and builds no KV cache in training (Gemma2Model.forward: `not self.training`).
+_DEFAULTS["gemma"] = dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                          num_attention_heads=16, num_key_value_heads=16, head_dim=256,
+                          hidden_act="gelu_pytorch_tanh", max_position_embeddings=8192, initializer_range=0.02,
+                          rms_norm_eps=1e-6, use_cache=True, pad_token_id=0, tie_word_embeddings=True,
+                          rope_theta=10000.0, attention_bias=False, attention_dropout=0.0, layer_types=None)
+_DEFAULTS["gemma2"] = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                           num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                           hidden_activation="gelu_pytorch_tanh", max_position_embeddings=8192,
+                           initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True, pad_token_id=0,
+                           tie_word_embeddings=True, rope_theta=10000.0, attention_bias=False,
+                           attention_dropout=0.0, query_pre_attn_scalar=256, sliding_window=4096, layer_types=None,
+                           final_logit_softcapping=30.0, attn_logit_softcapping=50.0)
+
+
+def _gemma_layer_types(config):
+    """GemmaConfig: every layer full_attention; Gemma2Config: sliding_attention on even layers
+    (`bool((i + 1) % 2)`), full_attention on odd ones."""
+    if config.layer_types is None:
+        if config.model_type == "gemma2":
+            config.layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention"
+                                  for i in range(config.num_hidden_layers)]
+        else:
+            config.layer_types = ["full_attention"] * config.num_hidden_layers
+    if len(config.layer_types) != config.num_hidden_layers:
+        raise ValueError("len(layer_types) != num_hidden_layers")
+
+
+class GemmaRMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def _norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x):
+        output = self._norm(x.float())
+        output = output * (1.0 + self.weight.float())  # product in fp32, cast afterwards (unlike llama)
+        return output.type_as(x)
+
+
+class GemmaMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        H, inter = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(H, inter, bias=False)
+        self.up_proj = nn.Linear(H, inter, bias=False)
+        self.down_proj = nn.Linear(inter, H, bias=False)
+        # GemmaMLP reads hidden_act, Gemma2MLP hidden_activation
+        self.act_fn = act_fn(config.hidden_activation if config.model_type == "gemma2" else config.hidden_act)
+
+    def forward(self, x):
+        down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return down_proj
+
+
+def gemma_eager_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                                  softcap=None, **kwargs):
+    """gemma: llama's eager_attention_forward; gemma2: the same with scores / cap, tanh, * cap before the
+    mask (the sliding window only changes the mask's values, not its shape)."""
+    if scaling is None:
+        scaling = module.head_dim ** -0.5
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if softcap is not None:
+        attn_weights = attn_weights / softcap
+        attn_weights = torch.tanh(attn_weights)
+        attn_weights = attn_weights * softcap
+    if attention_mask is not None:
+        causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]
+        attn_weights = attn_weights + causal_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class GemmaAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.gemma2 = config.model_type == "gemma2"
+        self.scaling = (config.query_pre_attn_scalar if self.gemma2 else self.head_dim) ** -0.5
+        self.attention_dropout = config.attention_dropout
+        H, nh, nkv, b = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.attention_bias
+        self.q_proj = nn.Linear(H, nh * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(nh * self.head_dim, H, bias=b)
+        if self.gemma2:
+            self.attn_logit_softcapping = config.attn_logit_softcapping
+            self.sliding_window = (config.sliding_window if config.layer_types[layer_idx] == "sliding_attention"
+                                   else None)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        if self.gemma2:
+            attn_output, attn_weights = gemma_eager_attention_forward(
+                self, query_states, key_states, value_states, attention_mask,
+                dropout=self.attention_dropout if self.training else 0.0, scaling=self.scaling,
+                sliding_window=self.sliding_window, softcap=self.attn_logit_softcapping)
+        else:
+            attn_output, attn_weights = gemma_eager_attention_forward(
+                self, query_states, key_states, value_states, attention_mask,
+                dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class GemmaDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = GemmaAttention(config, layer_idx)
+        self.mlp = GemmaMLP(config)
+        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attention_type = config.layer_types[layer_idx]
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, cache_position=None, position_embeddings=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                          past_key_values=past_key_values,
+                                          position_embeddings=position_embeddings)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + hidden_states
+        return hidden_states
+
+
+class Gemma2DecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.attention_type = config.layer_types[layer_idx]
+        self.self_attn = GemmaAttention(config, layer_idx)
+        self.mlp = GemmaMLP(config)
+        eps = config.rms_norm_eps
+        self.input_layernorm = GemmaRMSNorm(config.hidden_size, eps=eps)
+        self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, eps=eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps=eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(config.hidden_size, eps=eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, position_ids=None,
+                past_key_values=None, output_attentions=False, use_cache=False, cache_position=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, self_attn_weights = self.self_attn(hidden_states=hidden_states,
+                                                          position_embeddings=position_embeddings,
+                                                          attention_mask=attention_mask,
+                                                          past_key_values=past_key_values)
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.pre_feedforward_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = self.post_feedforward_layernorm(hidden_states)
+        hidden_states = residual + hidden_states
+        outputs = (hidden_states,)  # sic: a tuple in v4.57 (gemma's layer returns the tensor)
+        return outputs
+
+
+class GemmaModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gemma2 = config.model_type == "gemma2"
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        layer_cls = Gemma2DecoderLayer if self.gemma2 else GemmaDecoderLayer
+        self.layers = nn.ModuleList([layer_cls(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = GemmaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        # check_model_inputs (both): use_cache from config, forced off under gradient checkpointing
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_tokens(input_ids)
+        past_key_values = None
+        if use_cache and (not self.gemma2 or not self.training):  # gemma2: no cache in training
+            past_key_values = DynamicCache(self.config)
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        if self.gemma2:  # both masks are built whatever the layer types
+            causal_mask_mapping = {
+                "full_attention": _eager_causal_mask(inputs_embeds, attention_mask, cache_position),
+                "sliding_attention": _eager_causal_mask(inputs_embeds, attention_mask, cache_position,
+                                                        self.config.sliding_window)}
+        else:
+            causal_mask_mapping = {"full_attention": _eager_causal_mask(inputs_embeds, attention_mask,
+                                                                        cache_position)}
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        normalizer = torch.tensor(self.config.hidden_size ** 0.5, dtype=hidden_states.dtype)
+        hidden_states = hidden_states * normalizer
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            if self.gemma2:
+                layer_outputs = decoder_layer(hidden_states, position_embeddings=position_embeddings,
+                                              attention_mask=causal_mask_mapping[decoder_layer.attention_type],
+                                              position_ids=position_ids, past_key_values=past_key_values,
+                                              output_attentions=False, use_cache=use_cache,
+                                              cache_position=cache_position)
+                hidden_states = layer_outputs[0]
+            else:
+                hidden_states = decoder_layer(hidden_states,
+                                              attention_mask=causal_mask_mapping[decoder_layer.attention_type],
+                                              position_ids=position_ids, past_key_values=past_key_values,
+                                              use_cache=use_cache, cache_position=cache_position,
+                                              position_embeddings=position_embeddings)
+        hidden_states = self.norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+
+
+class GemmaForCausalLM(nn.Module):
+    """GemmaForCausalLM and Gemma2ForCausalLM (the latter soft-caps the logits: / cap, tanh, * cap)."""
+
+    def __init__(self, config):
+        super().__init__()
+        _gemma_layer_types(config)
+        self.config = config
+        self.model = GemmaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None, logits_to_keep=0):
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None)
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        cap = getattr(self.config, "final_logit_softcapping", None) if self.config.model_type == "gemma2" else None
+        if cap is not None:
+            logits = logits / cap
+            logits = torch.tanh(logits)
+            logits = logits * cap
+        loss = None
+        if labels is not None:
+            _mark("loss")
+            loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        return Output(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+# ============================================================================================
 MODEL_CLASSES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "bloom": BloomForCausalLM,
-                 "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM}
+                 "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM,
+                 "gemma": GemmaForCausalLM, "gemma2": GemmaForCausalLM}
 
 
 def _init_weights(model, config):

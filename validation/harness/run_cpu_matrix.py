@@ -38,12 +38,12 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
               "transformers_version"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
-FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen"]
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen", "gemma", "gemma2"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
                 "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn",
-                "codegen": "qkv_proj"}
+                "codegen": "qkv_proj", "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj"}
 
 
 def cfg(fam):
@@ -78,6 +78,9 @@ def matrix():
     add("gpt2", "bf16-mixed", 1, 96, lora=True)
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
+    # gemma2's sliding window (16 in tiny-gemma2) not cutting (seq 8) and cutting far (seq 96)
+    add("gemma2", "fp32", 4, 8)
+    add("gemma2", "bf16-mixed", 1, 96, lora=True)
     # KV cache built by the training forward (config use_cache=true) vs forced off
     add("mistral", "fp32", extra=("--use-cache", "off"))
     add("mistral", "bf16-mixed", lora=True, extra=("--use-cache", "off"))

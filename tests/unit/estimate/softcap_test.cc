@@ -1,7 +1,9 @@
 // Copyright 2026 The llmem Authors.
-// Gemma-2 soft-capping and LitGPT's QLoRA embedding swap.
+// Gemma-2 soft-capping, LitGPT's QLoRA embedding swap, and the CPU tier's Gemma traces.
 
+#include <cstdlib>
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -106,6 +108,104 @@ TEST(Softcap, LitgptStableEmbeddingIsAnOption) {
   const uint64_t embedding = 256000ull * 2304 * 2;
   // In the steady state's forward pass both are alive.
   EXPECT_GE(forward_peak(now) - forward_peak(before), 2 * embedding);
+}
+
+// The CPU tier's tiny Gemma configs (validation/configs/tiny-gemma*.json:
+// hidden 128, 2 layers, 4 heads of head_dim 64, vocab 32000; gemma has one KV
+// head, gemma2 two), traced as validation/harness/measure_cpu.py runs them:
+// batch 2, seq 32, eager, torch 1.13, AdamW without foreach, exact sizes.
+ModelSpec tiny(const std::string& family) {
+  return load_model(std::string(LLMEM_SOURCE_DIR) + "/validation/configs/tiny-" + family + ".json");
+}
+
+TrainingSetup cpu_tier(bool lora, bool ckpt) {
+  TrainingSetup s;
+  s.batch = 2;
+  s.seq = 32;
+  s.precision = Precision::kFp32;
+  s.attention = AttentionImpl::kEager;
+  s.device = Device::kCpu;
+  s.torch_version = 113;
+  s.optimizer = OptimizerKind::kAdamW;
+  if (lora) {
+    s.finetune = FinetuneMode::kLora;
+    s.lora.rank = 8;
+    s.lora.alpha = 16;
+    s.lora.targets = {"q_proj", "v_proj"};  // PEFT's default for gemma and gemma2
+    s.lora.adapter_fp32 = false;
+  }
+  if (ckpt)
+    s.checkpointing = CheckpointMode::kReentrant;
+  return s;
+}
+
+uint64_t phase(const Estimate& e, Phase p) {
+  return e.phase_peaks[static_cast<size_t>(p)];
+}
+
+TEST(Gemma, Gemma2BuildsNoKvCacheInTraining) {
+  // Gemma2Model.forward (v4.57) creates a cache only `if use_cache and
+  // past_key_values is None and not self.training`; GemmaModel always does.
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  for (const char* family : {"gemma", "gemma2"}) {
+    TrainingSetup on = cpu_tier(false, false);
+    on.use_cache = UseCache::kOn;
+    TrainingSetup off = on;
+    off.use_cache = UseCache::kOff;
+    Estimate with = estimate(tiny(family), on, gpu);
+    Estimate without = estimate(tiny(family), off, gpu);
+    // gemma: K and V of both layers, [2, 1 KV head, 32, 64] fp32 each
+    // (16 384 B), held until the loss is computed.
+    uint64_t cache = std::string(family) == "gemma" ? 2 * 2 * 16384 : 0;
+    EXPECT_EQ(phase(with, Phase::kLoss) - phase(without, Phase::kLoss), cache) << family;
+  }
+}
+
+TEST(Gemma, TorchBefore2MeanKeepsTheSquaresOfEveryRmsNorm) {
+  // torch 1.13's mean.dim backward is written with self.sizes(), so the
+  // pow(2) output [2, 32, 128] fp32 (32 768 B) of every RMSNorm stays saved:
+  // 2 norms per gemma layer, 4 per gemma2 layer, and the final norm.
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  TrainingSetup old = cpu_tier(false, false);
+  TrainingSetup now = old;
+  now.torch_version = 204;
+  for (const auto& [family, norms] :
+       {std::pair<const char*, uint64_t>{"gemma", 5}, {"gemma2", 9}}) {
+    uint64_t d = phase(estimate(tiny(family), old, gpu), Phase::kForward) -
+                 phase(estimate(tiny(family), now, gpu), Phase::kForward);
+    EXPECT_EQ(d, norms * 32768) << family;
+  }
+}
+
+TEST(Gemma, MatchesTheExactCpuStorageCounts) {
+  // validation/data/cpu_tier.csv (storage_peak_bytes) and the per-phase exact
+  // counts of the same measure_cpu.py runs (torch 1.13.1, 2 steps, step 2).
+  // The estimate leaves out only a few hundred bytes of small tensors.
+  struct Row {
+    const char* family;
+    bool lora, ckpt;
+    Phase phase;
+    uint64_t measured;
+  };
+  const Row rows[] = {
+      {"gemma", false, false, Phase::kBackward, 107228888},  // tied sum at the end
+      {"gemma", false, false, Phase::kForward, 66417640},
+      {"gemma", true, true, Phase::kBackward, 43502636},  // PEFT input hook
+      {"gemma", true, true, Phase::kForward, 27151400},
+      {"gemma2", false, false, Phase::kForward, 75405352},  // logits soft-capped
+      {"gemma2", false, false, Phase::kBackward, 107761384},
+      {"gemma2", true, false, Phase::kLoss, 45348120},
+      {"gemma2", true, false, Phase::kBackward, 53506312},
+  };
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  for (const Row& r : rows) {
+    Estimate e = estimate(tiny(r.family), cpu_tier(r.lora, r.ckpt), gpu);
+    auto est = static_cast<int64_t>(phase(e, r.phase));
+    auto meas = static_cast<int64_t>(r.measured);
+    EXPECT_LE(std::abs(est - meas), 1024)
+        << r.family << (r.lora ? " lora" : "") << (r.ckpt ? " ckpt" : "") << " phase "
+        << static_cast<int>(r.phase) << ": estimated " << est << ", measured " << meas;
+  }
 }
 
 }  // namespace
