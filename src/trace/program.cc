@@ -1693,7 +1693,11 @@ class Program {
     }
     Tid h32 = cast(x, kF32);
     Tid sq = g_.op(g_.numel(h32), kF32, {h32}, {h32});  // pow saves self
-    Tid var = g_.op(rows, kF32, {sq}, {});              // mean
+    // mean(-1, keepdim=True): torch 2.x saves only the input's sizes; 1.13's
+    // formula (sum_backward(grad, self.sizes(), ...) / _safe_size(self.sizes(),
+    // dim), derivatives.yaml) makes the codegen save `self`, the pow output
+    // (MeanBackward1._saved_self), until backward.
+    Tid var = s_.torch_version < 200 ? g_.op(rows, kF32, {sq}, {sq}) : g_.op(rows, kF32, {sq}, {});
     g_.release(sq);
     Tid ve = plain(var);
     g_.release(var);
@@ -1818,7 +1822,11 @@ class Program {
     Tid y = plain(tc, rs);
     g_.release(tc);
     g_.release(rs);
-    if (f < 1) {
+    // Phi-3's apply_rotary_pos_emb (partial rotary, PR #35947, v4.49) cats the
+    // rotated slice with the pass-through one even when that one is empty.
+    bool phi3_cat =
+        s_.framework == Framework::kHf && m_.family == "phi3" && s_.transformers_version >= 449;
+    if (f < 1 || phi3_cat) {
       Tid full = g_.op(g_.numel(t), g_.elem(y), {y, t}, {});  // cat((rotated, pass))
       g_.release(y);
       y = full;
@@ -2784,8 +2792,14 @@ Tid Program::forward(Tid ids) {
       g_.release(x);
       x = y;
     }
-    // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
-    int64_t d = m_.layers.front().attention.head_dim;
+    // Rotary cos/sin [1, s, rotary dim] in the embeddings' dtype: with partial
+    // rotary (Phi-3, StableLM) the rotary embedding's dim is
+    // int(head_dim * partial_rotary_factor) (modeling_rope_utils.py v4.57,
+    // _compute_default_rope_parameters).
+    const AttentionSpec& a0 = m_.layers.front().attention;
+    int64_t d = a0.head_dim;
+    if (a0.kind == AttentionKind::kStandard && a0.rotary_fraction > 0 && a0.rotary_fraction < 1)
+      d = static_cast<int64_t>(static_cast<double>(a0.head_dim) * a0.rotary_fraction);
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     if (bool_sdpa_mask()) {
@@ -3102,6 +3116,14 @@ Tid Program::llama_layer(Tid x, int i) {
     g_.release(attn);
     attn = pa;
   }
+  // Phi3DecoderLayer: residual + resid_attn_dropout(attn) and residual +
+  // resid_mlp_dropout(mlp), nn.Dropout(resid_pdrop) (modeling_phi3.py v4.57).
+  bool resid_dropout = m_.family == "phi3";
+  if (resid_dropout) {
+    Tid ad = dropout(attn, hidden_dropout());
+    g_.release(attn);
+    attn = ad;
+  }
   Tid h1 = plain(x, attn);
   g_.release(attn);
   Tid n2 = norm(h1, p + (l.norms == 4 ? "pre_feedforward_layernorm" : "post_attention_layernorm"),
@@ -3112,6 +3134,11 @@ Tid Program::llama_layer(Tid x, int i) {
     Tid pf = norm(down, p + "post_feedforward_layernorm", l.norm);
     g_.release(down);
     down = pf;
+  }
+  if (resid_dropout) {
+    Tid dd = dropout(down, hidden_dropout());
+    g_.release(down);
+    down = dd;
   }
   Tid h2 = plain(h1, down);
   g_.release(h1);
