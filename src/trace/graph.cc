@@ -156,13 +156,19 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
   return out;
 }
 
-Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
+Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn, int64_t host_state_bytes,
+                      bool state_until_graph_dies) {
+  // ctx.fwd_cpu_state = torch.get_rng_state(), taken before run_function.
+  Tid state = host_state_bytes > 0 ? buffer(host_state_bytes, Component::kActivations) : kNone;
   bool was = grad_enabled_;
   grad_enabled_ = false;
   Tid out = fn(input);
   grad_enabled_ = was;
-  if (!was || !requires_grad(input))
+  if (!was || !requires_grad(input)) {
+    if (state != kNone)
+      release(state);  // no backward node: the context dies with the call
     return out;
+  }
   tensors_[static_cast<size_t>(out)].requires_grad = true;
   Node node = new_node();
   node.output = out;
@@ -186,7 +192,14 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     node_tids_.push_back(input);
     node.num_saved = 1;
   }
+  if (state != kNone && state_until_graph_dies) {
+    ckpt_states_.push_back(state);  // ctx.fwd_cpu_state: freed with the graph, after backward
+  } else if (state != kNone) {
+    node_tids_.push_back(state);  // a closure of the saved-tensor hooks: freed with them
+    ++node.num_saved;
+  }
   checkpoints_.push_back(fn);
+  checkpoint_state_bytes_.push_back(host_state_bytes);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
   nodes_.push_back(node);
   return out;
@@ -312,10 +325,15 @@ void Graph::run_backward(size_t begin) {
                                              Component::kActivations, true)
                                       : alias(input, true);
         size_t mark = nodes_.size();
+        // fork_rng's copy of the backward-time RNG state, alive for the recompute.
+        int64_t state_bytes = checkpoint_state_bytes_[static_cast<size_t>(node.checkpoint)];
+        Tid bwd_state = state_bytes > 0 ? buffer(state_bytes, Component::kTemporaries) : kNone;
         bool was = grad_enabled_;
         grad_enabled_ = true;
         Tid sub_out = checkpoints_[static_cast<size_t>(node.checkpoint)](detached);
         grad_enabled_ = was;
+        if (bwd_state != kNone)
+          release(bwd_state);
         tensors_[static_cast<size_t>(sub_out)].grad = out_grad;
         out_grad = kNone;
         release(sub_out);
@@ -380,6 +398,12 @@ void Graph::backward(Tid loss) {
   Tid seed = new_tensor(1, elem(loss), Component::kTemporaries);
   tensors_[static_cast<size_t>(loss)].grad = seed;
   run_backward(0);
+  // The checkpoint nodes (and the RNG states on their contexts) are destroyed
+  // with the graph once backward has run, not as each node finishes: only the
+  // saved tensors are released early.
+  for (Tid t : ckpt_states_)
+    release(t);
+  ckpt_states_.clear();
   for (Tid t : touched_)
     tensors_[static_cast<size_t>(t)].grad_this_pass = false;
   touched_.clear();

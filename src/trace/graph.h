@@ -124,8 +124,16 @@ class Graph {
   void pass_boundary();
 
   /// Reentrant activation checkpointing: runs `fn` without grad now and again
-  /// with grad during backward.
-  Tid checkpoint(Tid input, const std::function<Tid(Tid)>& fn);
+  /// with grad during backward. `host_state_bytes` > 0 (a trace of CPU memory):
+  /// torch.utils.checkpoint's preserve_rng_state (default True) keeps
+  /// torch.get_rng_state(), a CPU uint8 tensor of that size, from before the
+  /// block's forward: on the reentrant CheckpointFunction's context until the
+  /// graph dies after backward (`state_until_graph_dies`), in the closure of
+  /// the non-reentrant variant's saved-tensor hooks until the block's backward
+  /// has run; the recompute takes one more inside torch.random.fork_rng
+  /// (torch/utils/checkpoint.py, 1.13).
+  Tid checkpoint(Tid input, const std::function<Tid(Tid)>& fn, int64_t host_state_bytes = 0,
+                 bool state_until_graph_dies = true);
 
   /// tensor.requires_grad_(True) on a tensor without history: it becomes a
   /// leaf whose .grad lives as long as it does.
@@ -217,6 +225,8 @@ class Graph {
   std::vector<Tid> node_tids_;  // every node's inputs and saved tensors, in node order
   std::vector<Tid> scratch_;    // op()'s saved_new tensors
   std::vector<std::function<Tid(Tid)>> checkpoints_;
+  std::vector<int64_t> checkpoint_state_bytes_;  // host_state_bytes per checkpoints_ entry
+  std::vector<Tid> ckpt_states_;                 // RNG states of this forward's checkpoints
   Phase phase_ = Phase::kSetup;
   int16_t layer_ = -1;
   uint8_t step_ = 1;

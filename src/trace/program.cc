@@ -865,6 +865,10 @@ class Program {
       out = c;
     }
     loss = causal_lm_loss(out, labels);
+    if (hf_hidden_ != kNone) {
+      g_.release(hf_hidden_);
+      hf_hidden_ = kNone;
+    }
     if (s_.fw.logits_outlive_step)
       kept_logits_.push_back(out);
     else
@@ -2401,6 +2405,7 @@ class Program {
   bool liger_rope_copies_ = false;
   /// The loss Liger's fused linear cross-entropy computed in the head.
   Tid liger_loss_ = kNone;
+  Tid hf_hidden_ = kNone;  // the final hidden states the HF forward holds through its loss
   /// The model has an output head of its own (not tied to the embedding).
   bool untied_head_ = false;
   bool cuda_ = true;
@@ -2680,7 +2685,7 @@ std::vector<std::string> default_lora_targets(const std::string& family) {
   if (family == "bloom" || family == "gpt_neox" || family == "falcon")
     return {"query_key_value"};
   if (family == "phi3")
-    return {"qkv_proj"};
+    return {"qkv_proj"};  // not PEFT's: it has no phi3 entry (get_peft_model asks for targets)
   if (family == "codegen")
     return {"qkv_proj"};
   if (family == "phi")
@@ -2890,7 +2895,13 @@ Tid Program::forward(Tid ids) {
         clear_autocast_cache();  // the checkpoint's own autocast context exits
       return y;
     };
-    Tid y = s_.checkpointing == CheckpointMode::kOff ? body(x) : g_.checkpoint(x, body);
+    // A CPU trace also counts the checkpoint's saved CPU RNG state
+    // (torch.get_rng_state(): a uint8 tensor of 5056 bytes on torch 1.13.1,
+    // measured); on a GPU it is host memory.
+    Tid y = s_.checkpointing == CheckpointMode::kOff
+                ? body(x)
+                : g_.checkpoint(x, body, cuda_ ? 0 : 5056,
+                                s_.checkpointing == CheckpointMode::kReentrant);
     g_.release(x);
     x = y;
     if (r_.reshard_after_forward)
@@ -2962,7 +2973,14 @@ Tid Program::forward(Tid ids) {
   gather_unit(head_unit());
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   reshard_unit(head_unit());
-  g_.release(hn);
+  if (s_.framework == Framework::kHf) {
+    // *ForCausalLM.forward computes the loss itself while its
+    // `hidden_states = outputs.last_hidden_state` (and `outputs`) still hold
+    // the final norm's output: it dies when forward returns, after the loss.
+    hf_hidden_ = hn;
+  } else {
+    g_.release(hn);
+  }
   if (s_.fw.logits_to_fp32) {
     std::vector<Tid> one = {logits};
     fabric_output_fp32(&one);

@@ -125,5 +125,57 @@ TEST(PhiQwen3, Phi3CatsTheRotaryOutputEvenWithFullRotary) {
   EXPECT_EQ(forward_alloc(457), forward_alloc(449));
 }
 
+TEST(PhiQwen3, CheckpointKeepsTheCpuRngStateOnACpu) {
+  // torch.utils.checkpoint (preserve_rng_state=True) keeps torch.get_rng_state()
+  // (5056 bytes on torch 1.13.1) from each block's forward to its backward, and
+  // the recompute takes one more inside fork_rng: per layer and step one
+  // allocation in the forward and one in the backward. A GPU trace leaves them
+  // out (host memory), as does a run without checkpointing.
+  ModelSpec m = tiny("qwen3");
+  auto states = [&](bool ckpt, Device device, Phase phase) {
+    TrainingSetup s = cpu_tier();
+    s.device = device;
+    s.checkpointing = ckpt ? CheckpointMode::kReentrant : CheckpointMode::kOff;
+    int n = 0;
+    for (const trace::Event& e : trace::build_trace(m, s).events)
+      n += e.step == 1 && e.alloc && e.phase == phase && e.bytes == 5056 ? 1 : 0;
+    return n;
+  };
+  EXPECT_EQ(states(true, Device::kCpu, Phase::kForward), 2);
+  EXPECT_EQ(states(true, Device::kCpu, Phase::kBackward), 2);
+  EXPECT_EQ(states(false, Device::kCpu, Phase::kForward), 0);
+  EXPECT_EQ(states(true, Device::kCuda, Phase::kForward), 0);
+  // Both forward states are alive when the forward ends: the CPU forward peak
+  // grows by exactly 2 x 5056 bytes over a trace without them.
+  TrainingSetup s = cpu_tier();
+  s.checkpointing = CheckpointMode::kReentrant;
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  s.lora.targets = {"q_proj", "v_proj"};
+  s.lora.adapter_fp32 = false;
+  const GpuSpec& gpu = find_gpu("A100-80GB");
+  uint64_t fwd = estimate(m, s, gpu).phase_peaks[static_cast<size_t>(Phase::kForward)];
+  // measured (validation/harness, tiny-qwen3 fp32 LoRA q,v ckpt b2 s32): 26,869,284 bytes of
+  // storage at the forward peak; without the states the estimate was 10,372 short.
+  EXPECT_EQ(fwd, 26858912U + 2 * 5056U);
+}
+
+TEST(PhiQwen3, HfForwardHoldsTheFinalHiddenStatesThroughItsLoss) {
+  // Qwen3ForCausalLM.forward keeps `hidden_states = outputs.last_hidden_state`
+  // while it computes the loss. Under LoRA the frozen lm_head saves nothing of
+  // its input, so only that name keeps the final norm's fp32 [b, s, 128]
+  // output alive in the loss phase. Measured (validation/harness, tiny-qwen3
+  // fp32 LoRA q,v b2 s32): 36,693,736 bytes of storage at the loss-phase peak.
+  ModelSpec m = tiny("qwen3");
+  TrainingSetup s = cpu_tier();
+  s.finetune = FinetuneMode::kLora;
+  s.lora.rank = 8;
+  s.lora.targets = {"q_proj", "v_proj"};
+  s.lora.adapter_fp32 = false;
+  uint64_t hf = phase_peak(m, s, Phase::kLoss);
+  EXPECT_LE(hf, 36693736U);
+  EXPECT_GE(hf, 36693736U - 1024);
+}
+
 }  // namespace
 }  // namespace llmem
