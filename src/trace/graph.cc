@@ -351,6 +351,18 @@ void Graph::run_backward(size_t begin) {
       } else {
         Tid temp =
             node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
+        // The node's function makes every input gradient; its incoming
+        // gradient and temporaries are gone when it returns, before the
+        // engine adds the results into the next nodes' input buffers
+        // (engine.cpp call_function, then evaluate_function): an out-of-place
+        // sum there (old + new) never meets them.
+        Tid small[8];
+        std::vector<Tid> large;
+        Tid* grads = small;
+        if (node.num_inputs > 8) {
+          large.resize(node.num_inputs);
+          grads = large.data();
+        }
         // By index: node_tids_ may grow while the tensors are made.
         for (uint32_t i = 0; i < node.num_inputs; ++i) {
           Tid in = node_tids_[node.tids + i];
@@ -365,11 +377,13 @@ void Graph::run_backward(size_t begin) {
           } else {
             g = new_tensor(t.numel, t.elem, Component::kTemporaries);
           }
-          serve_edge(in, g);
+          grads[i] = g;
         }
         if (temp != kNone)
           release(temp);
         release(out_grad);
+        for (uint32_t i = 0; i < node.num_inputs; ++i)
+          serve_edge(node_tids_[node.tids + i], grads[i]);
       }
     } else {
       // No gradient reached this node: its edges are served empty.
