@@ -1880,7 +1880,11 @@ class Program {
     Tid y = plain(tc, rs);
     g_.release(tc);
     g_.release(rs);
-    if (f < 1) {
+    // Phi-3's apply_rotary_pos_emb (partial rotary, PR #35947, v4.49) cats the
+    // rotated slice with the pass-through one even when that one is empty.
+    bool phi3_cat =
+        s_.framework == Framework::kHf && m_.family == "phi3" && s_.transformers_version >= 449;
+    if (f < 1 || phi3_cat) {
       Tid full = g_.op(g_.numel(t), g_.elem(y), {y, t}, {});  // cat((rotated, pass))
       g_.release(y);
       y = full;
@@ -2760,7 +2764,7 @@ std::vector<std::string> default_lora_targets(const std::string& family) {
   if (family == "bloom" || family == "gpt_neox" || family == "falcon")
     return {"query_key_value"};
   if (family == "phi3")
-    return {"qkv_proj"};
+    return {"qkv_proj"};  // not PEFT's: it has no phi3 entry (get_peft_model asks for targets)
   if (family == "codegen")
     return {"qkv_proj"};
   if (family == "phi")
@@ -2891,8 +2895,14 @@ Tid Program::forward(Tid ids) {
         g_.release(x);
       x = y;
     }
-    // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
-    int64_t d = m_.layers.front().attention.head_dim;
+    // Rotary cos/sin [1, s, rotary dim] in the embeddings' dtype: with partial
+    // rotary (Phi-3, StableLM) the rotary embedding's dim is
+    // int(head_dim * partial_rotary_factor) (modeling_rope_utils.py v4.57,
+    // _compute_default_rope_parameters).
+    const AttentionSpec& a0 = m_.layers.front().attention;
+    int64_t d = a0.head_dim;
+    if (a0.kind == AttentionKind::kStandard && a0.rotary_fraction > 0 && a0.rotary_fraction < 1)
+      d = static_cast<int64_t>(static_cast<double>(a0.head_dim) * a0.rotary_fraction);
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     if (bool_sdpa_mask()) {
@@ -3236,6 +3246,14 @@ Tid Program::llama_layer(Tid x, int i) {
     g_.release(attn);
     attn = pa;
   }
+  // Phi3DecoderLayer: residual + resid_attn_dropout(attn) and residual +
+  // resid_mlp_dropout(mlp), nn.Dropout(resid_pdrop) (modeling_phi3.py v4.57).
+  bool resid_dropout = m_.family == "phi3";
+  if (resid_dropout) {
+    Tid ad = dropout(attn, hidden_dropout());
+    g_.release(attn);
+    attn = ad;
+  }
   Tid h1 = plain(x, attn);
   g_.release(attn);
   Tid n2 = norm(h1, p + (l.norms == 4 ? "pre_feedforward_layernorm" : "post_attention_layernorm"),
@@ -3246,6 +3264,11 @@ Tid Program::llama_layer(Tid x, int i) {
     Tid pf = norm(down, p + "post_feedforward_layernorm", l.norm);
     g_.release(down);
     down = pf;
+  }
+  if (resid_dropout) {
+    Tid dd = dropout(down, hidden_dropout());
+    g_.release(down);
+    down = dd;
   }
   Tid h2 = plain(h1, down);
   g_.release(h1);

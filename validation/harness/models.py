@@ -1980,10 +1980,424 @@ class GemmaForCausalLM(nn.Module):
 
 
 # ============================================================================================
+# qwen3, phi3, phi (helper phiqwen3). Own code written from transformers v4.57 (commit 3553f0bc2301):
+# models/qwen3/{modeling,configuration}_qwen3.py, models/phi3/{modeling,configuration}_phi3.py,
+# models/phi/{modeling,configuration}_phi.py, modeling_rope_utils._compute_default_rope_parameters.
+_DEFAULTS.update({
+    # Qwen3Config.__init__ defaults
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128, hidden_act="silu",
+                  max_position_embeddings=32768, initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True,
+                  tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, attention_bias=False,
+                  use_sliding_window=False, sliding_window=4096, max_window_layers=28, layer_types=None,
+                  attention_dropout=0.0, pad_token_id=None),
+    # Phi3Config.__init__ defaults
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=None, resid_pdrop=0.0, embd_pdrop=0.0,
+                 attention_dropout=0.0, hidden_act="silu", max_position_embeddings=4096,
+                 original_max_position_embeddings=4096, initializer_range=0.02, rms_norm_eps=1e-5,
+                 use_cache=True, tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None,
+                 partial_rotary_factor=1.0, pad_token_id=32000, sliding_window=None),
+    # PhiConfig.__init__ defaults (pad_token_id: PretrainedConfig's None)
+    "phi": dict(vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                num_attention_heads=32, num_key_value_heads=None, resid_pdrop=0.0, embd_pdrop=0.0,
+                attention_dropout=0.0, hidden_act="gelu_new", max_position_embeddings=2048,
+                initializer_range=0.02, layer_norm_eps=1e-5, use_cache=True, tie_word_embeddings=False,
+                rope_theta=10000.0, rope_scaling=None, partial_rotary_factor=0.5, qk_layernorm=False,
+                pad_token_id=None),
+})
+
+
+def _phiqwen3_finish_config(config):
+    """The parts of Qwen3Config / Phi3Config / PhiConfig.__init__ that derive attributes."""
+    if config.num_key_value_heads is None:
+        config.num_key_value_heads = config.num_attention_heads
+    if config.model_type == "qwen3" and not getattr(config, "_pq_done", False):
+        config.sliding_window = config.sliding_window if config.use_sliding_window else None
+        if config.layer_types is None:
+            config.layer_types = [
+                "sliding_attention" if config.sliding_window is not None and i >= config.max_window_layers
+                else "full_attention" for i in range(config.num_hidden_layers)]
+        config._pq_done = True
+    return config
+
+
+class PartialRotaryEmbedding(RotaryEmbedding):
+    """Phi3RotaryEmbedding / PhiRotaryEmbedding with rope_type default: inv_freq over
+    int(head_dim * partial_rotary_factor) channels; cos/sin are (B, S, that many)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.original_inv_freq = self.inv_freq
+
+
+# ---- qwen3 ----------------------------------------------------------------------------------
+class Qwen3Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        # getattr(config, "head_dim", H // nh): Qwen3Config always sets head_dim (default 128)
+        self.head_dim = config.head_dim if config.head_dim is not None else config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim ** -0.5
+        self.attention_dropout = config.attention_dropout
+        H, nh, nkv, b = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.attention_bias
+        self.q_proj = nn.Linear(H, nh * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(nh * self.head_dim, H, bias=b)
+        self.q_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)  # per head, over head_dim
+        self.k_norm = RMSNorm(self.head_dim, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        # the norms run on the (B, S, heads, head_dim) view, before the transpose
+        query_states = self.q_norm(self.q_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        key_states = self.k_norm(self.k_proj(hidden_states).view(hidden_shape)).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = llama_eager_attention_forward(
+            self, query_states, key_states, value_states, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class Qwen3DecoderLayer(LlamaDecoderLayer):
+    def __init__(self, config, layer_idx):
+        GradientCheckpointingLayer.__init__(self)
+        self.self_attn = Qwen3Attention(config, layer_idx)
+        self.mlp = LlamaMLP(config)  # Qwen3MLP: gate/up/down without bias
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.attention_type = config.layer_types[layer_idx]
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([Qwen3DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)  # dim = head_dim from the config
+        self.gradient_checkpointing = False
+        self.has_sliding_layers = "sliding_attention" in config.layer_types
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        if use_cache is None:  # check_model_inputs
+            use_cache = self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_tokens(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask_mapping = {"full_attention": _eager_causal_mask(inputs_embeds, attention_mask, cache_position)}
+        if self.has_sliding_layers:
+            causal_mask_mapping["sliding_attention"] = _eager_causal_mask(
+                inputs_embeds, attention_mask, cache_position, self.config.sliding_window)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask_mapping[decoder_layer.attention_type],
+                                          position_ids=position_ids, past_key_values=past_key_values,
+                                          use_cache=use_cache, cache_position=cache_position,
+                                          position_embeddings=position_embeddings)
+        hidden_states = self.norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    """Qwen3ForCausalLM.forward is LlamaForCausalLM's (lm_head without bias, loss_function)."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = _phiqwen3_finish_config(config)
+        self.model = Qwen3Model(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+# ---- phi3 -----------------------------------------------------------------------------------
+def partial_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    """Phi3's apply_rotary_pos_emb: rotary on the first cos.shape[-1] channels, torch.cat with the rest
+    (a cat even when the pass-through part is empty)."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    rotary_dim = cos.shape[-1]
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q_embed = torch.cat([(q_rot * cos) + (rotate_half(q_rot) * sin), q_pass], dim=-1)
+    k_embed = torch.cat([(k_rot * cos) + (rotate_half(k_rot) * sin), k_pass], dim=-1)
+    return q_embed, k_embed
+
+
+class Phi3Attention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.scaling = self.head_dim ** -0.5
+        self.attention_dropout = config.attention_dropout
+        op_size = config.num_attention_heads * self.head_dim + 2 * (config.num_key_value_heads * self.head_dim)
+        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        self.qkv_proj = nn.Linear(config.hidden_size, op_size, bias=False)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        qkv = self.qkv_proj(hidden_states)
+        query_pos = self.config.num_attention_heads * self.head_dim
+        query_states = qkv[..., :query_pos]
+        key_states = qkv[..., query_pos: query_pos + self.num_key_value_heads * self.head_dim]
+        value_states = qkv[..., query_pos + self.num_key_value_heads * self.head_dim:]
+        query_states = query_states.view(hidden_shape).transpose(1, 2)
+        key_states = key_states.view(hidden_shape).transpose(1, 2)
+        value_states = value_states.view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = partial_apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = llama_eager_attention_forward(
+            self, query_states, key_states, value_states, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class Phi3MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.activation_fn = act_fn(config.hidden_act)
+
+    def forward(self, hidden_states):
+        up_states = self.gate_up_proj(hidden_states)
+        gate, up_states = up_states.chunk(2, dim=-1)  # two views of gate_up_proj's output
+        up_states = up_states * self.activation_fn(gate)
+        return self.down_proj(up_states)
+
+
+class Phi3DecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = Phi3Attention(config, layer_idx)
+        self.mlp = Phi3MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.resid_attn_dropout = nn.Dropout(config.resid_pdrop)
+        self.resid_mlp_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, cache_position=None, position_embeddings=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, self_attn_weights = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                                          past_key_values=past_key_values,
+                                                          position_embeddings=position_embeddings)
+        hidden_states = residual + self.resid_attn_dropout(hidden_states)
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + self.resid_mlp_dropout(hidden_states)
+        return hidden_states
+
+
+class Phi3Model(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([Phi3DecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = PartialRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        if use_cache is None:  # check_model_inputs
+            use_cache = self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_tokens(input_ids)  # no embedding dropout in v4.57 (embd_pdrop unused)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        # create_causal_mask, or create_sliding_window_causal_mask when config.sliding_window is set
+        causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position, self.config.sliding_window)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask, position_ids=position_ids,
+                                          past_key_values=past_key_values, use_cache=use_cache,
+                                          cache_position=cache_position, position_embeddings=position_embeddings)
+        hidden_states = self.norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+
+
+class Phi3ForCausalLM(LlamaForCausalLM):
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = _phiqwen3_finish_config(config)
+        self.model = Phi3Model(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+# ---- phi (Phi-1, Phi-1.5, Phi-2) --------------------------------------------------------------
+class PhiAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim ** -0.5
+        self.attention_dropout = config.attention_dropout
+        H, nh, nkv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = nn.Linear(H, nh * self.head_dim, bias=True)
+        self.k_proj = nn.Linear(H, nkv * self.head_dim, bias=True)
+        self.v_proj = nn.Linear(H, nkv * self.head_dim, bias=True)
+        self.dense = nn.Linear(nh * self.head_dim, H, bias=True)
+        self.rotary_ndims = int(self.head_dim * config.partial_rotary_factor)
+        self.qk_layernorm = config.qk_layernorm
+        if self.qk_layernorm:
+            self.q_layernorm = nn.LayerNorm(H // nh, eps=config.layer_norm_eps, elementwise_affine=True)
+            self.k_layernorm = nn.LayerNorm(H // nh, eps=config.layer_norm_eps, elementwise_affine=True)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        key_states = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value_states = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        if self.qk_layernorm:
+            query_states = self.q_layernorm(query_states)
+            key_states = self.k_layernorm(key_states)
+        cos, sin = position_embeddings
+        query_rot, query_pass = query_states[..., : self.rotary_ndims], query_states[..., self.rotary_ndims:]
+        key_rot, key_pass = key_states[..., : self.rotary_ndims], key_states[..., self.rotary_ndims:]
+        query_rot, key_rot = apply_rotary_pos_emb(query_rot, key_rot, cos, sin)
+        query_states = torch.cat((query_rot, query_pass), dim=-1)
+        key_states = torch.cat((key_rot, key_pass), dim=-1)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = llama_eager_attention_forward(
+            self, query_states, key_states, value_states, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.dense(attn_output)
+        return attn_output, attn_weights
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.activation_fn = act_fn(config.hidden_act)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        hidden_states = self.fc1(hidden_states)
+        hidden_states = self.activation_fn(hidden_states)
+        hidden_states = self.fc2(hidden_states)
+        return hidden_states
+
+
+class PhiDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = PhiAttention(config, layer_idx)
+        self.mlp = PhiMLP(config)
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                output_attentions=False, use_cache=False, cache_position=None, position_embeddings=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        attn_outputs, self_attn_weights = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                                         past_key_values=past_key_values,
+                                                         position_embeddings=position_embeddings)
+        attn_outputs = self.resid_dropout(attn_outputs)
+        # parallel block: the MLP reads the same input_layernorm output as the attention
+        feed_forward_hidden_states = self.resid_dropout(self.mlp(hidden_states))
+        hidden_states = attn_outputs + feed_forward_hidden_states + residual
+        outputs = (hidden_states,)
+        return outputs
+
+
+class PhiModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([PhiDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.rotary_emb = PartialRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+        self.embed_dropout = nn.Dropout(config.embd_pdrop)
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_tokens(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position)
+        inputs_embeds = self.embed_dropout(inputs_embeds)  # after the mask, before the layers
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            layer_outputs = decoder_layer(hidden_states, attention_mask=causal_mask, position_ids=position_ids,
+                                          past_key_values=past_key_values, output_attentions=False,
+                                          use_cache=use_cache, cache_position=cache_position,
+                                          position_embeddings=position_embeddings)
+            hidden_states = layer_outputs[0]
+        hidden_states = self.final_layernorm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None)
+
+
+class PhiForCausalLM(LlamaForCausalLM):
+    """PhiForCausalLM.forward is LlamaForCausalLM's; lm_head has a bias."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = _phiqwen3_finish_config(config)
+        self.model = PhiModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+# ============================================================================================
 MODEL_CLASSES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "bloom": BloomForCausalLM,
                  "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM,
-                 "gemma": GemmaForCausalLM, "gemma2": GemmaForCausalLM}
+                 "gemma": GemmaForCausalLM, "gemma2": GemmaForCausalLM,
+                 "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM, "phi": PhiForCausalLM}
 
 
 def _init_weights(model, config):

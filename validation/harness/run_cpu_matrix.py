@@ -38,12 +38,17 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
               "transformers_version"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
-FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen", "gemma", "gemma2"]
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen", "gemma", "gemma2",
+            "qwen3", "phi3", "phi"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
                 "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn",
-                "codegen": "qkv_proj", "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj"}
+                "codegen": "qkv_proj", "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj",
+                # qwen3, phi: PEFT's defaults; phi3 has none in PEFT (get_peft_model asks for target_modules):
+                # every linear layer, so that both fused projections carry an adapter
+                "qwen3": "q_proj,v_proj", "phi": "q_proj,v_proj,fc1,fc2",
+                "phi3": "qkv_proj,o_proj,gate_up_proj,down_proj"}
 
 
 def cfg(fam):

@@ -91,13 +91,16 @@ def run(cfg, *extra):
 def family_cases():
     cases = [(f, ("--precision", "fp32")) for f in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2",
                                                       "tiny-opt", "tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode",
-                                                      "tiny-codegen", "tiny-gemma", "tiny-gemma2")]
+                                                      "tiny-codegen", "tiny-gemma", "tiny-gemma2",
+                                                      "tiny-qwen3", "tiny-phi3", "tiny-phi")]
     cases += [("tiny-bloom", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-codegen", ("--precision", "bf16", "--grad-ckpt", "--lora-rank", "4")),
               ("tiny-llama", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-gpt2", ("--precision", "bf16", "--grad-ckpt")),
               ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd")),
-              ("tiny-gemma2", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4"))]
+              ("tiny-gemma2", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4")),
+              ("tiny-phi3", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4",
+                             "--lora-targets", "qkv_proj,gate_up_proj"))]
     for cfg, extra in cases:
         r = run(cfg, *extra)
         if r is None:
@@ -236,6 +239,75 @@ def in_model_loss_details():
         check(clones == [(want, (2, 7, v))], "%s %s: one shifted contiguous copy in %s: %s" % (name, version, want,
                                                                                                clones))
         check(old["logits"].dtype == want, "%s %s: the output keeps %s logits" % (name, version, want))
+def phiqwen3_details():
+    """qwen3, phi3, phi: the v4.57 details that decide memory (shapes of the fused / per-head modules, the rotary
+    width, where the norms and the dropouts run, biases), and a loss near ln(vocab) at random init."""
+    import math
+    torch.set_num_threads(1)
+    for name in ("tiny-qwen3", "tiny-phi3", "tiny-phi"):
+        cfg = _load(name)
+        torch.manual_seed(0)
+        m = models.build_model(cfg).train()
+        out = _fwd(m)
+        lv = math.log(cfg["vocab_size"])
+        check(abs(out["loss"].item() - lv) < 0.5,
+              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
+        out["loss"].backward()
+        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+
+    # qwen3: head_dim 64 from the config (hidden 128 / 4 heads would be 32); q_norm / k_norm over head_dim on the
+    # (B, S, heads, head_dim) view, before the transpose; no q/k/v/o bias; tied head; rotary over head_dim
+    m = models.build_model(_load("tiny-qwen3")).train()
+    at = m.model.layers[0].self_attn
+    check(at.q_proj.out_features == 256 and at.k_proj.out_features == 128 and at.o_proj.in_features == 256,
+          "qwen3: q_proj 128 -> 4x64, k_proj 128 -> 2x64, o_proj 256 -> 128")
+    check(all(getattr(at, n).bias is None for n in ("q_proj", "k_proj", "v_proj", "o_proj")), "qwen3: no bias")
+    check(tuple(at.q_norm.weight.shape) == (64,) and tuple(at.k_norm.weight.shape) == (64,),
+          "qwen3: q_norm / k_norm weights (head_dim,)")
+    check(m.lm_head.weight is m.model.embed_tokens.weight, "qwen3: lm_head tied to embed_tokens")
+    check(m.model.rotary_emb.inv_freq.numel() == 32, "qwen3: rotary over head_dim 64 (32 frequencies)")
+    rec = _OpDtypes()
+    with rec:
+        _fwd(m)
+    pows = [sh for op, d, sh in rec.seen if op.startswith("aten.pow")]
+    check(pows[:3] == [(1, 8, 128), (1, 8, 4, 64), (1, 8, 2, 64)],
+          "qwen3: norms in order input_layernorm, q_norm (B,S,heads,hd), k_norm (B,S,kv,hd): %s" % pows[:3])
+
+    # phi3: fused qkv_proj (4x32 + 2x2x32) and gate_up_proj (2x384), partial rotary 0.75 of head_dim 32 (24
+    # channels, 12 frequencies), rotary cat with the pass-through part, two residual dropouts per layer
+    m = models.build_model(_load("tiny-phi3")).train()
+    at, mlp = m.model.layers[0].self_attn, m.model.layers[0].mlp
+    check(at.qkv_proj.out_features == 256 and at.qkv_proj.bias is None, "phi3: qkv_proj 128 -> 256, no bias")
+    check(mlp.gate_up_proj.out_features == 768, "phi3: gate_up_proj 128 -> 2x384")
+    check(m.model.rotary_emb.inv_freq.numel() == 12, "phi3: partial rotary 0.75 x 32 = 24 channels")
+    check(m.model.embed_tokens.padding_idx == 32000, "phi3: embed_tokens padding_idx = pad_token_id 32000")
+    rec = _OpDtypes()
+    with rec:
+        _fwd(m)
+    ops = [op for op, d, sh in rec.seen]
+    check(sum(op.startswith("aten.bernoulli") for op in ops) == 4, "phi3: 2 resid dropouts per layer (p=0.1)")
+    cats = [sh for op, d, sh in rec.seen if op.startswith("aten.cat") and len(sh) == 4 and sh[-1] == 32]
+    check(len(cats) >= 4, "phi3: q and k rotary cat((rotated, pass)) to head_dim 32 in each layer: %s" % cats[:2])
+
+    # phi: separate q/k/v with bias, dense with bias, lm_head with bias, partial rotary 0.4 x 32 = 12 channels,
+    # parallel attention + MLP on one input_layernorm output, final_layernorm
+    m = models.build_model(_load("tiny-phi")).train()
+    at = m.model.layers[0].self_attn
+    check(all(getattr(at, n).bias is not None for n in ("q_proj", "k_proj", "v_proj", "dense")),
+          "phi: q/k/v/dense with bias")
+    check(m.lm_head.bias is not None and m.lm_head.weight is not m.model.embed_tokens.weight,
+          "phi: untied lm_head with bias")
+    check(at.rotary_ndims == 12 and m.model.rotary_emb.inv_freq.numel() == 6, "phi: rotary_ndims 12")
+    seen = []
+    h1 = m.model.layers[0].self_attn.q_proj.register_forward_hook(lambda mod, i, o: seen.append(i[0]))
+    h2 = m.model.layers[0].mlp.fc1.register_forward_hook(lambda mod, i, o: seen.append(i[0]))
+    _fwd(m)
+    h1.remove()
+    h2.remove()
+    check(len(seen) == 2 and seen[0] is seen[1], "phi: attention and MLP read the same input_layernorm output")
+
+
+
 def gemma_details():
     """gemma / gemma2 (v4.57 modeling_gemma.py, modeling_gemma2.py): the details that decide memory."""
     import math
@@ -360,6 +432,7 @@ if __name__ == "__main__":
     new_family_details()
     in_model_loss_details()
     gemma_details()
+    phiqwen3_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)
