@@ -90,12 +90,13 @@ def run(cfg, *extra):
 def family_cases():
     cases = [(f, ("--precision", "fp32")) for f in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2",
                                                       "tiny-opt", "tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode",
-                                                      "tiny-codegen")]
+                                                      "tiny-codegen", "tiny-mixtral", "tiny-qwen2-moe")]
     cases += [("tiny-bloom", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-codegen", ("--precision", "bf16", "--grad-ckpt", "--lora-rank", "4")),
               ("tiny-llama", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-gpt2", ("--precision", "bf16", "--grad-ckpt")),
-              ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd"))]
+              ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd")),
+              ("tiny-mixtral", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4"))]
     for cfg, extra in cases:
         r = run(cfg, *extra)
         if r is None:
@@ -113,6 +114,11 @@ def family_cases():
             a, b = r["peak_%s_bytes" % p], s["peak_%s_bytes" % p]
             check(abs(a - b) <= 0.03 * b + 512 * 1024,
                   name + ": %s mallinfo2 %d vs exact storage %d (%+.2f%%)" % (p, a, b, 100.0 * (a - b) / b))
+        if cfg in ("tiny-mixtral", "tiny-qwen2-moe"):  # realised tokens per expert: every token routed top_k times
+            counts = r.get("expert_counts", {})
+            k = 2 if cfg == "tiny-mixtral" else 4
+            check(len(counts) == 2 and all(sum(c) == 8 * k for c in counts.values()),
+                  name + ": expert_counts of both sparse layers sum to tokens x top_k (%s)" % counts)
         if "--optimizer" not in extra:  # AdamW: two fp32/param-dtype states per trainable parameter
             check(r["peak_optimizer_bytes"] >= pb, name + ": optimizer peak includes states")
 
@@ -209,6 +215,46 @@ def new_family_details():
           "codegen bf16: logits fp32, loss cast to bf16")
 
 
+def moe_details():
+    """mixtral / qwen2_moe: the v4.57 details that decide memory."""
+    torch.set_num_threads(1)
+    # mixtral: router logits recorded (output_router_logits) and the aux loss added; 4 experts, top-2, renormalised
+    cfg = _load("tiny-mixtral")
+    torch.manual_seed(0)
+    m = models.build_model(cfg).train()
+    out = _fwd(m)
+    check(len(out["router_logits"]) == 2 and tuple(out["router_logits"][0].shape) == (8, 4),
+          "mixtral: router_logits of both layers kept, (tokens, experts)")
+    check(out["aux_loss"] is not None and out["aux_loss"].requires_grad,
+          "mixtral: aux loss computed, with a gradient path to the routers")
+    blk = m.model.layers[0].block_sparse_moe
+    x = torch.randn(8, 128)
+    idx, w = blk.route_tokens_to_experts(blk.gate(x))
+    check(tuple(idx.shape) == (8, 2) and torch.allclose(w.sum(-1), torch.ones(8)), "mixtral: top-2 weights renormalised")
+    # qwen2_moe: layer 2 dense (mlp_only_layers), shared expert with sigmoid gate, no renormalisation
+    cfg = _load("tiny-qwen2-moe")
+    torch.manual_seed(0)
+    m = models.build_model(cfg).train()
+    kinds = [type(layer.mlp).__name__ for layer in m.model.layers]
+    check(kinds == ["Qwen2MoeSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MoeExpertMLP"],
+          "qwen2_moe: mlp_only_layers [2] makes layer 2 dense (%s)" % kinds)
+    blk = m.model.layers[0].mlp
+    check(blk.shared_expert.gate_proj.out_features == 256 and blk.shared_expert_gate.out_features == 1
+          and len(blk.experts) == 8 and blk.experts[0].gate_proj.out_features == 64,
+          "qwen2_moe: 8 experts of 64, shared expert 256 with a 1-wide gate")
+    x = torch.randn(8, 128)
+    sel, w = blk.route_tokens_to_experts(x, blk.gate(x))
+    check(tuple(sel.shape) == (8, 4) and bool((w.sum(-1) < 1).all()), "qwen2_moe: top-4 weights not renormalised")
+    check(m.config.sliding_window == 0 and m.config.layer_types == ["full_attention"] * 3,
+          "qwen2_moe: sliding_window 0 without use_sliding_window, all layers full attention")
+    rec = _OpDtypes()
+    with rec:
+        out = _fwd(m)
+    masks = [sh for op, d, sh in rec.seen if op.startswith("aten.where") and d == torch.float32 and sh == (1, 1, 8, 8)]
+    check(len(masks) == 2, "qwen2_moe: both the full and the sliding 4-D masks are built (%d)" % len(masks))
+    check(out["router_logits"] is None and out["aux_loss"] is None, "qwen2_moe: output_router_logits off")
+
+
 def parallel_cases():
     """Pipeline (2 stages, 1F1B and GPipe) and Megatron tp=2 over gloo: the step-1 loss (same weights, same
     micro-batches) equals the single-process dense model's mean micro-batch loss; the schedules' op lists."""
@@ -275,6 +321,7 @@ if __name__ == "__main__":
     pure_parameter_case()
     parallel_cases()
     new_family_details()
+    moe_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)
