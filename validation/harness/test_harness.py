@@ -10,7 +10,9 @@
    runs): phase peaks positive and ordered sensibly, mallinfo2 and exact storage counts agree.
 3. in process, bloom / gpt_neo / gpt_bigcode / codegen: the v4.57 details that decide memory (ALiBi shape,
    fp32 attention of gpt_neo and codegen, logits dtypes, MQA c_attn width, gpt_bigcode's no-op gradient
-   checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init.
+   checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init; mixtral /
+   qwen2_moe: router logits and aux loss, top-k renormalisation or not, dense layers, shared expert, both masks,
+   and expert_counts summing to tokens x top_k. `--only tiny-mixtral,tiny-qwen2-moe` runs just those family cases.
 4. two gloo ranks (dist_cpu.py): 2-stage pipeline (llama 1F1B, gpt2 GPipe with its tied head copied to the last
    stage) and Megatron tp=2 (llama), without and with sequence parallelism: step-1 and step-2 losses equal the
    dense single-process losses on the same micro-batches; with sequence parallelism (also under gradient
@@ -87,7 +89,7 @@ def run(cfg, *extra):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def family_cases():
+def family_cases(only=None):
     cases = [(f, ("--precision", "fp32")) for f in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2",
                                                       "tiny-opt", "tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode",
                                                       "tiny-codegen", "tiny-mixtral", "tiny-qwen2-moe")]
@@ -98,6 +100,8 @@ def family_cases():
               ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd")),
               ("tiny-mixtral", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4"))]
     for cfg, extra in cases:
+        if only is not None and cfg not in only:
+            continue
         r = run(cfg, *extra)
         if r is None:
             continue
@@ -314,6 +318,10 @@ def parallel_cases():
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--only"]:  # e.g. --only tiny-mixtral,tiny-qwen2-moe: those family cases
+        family_cases(only=sys.argv[2].split(","))
+        print("%d failure(s)" % len(FAILS))
+        sys.exit(1 if FAILS else 0)
     if sys.argv[1:] == ["--parallel"]:
         parallel_cases()
         print("%d failure(s)" % len(FAILS))
