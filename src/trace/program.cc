@@ -2383,7 +2383,7 @@ class Program {
       g_.release(logits);  // qwen2_moe: router_logits is not used after routing
       logits = kNone;
     }
-    Tid out = experts_forward(x, q, mlp, topi, w, rows);
+    Tid out = experts_forward(x, q, mlp, w, rows);
     g_.release(w);
     if (w_router != kNone)
       g_.release(w_router);
@@ -2411,15 +2411,13 @@ class Program {
   /// MixtralExperts.forward / Qwen2MoeExperts.forward (v4.57). Python names
   /// (idx/top_x, current_state, current_hidden_states) keep the previous
   /// expert's tensors until the next expert rebinds them.
-  Tid experts_forward(Tid x, const std::string& q, const MlpSpec& mlp, Tid topi, Tid w,
-                      int64_t rows) {
+  Tid experts_forward(Tid x, const std::string& q, const MlpSpec& mlp, Tid w, int64_t rows) {
     int64_t h = m_.hidden_size;
     int64_t experts = mlp.num_experts;
     int64_t k = mlp.experts_per_token;
     bool mixtral = m_.family == "mixtral";
     int he = g_.elem(x);
     Tid out = g_.leaf(rows * h, he, Component::kActivations, false);  // zeros_like
-    (void)topi;
     // one_hot(top_k_index, num_experts) [rows, k, E] int64, permuted (a view)
     Tid mask = g_.leaf(rows * k * experts, kI64, Component::kTemporaries, false);
     std::vector<int64_t> counts = expert_split(rows, experts, k);
