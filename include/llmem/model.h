@@ -82,6 +82,7 @@ struct MlpSpec {
   int64_t experts_per_token = 0;
   int64_t shared_intermediate_size = 0;  ///< total width of always-on shared experts (0: none)
   bool shared_expert_gate = false;       ///< Qwen2-MoE sigmoid gate on the shared expert
+  bool norm_topk_prob = false;           ///< Qwen2-MoE: renormalise the top-k weights
   bool is_moe() const { return num_experts > 0; }
 };
 
@@ -137,6 +138,12 @@ struct ModelSpec {
   int64_t embedding_size = 0;  ///< token-embedding width; differs from hidden_size in OPT-350m
   bool final_norm = true;      ///< a norm after the last layer
   bool use_cache = true;       ///< config use_cache (PretrainedConfig default true)
+  /// MoE config output_router_logits: the forward keeps every router's logits
+  /// and the causal-LM loss adds the load-balancing (aux) loss.
+  bool output_router_logits = false;
+  /// Qwen2-MoE (v4.57): the model builds the sliding-window mask next to the
+  /// full one on every call, whether or not a layer slides.
+  bool both_masks = false;
   PositionKind position = PositionKind::kRotary;
   bool tie_word_embeddings = false;
   DType dtype = DType::kFloat32;  ///< torch_dtype of the published checkpoint

@@ -268,6 +268,7 @@ void read_moe_counts(ConfigReader& r, MlpSpec& mlp, const char* experts_key, int
 void read_mixtral(ConfigReader& r, ModelSpec& s) {
   LayerSpec layer = read_base(r, s, kMixtral);
   read_moe_counts(r, layer.mlp, "num_local_experts", 8, 2, kMixtral.src);
+  s.output_router_logits = r.flag({"output_router_logits"}, false, kMixtral.src);
   repeat_layer(s, layer);
   int64_t window = r.count({"sliding_window"}, 0, "MixtralConfig: None");
   apply_sliding(r, s, window, [](int64_t) { return true; });
@@ -305,6 +306,9 @@ void read_qwen2_moe(ConfigReader& r, ModelSpec& s) {
   moe.intermediate_size = r.size({"moe_intermediate_size"}, 1408, src);
   moe.shared_intermediate_size = r.count({"shared_expert_intermediate_size"}, 5632, src);
   moe.shared_expert_gate = moe.shared_intermediate_size > 0;
+  moe.norm_topk_prob = r.flag({"norm_topk_prob"}, false, src);
+  s.output_router_logits = r.flag({"output_router_logits"}, false, src);
+  s.both_masks = true;
   int64_t step = r.size({"decoder_sparse_step"}, 1, src);
   std::vector<int64_t> dense_only = r.int_list({"mlp_only_layers"});
   for (int64_t i = 0; i < s.num_layers; ++i) {
@@ -314,6 +318,18 @@ void read_qwen2_moe(ConfigReader& r, ModelSpec& s) {
     if (!listed && moe.num_experts > 0 && (i + 1) % step == 0) {
       s.layers[static_cast<size_t>(i)].mlp = moe;
     }
+  }
+  bool dense = false;
+  for (const LayerSpec& l : s.layers)
+    dense = dense || !l.mlp.is_moe();
+  if (s.output_router_logits && dense) {
+    // check_model_inputs' recorder (OutputRecorder(nn.Linear, layer_name="mlp.gate"),
+    // v4.57) also matches a dense layer's mlp.gate_proj, whose [b, s, width]
+    // output load_balancing_loss_func cannot torch.cat with the routers' logits.
+    s.warnings.push_back(
+        "output_router_logits with dense layers (mlp_only_layers / decoder_sparse_step): "
+        "transformers v4.57 records each dense layer's mlp.gate_proj output as router logits and "
+        "the aux loss fails in torch.cat; estimated as if only the routers were recorded");
   }
 }
 

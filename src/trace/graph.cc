@@ -156,6 +156,83 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
   return out;
 }
 
+Tid Graph::inplace(Tid self, std::initializer_list<Tid> inputs, std::initializer_list<Tid> saved,
+                   std::initializer_list<std::pair<int64_t, int>> saved_new) {
+  bool self_grad = grad_enabled_ && requires_grad(self);
+  bool needs_grad = self_grad;
+  if (grad_enabled_) {
+    for (Tid i : inputs) {
+      if (i != kNone && requires_grad(i))
+        needs_grad = true;
+    }
+  }
+  scratch_.clear();
+  if (needs_grad) {
+    for (const auto& [n, e] : saved_new)
+      scratch_.push_back(new_tensor(n, e, tensors_[static_cast<size_t>(self)].component));
+  }
+  Tid out = share(self);
+  Tensor& o = tensors_[static_cast<size_t>(out)];
+  o.is_leaf = false;
+  o.own_grad = true;
+  o.requires_grad = needs_grad;
+  if (!needs_grad)
+    return out;
+  Node node = new_node();
+  node.output = out;
+  if (self_grad) {
+    node_tids_.push_back(self);
+    count_edge(self);
+    ++node.num_inputs;
+    node.grad_source = GradSource::kOutputGrad;
+  }
+  for (Tid i : inputs) {
+    if (i != kNone && requires_grad(i)) {
+      node_tids_.push_back(i);
+      count_edge(i);
+      ++node.num_inputs;
+    }
+  }
+  for (Tid s : saved) {
+    if (s == kNone)
+      continue;
+    retain(s);
+    node_tids_.push_back(s);
+    ++node.num_saved;
+  }
+  for (Tid e : scratch_) {
+    node_tids_.push_back(e);
+    ++node.num_saved;
+  }
+  nodes_.push_back(node);
+  return out;
+}
+
+Tid Graph::concat(const std::vector<Tid>& parts, int elem, Component c) {
+  int64_t numel = 0;
+  bool needs_grad = false;
+  for (Tid p : parts) {
+    numel += tensors_[static_cast<size_t>(p)].numel;
+    needs_grad = needs_grad || (grad_enabled_ && requires_grad(p));
+  }
+  Tid out = new_tensor(numel, elem, c);
+  if (!needs_grad)
+    return out;
+  tensors_[static_cast<size_t>(out)].requires_grad = true;
+  Node node = new_node();
+  node.output = out;
+  node.grad_source = GradSource::kSlicesOfOutput;
+  for (Tid p : parts) {
+    if (requires_grad(p)) {
+      node_tids_.push_back(p);
+      count_edge(p);
+      ++node.num_inputs;
+    }
+  }
+  nodes_.push_back(node);
+  return out;
+}
+
 Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
   // CheckpointFunction.forward (torch/utils/checkpoint.py): ctx.fwd_cpu_state
   // = torch.get_rng_state() before running the block.
@@ -219,7 +296,7 @@ void Graph::pass_boundary() {
 
 Tid Graph::grad_target(Tid t) const {
   const Tensor& x = tensors_[static_cast<size_t>(t)];
-  return x.storage != kNone && !x.is_leaf ? x.storage : t;
+  return x.storage != kNone && !x.is_leaf && !x.own_grad ? x.storage : t;
 }
 
 bool Graph::accumulates(Tid t) const {
@@ -378,7 +455,8 @@ void Graph::run_backward(size_t begin) {
           if (node.grad_source == GradSource::kSaved && i < node.num_saved) {
             g = node_tids_[node.tids + node.num_inputs + i];
             retain(g);
-          } else if (node.grad_source == GradSource::kOutputGrad && i == 0) {
+          } else if ((node.grad_source == GradSource::kOutputGrad && i == 0) ||
+                     node.grad_source == GradSource::kSlicesOfOutput) {
             g = out_grad;
             retain(g);
           } else {

@@ -36,6 +36,10 @@ enum class GradSource : uint8_t {
   /// The first input's gradient is the output's, overwritten in place
   /// (Liger's RMSNorm with in_place=True writes dX into dY).
   kOutputGrad,
+  /// Every input's gradient is a slice of the output's (CatBackward0 narrows
+  /// the incoming gradient): nothing is allocated, and the buffer lives until
+  /// the last slice has been consumed.
+  kSlicesOfOutput,
 };
 
 struct Event {
@@ -119,6 +123,19 @@ class Graph {
          std::initializer_list<std::pair<int64_t, int>> saved_new = {}, int64_t backward_temp = 0,
          bool save_output = false);
 
+  /// An in-place op on `self` (index_add_, an in-place add or division): the
+  /// output shares self's storage (nothing is allocated) and receives its own
+  /// gradient. With grad on and any input requiring grad, records a node like
+  /// op()'s; when `self` requires grad its gradient is the output's, passed
+  /// through (autograd returns `grad` itself for self of index_add_ and add_).
+  /// The caller holds one reference to the output and keeps its own on `self`.
+  Tid inplace(Tid self, std::initializer_list<Tid> inputs, std::initializer_list<Tid> saved,
+              std::initializer_list<std::pair<int64_t, int>> saved_new = {});
+
+  /// torch.cat of `parts` (their total numel, in `elem`): saves nothing; its
+  /// backward hands each part a slice of the output's gradient.
+  Tid concat(const std::vector<Tid>& parts, int elem, Component c = Component::kActivations);
+
   /// How the backward of the node that produced `out` (the latest op) gets
   /// its inputs' gradients; kNew unless set. With kSaved the op's `saved`
   /// list holds exactly one tensor per input that requires grad, in order.
@@ -180,6 +197,7 @@ class Graph {
     int32_t pending_edges = 0;    // recorded nodes not yet run that send it a gradient
     bool grad_arrived = false;    // a gradient is waiting for the AccumulateGrad node
     bool owns_memory = true;      // false: a virtual leaf
+    bool own_grad = false;        // an in-place op's output: its gradient is its own
     Layout layout = Layout::kContiguous;
     Component component = Component::kActivations;
   };

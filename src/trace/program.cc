@@ -658,6 +658,7 @@ class Program {
         loss = g_.op(1, kF32, {out}, {out}, Component::kTemporaries);
         g_.release(out);
       }
+      release_router_logits();  // the model output object dies with compute_loss
       if (k + 1 < r_.in_flight) {
         // Checkpointed layers of this micro-batch keep its rotary tables and
         // mask until their backward (the next forward makes its own).
@@ -885,6 +886,8 @@ class Program {
       loss = in_model_causal_lm_loss(&out);
     else
       loss = causal_lm_loss(out, labels);
+    if (!router_logits_.empty())
+      loss = router_aux_loss(loss);
     if (m_.family == "gpt_neo" && s_.framework == Framework::kHf &&
         head_hidden_elem_ != g_.elem(out)) {
       // lm_logits = lm_logits.to(hidden_states.dtype): the output object
@@ -2336,6 +2339,8 @@ class Program {
   /// its tokens, the expert MLP, a weighting and index_add_ into the output.
   /// Tokens are assumed spread evenly over the experts (T·k/E each).
   Tid moe_block(Tid x, const std::string& p, const MlpSpec& mlp) {
+    if (m_.family == "mixtral" || m_.family == "qwen2_moe")
+      return hf_sparse_moe(x, p, mlp);
     int64_t h = m_.hidden_size;
     int64_t experts = mlp.num_experts;
     int64_t k = mlp.experts_per_token;
@@ -2389,6 +2394,250 @@ class Program {
     if (logits != kNone)
       g_.release(logits);
     return out;
+  }
+
+  /// Tokens routed to each expert. Routing depends on the data; only the
+  /// total, tokens × top_k, is fixed. Every byte the block keeps for backward
+  /// is linear in an expert's count, so the split moves only transients (the
+  /// largest expert's MLP intermediates and, in backward, their gradients).
+  /// The split is even, the remainder going to the first experts.
+  std::vector<int64_t> expert_split(int64_t rows, int64_t experts, int64_t k) const {
+    std::vector<int64_t> n(static_cast<size_t>(experts), rows * k / experts);
+    for (int64_t e = 0; e < (rows * k) % experts; ++e)
+      ++n[static_cast<size_t>(e)];
+    return n;
+  }
+
+  /// MixtralSparseMoeBlock / Qwen2MoeSparseMoeBlock as of transformers v4.57
+  /// (modeling_mixtral.py, modeling_qwen2_moe.py at 3553f0bc2301, after PR
+  /// #40132): router linear; route_tokens_to_experts (softmax in fp32, topk,
+  /// the in-place renormalisation `/=` of mixtral or of norm_topk_prob,
+  /// casts); MixtralExperts / Qwen2MoeExperts.forward (zeros_like, one_hot,
+  /// per expert hit: the mask row copy, torch.where, the token gather, the
+  /// expert MLP, the routing-weight gather, the product and index_add_); the
+  /// Qwen2-MoE shared expert (run first) with its sigmoid gate, added in place.
+  /// Measured op by op on CPU (validation/data/cpu_tier.csv, tiny-mixtral and
+  /// tiny-qwen2-moe rows).
+  Tid hf_sparse_moe(Tid x, const std::string& p, const MlpSpec& mlp) {
+    int64_t h = m_.hidden_size;
+    int64_t experts = mlp.num_experts;
+    int64_t k = mlp.experts_per_token;
+    int64_t rows = g_.numel(x) / h;
+    bool mixtral = m_.family == "mixtral";
+    std::string q = p + (mixtral ? "block_sparse_moe." : "mlp.");
+    int he = g_.elem(x);  // hidden_states' dtype
+    Tid shared = kNone;
+    if (!mixtral && mlp.shared_intermediate_size > 0)
+      shared = gated_mlp(x, q + "shared_expert.", mlp, mlp.shared_intermediate_size);
+    Tid logits = linear(x, q + "gate", h, experts);
+    // check_model_inputs' OutputRecorder keeps every router's output (the
+    // recomputation of a checkpointed layer is not recorded).
+    if (m_.output_router_logits && g_.phase() != Phase::kBackward) {
+      g_.retain(logits);
+      router_logits_.push_back(logits);
+    }
+    // softmax(router_logits.float()) / softmax(router_logits, dtype=float):
+    // the fp32 copy (when the logits are not fp32) dies after the softmax,
+    // which saves its output.
+    Tid probs = softmax_fp32(logits);
+    // torch.topk: values (fp32) and int64 indices; TopkBackward saves the indices.
+    Tid topi = g_.leaf(rows * k, kI64, Component::kActivations, false);
+    Tid topw = g_.op(rows * k, kF32, {probs}, {topi});
+    if (mixtral || mlp.norm_topk_prob) {
+      // top_k_weights /= top_k_weights.sum(-1, keepdim=True): DivBackward0 of
+      // the in-place division saves the divisor and a clone of the dividend.
+      Tid sum = g_.op(rows, kF32, {topw}, {});
+      Tid div = g_.inplace(topw, {sum}, {sum}, {{rows * k, kF32}});
+      g_.release(sum);
+      g_.release(topw);
+      topw = div;
+    }
+    // mixtral: .to(router_logits.dtype) in route, then .to(hidden dtype) in
+    // forward; qwen2_moe: .to(hidden dtype).
+    Tid w_router = mixtral ? cast(topw, g_.elem(logits)) : kNone;
+    Tid w = cast(mixtral ? w_router : topw, he);
+    g_.release(topw);
+    g_.release(probs);
+    if (!mixtral) {
+      g_.release(logits);  // qwen2_moe: router_logits is not used after routing
+      logits = kNone;
+    }
+    Tid out = experts_forward(x, q, mlp, w, rows);
+    g_.release(w);
+    if (w_router != kNone)
+      g_.release(w_router);
+    if (shared != kNone) {
+      Tid gl = linear(x, q + "shared_expert_gate", h, 1);
+      Tid gs = g_.op(g_.numel(gl), g_.elem(gl), {gl}, {}, Component::kActivations, {}, 0, true);
+      g_.release(gl);
+      Tid sg = mul(gs, shared);
+      g_.release(gs);
+      g_.release(shared);
+      // expert_output += shared_expert_output (in place; AddBackward saves nothing)
+      Tid pc = g_.elem(sg) != g_.elem(out) ? promoted_copy(g_.numel(sg), g_.elem(out)) : kNone;
+      Tid sum = g_.inplace(out, {sg}, {});
+      release_if(pc);
+      g_.release(sg);
+      g_.release(out);
+      out = sum;
+    }
+    g_.release(topi);
+    if (logits != kNone)
+      g_.release(logits);
+    return out;
+  }
+
+  /// MixtralExperts.forward / Qwen2MoeExperts.forward (v4.57). Python names
+  /// (idx/top_x, current_state, current_hidden_states) keep the previous
+  /// expert's tensors until the next expert rebinds them.
+  Tid experts_forward(Tid x, const std::string& q, const MlpSpec& mlp, Tid w, int64_t rows) {
+    int64_t h = m_.hidden_size;
+    int64_t experts = mlp.num_experts;
+    int64_t k = mlp.experts_per_token;
+    bool mixtral = m_.family == "mixtral";
+    int he = g_.elem(x);
+    Tid out = g_.leaf(rows * h, he, Component::kActivations, false);  // zeros_like
+    // one_hot(top_k_index, num_experts) [rows, k, E] int64, permuted (a view)
+    Tid mask = g_.leaf(rows * k * experts, kI64, Component::kTemporaries, false);
+    std::vector<int64_t> counts = expert_split(rows, experts, k);
+    int64_t hit = 0;
+    for (int64_t c : counts)
+      hit += c > 0 ? 1 : 0;
+    // expert_hit = greater(expert_mask.sum((-1, -2)), 0).nonzero()
+    Tid per = g_.leaf(experts, kI64, Component::kTemporaries, false);
+    Tid gt = g_.leaf(experts, 1, Component::kTemporaries, false);
+    g_.release(per);
+    Tid hits = g_.leaf(hit, kI64, Component::kTemporaries, false);
+    g_.release(gt);
+    Tid prev_nz = kNone, prev_state = kNone, prev_wy = kNone;
+    for (int64_t e = 0; e < experts; ++e) {
+      int64_t n = counts[static_cast<size_t>(e)];
+      if (n == 0)
+        continue;
+      std::string ep = q + "experts." + std::to_string(e) + ".";
+      // expert_mask[expert_idx] (a [1, k, rows] copy), then torch.where:
+      // nonzero [n, 2] int64, unbound into idx and top_x (views).
+      Tid row = g_.leaf(k * rows, kI64, Component::kTemporaries, false);
+      Tid nz = g_.leaf(2 * n, kI64, Component::kActivations, false);
+      g_.release(row);
+      if (prev_nz != kNone)
+        g_.release(prev_nz);
+      // hidden_states[None, top_x]: IndexBackward saves the indices.
+      Tid state = g_.op(n * h, he, {x}, {nz});
+      if (prev_state != kNone)
+        g_.release(prev_state);
+      Tid y = mixtral ? gated_mlp(state, ep, mlp, 0, "w1", "w3", "w2") : gated_mlp(state, ep, mlp);
+      Tid ws = g_.op(n, g_.elem(w), {w}, {nz});  // top_k_weights[top_x, idx, None]
+      Tid pc = g_.elem(y) != g_.elem(ws)
+                   ? promoted_copy(g_.numel(y), promote(g_.elem(y), g_.elem(ws)))
+                   : kNone;
+      Tid wy = mul(y, ws);
+      release_if(pc);
+      g_.release(y);
+      g_.release(ws);
+      if (prev_wy != kNone)
+        g_.release(prev_wy);
+      // index_add_(0, top_x, current_hidden_states.to(dtype)): in place;
+      // IndexAddBackward0 saves the index and the source.
+      Tid src = cast(wy, he);
+      Tid acc = g_.inplace(out, {src}, {nz, src});
+      g_.release(src);
+      g_.release(out);
+      out = acc;
+      prev_nz = nz;
+      prev_state = state;
+      prev_wy = wy;
+    }
+    for (Tid t : {prev_nz, prev_state, prev_wy}) {
+      if (t != kNone)
+        g_.release(t);
+    }
+    g_.release(hits);
+    g_.release(mask);
+    return out;
+  }
+
+  /// load_balancing_loss_func (modeling_mixtral.py / modeling_qwen2_moe.py,
+  /// v4.57) with the attention mask the Trainer passes, added to the loss:
+  /// `loss += router_aux_loss_coef * aux_loss`. Its locals live until it returns.
+  Tid router_aux_loss(Tid loss) {
+    int64_t experts = 0, k = 0;
+    for (const LayerSpec& l : m_.layers) {
+      if (l.mlp.is_moe()) {
+        experts = l.mlp.num_experts;
+        k = l.mlp.experts_per_token;
+      }
+    }
+    int64_t n = 0;
+    for (Tid t : router_logits_)
+      n += g_.numel(t) / experts;
+    Tid cat = g_.concat(router_logits_, g_.elem(router_logits_.front()));
+    Tid probs = softmax_plain(cat);  // softmax without dtype; saves its output
+    Tid topi = g_.leaf(n * k, kI64, Component::kLogitsLoss, false);
+    Tid topv = g_.op(n * k, g_.elem(probs), {probs}, {topi});  // `_` keeps the values
+    Tid onehot = g_.leaf(n * k * experts, kI64, Component::kLogitsLoss, false);
+    // attention_mask[None, :, :, None, None].expand(...).reshape(-1, k, E): a copy
+    Tid am = g_.leaf(n * k * experts, kI64, Component::kLogitsLoss, false);
+    int pe = g_.elem(probs);
+    Tid f = g_.leaf(n * k * experts, kF32, Component::kLogitsLoss, false);  // expert_mask.float()
+    // A CPU binary op on mixed dtypes first copies the other operand to the
+    // common dtype (TensorIterator promote_inputs_to_common_dtype); CUDA casts
+    // inside the kernel.
+    Tid t1 = promoted_copy(n * k * experts, kF32);
+    Tid fm = g_.leaf(n * k * experts, kF32, Component::kLogitsLoss, false);
+    release_if(t1);
+    g_.release(f);
+    Tid s1 = g_.leaf(k * experts, kF32, Component::kLogitsLoss, false);
+    g_.release(fm);
+    Tid s2 = g_.leaf(k * experts, kI64, Component::kLogitsLoss, false);
+    Tid t2 = promoted_copy(k * experts, kF32);
+    Tid tpe = g_.leaf(k * experts, kF32, Component::kLogitsLoss, false);
+    release_if(t2);
+    g_.release(s1);
+    g_.release(s2);
+    Tid rm = g_.leaf(n * experts, kI64, Component::kLogitsLoss, false);  // [n, E] mask copy
+    Tid t3 = promoted_copy(n * experts, pe);
+    Tid pm = g_.op(n * experts, pe, {probs}, {rm});  // MulBackward saves the mask
+    release_if(t3);
+    Tid ps = g_.op(experts, pe, {pm}, {});
+    g_.release(pm);
+    Tid ms = g_.leaf(experts, kI64, Component::kLogitsLoss, false);
+    Tid t4 = promoted_copy(experts, pe);
+    Tid rpe = g_.op(experts, pe, {ps, ms}, {ms});  // DivBackward saves the divisor
+    release_if(t4);
+    g_.release(ps);
+    g_.release(ms);
+    Tid t5 = pe != kF32 ? promoted_copy(experts, kF32) : kNone;
+    Tid prod = g_.op(k * experts, kF32, {rpe}, {tpe});
+    release_if(t5);
+    Tid total = g_.op(1, kF32, {prod}, {});
+    g_.release(prod);
+    Tid aux = g_.op(1, kF32, {total}, {});  // * num_experts
+    g_.release(total);
+    for (Tid t : {cat, probs, topi, topv, onehot, am, tpe, rm, rpe})
+      g_.release(t);
+    Tid scaled = g_.op(1, kF32, {aux}, {});  // router_aux_loss_coef * aux_loss
+    g_.release(aux);
+    Tid sum = g_.inplace(loss, {scaled}, {});  // loss += ...
+    g_.release(scaled);
+    g_.release(loss);
+    return sum;
+  }
+
+  /// The common-dtype copy of one operand that a CPU binary op on mixed
+  /// dtypes makes (none on CUDA).
+  Tid promoted_copy(int64_t numel, int elem) {
+    return cuda_ ? kNone : g_.leaf(numel, elem, Component::kTemporaries, false);
+  }
+  void release_if(Tid t) {
+    if (t != kNone)
+      g_.release(t);
+  }
+
+  void release_router_logits() {
+    for (Tid t : router_logits_)
+      g_.release(t);
+    router_logits_.clear();
   }
 
   // ------------------------------------------------------------ model
@@ -2502,7 +2751,8 @@ class Program {
   bool fwd_head_ = true;
   // Per-forward tensors shared by all layers.
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
-  Tid mask2_ = kNone;  // Gemma-2 eager: the sliding-window mask beside mask_
+  Tid mask2_ = kNone;  // the sliding-window mask beside mask_ (Gemma-2 eager, Qwen2-MoE)
+  std::vector<Tid> router_logits_;  // output_router_logits: every router's output
   bool use_cache_ = false;
   std::vector<Tid> cache_kv_;      // DynamicCache contents of this forward
   std::vector<Tid> model_locals_;  // see release_model_locals()
@@ -2924,6 +3174,22 @@ Tid Program::forward(Tid ids) {
         g_.release(mb2);
       }
     }
+    if (m_.both_masks && s_.framework == Framework::kHf && s_.transformers_version >= 457) {
+      // Qwen2MoeModel.forward (v4.57) makes create_sliding_window_causal_mask
+      // too. Without use_sliding_window its window is 0, which SDPA cannot
+      // skip: a bool [b, 1, s, s] even when is_causal serves the full mask.
+      bool sliding = false;
+      for (const LayerSpec& l : m_.layers)
+        sliding = sliding || l.attention.sliding_window > 0;
+      if (mask_ != kNone) {
+        Tid mb = g_.leaf(b * s * s, 1, Component::kInputs, false);
+        mask2_ = bool_sdpa_mask() ? mb : g_.leaf(b * s * s, g_.elem(x), Component::kInputs, false);
+        if (mask2_ != mb)
+          g_.release(mb);
+      } else if (!sliding) {
+        mask2_ = g_.leaf(b * s * s, 1, Component::kInputs, false);
+      }
+    }
   } else if (style_ == Style::kGpt2 && first) {
     Tid pos = g_.op(s * h, pe_, {param("transformer.wpe.weight").id}, {});
     Tid y = plain(x, pos);
@@ -3015,6 +3281,16 @@ Tid Program::forward(Tid ids) {
       reshard(i);
   }
   g_.set_layer(-1);
+  if (mask2_ != kNone && s_.checkpointing != CheckpointMode::kOff) {
+    // No layer slides: the checkpointed layers keep only the full mask.
+    bool sliding = false;
+    for (const LayerSpec& l : m_.layers)
+      sliding = sliding || l.attention.sliding_window > 0;
+    if (!sliding) {
+      g_.release(mask2_);
+      mask2_ = kNone;
+    }
+  }
   if (!fwd_head_) {
     if (s_.checkpointing == CheckpointMode::kOff)
       release_shared();

@@ -73,6 +73,8 @@ DEFAULT_LORA_TARGETS = {
     # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn", "codegen": "qkv_proj",
     "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj",
+    "mixtral": "q_proj,v_proj",  # PEFT's; it has no qwen2_moe entry (target_modules must be given)
+    "qwen2_moe": "q_proj,v_proj",
 }
 
 
@@ -278,14 +280,26 @@ def measure(args):
                 counter.start()
                 on[0] = True
 
+        # realised tokens per expert of the measured step's forward (MoE families; the recomputation of
+        # a checkpointed layer routes the same tokens)
+        expert_counts = {}
+
+        def count_hook(layer, counts):
+            if on[0]:
+                expert_counts.setdefault(str(layer), counts)
+
+        models.EXPERT_COUNT_HOOK = count_hook
         train_steps(model, opt, batch, args, mark_phase2, before_step)
         models.PHASE_HOOK = None
+        models.EXPERT_COUNT_HOOK = None
         storage_base = counter.base
         storage_res = _summ(counter.stop(), args.steps)
         storage_res.pop("first_step_peak_bytes")
         del model, opt, batch, hook
 
     res = dict(malloc_res)
+    if not args.no_storage and expert_counts:
+        res["expert_counts"] = expert_counts
     res.update(
         storage_peak_bytes=storage_res["peak_bytes"] if storage_res else None,
         storage=storage_res,

@@ -7,7 +7,7 @@ instant. Only the training path is kept: eager attention, no KV reuse across cal
 output_attentions / output_hidden_states. The KV cache *is* built during training when
 config.use_cache is true and gradient checkpointing is off, exactly as HF does (it copies K and
 V per layer with torch.cat). Families: llama, mistral, qwen2 (shared decoder), gpt2, opt, bloom, gpt_neo,
-gpt_bigcode, codegen.
+gpt_bigcode, codegen, mixtral, qwen2_moe (and, in their own sections, gemma, gemma2, qwen3, phi3, phi).
 
 Also: PEFT-style LoRA (peft.tuners.lora.layer.Linear forward), HF-style gradient checkpointing
 (GradientCheckpointingLayer + torch.utils.checkpoint), ForCausalLMLoss.
@@ -2393,11 +2393,360 @@ class PhiForCausalLM(LlamaForCausalLM):
 
 
 # ============================================================================================
+# mixtral / qwen2_moe (sparse mixture of experts)
+# From models/mixtral/modeling_mixtral.py, models/qwen2_moe/modeling_qwen2_moe.py,
+# models/*/configuration_*.py and utils/generic.py (check_model_inputs, OutputRecorder) at
+# commit 3553f0bc2301. Attention, rotary, RMSNorm and the cache are the llama ones above.
+_DEFAULTS["mixtral"] = dict(
+    vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=4096 * 32,
+    initializer_range=0.02, rms_norm_eps=1e-5, use_cache=True, pad_token_id=None, tie_word_embeddings=False,
+    rope_theta=1e6, sliding_window=None, attention_dropout=0.0, num_experts_per_tok=2, num_local_experts=8,
+    output_router_logits=False, router_aux_loss_coef=0.001, router_jitter_noise=0.0)
+_DEFAULTS["qwen2_moe"] = dict(
+    vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+    num_key_value_heads=16, hidden_act="silu", max_position_embeddings=32768, initializer_range=0.02,
+    rms_norm_eps=1e-6, use_cache=True, tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None,
+    use_sliding_window=False, sliding_window=4096, max_window_layers=28, attention_dropout=0.0,
+    decoder_sparse_step=1, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+    num_experts_per_tok=4, num_experts=60, norm_topk_prob=False, output_router_logits=False,
+    router_aux_loss_coef=0.001, mlp_only_layers=None, qkv_bias=True, layer_types=None, pad_token_id=None)
+
+# measure_cpu.py sets this to a callable(layer_idx, counts) to record the realised tokens per expert
+EXPERT_COUNT_HOOK = None
+
+
+def _moe_config(config):
+    """The parts of MixtralConfig / Qwen2MoeConfig.__init__ that derive attributes."""
+    if config.num_key_value_heads is None:
+        config.num_key_value_heads = config.num_attention_heads
+    if config.model_type == "qwen2_moe":
+        config.sliding_window = config.sliding_window if config.use_sliding_window else 0
+        config.mlp_only_layers = [] if config.mlp_only_layers is None else config.mlp_only_layers
+        if config.layer_types is None:
+            config.layer_types = ["sliding_attention"
+                                  if bool((i + 1) % 2) and i < config.max_window_layers and config.use_sliding_window
+                                  else "full_attention" for i in range(config.num_hidden_layers)]
+
+
+class MoeExpertMLP(nn.Module):
+    """MixtralMLP (w1, w3, w2) or Qwen2MoeMLP (gate_proj, up_proj, down_proj)."""
+
+    def __init__(self, config, intermediate_size, mixtral):
+        super().__init__()
+        H, act = config.hidden_size, config.hidden_act
+        self.mixtral = mixtral
+        if mixtral:
+            self.w1 = nn.Linear(H, intermediate_size, bias=False)
+            self.w2 = nn.Linear(intermediate_size, H, bias=False)
+            self.w3 = nn.Linear(H, intermediate_size, bias=False)
+        else:
+            self.gate_proj = nn.Linear(H, intermediate_size, bias=False)
+            self.up_proj = nn.Linear(H, intermediate_size, bias=False)
+            self.down_proj = nn.Linear(intermediate_size, H, bias=False)
+        self.act_fn = act_fn(act)
+
+    def forward(self, x):
+        if self.mixtral:
+            current_hidden_states = self.act_fn(self.w1(x)) * self.w3(x)
+            current_hidden_states = self.w2(current_hidden_states)
+            return current_hidden_states
+        down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return down_proj
+
+
+class MoeExperts(nn.ModuleList):
+    """MixtralExperts / Qwen2MoeExperts (an nn.ModuleList with a forward)."""
+
+    def __init__(self, config, n, intermediate_size, mixtral, layer_idx):
+        super().__init__()
+        self.num_experts = n
+        self.layer_idx = layer_idx
+        for _ in range(n):
+            self.append(MoeExpertMLP(config, intermediate_size, mixtral))
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        final_hidden_states = torch.zeros_like(hidden_states)
+        expert_mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.num_experts).permute(2, 1, 0)
+        expert_hit = torch.greater(expert_mask.sum(dim=(-1, -2)), 0).nonzero()
+        if EXPERT_COUNT_HOOK is not None:
+            with torch.no_grad():
+                EXPERT_COUNT_HOOK(self.layer_idx, [int(c) for c in expert_mask.sum(dim=(-1, -2))])
+        for expert_idx in expert_hit:
+            idx, top_x = torch.where(expert_mask[expert_idx].squeeze(0))
+            current_state = hidden_states[None, top_x].reshape(-1, hidden_states.shape[-1])
+            current_hidden_states = self[expert_idx](current_state) * top_k_weights[top_x, idx, None]
+            final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
+        return final_hidden_states
+
+
+class MixtralSparseMoeBlock(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.jitter_noise = config.router_jitter_noise
+        self.gate = nn.Linear(config.hidden_size, config.num_local_experts, bias=False)
+        self.experts = MoeExperts(config, config.num_local_experts, config.intermediate_size, True, layer_idx)
+
+    def route_tokens_to_experts(self, router_logits):
+        routing_weights = torch.nn.functional.softmax(router_logits.float(), dim=-1)
+        top_k_weights, top_k_index = torch.topk(routing_weights, self.top_k, dim=-1)
+        top_k_weights /= top_k_weights.sum(dim=-1, keepdim=True)
+        return top_k_index, top_k_weights.to(router_logits.dtype)
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        if self.training and self.jitter_noise > 0:
+            hidden_states *= torch.empty_like(hidden_states).uniform_(1.0 - self.jitter_noise, 1.0 + self.jitter_noise)
+        hidden_states = hidden_states.view(-1, hidden_states.shape[-1])
+        router_logits = self.gate(hidden_states)
+        top_k_index, top_k_weights = self.route_tokens_to_experts(router_logits)
+        hidden_states = self.experts(hidden_states, top_k_index, top_k_weights.to(hidden_states.dtype))
+        hidden_states = hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+        return hidden_states
+
+
+class Qwen2MoeSparseMoeBlock(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.gate = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.experts = MoeExperts(config, config.num_experts, config.moe_intermediate_size, False, layer_idx)
+        self.num_experts_per_tok = config.num_experts_per_tok
+        self.norm_topk_prob = config.norm_topk_prob
+        self.shared_expert = MoeExpertMLP(config, config.shared_expert_intermediate_size, False)
+        self.shared_expert_gate = torch.nn.Linear(config.hidden_size, 1, bias=False)
+
+    def route_tokens_to_experts(self, hidden_states, router_logits):
+        routing_weights = F.softmax(router_logits, dim=-1, dtype=torch.float)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.num_experts_per_tok, dim=-1)
+        if self.norm_topk_prob:
+            routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        return selected_experts, routing_weights
+
+    def forward(self, hidden_states):
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states_reshaped = hidden_states.view(-1, hidden_dim)
+        shared_expert_output = self.shared_expert(hidden_states_reshaped)
+        router_logits = self.gate(hidden_states_reshaped)
+        selected_experts, routing_weights = self.route_tokens_to_experts(hidden_states_reshaped, router_logits)
+        expert_output = self.experts(hidden_states_reshaped, selected_experts, routing_weights)
+        shared_expert_output = F.sigmoid(self.shared_expert_gate(hidden_states_reshaped)) * shared_expert_output
+        expert_output += shared_expert_output
+        expert_output = expert_output.reshape(batch_size, sequence_length, hidden_dim)
+        return expert_output
+
+
+class MoeDecoderLayer(GradientCheckpointingLayer):
+    """MixtralDecoderLayer (block_sparse_moe) / Qwen2MoeDecoderLayer (mlp: sparse or dense)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = MoeAttention(config, layer_idx)
+        self.mixtral = config.model_type == "mixtral"
+        if self.mixtral:
+            self.block_sparse_moe = MixtralSparseMoeBlock(config, layer_idx)
+        elif (layer_idx not in config.mlp_only_layers) and (
+                config.num_experts > 0 and (layer_idx + 1) % config.decoder_sparse_step == 0):
+            self.mlp = Qwen2MoeSparseMoeBlock(config, layer_idx)
+        else:
+            self.mlp = MoeExpertMLP(config, config.intermediate_size, False)
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, cache_position=None, position_embeddings=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                          past_key_values=past_key_values,
+                                          position_embeddings=position_embeddings)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.block_sparse_moe(hidden_states) if self.mixtral else self.mlp(hidden_states)
+        hidden_states = residual + hidden_states
+        return hidden_states
+
+
+class MoeAttention(LlamaAttention):
+    """MixtralAttention (no biases) / Qwen2MoeAttention (q/k/v bias = config.qkv_bias)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        bias = config.model_type == "qwen2_moe" and config.qkv_bias
+        H, nh, nkv, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, self.head_dim
+        self.q_proj = nn.Linear(H, nh * d, bias=bias)
+        self.k_proj = nn.Linear(H, nkv * d, bias=bias)
+        self.v_proj = nn.Linear(H, nkv * d, bias=bias)
+        self.o_proj = nn.Linear(nh * d, H, bias=False)
+
+
+class MoeModel(nn.Module):
+    """MixtralModel / Qwen2MoeModel under check_model_inputs."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([MoeDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None, output_router_logits=False):
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        # check_model_inputs with output_router_logits: OutputRecorder(nn.Linear, layer_name=...gate) wraps the
+        # forward of every nn.Linear whose qualified name contains "block_sparse_moe.gate" (mixtral) or
+        # "mlp.gate" (qwen2_moe: also a dense layer's mlp.gate_proj) and appends each output to a tuple
+        collected = ()
+        patched = []
+        if output_router_logits:
+            key = "block_sparse_moe.gate" if self.config.model_type == "mixtral" else "mlp.gate"
+
+            def wrap(orig):
+                def wrapped_forward(*args, **kwargs):
+                    nonlocal collected
+                    output = orig(*args, **kwargs)
+                    collected += (output,)
+                    return output
+                return wrapped_forward
+
+            for name, module in self.named_modules():
+                if isinstance(module, nn.Linear) and key in name:
+                    patched.append((module, module.forward))
+                    module.forward = wrap(module.forward)
+        try:
+            mt = self.config.model_type
+            if mt == "mixtral":
+                if use_cache:
+                    past_key_values = DynamicCache(self.config)
+                inputs_embeds = self.embed_tokens(input_ids)
+            else:
+                inputs_embeds = self.embed_tokens(input_ids)
+                if use_cache:
+                    past_key_values = DynamicCache(self.config)
+            if not use_cache:
+                past_key_values = None
+            cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+            position_ids = cache_position.unsqueeze(0)
+            if mt == "mixtral":
+                # create_causal_mask, or create_sliding_window_causal_mask when sliding_window is set
+                causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position,
+                                                 self.config.sliding_window)
+                masks = None
+            else:
+                # Qwen2MoeModel builds both masks on every call (no has_sliding_layers check); the sliding
+                # one uses config.sliding_window, 0 unless use_sliding_window
+                masks = {"full_attention": _eager_causal_mask(inputs_embeds, attention_mask, cache_position),
+                         "sliding_attention": _eager_causal_mask(inputs_embeds, attention_mask, cache_position,
+                                                                 self.config.sliding_window)}
+            hidden_states = inputs_embeds
+            position_embeddings = self.rotary_emb(hidden_states, position_ids)
+            for i, decoder_layer in enumerate(self.layers[: self.config.num_hidden_layers]):
+                mask = causal_mask if masks is None else masks[self.config.layer_types[i]]
+                hidden_states = decoder_layer(hidden_states, attention_mask=mask, position_ids=position_ids,
+                                              past_key_values=past_key_values, use_cache=use_cache,
+                                              cache_position=cache_position,
+                                              position_embeddings=position_embeddings)
+            hidden_states = self.norm(hidden_states)
+            out = Output(last_hidden_state=hidden_states,
+                         past_key_values=past_key_values if (use_cache or mt == "mixtral") else None)
+        finally:
+            for module, orig in patched:
+                module.forward = orig
+        if output_router_logits:
+            out["router_logits"] = collected
+        return out
+
+
+def load_balancing_loss_func(gate_logits, num_experts=None, top_k=2, attention_mask=None):
+    """Same function in modeling_mixtral.py and modeling_qwen2_moe.py."""
+    if gate_logits is None or not isinstance(gate_logits, tuple):
+        return 0
+    if isinstance(gate_logits, tuple):
+        compute_device = gate_logits[0].device
+        concatenated_gate_logits = torch.cat([layer_gate.to(compute_device) for layer_gate in gate_logits], dim=0)
+    routing_weights = torch.nn.functional.softmax(concatenated_gate_logits, dim=-1)
+    _, selected_experts = torch.topk(routing_weights, top_k, dim=-1)
+    expert_mask = torch.nn.functional.one_hot(selected_experts, num_experts)
+    if attention_mask is None:
+        tokens_per_expert = torch.mean(expert_mask.float(), dim=0)
+        router_prob_per_expert = torch.mean(routing_weights, dim=0)
+    else:
+        batch_size, sequence_length = attention_mask.shape
+        num_hidden_layers = concatenated_gate_logits.shape[0] // (batch_size * sequence_length)
+        expert_attention_mask = (
+            attention_mask[None, :, :, None, None]
+            .expand((num_hidden_layers, batch_size, sequence_length, top_k, num_experts))
+            .reshape(-1, top_k, num_experts)
+            .to(compute_device))
+        tokens_per_expert = torch.sum(expert_mask.float() * expert_attention_mask, dim=0) / torch.sum(
+            expert_attention_mask, dim=0)
+        router_per_expert_attention_mask = (
+            attention_mask[None, :, :, None]
+            .expand((num_hidden_layers, batch_size, sequence_length, num_experts))
+            .reshape(-1, num_experts)
+            .to(compute_device))
+        router_prob_per_expert = torch.sum(routing_weights * router_per_expert_attention_mask, dim=0) / torch.sum(
+            router_per_expert_attention_mask, dim=0)
+    overall_loss = torch.sum(tokens_per_expert * router_prob_per_expert.unsqueeze(0))
+    return overall_loss * num_experts
+
+
+class MoeForCausalLM(nn.Module):
+    """MixtralForCausalLM / Qwen2MoeForCausalLM."""
+
+    def __init__(self, config):
+        super().__init__()
+        _moe_config(config)
+        self.config = config
+        self.model = MoeModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.router_aux_loss_coef = config.router_aux_loss_coef
+        mixtral = config.model_type == "mixtral"
+        self.num_experts = config.num_local_experts if mixtral else config.num_experts
+        self.num_experts_per_tok = config.num_experts_per_tok
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None, output_router_logits=None,
+                logits_to_keep=0):
+        output_router_logits = (output_router_logits if output_router_logits is not None
+                                else self.config.output_router_logits)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache,
+                             output_router_logits=output_router_logits)
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None)
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            _mark("loss")
+            loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        aux_loss = None
+        if output_router_logits:
+            aux_loss = load_balancing_loss_func(outputs.router_logits, self.num_experts, self.num_experts_per_tok,
+                                                attention_mask)
+            if labels is not None:
+                loss += self.router_aux_loss_coef * aux_loss.to(loss.device)
+        return Output(loss=loss, aux_loss=aux_loss, logits=logits, past_key_values=outputs.past_key_values,
+                      router_logits=outputs.router_logits)
+
+
+# ============================================================================================
 MODEL_CLASSES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "bloom": BloomForCausalLM,
                  "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM,
                  "gemma": GemmaForCausalLM, "gemma2": GemmaForCausalLM,
-                 "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM, "phi": PhiForCausalLM}
+                 "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM, "phi": PhiForCausalLM,
+                 "mixtral": MoeForCausalLM, "qwen2_moe": MoeForCausalLM}
 
 
 def _init_weights(model, config):

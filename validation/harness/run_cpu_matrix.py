@@ -39,7 +39,7 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen", "gemma", "gemma2",
-            "qwen3", "phi3", "phi"]
+            "qwen3", "phi3", "phi", "mixtral", "qwen2_moe"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -48,7 +48,9 @@ LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "
                 # qwen3, phi: PEFT's defaults; phi3 has none in PEFT (get_peft_model asks for target_modules):
                 # every linear layer, so that both fused projections carry an adapter
                 "qwen3": "q_proj,v_proj", "phi": "q_proj,v_proj,fc1,fc2",
-                "phi3": "qkv_proj,o_proj,gate_up_proj,down_proj"}
+                "phi3": "qkv_proj,o_proj,gate_up_proj,down_proj",
+                # mixtral: PEFT's; PEFT has no qwen2_moe entry, so its Qwen2 one (q_proj, v_proj)
+                "mixtral": "q_proj,v_proj", "qwen2_moe": "q_proj,v_proj"}
 
 
 def cfg(fam):
@@ -144,6 +146,10 @@ def row_from(fam, a, res, nparams):
         notes.append("use_reentrant=%s" % ("False" if "--non-reentrant" in a else "True"))
     if lora_rank:
         notes.append("lora_dtype=%s" % opt("--lora-dtype", "base"))
+    if res.get("expert_counts"):  # MoE: realised tokens per expert of each sparse layer, measured step
+        notes.append("expert_counts=" + "|".join("L%s:%s" % (k, "/".join(str(c) for c in v))
+                                                  for k, v in sorted(res["expert_counts"].items(),
+                                                                     key=lambda kv: int(kv[0]))))
     return {
         "source_url": "", "model": opt("--config"), "params_b": "%.6f" % (nparams / 1e9), "gpus": 1,
         "gpu_type": "cpu", "method": "single", "world_size": 1, "tp": 1, "precision": opt("--precision"),

@@ -11,7 +11,9 @@
 3. in process, bloom / gpt_neo / gpt_bigcode / codegen (and gemma / gemma2: head_dim, fp32 norms, normalizer,
    KV cache, soft-capping, sliding mask): the v4.57 details that decide memory (ALiBi shape,
    fp32 attention of gpt_neo and codegen, logits dtypes, MQA c_attn width, gpt_bigcode's no-op gradient
-   checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init.
+   checkpointing, codegen's non-buffer embed_positions), and a loss near ln(vocab) at random init; mixtral /
+   qwen2_moe: router logits and aux loss, top-k renormalisation or not, dense layers, shared expert, both masks,
+   and expert_counts summing to tokens x top_k. `--only tiny-mixtral,tiny-qwen2-moe` runs just those family cases.
 4. two gloo ranks (dist_cpu.py): 2-stage pipeline (llama 1F1B, gpt2 GPipe with its tied head copied to the last
    stage) and Megatron tp=2 (llama), without and with sequence parallelism: step-1 and step-2 losses equal the
    dense single-process losses on the same micro-batches; with sequence parallelism (also under gradient
@@ -88,11 +90,12 @@ def run(cfg, *extra):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def family_cases():
+def family_cases(only=None):
     cases = [(f, ("--precision", "fp32")) for f in ("tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-gpt2",
                                                       "tiny-opt", "tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode",
                                                       "tiny-codegen", "tiny-gemma", "tiny-gemma2",
-                                                      "tiny-qwen3", "tiny-phi3", "tiny-phi")]
+                                                      "tiny-qwen3", "tiny-phi3", "tiny-phi", "tiny-mixtral",
+                                                      "tiny-qwen2-moe")]
     cases += [("tiny-bloom", ("--precision", "bf16-mixed", "--lora-rank", "4")),
               ("tiny-codegen", ("--precision", "bf16", "--grad-ckpt", "--lora-rank", "4")),
               ("tiny-llama", ("--precision", "bf16-mixed", "--lora-rank", "4")),
@@ -100,8 +103,11 @@ def family_cases():
               ("tiny-opt", ("--precision", "fp32", "--grad-ckpt", "--non-reentrant", "--optimizer", "sgd")),
               ("tiny-gemma2", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4")),
               ("tiny-phi3", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4",
-                             "--lora-targets", "qkv_proj,gate_up_proj"))]
+                             "--lora-targets", "qkv_proj,gate_up_proj")),
+              ("tiny-mixtral", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4"))]
     for cfg, extra in cases:
+        if only is not None and cfg not in only:
+            continue
         r = run(cfg, *extra)
         if r is None:
             continue
@@ -118,6 +124,11 @@ def family_cases():
             a, b = r["peak_%s_bytes" % p], s["peak_%s_bytes" % p]
             check(abs(a - b) <= 0.03 * b + 512 * 1024,
                   name + ": %s mallinfo2 %d vs exact storage %d (%+.2f%%)" % (p, a, b, 100.0 * (a - b) / b))
+        if cfg in ("tiny-mixtral", "tiny-qwen2-moe"):  # realised tokens per expert: every token routed top_k times
+            counts = r.get("expert_counts", {})
+            k = 2 if cfg == "tiny-mixtral" else 4
+            check(len(counts) == 2 and all(sum(c) == 8 * k for c in counts.values()),
+                  name + ": expert_counts of both sparse layers sum to tokens x top_k (%s)" % counts)
         if "--optimizer" not in extra:  # AdamW: two fp32/param-dtype states per trainable parameter
             check(r["peak_optimizer_bytes"] >= pb, name + ": optimizer peak includes states")
 
@@ -308,6 +319,47 @@ def phiqwen3_details():
 
 
 
+def moe_details():
+    """mixtral / qwen2_moe: the v4.57 details that decide memory."""
+    torch.set_num_threads(1)
+    # mixtral: router logits recorded (output_router_logits) and the aux loss added; 4 experts, top-2, renormalised
+    cfg = _load("tiny-mixtral")
+    torch.manual_seed(0)
+    m = models.build_model(cfg).train()
+    out = _fwd(m)
+    check(len(out["router_logits"]) == 2 and tuple(out["router_logits"][0].shape) == (8, 4),
+          "mixtral: router_logits of both layers kept, (tokens, experts)")
+    check(out["aux_loss"] is not None and out["aux_loss"].requires_grad,
+          "mixtral: aux loss computed, with a gradient path to the routers")
+    blk = m.model.layers[0].block_sparse_moe
+    x = torch.randn(8, 128)
+    idx, w = blk.route_tokens_to_experts(blk.gate(x))
+    check(tuple(idx.shape) == (8, 2) and torch.allclose(w.sum(-1), torch.ones(8)), "mixtral: top-2 weights renormalised")
+    # qwen2_moe: layer 2 dense (mlp_only_layers), shared expert with sigmoid gate, no renormalisation
+    cfg = _load("tiny-qwen2-moe")
+    torch.manual_seed(0)
+    m = models.build_model(cfg).train()
+    kinds = [type(layer.mlp).__name__ for layer in m.model.layers]
+    check(kinds == ["Qwen2MoeSparseMoeBlock", "Qwen2MoeSparseMoeBlock", "MoeExpertMLP"],
+          "qwen2_moe: mlp_only_layers [2] makes layer 2 dense (%s)" % kinds)
+    blk = m.model.layers[0].mlp
+    check(blk.shared_expert.gate_proj.out_features == 256 and blk.shared_expert_gate.out_features == 1
+          and len(blk.experts) == 8 and blk.experts[0].gate_proj.out_features == 64,
+          "qwen2_moe: 8 experts of 64, shared expert 256 with a 1-wide gate")
+    x = torch.randn(8, 128)
+    sel, w = blk.route_tokens_to_experts(x, blk.gate(x))
+    check(tuple(sel.shape) == (8, 4) and bool((w.sum(-1) < 1).all()), "qwen2_moe: top-4 weights not renormalised")
+    check(m.config.sliding_window == 0 and m.config.layer_types == ["full_attention"] * 3,
+          "qwen2_moe: sliding_window 0 without use_sliding_window, all layers full attention")
+    rec = _OpDtypes()
+    with rec:
+        out = _fwd(m)
+    masks = [sh for op, d, sh in rec.seen if op.startswith("aten.where") and d == torch.float32 and sh == (1, 1, 8, 8)]
+    check(len(masks) == 2, "qwen2_moe: both the full and the sliding 4-D masks are built (%d)" % len(masks))
+    check(out["router_logits"] is None and out["aux_loss"] is None, "qwen2_moe: output_router_logits off")
+
+
+
 def gemma_details():
     """gemma / gemma2 (v4.57 modeling_gemma.py, modeling_gemma2.py): the details that decide memory."""
     import math
@@ -427,12 +479,17 @@ if __name__ == "__main__":
         parallel_cases()
         print("%d failure(s)" % len(FAILS))
         sys.exit(1 if FAILS else 0)
+    if sys.argv[1:2] == ["--only"]:  # e.g. --only tiny-mixtral,tiny-qwen2-moe: those family cases
+        family_cases(only=sys.argv[2].split(","))
+        print("%d failure(s)" % len(FAILS))
+        sys.exit(1 if FAILS else 0)
     pure_parameter_case()
     parallel_cases()
     new_family_details()
     in_model_loss_details()
     gemma_details()
     phiqwen3_details()
+    moe_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)
