@@ -36,12 +36,14 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
               "sequence_parallel"]
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
-FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen"]
+FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen",
+            "gpt_neox"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
                 "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn",
-                "codegen": "qkv_proj"}
+                "codegen": "qkv_proj",
+                "gpt_neox": "query_key_value"}
 
 
 def cfg(fam):
