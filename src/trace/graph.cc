@@ -157,12 +157,19 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
 }
 
 Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
+  // torch/utils/checkpoint.py (1.13-2.x) CheckpointFunction.forward /
+  // _checkpoint_without_reentrant: ctx.fwd_cpu_state = torch.get_rng_state()
+  // before the block runs.
+  Tid rng = ckpt_rng_bytes_ > 0 ? leaf(ckpt_rng_bytes_, 1, Component::kActivations, false) : kNone;
   bool was = grad_enabled_;
   grad_enabled_ = false;
   Tid out = fn(input);
   grad_enabled_ = was;
-  if (!was || !requires_grad(input))
+  if (!was || !requires_grad(input)) {
+    if (rng != kNone)
+      release(rng);  // no graph keeps the checkpoint's context
     return out;
+  }
   tensors_[static_cast<size_t>(out)].requires_grad = true;
   Node node = new_node();
   node.output = out;
@@ -185,6 +192,10 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     retain(input);
     node_tids_.push_back(input);
     node.num_saved = 1;
+  }
+  if (rng != kNone) {
+    node_tids_.push_back(rng);  // a saved tensor of the node: freed after its backward
+    ++node.num_saved;
   }
   checkpoints_.push_back(fn);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
@@ -298,6 +309,7 @@ void Graph::run_backward(size_t begin) {
       continue;
     }
     Tid out_grad = tensors_[static_cast<size_t>(node.output)].grad;
+    bool saved_released = false;
     enter_layer(node.layer);
     size_t ready_from = ready_.size();
     if (out_grad != kNone) {
@@ -312,10 +324,15 @@ void Graph::run_backward(size_t begin) {
                                              Component::kActivations, true)
                                       : alias(input, true);
         size_t mark = nodes_.size();
+        // torch.random.fork_rng around the recomputation: one more RNG state.
+        Tid fork =
+            ckpt_rng_bytes_ > 0 ? leaf(ckpt_rng_bytes_, 1, Component::kTemporaries, false) : kNone;
         bool was = grad_enabled_;
         grad_enabled_ = true;
         Tid sub_out = checkpoints_[static_cast<size_t>(node.checkpoint)](detached);
         grad_enabled_ = was;
+        if (fork != kNone)
+          release(fork);
         tensors_[static_cast<size_t>(sub_out)].grad = out_grad;
         out_grad = kNone;
         release(sub_out);
@@ -333,7 +350,14 @@ void Graph::run_backward(size_t begin) {
       } else {
         Tid temp =
             node.backward_temp > 0 ? buffer(node.backward_temp, Component::kTemporaries) : kNone;
-        // By index: node_tids_ may grow while the tensors are made.
+        // engine.cpp (v1.13-2.x): call_function runs the node, whose incoming
+        // gradient dies with call_function's `inputs` when it returns; then
+        // evaluate_function calls release_variables (the saved tensors) and
+        // only then adds each output to its next node's InputBuffer (where
+        // two gradients of one leaf are summed). So the gradients are made
+        // first, and the edges served after the inputs and saved tensors are
+        // gone. By index: node_tids_ may grow while the tensors are made.
+        grads_.clear();
         for (uint32_t i = 0; i < node.num_inputs; ++i) {
           Tid in = node_tids_[node.tids + i];
           const Tensor& t = tensors_[static_cast<size_t>(in)];
@@ -347,19 +371,27 @@ void Graph::run_backward(size_t begin) {
           } else {
             g = new_tensor(t.numel, t.elem, Component::kTemporaries);
           }
-          serve_edge(in, g);
+          grads_.push_back(g);
         }
         if (temp != kNone)
           release(temp);
         release(out_grad);
+        for (uint32_t i = 0; i < node.num_saved; ++i)
+          release(node_tids_[node.tids + node.num_inputs + i]);
+        saved_released = true;
+        // serve_edge runs no node, so grads_ is not reused while this loop runs.
+        for (uint32_t i = 0; i < node.num_inputs; ++i)
+          serve_edge(node_tids_[node.tids + i], grads_[i]);
       }
     } else {
       // No gradient reached this node: its edges are served empty.
       for (uint32_t i = 0; i < node.num_inputs; ++i)
         serve_edge(node_tids_[node.tids + i], kNone);
     }
-    for (uint32_t i = 0; i < node.num_saved; ++i)
-      release(node_tids_[node.tids + node.num_inputs + i]);
+    if (!saved_released) {
+      for (uint32_t i = 0; i < node.num_saved; ++i)
+        release(node_tids_[node.tids + node.num_inputs + i]);
+    }
     // Every node created after this one has run: its tensors are the top of the stack.
     node_tids_.resize(node.tids);
     // engine.cpp evaluate_function: the node's incoming gradient and saved

@@ -123,6 +123,13 @@ class Graph {
   /// far side of the mark accumulate into .grad as a separate backward's do.
   void pass_boundary();
 
+  /// Bytes of the RNG state a checkpoint keeps (preserve_rng_state=True, the
+  /// default): torch.get_rng_state() at the block's forward, held by the
+  /// checkpoint until its backward, and once more by fork_rng while the
+  /// block is recomputed. Only the CPU generator's state is a tensor of
+  /// the simulated device's memory (CPU runs); CUDA states are CPU tensors.
+  void set_checkpoint_rng_state_bytes(int64_t bytes) { ckpt_rng_bytes_ = bytes; }
+
   /// Reentrant activation checkpointing: runs `fn` without grad now and again
   /// with grad during backward.
   Tid checkpoint(Tid input, const std::function<Tid(Tid)>& fn);
@@ -226,6 +233,8 @@ class Graph {
   std::vector<Tid> touched_;  // leaves whose .grad was set in the current backward
   std::function<void(Tid)> post_accumulate_;
   std::vector<Tid> ready_;  // leaves whose AccumulateGrad has all its inputs
+  std::vector<Tid> grads_;  // run_backward: one node's input gradients, before they are served
+  int64_t ckpt_rng_bytes_ = 0;
   bool offload_ = false;
   int offload_stash_limit_ = 5;
   std::vector<Tid> offload_stash_;  // offloaded tensors still on the GPU (copy in flight)

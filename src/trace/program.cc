@@ -364,8 +364,8 @@ class Program {
     // LlamaModel builds a DynamicCache in training when use_cache is on
     // (config default true) and checkpointing does not force it off.
     bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
-    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff &&
-                 r.first_stage && r.last_stage;
+    use_cache_ = (style_ == Style::kLlama || generic_builds_cache()) && cache &&
+                 s.checkpointing == CheckpointMode::kOff && r.first_stage && r.last_stage;
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -663,6 +663,9 @@ class Program {
       for (Tid t : cache_kv_)
         g_.release(t);  // and with it past_key_values
       cache_kv_.clear();
+      if (final_hidden_ != kNone)
+        g_.release(final_hidden_);  // forward returns: its locals die
+      final_hidden_ = kNone;
       clear_autocast_cache();
       if (total == kNone) {
         total = loss;
@@ -1416,6 +1419,26 @@ class Program {
       g_.release(y);
       return yo;
     }
+    if (view_cast_) {
+      // modeling_falcon.py FalconLinear: `input @ self.weight.T`, then
+      // `+ self.bias`. Autocast casts the transposed view, which is not a
+      // leaf, so the cast is made again at every call instead of being
+      // cached (autocast_mode.cpp cached_cast: only leaves that require
+      // grad); matmul saves it as it saves a linear's. The bias is a separate
+      // add, in the promoted dtype (fp32 under autocast).
+      Tid xc = autocast_ ? cast(x, ae_) : (g_.retain(x), x);
+      Tid wc = autocast_ ? g_.op(g_.numel(w.id), ae_, {w.id}, {}, Component::kWeightCopies)
+                         : (g_.retain(w.id), w.id);
+      Tid y = g_.op(rows * out, promote(g_.elem(xc), g_.elem(wc)), {xc, wc},
+                    {g_.requires_grad(wc) ? xc : kNone, g_.requires_grad(xc) ? wc : kNone});
+      g_.release(xc);
+      g_.release(wc);
+      if (b == nullptr)
+        return y;
+      Tid yb = g_.op(g_.numel(y), promote(g_.elem(y), g_.elem(b->id)), {y, b->id}, {});
+      g_.release(y);
+      return yb;
+    }
     if (autocast_) {
       Tid xc = cast(x, ae_);
       Tid wc = autocast_weight(w);
@@ -1480,7 +1503,11 @@ class Program {
   /// base result's dtype).
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
     Param& w = param(prefix, ".weight");
+    // Falcon's decoder-layer projections are FalconLinear (its lm_head an nn.Linear).
+    view_cast_ = s_.framework == Framework::kHf && m_.family == "falcon" && w.quantized == 0 &&
+                 prefix.rfind(names_.layers + ".", 0) == 0;
     Tid y = base_linear(x, w, find_param(prefix, ".bias"), in, out);
+    view_cast_ = false;
     if (sp_ > 1 && row_parallel(prefix + ".weight"))
       y = sp_scatter(y);
     return with_lora(x, y, prefix, w, in, out);
@@ -1771,6 +1798,83 @@ class Program {
     }
     // silu, gelu, gelu_pytorch_tanh, gelu_python...: one kernel saving its input.
     return g_.op(g_.numel(x), g_.elem(x), {x}, {x});
+  }
+
+  /// GPT-NeoX and Falcon build a Cache in the training forward since
+  /// transformers v4.45 (PR #31421, a30c865f99: DynamicCache.from_legacy_cache
+  /// when use_cache); the layer updates it with its rotated K and V.
+  bool generic_builds_cache() const {
+    return style_ == Style::kGeneric && s_.framework == Framework::kHf &&
+           (m_.family == "gpt_neox" || m_.family == "falcon") && s_.transformers_version >= 445;
+  }
+
+  /// Falcon's new_decoder_architecture (40B/180B: grouped K/V), read from
+  /// the config's record; without one, grouped K/V heads other than one
+  /// imply it (the 7B layout has one K/V head or one per query head).
+  bool falcon_grouped(const AttentionSpec& a) const {
+    for (const Provenance& p : m_.provenance) {
+      if (p.key == "new_decoder_architecture")
+        return p.value == "true";
+    }
+    return a.num_kv_heads != 1 && a.num_kv_heads != a.num_heads;
+  }
+
+  /// FalconAttention._split_heads and the transposes after it
+  /// (modeling_falcon.py v4.57), on the fused [b, s, width] projection. The
+  /// 7B layout with multi_query: q is a view of [b, s, heads + 2, d] whose
+  /// transpose(1, 2).reshape copies it; K and V are fused[..., [-2], :]
+  /// (advanced indexing: [b, s, 1, d] copies) and their reshape is a view.
+  /// Without multi_query, [b, s, heads, 3, d] views, each copied by the
+  /// reshape. new_decoder_architecture: [b, s, groups, heads/groups + 2, d];
+  /// K and V are indexed (copies of the group heads), broadcast to every
+  /// query head and flattened (a copy), and q is flattened from its strided
+  /// view (a copy); then each is copied again by transpose(1, 2).reshape.
+  void falcon_split_heads(Tid fused, const AttentionSpec& a, Tid* q, Tid* k, Tid* v) {
+    int e = g_.elem(fused);
+    int64_t total = a.q_width() + a.k_width() + a.v_width();
+    int64_t rows = g_.numel(fused) / total;
+    int64_t full = rows * a.q_width();
+    if (falcon_grouped(a)) {
+      auto grouped = [&](int64_t width) {
+        Tid picked = g_.op(rows * width, e, {fused}, {});  // index (or strided view for q)
+        Tid flat = g_.op(full, e, {picked}, {});           // broadcast_to + flatten(2, 3)
+        g_.release(picked);
+        Tid t = g_.op(full, e, {flat}, {});  // transpose(1, 2).reshape
+        g_.release(flat);
+        return t;
+      };
+      Tid qf = g_.op(full, e, {fused}, {});  // query.flatten(2, 3) of the strided view
+      *q = g_.op(full, e, {qf}, {});         // transpose(1, 2).reshape
+      g_.release(qf);
+      *k = grouped(a.k_width());
+      *v = grouped(a.v_width());
+      return;
+    }
+    *q = g_.op(full, e, {fused}, {});
+    *k = g_.op(rows * a.k_width(), e, {fused}, {});
+    *v = g_.op(rows * a.v_width(), e, {fused}, {});
+  }
+
+  /// DynamicCache.update of one layer: from v4.56 (PR #39797, dc11a3cbb2:
+  /// DynamicLayer.lazy_initialization) the keys/values start as empty
+  /// tensors of the key's dtype and are torch.cat'ed with the new states, so
+  /// K and V are copied (V promoted to K's dtype) and the copies are what
+  /// attention uses; before it the first update stores the states themselves.
+  /// Either way the cache holds them until the model output dies after the
+  /// loss. Replaces *k and *v by what attention reads.
+  void cache_update(Tid* k, Tid* v, bool copies) {
+    if (copies) {
+      Tid kc = g_.op(g_.numel(*k), g_.elem(*k), {*k}, {});
+      Tid vc = g_.op(g_.numel(*v), promote(g_.elem(*k), g_.elem(*v)), {*v}, {});
+      g_.release(*k);
+      g_.release(*v);
+      *k = kc;
+      *v = vc;
+    }
+    g_.retain(*k);
+    g_.retain(*v);
+    cache_kv_.push_back(*k);
+    cache_kv_.push_back(*v);
   }
 
   void release_shared() {
@@ -2417,6 +2521,8 @@ class Program {
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
   bool use_cache_ = false;
   std::vector<Tid> cache_kv_;  // DynamicCache contents of this forward
+  Tid final_hidden_ = kNone;   // the final norm's output, alive until the loss returns (hf)
+  bool view_cast_ = false;     // base_linear runs Falcon's FalconLinear
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
   // Framework profiles (trace/framework.cc).
@@ -2948,7 +3054,15 @@ Tid Program::forward(Tid ids) {
   gather_unit(head_unit());
   Tid logits = capped_logits(linear(hn, head, ew, m_.vocab_size));
   reshard_unit(head_unit());
-  g_.release(hn);
+  if (s_.framework == Framework::kHf) {
+    // XForCausalLM.forward: `hidden_states = outputs.last_hidden_state`
+    // (and `outputs` itself) stay alive through self.loss_function, so the
+    // final norm's output outlives the head even when the head does not save
+    // it (a frozen head, or autocast's low-precision copy).
+    final_hidden_ = hn;
+  } else {
+    g_.release(hn);
+  }
   if (s_.fw.logits_to_fp32) {
     std::vector<Tid> one = {logits};
     fabric_output_fp32(&one);
@@ -3011,22 +3125,8 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   g_.release(q);
   Tid ke = rope(k, a);
   g_.release(k);
-  if (use_cache_) {
-    // DynamicCache.update (cache_utils.py v4.57): keys/values start as empty
-    // tensors of the *key's* dtype and are torch.cat'ed with the new states,
-    // so K and V are copied (V promoted to the key's dtype) and the cache holds
-    // the copies until the model output dies after the loss.
-    Tid kc = g_.op(g_.numel(ke), g_.elem(ke), {ke}, {});
-    Tid vc = g_.op(g_.numel(v), promote(g_.elem(ke), g_.elem(v)), {v}, {});
-    g_.release(ke);
-    g_.release(v);
-    ke = kc;
-    v = vc;
-    g_.retain(kc);
-    g_.retain(vc);
-    cache_kv_.push_back(kc);
-    cache_kv_.push_back(vc);
-  }
+  if (use_cache_)
+    cache_update(&ke, &v, true);  // (as v4.57 at every version: see cache_update)
   Tid out = attention_core(qe, ke, v, a, AttnFlavor::kHf);
   g_.release(qe);
   g_.release(ke);
@@ -3200,6 +3300,10 @@ Tid Program::generic_layer(Tid x, int i) {
                                         : g_.op(rows * a.q_width(), e, {fused}, {});
       k = g_.view(fused, rows * a.k_width());
       v = g_.view(fused, rows * a.v_width());
+    } else if (m_.family == "falcon" && s_.framework == Framework::kHf) {
+      falcon_split_heads(fused, a, &q, &k, &v);
+      g_.release(fused);  // no view of it survives the split: q, k and v are copies
+      fused = kNone;
     } else {
       q = g_.op(rows * a.q_width(), e, {fused}, {});
       k = g_.op(rows * a.k_width(), e, {fused}, {});
@@ -3213,8 +3317,9 @@ Tid Program::generic_layer(Tid x, int i) {
     k = linear(n1, p + n.k, h, a.k_width());
     v = linear(n1, p + n.v, h, a.v_width());
   }
+  bool falcon = m_.family == "falcon" && s_.framework == Framework::kHf && !n.qkv.empty();
   for (Tid t : {q, k, v})
-    g_.set_layout(t, Layout::kBshd);
+    g_.set_layout(t, falcon ? Layout::kContiguous : Layout::kBshd);
   if (m_.family == "biogpt") {  // q_proj(x) * scaling
     Tid qs = plain(q);
     g_.release(q);
@@ -3224,10 +3329,15 @@ Tid Program::generic_layer(Tid x, int i) {
   g_.release(q);
   Tid ke = rope(k, a);
   g_.release(k);
+  if (use_cache_)
+    cache_update(&ke, &v, s_.transformers_version >= 456);
   AttnFlavor flavor = m_.position == PositionKind::kAlibi ? AttnFlavor::kAlibi
                       : m_.family == "falcon"             ? AttnFlavor::kFalcon
                                                           : AttnFlavor::kHf;
-  Tid attn = attention_core(qe, ke, v, a, flavor);
+  AttentionSpec as = a;
+  if (falcon && falcon_grouped(a))
+    as.num_kv_heads = a.num_heads;  // K and V were broadcast to every head by the split
+  Tid attn = attention_core(qe, ke, v, as, flavor);
   g_.release(qe);
   g_.release(ke);
   g_.release(v);
@@ -3681,6 +3791,9 @@ void build_trace(const ModelSpec& model, const TrainingSetup& setup_in, const Ra
                 "torchtune offloads activations only with activation checkpointing on");
   }
   g.set_offload_checkpoint_inputs(setup.fw.activation_offload);
+  // torch.get_rng_state(): the CPU generator's mt19937 state, a 5056-byte
+  // uint8 tensor (measured with torch 1.13; CPUGeneratorImpl get_state).
+  g.set_checkpoint_rng_state_bytes(setup.device == Device::kCpu ? 5056 : 0);
   Program program(g, model, setup, rank, &result);
   if (setup.fw.optimizer_in_bwd) {
     if (setup.grad_accum > 1) {

@@ -37,13 +37,15 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen",
-            "gpt_neox"]
+            "gpt_neox", "falcon", "stablelm", "olmo"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
                 "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn",
                 "codegen": "qkv_proj",
-                "gpt_neox": "query_key_value"}
+                "gpt_neox": "query_key_value", "falcon": "query_key_value", "falcon_newarch": "query_key_value",
+                "stablelm": "q_proj,v_proj",
+                "olmo": "q_proj,v_proj"}  # PEFT has no olmo default (target_modules required): llama's
 
 
 def cfg(fam):
@@ -76,6 +78,10 @@ def matrix():
             add(fam, "fp32", batch, seq)
             add(fam, "bf16-mixed", batch, seq, lora=True)
     add("gpt2", "bf16-mixed", 1, 96, lora=True)
+    # falcon's new_decoder_architecture (Falcon-40B/180B layout: grouped K/V broadcast to every head, two norms)
+    for precision, lora in (("fp32", False), ("bf16-mixed", True), ("bf16", False), ("bf16", True)):
+        for gc in ((False, True) if precision != "bf16" else (False,)):
+            add("falcon_newarch", precision, gc=gc, lora=lora)
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
     # KV cache built by the training forward (config use_cache=true) vs forced off

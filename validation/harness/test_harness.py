@@ -334,17 +334,26 @@ def neox_family_details():
     check(tuple(out["past_key_values"].layers[0].keys.shape) == (1, 4, 8, 32),
           "falcon new arch: K/V broadcast to all 4 heads before the cache (1,4,8,32)")
 
-    # stablelm: partial rotary, q/k/v bias, per-head q/k LayerNorms without bias, parallel residual (one norm),
-    # an unused rotary module (inv_freq buffer) in every attention layer
+    # stablelm: partial rotary, q/k/v bias (stablelm-2-1_6b layout), an unused rotary module (inv_freq buffer) in
+    # every attention layer; the stablelm-2-12b options (per-head q/k LayerNorms without bias, GQA, parallel
+    # residual with one norm) in process only
     m = models.build_model(_load("tiny-stablelm")).train()
     layer = m.model.layers[0]
     check(layer.self_attn.q_proj.bias is not None and layer.self_attn.o_proj.bias is None,
           "stablelm: q/k/v bias, o_proj without")
+    check(layer.self_attn.rotary_ndims == 8 and layer.post_attention_layernorm is not None,
+          "stablelm: 8 rotary dims of 32, sequential residual with post_attention_layernorm")
+    check(sum(b.numel() for b in m.buffers()) == 3 * 4, "stablelm: 3 inv_freq buffers of 4 (model + 2 layers)")
+    cfg12 = dict(_load("tiny-stablelm"), qk_layernorm=True, use_parallel_residual=True, num_key_value_heads=2)
+    m = models.build_model(cfg12).train()
+    layer = m.model.layers[0]
+    out = _fwd(m)
+    out["loss"].backward()
+    check(all(p.grad is not None for p in m.parameters()), "stablelm 12b options: every parameter gets a gradient")
     check(len(layer.self_attn.q_layernorm.norms) == 4 and len(layer.self_attn.k_layernorm.norms) == 2 and
           not any("bias" in n for n, _ in layer.self_attn.q_layernorm.named_parameters()),
           "stablelm: per-head LayerNorms (4 q, 2 k heads), weight only")
     check(layer.post_attention_layernorm is None, "stablelm: parallel residual has no post_attention_layernorm")
-    check(sum(b.numel() for b in m.buffers()) == 3 * 4, "stablelm: 3 inv_freq buffers of 4 (model + 2 layers)")
 
     # olmo: LayerNorms without parameters, clip_qkv clamps the projections in place
     m = models.build_model(_load("tiny-olmo")).train()
