@@ -194,8 +194,10 @@ Tid Graph::checkpoint(Tid input, const std::function<Tid(Tid)>& fn) {
     node.num_saved = 1;
   }
   if (rng != kNone) {
-    node_tids_.push_back(rng);  // a saved tensor of the node: freed after its backward
-    ++node.num_saved;
+    // A Python attribute of the checkpoint's ctx, not a saved tensor: it
+    // lives as long as the graph's nodes do, which the loss tensor keeps
+    // until after backward (Trainer: `loss.backward()` then the name dies).
+    ckpt_states_.push_back(rng);
   }
   checkpoints_.push_back(fn);
   node.checkpoint = static_cast<int32_t>(checkpoints_.size() - 1);
@@ -380,8 +382,19 @@ void Graph::run_backward(size_t begin) {
           release(node_tids_[node.tids + node.num_inputs + i]);
         saved_released = true;
         // serve_edge runs no node, so grads_ is not reused while this loop runs.
-        for (uint32_t i = 0; i < node.num_inputs; ++i)
-          serve_edge(node_tids_[node.tids + i], grads_[i]);
+        for (uint32_t i = 0; i < node.num_inputs; ++i) {
+          Tid in = node_tids_[node.tids + i];
+          Tid g = grads_[i];
+          const Tensor& target = tensors_[static_cast<size_t>(grad_target(in))];
+          if (g != kNone && target.is_leaf && !target.live) {
+            // A leaf that was only alive as this node's saved input (the
+            // embedding output made to require grad): it is gone, so is
+            // its .grad, as when the checkpoint branch serves one.
+            release(g);
+            g = kNone;
+          }
+          serve_edge(in, g);
+        }
       }
     } else {
       // No gradient reached this node: its edges are served empty.
@@ -412,6 +425,9 @@ void Graph::backward(Tid loss) {
   Tid seed = new_tensor(1, elem(loss), Component::kTemporaries);
   tensors_[static_cast<size_t>(loss)].grad = seed;
   run_backward(0);
+  for (Tid t : ckpt_states_)
+    release(t);  // the graph (and the checkpoints' ctx with their RNG states) dies
+  ckpt_states_.clear();
   for (Tid t : touched_)
     tensors_[static_cast<size_t>(t)].grad_this_pass = false;
   touched_.clear();

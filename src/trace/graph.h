@@ -125,8 +125,8 @@ class Graph {
 
   /// Bytes of the RNG state a checkpoint keeps (preserve_rng_state=True, the
   /// default): torch.get_rng_state() at the block's forward, held by the
-  /// checkpoint until its backward, and once more by fork_rng while the
-  /// block is recomputed. Only the CPU generator's state is a tensor of
+  /// checkpoint's ctx until the graph dies after backward, and once more by
+  /// fork_rng while the block is recomputed. Only the CPU generator's state is a tensor of
   /// the simulated device's memory (CPU runs); CUDA states are CPU tensors.
   void set_checkpoint_rng_state_bytes(int64_t bytes) { ckpt_rng_bytes_ = bytes; }
 
@@ -235,6 +235,7 @@ class Graph {
   std::vector<Tid> ready_;  // leaves whose AccumulateGrad has all its inputs
   std::vector<Tid> grads_;  // run_backward: one node's input gradients, before they are served
   int64_t ckpt_rng_bytes_ = 0;
+  std::vector<Tid> ckpt_states_;  // RNG states of this forward's checkpoints
   bool offload_ = false;
   int offload_stash_limit_ = 5;
   std::vector<Tid> offload_stash_;  // offloaded tensors still on the GPU (copy in flight)

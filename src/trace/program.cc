@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <string>
@@ -1768,7 +1769,44 @@ class Program {
     if (kind == NormKind::kRMSNorm) {
       return rms_norm(x, name, m_.family == "gemma" || m_.family == "gemma2", m_.hidden_size);
     }
+    if (kind == NormKind::kNonParametric && m_.family == "olmo" && s_.framework == Framework::kHf) {
+      // OlmoLayerNorm (modeling_olmo.py): F.layer_norm(x.to(float32), ...)
+      // .to(orig_dtype): a 16-bit input is copied to fp32, which layer_norm
+      // saves, and the fp32 output is cast back.
+      Tid x32 = cast(x, kF32);
+      Tid y = layer_norm(x32, name);
+      g_.release(x32);
+      Tid out = cast(y, g_.elem(x));
+      g_.release(y);
+      return out;
+    }
     return layer_norm(x, name);
+  }
+
+  /// OlmoConfig.clip_qkv (0: none). Read from the config's record, where
+  /// model loading keeps it.
+  double olmo_clip_qkv() const {
+    for (const Provenance& p : m_.provenance) {
+      if (p.key == "clip_qkv")
+        return std::strtod(p.value.c_str(), nullptr);
+    }
+    return 0;
+  }
+
+  /// OlmoAttention: `states.clamp_(min=-clip, max=clip)` on a projection's
+  /// output. The in-place op's backward (clamp_backward) needs the values
+  /// before the clamp, so autograd saves a clone of them when the tensor
+  /// requires grad (measured with torch 1.13: one projection-sized copy per
+  /// clamp, kept until backward). Modelled as an op whose output replaces
+  /// the input and whose node saves the clone.
+  Tid clamp_in_place(Tid t) {
+    if (!g_.requires_grad(t) || !g_.grad_enabled())
+      return t;
+    Tid orig = g_.leaf(g_.numel(t), g_.elem(t), Component::kActivations, false);
+    Tid y = g_.op(g_.numel(t), g_.elem(t), {t}, {orig});
+    g_.release(orig);
+    g_.release(t);
+    return y;
   }
 
   // ------------------------------------------------------------ activations
@@ -2890,8 +2928,12 @@ Tid Program::forward(Tid ids) {
       g_.release(x);
       x = y;
     }
-    // Rotary cos/sin [1, s, head_dim] in the embeddings' dtype.
-    int64_t d = m_.layers.front().attention.head_dim;
+    // Rotary cos/sin [1, s, rotary dims] in the embeddings' dtype: the
+    // default rope init covers int(head_dim * partial_rotary_factor) dims
+    // (modeling_rope_utils._compute_default_rope_parameters; StableLM 0.25).
+    const AttentionSpec& fa = m_.layers.front().attention;
+    double frac = fa.rotary_fraction > 0 && fa.rotary_fraction < 1 ? fa.rotary_fraction : 1.0;
+    auto d = static_cast<int64_t>(static_cast<double>(fa.head_dim) * frac);
     cos_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     sin_ = g_.leaf(s * d, g_.elem(x), Component::kInputs, false);
     if (bool_sdpa_mask()) {
@@ -3107,6 +3149,11 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
     k = linear(x, p + "k_proj", h, a.k_width());
     v = linear(x, p + "v_proj", h, a.v_width());
   }
+  bool olmo = m_.family == "olmo" && s_.framework == Framework::kHf;
+  if (olmo && olmo_clip_qkv() > 0) {
+    for (Tid* t : {&q, &k, &v})
+      *t = clamp_in_place(*t);
+  }
   for (Tid t : {q, k, v})
     g_.set_layout(t, Layout::kBshd);  // view(...).transpose(1, 2)
   if (a.qk_norm) {
@@ -3122,8 +3169,17 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   }
   liger_rope_copies_ = fused != kNone;
   Tid qe = rope(q, a);
-  g_.release(q);
   Tid ke = rope(k, a);
+  if (olmo) {
+    // modeling_olmo.apply_rotary_pos_emb: q_embed.to(q_type), k_embed.to(k_type)
+    // (the fp32 products of bf16 states and fp32 cos/sin are cast back).
+    for (auto [t, like] : {std::pair{&qe, q}, std::pair{&ke, k}}) {
+      Tid c = cast(*t, g_.elem(like));
+      g_.release(*t);
+      *t = c;
+    }
+  }
+  g_.release(q);
   g_.release(k);
   if (use_cache_)
     cache_update(&ke, &v, true);  // (as v4.57 at every version: see cache_update)
