@@ -72,6 +72,8 @@ DEFAULT_LORA_TARGETS = {
     "gpt2": "c_attn", "opt": "q_proj,v_proj",
     # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn", "codegen": "qkv_proj",
+    "gpt_neox": "query_key_value", "falcon": "query_key_value", "stablelm": "q_proj,v_proj",
+    "olmo": "q_proj,v_proj",  # PEFT has no olmo default: llama's
 }
 
 
