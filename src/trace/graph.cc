@@ -387,10 +387,12 @@ void Graph::run_backward(size_t begin) {
           Tid g = grads_[i];
           const Tensor& target = tensors_[static_cast<size_t>(grad_target(in))];
           if (g != kNone && target.is_leaf && !target.live) {
-            // A leaf that was only alive as this node's saved input (the
-            // embedding output made to require grad): it is gone, so is
-            // its .grad, as when the checkpoint branch serves one.
-            release(g);
+            // A leaf that no Python name holds any more (the embedding
+            // output made to require grad by enable_input_require_grads):
+            // its AccumulateGrad node still holds it, so its .grad lives
+            // until the graph dies after backward (ckpt_states_ holds what
+            // the graph's death frees).
+            ckpt_states_.push_back(g);
             g = kNone;
           }
           serve_edge(in, g);
@@ -426,7 +428,7 @@ void Graph::backward(Tid loss) {
   tensors_[static_cast<size_t>(loss)].grad = seed;
   run_backward(0);
   for (Tid t : ckpt_states_)
-    release(t);  // the graph (and the checkpoints' ctx with their RNG states) dies
+    release(t);  // the graph dies: the checkpoints' RNG states, dead leaves' .grad
   ckpt_states_.clear();
   for (Tid t : touched_)
     tensors_[static_cast<size_t>(t)].grad_this_pass = false;

@@ -698,6 +698,9 @@ class Program {
     g_.release(total);
     for (Tid t : held)
       g_.release(t);
+    for (Tid t : graph_held_)
+      g_.release(t);
+    graph_held_.clear();
   }
 
   /// LitGPT LoRA / QLoRA: CausalSelfAttention.attn is one LoRAQKVLinear over
@@ -2558,9 +2561,10 @@ class Program {
   // Per-forward tensors shared by all layers.
   Tid cos_ = kNone, sin_ = kNone, mask_ = kNone, alibi_ = kNone;
   bool use_cache_ = false;
-  std::vector<Tid> cache_kv_;  // DynamicCache contents of this forward
-  Tid final_hidden_ = kNone;   // the final norm's output, alive until the loss returns (hf)
-  bool view_cast_ = false;     // base_linear runs Falcon's FalconLinear
+  std::vector<Tid> cache_kv_;    // DynamicCache contents of this forward
+  Tid final_hidden_ = kNone;     // the final norm's output, alive until the loss returns (hf)
+  bool view_cast_ = false;       // base_linear runs Falcon's FalconLinear
+  std::vector<Tid> graph_held_;  // leaves the autograd graph keeps until backward ends
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
   // Framework profiles (trace/framework.cc).
@@ -2918,8 +2922,13 @@ Tid Program::forward(Tid ids) {
   if (lora_ckpt && first) {
     // PEFT/Trainer enable_input_require_grads(): a forward hook calls
     // output.requires_grad_(True) on the embedding output so reentrant
-    // checkpoints propagate gradients to the adapters.
+    // checkpoints propagate gradients to the adapters. It becomes a leaf
+    // whose AccumulateGrad node (reached from the graph) holds it, and its
+    // .grad, until the graph dies after backward, whatever consumes it (a
+    // position-embedding add that saves nothing: GPT-2, OPT, GPT-Neo).
     g_.mark_requires_grad(x);
+    g_.retain(x);
+    graph_held_.push_back(x);
   }
   if (style_ == Style::kLlama) {
     if (first && (m_.family == "gemma" || m_.family == "gemma2")) {
