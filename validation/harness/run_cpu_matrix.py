@@ -43,7 +43,8 @@ LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
                 "bloom": "query_key_value", "gpt_neo": "q_proj,v_proj", "gpt_bigcode": "c_attn",
                 "codegen": "qkv_proj",
-                "gpt_neox": "query_key_value", "falcon": "query_key_value", "falcon_newarch": "query_key_value",
+                "gpt_neox": "query_key_value", "gpt_neox_seq": "query_key_value", "falcon": "query_key_value",
+                "falcon_newarch": "query_key_value",
                 "stablelm": "q_proj,v_proj",
                 "olmo": "q_proj,v_proj"}  # PEFT has no olmo default (target_modules required): llama's
 
@@ -82,6 +83,11 @@ def matrix():
     for precision, lora in (("fp32", False), ("bf16-mixed", True), ("bf16", False), ("bf16", True)):
         for gc in ((False, True) if precision != "bf16" else (False,)):
             add("falcon_newarch", precision, gc=gc, lora=lora)
+    # GPT-NeoX with use_parallel_residual=false (sequential: x + attn, then + mlp(ln2(.)))
+    add("gpt_neox_seq", "fp32")
+    add("gpt_neox_seq", "bf16-mixed", lora=True)
+    add("gpt_neox_seq", "bf16-mixed", gc=True, lora=True)
+    add("gpt_neox_seq", "bf16")
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
     # KV cache built by the training forward (config use_cache=true) vs forced off
