@@ -1767,9 +1767,16 @@ class Program {
     Param* w = find_param(name, ".weight");
     Param* b = find_param(name, ".bias");
     Tid y = g_.op(g_.numel(xc), e, {xc, w ? w->id : kNone, b ? b->id : kNone}, {xc},
-                  Component::kActivations, {{rows, kF32}, {rows, kF32}});
+                  Component::kActivations, {{rows, norm_stat_elem(e)}, {rows, norm_stat_elem(e)}});
     g_.release(xc);
     return y;
+  }
+
+  /// The dtype of native_layer_norm's saved mean and rstd: fp32 on CUDA;
+  /// the input's on the CPU with torch 1.13 (measured: a bf16 model's
+  /// LayerNorms keep bf16 statistics).
+  int norm_stat_elem(int input_elem) const {
+    return !cuda_ && s_.torch_version < 200 ? input_elem : kF32;
   }
 
   Tid norm(Tid x, const std::string& name, NormKind kind) {
@@ -1788,6 +1795,40 @@ class Program {
       return out;
     }
     return layer_norm(x, name);
+  }
+
+  /// StableLmLayerNormPerHead (modeling_stablelm.py v4.57): torch.split(x,
+  /// 1, dim=1) of the [b, heads, s, d] transposed view, one bias-free
+  /// LayerNorm per head, torch.cat of the outputs. Each layer_norm gets a
+  /// strided view: native_layer_norm copies it to contiguous memory (a
+  /// temporary) and autograd saves the view (keeping x) with a [b, s] fp32
+  /// mean and rstd. The cat is modelled as a chain that grows by one head per
+  /// step (its last step has the heads' outputs and the result alive, as
+  /// torch.cat does), so every head's weight gets its gradient.
+  Tid stablelm_head_norms(Tid x, const std::string& prefix, int64_t heads, int64_t d) {
+    int e = g_.elem(x);
+    int64_t per = g_.numel(x) / heads;
+    int64_t rows = per / d;
+    std::vector<Tid> outs;
+    for (int64_t j = 0; j < heads; ++j) {
+      Param* w = find_param(prefix + std::to_string(j), ".weight");
+      Tid view = g_.view(x, per);
+      Tid tmp = g_.buffer(per * e, Component::kTemporaries);  // .contiguous() inside the kernel
+      outs.push_back(g_.op(per, e, {view, w != nullptr ? w->id : kNone}, {view},
+                           Component::kActivations,
+                           {{rows, norm_stat_elem(e)}, {rows, norm_stat_elem(e)}}));
+      g_.release(tmp);
+      g_.release(view);
+    }
+    Tid cat = outs.front();
+    for (size_t j = 1; j < outs.size(); ++j) {
+      Tid grown = g_.op(g_.numel(cat) + per, e, {cat, outs[j]}, {});
+      g_.release(cat);
+      g_.release(outs[j]);
+      cat = grown;
+    }
+    g_.set_layout(cat, Layout::kContiguous);
+    return cat;
   }
 
   /// OlmoConfig.clip_qkv (0: none). Read from the config's record, where
@@ -3169,7 +3210,14 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   }
   for (Tid t : {q, k, v})
     g_.set_layout(t, Layout::kBshd);  // view(...).transpose(1, 2)
-  if (a.qk_norm) {
+  if (a.qk_norm && m_.family == "stablelm") {
+    Tid qn = stablelm_head_norms(q, p + "q_layernorm.norms.", a.num_heads, d);
+    g_.release(q);
+    q = qn;
+    Tid kn = stablelm_head_norms(k, p + "k_layernorm.norms.", a.num_kv_heads, d);
+    g_.release(k);
+    k = kn;
+  } else if (a.qk_norm) {
     // Qwen3: q_norm / k_norm over head_dim before the transpose (contiguous).
     Tid qn = rms_norm(q, p + "q_norm", false, d);
     g_.release(q);
@@ -3265,6 +3313,18 @@ Tid Program::llama_layer(Tid x, int i) {
   std::string p = "model.layers." + std::to_string(i) + ".";
   Tid n1 = norm(x, p + "input_layernorm", l.norm);
   Tid attn = llama_attention(n1, i, l);
+  if (l.parallel_residual && !l.mlp.is_moe()) {
+    // StableLmDecoderLayer with use_parallel_residual: residual +
+    // self_attn(ln(x)) + mlp(ln(x)), one LayerNorm output for both.
+    Tid down = gated_mlp(n1, p + "mlp.", l.mlp);
+    g_.release(n1);
+    Tid h1 = plain(x, attn);
+    g_.release(attn);
+    Tid h2 = plain(h1, down);
+    g_.release(h1);
+    g_.release(down);
+    return h2;
+  }
   g_.release(n1);
   if (l.norms == 4) {
     Tid pa = norm(attn, p + "post_attention_layernorm", l.norm);
@@ -3905,8 +3965,7 @@ bool llama_style(const ModelSpec& m) {
                                           "mixtral", "qwen2_moe", "deepseek_v2"};
   if (std::find(std::begin(kFamilies), std::end(kFamilies), m.family) != std::end(kFamilies))
     return true;
-  return m.family == "stablelm" && !m.layers.empty() && !m.layers.front().attention.qk_norm &&
-         !m.layers.front().parallel_residual;
+  return m.family == "stablelm";
 }
 
 bool row_parallel(const std::string& tensor_name) {

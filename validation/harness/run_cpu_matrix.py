@@ -45,7 +45,7 @@ LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "
                 "codegen": "qkv_proj",
                 "gpt_neox": "query_key_value", "gpt_neox_seq": "query_key_value", "falcon": "query_key_value",
                 "falcon_newarch": "query_key_value",
-                "stablelm": "q_proj,v_proj",
+                "stablelm": "q_proj,v_proj", "stablelm_12b": "q_proj,v_proj",
                 "olmo": "q_proj,v_proj"}  # PEFT has no olmo default (target_modules required): llama's
 
 
@@ -88,6 +88,13 @@ def matrix():
     add("gpt_neox_seq", "bf16-mixed", lora=True)
     add("gpt_neox_seq", "bf16-mixed", gc=True, lora=True)
     add("gpt_neox_seq", "bf16")
+    # StableLM in the stablelm-2-12b layout: per-head qk LayerNorms, parallel residual, GQA. No
+    # bf16-mixed: torch 1.13's CPU autocast leaves layer_norm alone, and the bf16 q/k projections
+    # meet the fp32 per-head LayerNorm weights ("expected scalar type BFloat16 but found Float").
+    for precision in ("fp32", "bf16"):
+        for lora in (False, True):
+            for gc in (False, True):
+                add("stablelm_12b", precision, gc=gc, lora=lora)
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
     # KV cache built by the training forward (config use_cache=true) vs forced off

@@ -111,5 +111,27 @@ TEST(NeoxFamilies, OlmoClipQkvKeepsAClonePerProjection) {
             5 * proj);
 }
 
+// torch 1.13's CPU layer_norm keeps mean and rstd in the input's dtype: a
+// bf16 GPT-NeoX (2 layers × 2 LayerNorms + the final one, 2·32 rows) saves 5
+// × 2 × 64 bf16 statistics instead of fp32 ones (measured in the CPU tier).
+TEST(NeoxFamilies, Bf16LayerNormStatisticsOnTheCpuWithTorch113) {
+  ModelSpec m = tiny("gpt-neox");
+  TrainingSetup s = tier(Precision::kBf16);
+  int64_t old_torch = phase_peak(m, s, Phase::kForward);
+  s.torch_version = 204;
+  EXPECT_EQ(phase_peak(m, s, Phase::kForward) - old_torch, 5 * 2 * 64 * (4 - 2));
+}
+
+// StableLM in the stablelm-2-12b layout (per-head qk LayerNorms, parallel
+// residual) is traced, and every head's LayerNorm weight gets its gradient:
+// at the end of backward the fp32 gradients of all parameters are alive.
+TEST(NeoxFamilies, StableLmPerHeadNormsAreTrained) {
+  ModelSpec m = tiny("stablelm-12b");
+  ASSERT_TRUE(m.layers.front().attention.qk_norm);
+  ASSERT_TRUE(m.layers.front().parallel_residual);
+  auto events = trace::build_trace(m, tier(Precision::kFp32)).events;
+  EXPECT_EQ(test_util::max_live_in_steps(events, Component::kGradients), 4 * m.params());
+}
+
 }  // namespace
 }  // namespace llmem
