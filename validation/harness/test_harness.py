@@ -272,7 +272,8 @@ def parallel_cases():
 # gpt_neox / falcon / stablelm / olmo (helper "neox"): the v4.57 details that decide memory
 NEOX_CASES = [("tiny-gpt-neox", ("--precision", "fp32")), ("tiny-falcon", ("--precision", "fp32")),
               ("tiny-falcon-newarch", ("--precision", "bf16-mixed", "--lora-rank", "4")),
-              ("tiny-stablelm", ("--precision", "fp32")), ("tiny-olmo", ("--precision", "bf16", "--grad-ckpt"))]
+              ("tiny-stablelm", ("--precision", "fp32")), ("tiny-stablelm-12b", ("--precision", "bf16", "--lora-rank", "4")),
+              ("tiny-olmo", ("--precision", "bf16", "--grad-ckpt"))]
 
 
 def neox_family_details():
