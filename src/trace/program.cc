@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <map>
 #include <string>
@@ -350,9 +351,13 @@ class Program {
                m.family == "gpt_neo" || m.family == "gpt_bigcode" || m.family == "biogpt") {
       style_ = Style::kGeneric;
       names_ = names_for(m.family, m.layers.front());
-      out->notes.push_back("the " + m.family +
-                           " trace follows the generic GPT-style layer; its op-level details "
-                           "are not yet checked against measurements");
+      // bloom, gpt_neox, falcon, codegen, gpt_neo and gpt_bigcode are in the
+      // CPU tier (validation/data/cpu_tier.csv), matched phase by phase.
+      if (m.family == "gptj" || m.family == "phi" || m.family == "biogpt") {
+        out->notes.push_back("the " + m.family +
+                             " trace follows the generic GPT-style layer; its op-level details "
+                             "are not yet checked against measurements");
+      }
     } else {
       throw Error(
           m.source, "model_type",
@@ -368,8 +373,9 @@ class Program {
     // guard dates from transformers PR #32279, and before it the model built
     // no cache at all).
     bool cache = s.use_cache == UseCache::kConfig ? m.use_cache : s.use_cache == UseCache::kOn;
-    use_cache_ = style_ == Style::kLlama && cache && s.checkpointing == CheckpointMode::kOff &&
-                 r.first_stage && r.last_stage && m.family != "gemma2";
+    use_cache_ = (style_ == Style::kLlama || generic_builds_cache()) && cache &&
+                 s.checkpointing == CheckpointMode::kOff && r.first_stage && r.last_stage &&
+                 m.family != "gemma2";
     if (s.precision == Precision::kFp16Mixed && !cuda_) {
       throw Error("--precision", "", "fp16 autocast is CUDA-only; use bf16-mixed on a CPU");
     }
@@ -1457,6 +1463,26 @@ class Program {
       g_.release(y);
       return yo;
     }
+    if (view_cast_) {
+      // modeling_falcon.py FalconLinear: `input @ self.weight.T`, then
+      // `+ self.bias`. Autocast casts the transposed view, which is not a
+      // leaf, so the cast is made again at every call instead of being
+      // cached (autocast_mode.cpp cached_cast: only leaves that require
+      // grad); matmul saves it as it saves a linear's. The bias is a separate
+      // add, in the promoted dtype (fp32 under autocast).
+      Tid xc = autocast_ ? cast(x, ae_) : (g_.retain(x), x);
+      Tid wc = autocast_ ? g_.op(g_.numel(w.id), ae_, {w.id}, {}, Component::kWeightCopies)
+                         : (g_.retain(w.id), w.id);
+      Tid y = g_.op(rows * out, promote(g_.elem(xc), g_.elem(wc)), {xc, wc},
+                    {g_.requires_grad(wc) ? xc : kNone, g_.requires_grad(xc) ? wc : kNone});
+      g_.release(xc);
+      g_.release(wc);
+      if (b == nullptr)
+        return y;
+      Tid yb = g_.op(g_.numel(y), promote(g_.elem(y), g_.elem(b->id)), {y, b->id}, {});
+      g_.release(y);
+      return yb;
+    }
     if (autocast_) {
       Tid xc = cast(x, ae_);
       Tid wc = autocast_weight(w);
@@ -1521,7 +1547,11 @@ class Program {
   /// base result's dtype).
   Tid linear(Tid x, const std::string& prefix, int64_t in, int64_t out) {
     Param& w = param(prefix, ".weight");
+    // Falcon's decoder-layer projections are FalconLinear (its lm_head an nn.Linear).
+    view_cast_ = s_.framework == Framework::kHf && m_.family == "falcon" && w.quantized == 0 &&
+                 prefix.rfind(names_.layers + ".", 0) == 0;
     Tid y = base_linear(x, w, find_param(prefix, ".bias"), in, out);
+    view_cast_ = false;
     if (sp_ > 1 && row_parallel(prefix + ".weight"))
       y = sp_scatter(y);
     return with_lora(x, y, prefix, w, in, out);
@@ -1789,16 +1819,94 @@ class Program {
     Param* w = find_param(name, ".weight");
     Param* b = find_param(name, ".bias");
     Tid y = g_.op(g_.numel(xc), e, {xc, w ? w->id : kNone, b ? b->id : kNone}, {xc},
-                  Component::kActivations, {{rows, kF32}, {rows, kF32}});
+                  Component::kActivations, {{rows, norm_stat_elem(e)}, {rows, norm_stat_elem(e)}});
     g_.release(xc);
     return y;
+  }
+
+  /// The dtype of native_layer_norm's saved mean and rstd: fp32 on CUDA;
+  /// the input's on the CPU with torch 1.13 (measured: a bf16 model's
+  /// LayerNorms keep bf16 statistics).
+  int norm_stat_elem(int input_elem) const {
+    return !cuda_ && s_.torch_version < 200 ? input_elem : kF32;
   }
 
   Tid norm(Tid x, const std::string& name, NormKind kind) {
     if (kind == NormKind::kRMSNorm) {
       return rms_norm(x, name, m_.family == "gemma" || m_.family == "gemma2", m_.hidden_size);
     }
+    if (kind == NormKind::kNonParametric && m_.family == "olmo" && s_.framework == Framework::kHf) {
+      // OlmoLayerNorm (modeling_olmo.py): F.layer_norm(x.to(float32), ...)
+      // .to(orig_dtype): a 16-bit input is copied to fp32, which layer_norm
+      // saves, and the fp32 output is cast back.
+      Tid x32 = cast(x, kF32);
+      Tid y = layer_norm(x32, name);
+      g_.release(x32);
+      Tid out = cast(y, g_.elem(x));
+      g_.release(y);
+      return out;
+    }
     return layer_norm(x, name);
+  }
+
+  /// StableLmLayerNormPerHead (modeling_stablelm.py v4.57): torch.split(x,
+  /// 1, dim=1) of the [b, heads, s, d] transposed view, one bias-free
+  /// LayerNorm per head, torch.cat of the outputs. Each layer_norm gets a
+  /// strided view: native_layer_norm copies it to contiguous memory (a
+  /// temporary) and autograd saves the view (keeping x) with a [b, s] fp32
+  /// mean and rstd. The cat is modelled as a chain that grows by one head per
+  /// step (its last step has the heads' outputs and the result alive, as
+  /// torch.cat does), so every head's weight gets its gradient.
+  Tid stablelm_head_norms(Tid x, const std::string& prefix, int64_t heads, int64_t d) {
+    int e = g_.elem(x);
+    int64_t per = g_.numel(x) / heads;
+    int64_t rows = per / d;
+    std::vector<Tid> outs;
+    for (int64_t j = 0; j < heads; ++j) {
+      Param* w = find_param(prefix + std::to_string(j), ".weight");
+      Tid view = g_.view(x, per);
+      Tid tmp = g_.buffer(per * e, Component::kTemporaries);  // .contiguous() inside the kernel
+      outs.push_back(g_.op(per, e, {view, w != nullptr ? w->id : kNone}, {view},
+                           Component::kActivations,
+                           {{rows, norm_stat_elem(e)}, {rows, norm_stat_elem(e)}}));
+      g_.release(tmp);
+      g_.release(view);
+    }
+    Tid cat = outs.front();
+    for (size_t j = 1; j < outs.size(); ++j) {
+      Tid grown = g_.op(g_.numel(cat) + per, e, {cat, outs[j]}, {});
+      g_.release(cat);
+      g_.release(outs[j]);
+      cat = grown;
+    }
+    g_.set_layout(cat, Layout::kContiguous);
+    return cat;
+  }
+
+  /// OlmoConfig.clip_qkv (0: none). Read from the config's record, where
+  /// model loading keeps it.
+  double olmo_clip_qkv() const {
+    for (const Provenance& p : m_.provenance) {
+      if (p.key == "clip_qkv")
+        return std::strtod(p.value.c_str(), nullptr);
+    }
+    return 0;
+  }
+
+  /// OlmoAttention: `states.clamp_(min=-clip, max=clip)` on a projection's
+  /// output. The in-place op's backward (clamp_backward) needs the values
+  /// before the clamp, so autograd saves a clone of them when the tensor
+  /// requires grad (measured with torch 1.13: one projection-sized copy per
+  /// clamp, kept until backward). Modelled as an op whose output replaces
+  /// the input and whose node saves the clone.
+  Tid clamp_in_place(Tid t) {
+    if (!g_.requires_grad(t) || !g_.grad_enabled())
+      return t;
+    Tid orig = g_.leaf(g_.numel(t), g_.elem(t), Component::kActivations, false);
+    Tid y = g_.op(g_.numel(t), g_.elem(t), {t}, {orig});
+    g_.release(orig);
+    g_.release(t);
+    return y;
   }
 
   // ------------------------------------------------------------ activations
@@ -1836,6 +1944,83 @@ class Program {
     for (Tid t : model_locals_)
       g_.release(t);
     model_locals_.clear();
+  }
+
+  /// GPT-NeoX and Falcon build a Cache in the training forward since
+  /// transformers v4.45 (PR #31421, a30c865f99: DynamicCache.from_legacy_cache
+  /// when use_cache); the layer updates it with its rotated K and V.
+  bool generic_builds_cache() const {
+    return style_ == Style::kGeneric && s_.framework == Framework::kHf &&
+           (m_.family == "gpt_neox" || m_.family == "falcon") && s_.transformers_version >= 445;
+  }
+
+  /// Falcon's new_decoder_architecture (40B/180B: grouped K/V), read from
+  /// the config's record; without one, grouped K/V heads other than one
+  /// imply it (the 7B layout has one K/V head or one per query head).
+  bool falcon_grouped(const AttentionSpec& a) const {
+    for (const Provenance& p : m_.provenance) {
+      if (p.key == "new_decoder_architecture")
+        return p.value == "true";
+    }
+    return a.num_kv_heads != 1 && a.num_kv_heads != a.num_heads;
+  }
+
+  /// FalconAttention._split_heads and the transposes after it
+  /// (modeling_falcon.py v4.57), on the fused [b, s, width] projection. The
+  /// 7B layout with multi_query: q is a view of [b, s, heads + 2, d] whose
+  /// transpose(1, 2).reshape copies it; K and V are fused[..., [-2], :]
+  /// (advanced indexing: [b, s, 1, d] copies) and their reshape is a view.
+  /// Without multi_query, [b, s, heads, 3, d] views, each copied by the
+  /// reshape. new_decoder_architecture: [b, s, groups, heads/groups + 2, d];
+  /// K and V are indexed (copies of the group heads), broadcast to every
+  /// query head and flattened (a copy), and q is flattened from its strided
+  /// view (a copy); then each is copied again by transpose(1, 2).reshape.
+  void falcon_split_heads(Tid fused, const AttentionSpec& a, Tid* q, Tid* k, Tid* v) {
+    int e = g_.elem(fused);
+    int64_t total = a.q_width() + a.k_width() + a.v_width();
+    int64_t rows = g_.numel(fused) / total;
+    int64_t full = rows * a.q_width();
+    if (falcon_grouped(a)) {
+      auto grouped = [&](int64_t width) {
+        Tid picked = g_.op(rows * width, e, {fused}, {});  // index (or strided view for q)
+        Tid flat = g_.op(full, e, {picked}, {});           // broadcast_to + flatten(2, 3)
+        g_.release(picked);
+        Tid t = g_.op(full, e, {flat}, {});  // transpose(1, 2).reshape
+        g_.release(flat);
+        return t;
+      };
+      Tid qf = g_.op(full, e, {fused}, {});  // query.flatten(2, 3) of the strided view
+      *q = g_.op(full, e, {qf}, {});         // transpose(1, 2).reshape
+      g_.release(qf);
+      *k = grouped(a.k_width());
+      *v = grouped(a.v_width());
+      return;
+    }
+    *q = g_.op(full, e, {fused}, {});
+    *k = g_.op(rows * a.k_width(), e, {fused}, {});
+    *v = g_.op(rows * a.v_width(), e, {fused}, {});
+  }
+
+  /// DynamicCache.update of one layer: from v4.56 (PR #39797, dc11a3cbb2:
+  /// DynamicLayer.lazy_initialization) the keys/values start as empty
+  /// tensors of the key's dtype and are torch.cat'ed with the new states, so
+  /// K and V are copied (V promoted to K's dtype) and the copies are what
+  /// attention uses; before it the first update stores the states themselves.
+  /// Either way the cache holds them until the model output dies after the
+  /// loss. Replaces *k and *v by what attention reads.
+  void cache_update(Tid* k, Tid* v, bool copies) {
+    if (copies) {
+      Tid kc = g_.op(g_.numel(*k), g_.elem(*k), {*k}, {});
+      Tid vc = g_.op(g_.numel(*v), promote(g_.elem(*k), g_.elem(*v)), {*v}, {});
+      g_.release(*k);
+      g_.release(*v);
+      *k = kc;
+      *v = vc;
+    }
+    g_.retain(*k);
+    g_.retain(*v);
+    cache_kv_.push_back(*k);
+    cache_kv_.push_back(*v);
   }
 
   void release_shared() {
@@ -2758,6 +2943,7 @@ class Program {
   std::vector<Tid> model_locals_;  // see release_model_locals()
   std::vector<Tid> graph_held_;    // leaves the autograd graph keeps until backward ends
   Tid head_input_ = kNone;         // the final hidden states, bound until the loss is computed
+  bool view_cast_ = false;         // base_linear runs Falcon's FalconLinear
   std::vector<Tid> opt_state_;
   Tid workspace_ = kNone;
   // Framework profiles (trace/framework.cc).
@@ -3116,7 +3302,10 @@ Tid Program::forward(Tid ids) {
   if (lora_ckpt && first) {
     // PEFT/Trainer enable_input_require_grads(): a forward hook calls
     // output.requires_grad_(True) on the embedding output so reentrant
-    // checkpoints propagate gradients to the adapters.
+    // checkpoints propagate gradients to the adapters. It becomes a leaf
+    // whose AccumulateGrad node (reached from the graph) holds it, and its
+    // .grad, until the graph dies after backward, whatever consumes it (a
+    // position-embedding add that saves nothing: GPT-2, OPT, GPT-Neo).
     g_.mark_requires_grad(x);
     if (s_.framework == Framework::kHf && r_.in_flight == 1) {
       // A leaf that requires grad is held by its AccumulateGrad node (and
@@ -3413,9 +3602,21 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
     k = linear(x, p + "k_proj", h, a.k_width());
     v = linear(x, p + "v_proj", h, a.v_width());
   }
+  bool olmo = m_.family == "olmo" && s_.framework == Framework::kHf;
+  if (olmo && olmo_clip_qkv() > 0) {
+    for (Tid* t : {&q, &k, &v})
+      *t = clamp_in_place(*t);
+  }
   for (Tid t : {q, k, v})
     g_.set_layout(t, Layout::kBshd);  // view(...).transpose(1, 2)
-  if (a.qk_norm) {
+  if (a.qk_norm && m_.family == "stablelm") {
+    Tid qn = stablelm_head_norms(q, p + "q_layernorm.norms.", a.num_heads, d);
+    g_.release(q);
+    q = qn;
+    Tid kn = stablelm_head_norms(k, p + "k_layernorm.norms.", a.num_kv_heads, d);
+    g_.release(k);
+    k = kn;
+  } else if (a.qk_norm) {
     // Qwen3: q_norm / k_norm over head_dim before the transpose (contiguous).
     Tid qn = rms_norm(q, p + "q_norm", false, d);
     g_.release(q);
@@ -3428,25 +3629,20 @@ Tid Program::llama_attention(Tid x, int i, const LayerSpec& l) {
   }
   liger_rope_copies_ = fused != kNone;
   Tid qe = rope(q, a);
-  g_.release(q);
   Tid ke = rope(k, a);
-  g_.release(k);
-  if (use_cache_) {
-    // DynamicCache.update (cache_utils.py v4.57): keys/values start as empty
-    // tensors of the *key's* dtype and are torch.cat'ed with the new states,
-    // so K and V are copied (V promoted to the key's dtype) and the cache holds
-    // the copies until the model output dies after the loss.
-    Tid kc = g_.op(g_.numel(ke), g_.elem(ke), {ke}, {});
-    Tid vc = g_.op(g_.numel(v), promote(g_.elem(ke), g_.elem(v)), {v}, {});
-    g_.release(ke);
-    g_.release(v);
-    ke = kc;
-    v = vc;
-    g_.retain(kc);
-    g_.retain(vc);
-    cache_kv_.push_back(kc);
-    cache_kv_.push_back(vc);
+  if (olmo) {
+    // modeling_olmo.apply_rotary_pos_emb: q_embed.to(q_type), k_embed.to(k_type)
+    // (the fp32 products of bf16 states and fp32 cos/sin are cast back).
+    for (auto [t, like] : {std::pair{&qe, q}, std::pair{&ke, k}}) {
+      Tid c = cast(*t, g_.elem(like));
+      g_.release(*t);
+      *t = c;
+    }
   }
+  g_.release(q);
+  g_.release(k);
+  if (use_cache_)
+    cache_update(&ke, &v, true);  // (as v4.57 at every version: see cache_update)
   Tid out = attention_core(qe, ke, v, a, AttnFlavor::kHf);
   g_.release(qe);
   g_.release(ke);
@@ -3516,6 +3712,18 @@ Tid Program::llama_layer(Tid x, int i) {
   std::string p = "model.layers." + std::to_string(i) + ".";
   Tid n1 = norm(x, p + "input_layernorm", l.norm);
   Tid attn = llama_attention(n1, i, l);
+  if (l.parallel_residual && !l.mlp.is_moe()) {
+    // StableLmDecoderLayer with use_parallel_residual: residual +
+    // self_attn(ln(x)) + mlp(ln(x)), one LayerNorm output for both.
+    Tid down = gated_mlp(n1, p + "mlp.", l.mlp);
+    g_.release(n1);
+    Tid h1 = plain(x, attn);
+    g_.release(attn);
+    Tid h2 = plain(h1, down);
+    g_.release(h1);
+    g_.release(down);
+    return h2;
+  }
   g_.release(n1);
   if (l.norms == 4) {
     Tid pa = norm(attn, p + "post_attention_layernorm", l.norm);
@@ -3633,6 +3841,10 @@ Tid Program::generic_layer(Tid x, int i) {
                                         : g_.op(rows * a.q_width(), e, {fused}, {});
       k = g_.view(fused, rows * a.k_width());
       v = g_.view(fused, rows * a.v_width());
+    } else if (m_.family == "falcon" && s_.framework == Framework::kHf) {
+      falcon_split_heads(fused, a, &q, &k, &v);
+      g_.release(fused);  // no view of it survives the split: q, k and v are copies
+      fused = kNone;
     } else {
       q = g_.op(rows * a.q_width(), e, {fused}, {});
       k = g_.op(rows * a.k_width(), e, {fused}, {});
@@ -3646,8 +3858,9 @@ Tid Program::generic_layer(Tid x, int i) {
     k = linear(n1, p + n.k, h, a.k_width());
     v = linear(n1, p + n.v, h, a.v_width());
   }
+  bool falcon = m_.family == "falcon" && s_.framework == Framework::kHf && !n.qkv.empty();
   for (Tid t : {q, k, v})
-    g_.set_layout(t, Layout::kBshd);
+    g_.set_layout(t, falcon ? Layout::kContiguous : Layout::kBshd);
   if (m_.family == "biogpt") {  // q_proj(x) * scaling
     Tid qs = plain(q);
     g_.release(q);
@@ -3657,10 +3870,15 @@ Tid Program::generic_layer(Tid x, int i) {
   g_.release(q);
   Tid ke = rope(k, a);
   g_.release(k);
+  if (use_cache_)
+    cache_update(&ke, &v, s_.transformers_version >= 456);
   AttnFlavor flavor = m_.position == PositionKind::kAlibi ? AttnFlavor::kAlibi
                       : m_.family == "falcon"             ? AttnFlavor::kFalcon
                                                           : AttnFlavor::kHf;
-  Tid attn = attention_core(qe, ke, v, a, flavor);
+  AttentionSpec as = a;
+  if (falcon && falcon_grouped(a))
+    as.num_kv_heads = a.num_heads;  // K and V were broadcast to every head by the split
+  Tid attn = attention_core(qe, ke, v, as, flavor);
   g_.release(qe);
   g_.release(ke);
   g_.release(v);
@@ -4250,8 +4468,7 @@ bool llama_style(const ModelSpec& m) {
                                           "mixtral", "qwen2_moe", "deepseek_v2"};
   if (std::find(std::begin(kFamilies), std::end(kFamilies), m.family) != std::end(kFamilies))
     return true;
-  return m.family == "stablelm" && !m.layers.empty() && !m.layers.front().attention.qk_norm &&
-         !m.layers.front().parallel_residual;
+  return m.family == "stablelm";
 }
 
 bool row_parallel(const std::string& tensor_name) {

@@ -75,6 +75,8 @@ DEFAULT_LORA_TARGETS = {
     "gemma": "q_proj,v_proj", "gemma2": "q_proj,v_proj",
     "mixtral": "q_proj,v_proj",  # PEFT's; it has no qwen2_moe entry (target_modules must be given)
     "qwen2_moe": "q_proj,v_proj",
+    "gpt_neox": "query_key_value", "falcon": "query_key_value", "stablelm": "q_proj,v_proj",
+    "olmo": "q_proj,v_proj",  # PEFT has no olmo default: llama's
 }
 
 

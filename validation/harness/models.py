@@ -116,6 +116,7 @@ class Config:
             self.attention_layers = [t for types, n in self.attention_types for _ in range(n) for t in types]
             if len(self.attention_layers) != self.num_layers:
                 raise ValueError("len(attention_layers) != num_layers")
+        _neox_family_config(self)
         self._attn_implementation = "eager"
 
 
@@ -2741,12 +2742,728 @@ class MoeForCausalLM(nn.Module):
 
 
 # ============================================================================================
+# gpt_neox / falcon / stablelm / olmo (helper "neox"): v4.57 modeling code, transformers commit 3553f0bc2301,
+# src/transformers/models/{gpt_neox,falcon,stablelm,olmo}/modeling_*.py and configuration_*.py
+_DEFAULTS.update({
+    # GPTNeoXConfig.__init__ (also sets partial_rotary_factor = rotary_pct, rope_theta = rotary_emb_base)
+    "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                     intermediate_size=24576, hidden_act="gelu", rotary_pct=0.25, rotary_emb_base=10000,
+                     attention_dropout=0.0, hidden_dropout=0.0, max_position_embeddings=2048,
+                     initializer_range=0.02, layer_norm_eps=1e-5, use_cache=True, tie_word_embeddings=False,
+                     use_parallel_residual=True, rope_scaling=None, attention_bias=True),
+})
+
+
+def _neox_family_config(c):
+    """Derived attributes the v4.57 config classes set in __init__."""
+    if c.model_type == "gpt_neox":
+        c.partial_rotary_factor = c.rotary_pct
+        c.rope_theta = c.rotary_emb_base
+    if c.model_type == "falcon":
+        if "n_embed" in c.__dict__:  # FalconConfig pops n_embed, the old name of hidden_size
+            c.hidden_size = c.__dict__.pop("n_embed")
+        c.num_kv_heads = c.num_attention_heads if c.num_kv_heads is None else c.num_kv_heads
+        c.ffn_hidden_size = c.hidden_size * 4 if c.ffn_hidden_size is None else c.ffn_hidden_size
+    if c.model_type == "olmo" and c.num_key_value_heads is None:
+        c.num_key_value_heads = c.num_attention_heads
+
+
+class PartialRotaryEmbedding(RotaryEmbedding):
+    """LlamaRotaryEmbedding with the default rope init of modeling_rope_utils._compute_default_rope_parameters:
+    dim = int(head_dim * config.partial_rotary_factor) (GPTNeoX, StableLM). The cos/sin are [b, s, dim]."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        dim = int(head_dim * getattr(config, "partial_rotary_factor", 1.0))
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
+        self.attention_scaling = 1.0
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.original_inv_freq = self.inv_freq
+
+
+def partial_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    """modeling_gpt_neox.apply_rotary_pos_emb (also StableLM's): rotate the first cos.shape[-1] dims, cat the rest."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    rotary_dim = cos.shape[-1]
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    k_rot, k_pass = k[..., :rotary_dim], k[..., rotary_dim:]
+    q_embed = (q_rot * cos) + (rotate_half(q_rot) * sin)
+    k_embed = (k_rot * cos) + (rotate_half(k_rot) * sin)
+    q_embed = torch.cat([q_embed, q_pass], dim=-1)
+    k_embed = torch.cat([k_embed, k_pass], dim=-1)
+    return q_embed, k_embed
+
+
+def neox_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """modeling_gpt_neox.eager_attention_forward (no repeat_kv)."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        causal_mask = attention_mask[:, :, :, : key.shape[-2]]
+        attn_weights = attn_weights + causal_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value)
+    attn_output = attn_output.transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class GPTNeoXMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.act = act_fn(config.hidden_act)
+
+    def forward(self, hidden_states):
+        hidden_states = self.dense_h_to_4h(hidden_states)
+        hidden_states = self.act(hidden_states)
+        hidden_states = self.dense_4h_to_h(hidden_states)
+        return hidden_states
+
+
+class GPTNeoXAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.head_size = config.hidden_size // config.num_attention_heads
+        self.attention_dropout = config.attention_dropout
+        self.rotary_ndims = int(self.head_size * config.rotary_pct)
+        self.scaling = self.head_size ** -0.5
+        self.layer_idx = layer_idx
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=config.attention_bias)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=config.attention_bias)
+
+    def forward(self, hidden_states, attention_mask, layer_past=None, cache_position=None,
+                position_embeddings=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, 3 * self.head_size)
+        # per-head interleaved layout: [b, s, nh, 3*hd] -> [b, nh, s, 3*hd], q/k/v are views of it
+        qkv = self.query_key_value(hidden_states).view(hidden_shape).transpose(1, 2)
+        query_states, key_states, value_states = qkv.chunk(3, dim=-1)
+        cos, sin = position_embeddings
+        query_states, key_states = partial_apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if layer_past is not None:
+            key_states, value_states = layer_past.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = neox_eager_attention_forward(
+            self, query_states, key_states, value_states, attention_mask, scaling=self.scaling,
+            dropout=0.0 if not self.training else self.attention_dropout)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.dense(attn_output)
+        return attn_output, attn_weights
+
+
+class GPTNeoXLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_dropout = nn.Dropout(config.hidden_dropout)
+        self.post_mlp_dropout = nn.Dropout(config.hidden_dropout)
+        self.attention = GPTNeoXAttention(config, layer_idx)
+        self.mlp = GPTNeoXMLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, use_cache=False, layer_past=None,
+                output_attentions=False, cache_position=None, position_embeddings=None, **kwargs):
+        attn_output, attn_weights = self.attention(self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                                                   layer_past=layer_past, cache_position=cache_position,
+                                                   position_embeddings=position_embeddings)
+        attn_output = self.post_attention_dropout(attn_output)
+        if self.use_parallel_residual:
+            mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
+            mlp_output = self.post_mlp_dropout(mlp_output)
+            hidden_states = mlp_output + attn_output + hidden_states
+        else:
+            attn_output = attn_output + hidden_states
+            mlp_output = self.mlp(self.post_attention_layernorm(attn_output))
+            mlp_output = self.post_mlp_dropout(mlp_output)
+            hidden_states = mlp_output + attn_output
+        outputs = (hidden_states,)
+        return outputs
+
+
+class GPTNeoXModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_in = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.emb_dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList([GPTNeoXLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.rotary_emb = PartialRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_in(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position)
+        hidden_states = self.emb_dropout(inputs_embeds)
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for i, layer in enumerate(self.layers):
+            outputs = layer(hidden_states, attention_mask=causal_mask, position_ids=position_ids,
+                            layer_past=past_key_values, use_cache=use_cache, output_attentions=False,
+                            cache_position=cache_position, position_embeddings=position_embeddings)
+            hidden_states = outputs[0]
+        hidden_states = self.final_layer_norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class GPTNeoXForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.gpt_neox = GPTNeoXModel(config)
+        self.embed_out = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.embed_out.weight = self.gpt_neox.embed_in.weight
+
+    def get_input_embeddings(self):
+        return self.gpt_neox.embed_in
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None, logits_to_keep=0):
+        outputs = self.gpt_neox(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None)
+        logits = self.embed_out(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            _mark("loss")
+            loss = ForCausalLMLoss(logits=logits, labels=labels, vocab_size=self.config.vocab_size)
+        return Output(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+
+
+# falcon (models/falcon/modeling_falcon.py; rotary path only: alibi=True raises)
+_DEFAULTS["falcon"] = dict(  # FalconConfig.__init__ (tie_word_embeddings: PretrainedConfig default True)
+    vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71, num_ln_in_parallel_attn=None,
+    layer_norm_epsilon=1e-5, initializer_range=0.02, use_cache=True, hidden_dropout=0.0, attention_dropout=0.0,
+    num_kv_heads=None, alibi=False, new_decoder_architecture=False, multi_query=True, parallel_attn=True,
+    bias=False, max_position_embeddings=2048, rope_theta=10000.0, rope_scaling=None, ffn_hidden_size=None,
+    activation="gelu", tie_word_embeddings=True)
+
+
+class FalconLinear(nn.Linear):
+    """modeling_falcon.FalconLinear: matmul with weight.T, then a separate bias add."""
+
+    def forward(self, input):
+        hidden_states = input @ self.weight.T
+        if self.bias is None:
+            return hidden_states
+        return hidden_states + self.bias
+
+
+class FalconAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.hidden_size // self.num_heads
+        self.layer_idx = layer_idx
+        self.inv_norm_factor = 1.0 / math.sqrt(self.head_dim)
+        if config.new_decoder_architecture:
+            qkv_out_dim = (config.num_kv_heads * 2 + config.num_attention_heads) * self.head_dim
+        elif config.multi_query:
+            qkv_out_dim = self.hidden_size + 2 * self.head_dim
+        else:
+            qkv_out_dim = 3 * self.hidden_size
+        self.query_key_value = FalconLinear(self.hidden_size, qkv_out_dim, bias=config.bias)
+        self.new_decoder_architecture = config.new_decoder_architecture
+        self.multi_query = config.multi_query
+        self.dense = FalconLinear(self.hidden_size, self.hidden_size, bias=config.bias)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.num_kv_heads = config.num_kv_heads if (self.new_decoder_architecture or not self.multi_query) else 1
+
+    def _split_heads(self, fused_qkv):
+        if self.new_decoder_architecture:
+            batch, seq_len, _ = fused_qkv.shape
+            qkv = fused_qkv.view(batch, seq_len, -1, self.num_heads // self.num_kv_heads + 2, self.head_dim)
+            query = qkv[:, :, :, :-2]
+            key = qkv[:, :, :, [-2]]  # advanced indexing: a copy
+            value = qkv[:, :, :, [-1]]
+            key = torch.broadcast_to(key, query.shape)
+            value = torch.broadcast_to(value, query.shape)
+            query, key, value = [x.flatten(2, 3) for x in (query, key, value)]
+            return query, key, value
+        elif not self.multi_query:
+            batch_size, seq_length, _ = fused_qkv.shape
+            fused_qkv = fused_qkv.view(batch_size, seq_length, self.num_heads, 3, self.head_dim)
+            return fused_qkv[..., 0, :], fused_qkv[..., 1, :], fused_qkv[..., 2, :]
+        else:
+            batch_size, seq_length, _ = fused_qkv.shape
+            fused_qkv = fused_qkv.view(batch_size, seq_length, self.num_heads + 2, self.head_dim)
+            return fused_qkv[..., :-2, :], fused_qkv[..., [-2], :], fused_qkv[..., [-1], :]
+
+    def forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None, use_cache=False,
+                output_attentions=False, cache_position=None, position_embeddings=None):
+        if alibi is not None:
+            raise NotImplementedError("falcon alibi")
+        fused_qkv = self.query_key_value(hidden_states)
+        num_kv_heads = self.num_heads if self.new_decoder_architecture else self.num_kv_heads
+        (query_layer, key_layer, value_layer) = self._split_heads(fused_qkv)
+        batch_size, query_length, _, _ = query_layer.shape
+        query_layer = query_layer.transpose(1, 2).reshape(batch_size, self.num_heads, query_length, self.head_dim)
+        key_layer = key_layer.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+        value_layer = value_layer.transpose(1, 2).reshape(batch_size, num_kv_heads, query_length, self.head_dim)
+        cos, sin = position_embeddings
+        query_layer, key_layer = apply_rotary_pos_emb(query_layer, key_layer, cos, sin)
+        if layer_past is not None:
+            key_layer, value_layer = layer_past.update(key_layer, value_layer, self.layer_idx)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :, :, : key_layer.shape[-2]]
+        # eager (not sdpa): the explicit-softmax branch
+        attention_scores = query_layer @ key_layer.transpose(-1, -2)
+        attention_scores /= math.sqrt(self.head_dim)
+        attention_scores = F.softmax(attention_scores + attention_mask, dim=-1, dtype=hidden_states.dtype)
+        attn_output = attention_scores @ value_layer
+        attn_output = attn_output.view(batch_size, self.num_heads, query_length, self.head_dim)
+        attn_output = attn_output.permute(0, 2, 1, 3)
+        attn_output = attn_output.reshape(batch_size, query_length, self.num_heads * self.head_dim)
+        attn_output = self.dense(attn_output)
+        return attn_output, attention_scores
+
+
+class FalconMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense_h_to_4h = FalconLinear(config.hidden_size, config.ffn_hidden_size, bias=config.bias)
+        self.act = act_fn(config.activation)
+        self.dense_4h_to_h = FalconLinear(config.ffn_hidden_size, config.hidden_size, bias=config.bias)
+
+    def forward(self, x):
+        x = self.act(self.dense_h_to_4h(x))
+        x = self.dense_4h_to_h(x)
+        return x
+
+
+class FalconDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        hidden_size = config.hidden_size
+        self.self_attention = FalconAttention(config, layer_idx)
+        self.mlp = FalconMLP(config)
+        self.config = config
+        if config.num_ln_in_parallel_attn is None and config.new_decoder_architecture:
+            config.num_ln_in_parallel_attn = 2
+        if not config.parallel_attn:
+            self.post_attention_layernorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+            self.input_layernorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        elif config.num_ln_in_parallel_attn == 2:
+            self.ln_attn = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+            self.ln_mlp = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+        else:
+            self.input_layernorm = nn.LayerNorm(hidden_size, eps=config.layer_norm_epsilon)
+
+    def forward(self, hidden_states, alibi, attention_mask, position_ids=None, layer_past=None, use_cache=False,
+                output_attentions=False, cache_position=None, position_embeddings=None, **kwargs):
+        c = self.config
+        residual = hidden_states
+        if c.new_decoder_architecture and c.num_ln_in_parallel_attn == 2:
+            attention_layernorm_out = self.ln_attn(hidden_states)
+            mlp_layernorm_out = self.ln_mlp(hidden_states)
+        else:
+            attention_layernorm_out = self.input_layernorm(hidden_states)
+        attention_output, attn_weights = self.self_attention(
+            attention_layernorm_out, layer_past=layer_past, attention_mask=attention_mask,
+            position_ids=position_ids, alibi=alibi, use_cache=use_cache, output_attentions=output_attentions,
+            cache_position=cache_position, position_embeddings=position_embeddings)
+        if not c.new_decoder_architecture:
+            if c.parallel_attn:
+                mlp_layernorm_out = attention_layernorm_out
+            else:
+                residual = bloom_dropout_add(attention_output, residual, c.attention_dropout, training=self.training)
+                mlp_layernorm_out = self.post_attention_layernorm(residual)
+        if c.new_decoder_architecture and c.parallel_attn and c.num_ln_in_parallel_attn == 1:
+            mlp_layernorm_out = attention_layernorm_out
+        mlp_output = self.mlp(mlp_layernorm_out)
+        if c.new_decoder_architecture or c.parallel_attn:
+            mlp_output += attention_output
+        output = bloom_dropout_add(mlp_output, residual, c.hidden_dropout, training=self.training)
+        return output, attn_weights
+
+
+class FalconModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.h = nn.ModuleList([FalconDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.word_embeddings(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        alibi = None
+        seq_length = inputs_embeds.shape[1]
+        cache_position = torch.arange(0, 0 + seq_length, device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = gptj_update_causal_mask(attention_mask, inputs_embeds, cache_position)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for i, block in enumerate(self.h):
+            outputs = block(hidden_states, layer_past=past_key_values, attention_mask=causal_mask,
+                            position_ids=position_ids, use_cache=use_cache, output_attentions=False, alibi=alibi,
+                            cache_position=cache_position, position_embeddings=position_embeddings)
+            hidden_states = outputs[0]
+        hidden_states = self.ln_f(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class FalconForCausalLM(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = FalconModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.transformer.word_embeddings.weight
+
+    def get_input_embeddings(self):
+        return self.transformer.word_embeddings
+
+    def forward(self, input_ids, attention_mask=None, labels=None, use_cache=None, logits_to_keep=0):
+        transformer_outputs = self.transformer(input_ids, attention_mask=attention_mask, use_cache=use_cache)
+        hidden_states = transformer_outputs["last_hidden_state"]
+        slice_indices = slice(-logits_to_keep, None)
+        lm_logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            _mark("loss")
+            loss = ForCausalLMLoss(lm_logits, labels, vocab_size=self.config.vocab_size)
+        return Output(loss=loss, logits=lm_logits, past_key_values=transformer_outputs.past_key_values)
+
+
+# stablelm (models/stablelm/modeling_stablelm.py: StableLmAttention, the eager class)
+_DEFAULTS["stablelm"] = dict(  # StableLmConfig.__init__
+    vocab_size=50304, intermediate_size=6912, hidden_size=2560, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=32, hidden_act="silu", max_position_embeddings=4096, initializer_range=0.02,
+    layer_norm_eps=1.0e-5, use_cache=True, tie_word_embeddings=False, rope_theta=10_000, rope_scaling=None,
+    use_qkv_bias=False, qk_layernorm=False, use_parallel_residual=False, hidden_dropout=0.0,
+    attention_dropout=0.0, partial_rotary_factor=0.25, pad_token_id=None)
+
+
+class LayerNormNoBias(nn.Module):
+    """nn.LayerNorm(dim, eps, bias=False) (torch >= 2.1) on torch 1.13: F.layer_norm with a weight and no bias,
+    the same native_layer_norm call."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.normalized_shape = (dim,)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, None, self.eps)
+
+
+class StableLmLayerNormPerHead(nn.Module):
+    def __init__(self, dim, num_heads, eps=1e-5):
+        super().__init__()
+        self.norms = nn.ModuleList([LayerNormNoBias(dim, eps=eps) for _ in range(num_heads)])
+
+    def forward(self, hidden_states):
+        states_per_heads = torch.split(hidden_states, 1, dim=1)
+        return torch.cat([norm(hidden_states) for norm, hidden_states in zip(self.norms, states_per_heads)], dim=1)
+
+
+class StableLmAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.hidden_size = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.hidden_size // self.num_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.rotary_ndims = int(self.head_dim * config.partial_rotary_factor)
+        b = config.use_qkv_bias
+        self.q_proj = nn.Linear(self.hidden_size, self.num_heads * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(self.hidden_size, self.num_key_value_heads * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
+        self.qk_layernorm = config.qk_layernorm
+        if self.qk_layernorm:
+            self.q_layernorm = StableLmLayerNormPerHead(self.head_dim, self.num_heads, eps=config.layer_norm_eps)
+            self.k_layernorm = StableLmLayerNormPerHead(self.head_dim, self.num_key_value_heads,
+                                                        eps=config.layer_norm_eps)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+        self.rotary_emb = PartialRotaryEmbedding(config)  # sic: one per layer too (an unused inv_freq buffer)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                output_attentions=False, use_cache=False, cache_position=None, position_embeddings=None):
+        bsz, q_len, _ = hidden_states.size()
+        query_states = self.q_proj(hidden_states)
+        key_states = self.k_proj(hidden_states)
+        value_states = self.v_proj(hidden_states)
+        query_states = query_states.view(bsz, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        key_states = key_states.view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        value_states = value_states.view(bsz, q_len, self.num_key_value_heads, self.head_dim).transpose(1, 2)
+        if self.qk_layernorm:
+            query_states = self.q_layernorm(query_states)
+            key_states = self.k_layernorm(key_states)
+        cos, sin = position_embeddings
+        query_rot, query_pass = (query_states[..., : self.rotary_ndims], query_states[..., self.rotary_ndims:])
+        key_rot, key_pass = (key_states[..., : self.rotary_ndims], key_states[..., self.rotary_ndims:])
+        query_rot, key_rot = apply_rotary_pos_emb(query_rot, key_rot, cos, sin)
+        query_states = torch.cat((query_rot, query_pass), dim=-1)
+        key_states = torch.cat((key_rot, key_pass), dim=-1)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        key_states = repeat_kv(key_states, self.num_key_value_groups)
+        value_states = repeat_kv(value_states, self.num_key_value_groups)
+        attn_weights = torch.matmul(query_states, key_states.transpose(2, 3)) / math.sqrt(self.head_dim)
+        if attention_mask is not None:
+            causal_mask = attention_mask[:, :, :, : key_states.shape[-2]]
+            attn_weights += causal_mask
+        attn_weights = F.softmax(attn_weights, dtype=torch.float32, dim=-1).to(query_states.dtype)
+        attn_weights = self.attention_dropout(attn_weights)
+        attn_output = torch.matmul(attn_weights, value_states)
+        attn_output = attn_output.transpose(1, 2).contiguous()
+        attn_output = attn_output.reshape(bsz, q_len, self.hidden_size)
+        attn_output = self.o_proj(attn_output)
+        attn_weights = None  # output_attentions is False
+        return attn_output, attn_weights
+
+
+class StableLmDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.use_parallel_residual = config.use_parallel_residual
+        self.self_attn = StableLmAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)  # StableLmMLP: gate/up/down without bias, the same ops
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_attention_layernorm = None
+        if not self.use_parallel_residual:
+            self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                output_attentions=False, use_cache=False, cache_position=None, position_embeddings=None):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        self_attn_output, self_attn_weights = self.self_attn(
+            hidden_states=hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, output_attentions=output_attentions, use_cache=use_cache,
+            cache_position=cache_position, position_embeddings=position_embeddings)
+        if self.use_parallel_residual:
+            mlp_output = self.mlp(hidden_states)
+            mlp_output = self.dropout(mlp_output)
+            hidden_states = residual + self_attn_output + mlp_output
+        else:
+            residual = residual + self_attn_output
+            mlp_output = self.mlp(self.post_attention_layernorm(residual))
+            mlp_output = self.dropout(mlp_output)
+            hidden_states = residual + mlp_output
+        outputs = (hidden_states,)
+        return outputs
+
+
+class StableLmModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([StableLmDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.rotary_emb = PartialRotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        inputs_embeds = self.embed_tokens(input_ids)
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = gptj_update_causal_mask(attention_mask, inputs_embeds, cache_position)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers:
+            layer_outputs = decoder_layer(hidden_states, attention_mask=causal_mask, position_ids=position_ids,
+                                          past_key_values=past_key_values, output_attentions=False,
+                                          use_cache=use_cache, cache_position=cache_position,
+                                          position_embeddings=position_embeddings)
+            hidden_states = layer_outputs[0]
+        hidden_states = self.norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class StableLmForCausalLM(LlamaForCausalLM):
+    """StableLmForCausalLM.forward is LlamaForCausalLM's (model, lm_head on the kept slice, ForCausalLMLoss)."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = config
+        self.model = StableLmModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+# olmo (models/olmo/modeling_olmo.py)
+_DEFAULTS["olmo"] = dict(  # OlmoConfig.__init__
+    vocab_size=50304, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=None, hidden_act="silu", max_position_embeddings=2048, initializer_range=0.02,
+    use_cache=True, pad_token_id=1, tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None,
+    attention_bias=False, attention_dropout=0.0, clip_qkv=None)
+
+
+class OlmoLayerNorm(nn.Module):
+    """Non-parametric: F.layer_norm of the fp32 input without weight or bias, cast back."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.normalized_shape = (hidden_size,)
+
+    def forward(self, hidden_states):
+        orig_dtype = hidden_states.dtype
+        return F.layer_norm(hidden_states.to(dtype=torch.float32), self.normalized_shape, None, None,
+                            eps=1e-5).to(orig_dtype)
+
+
+def olmo_apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+    """modeling_olmo.apply_rotary_pos_emb: the llama formula, results cast back to q's / k's dtype."""
+    q_type, k_type = q.dtype, k.dtype
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed.to(q_type), k_embed.to(k_type)
+
+
+class OlmoAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim ** -0.5
+        self.attention_dropout = config.attention_dropout
+        b = config.attention_bias
+        H, nh, nkv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = nn.Linear(H, nh * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(H, nkv * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(nh * self.head_dim, H, bias=b)
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None,
+                cache_position=None, **kwargs):
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query_states = self.q_proj(hidden_states)
+        key_states = self.k_proj(hidden_states)
+        value_states = self.v_proj(hidden_states)
+        if self.config.clip_qkv is not None:
+            query_states.clamp_(min=-self.config.clip_qkv, max=self.config.clip_qkv)
+            key_states.clamp_(min=-self.config.clip_qkv, max=self.config.clip_qkv)
+            value_states.clamp_(min=-self.config.clip_qkv, max=self.config.clip_qkv)
+        query_states = query_states.view(hidden_shape).transpose(1, 2)
+        key_states = key_states.view(hidden_shape).transpose(1, 2)
+        value_states = value_states.view(hidden_shape).transpose(1, 2)
+        cos, sin = position_embeddings
+        query_states, key_states = olmo_apply_rotary_pos_emb(query_states, key_states, cos, sin)
+        if past_key_values is not None:
+            key_states, value_states = past_key_values.update(key_states, value_states, self.layer_idx)
+        attn_output, attn_weights = llama_eager_attention_forward(
+            self, query_states, key_states, value_states, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1).contiguous()
+        attn_output = self.o_proj(attn_output)
+        return attn_output, attn_weights
+
+
+class OlmoDecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.self_attn = OlmoAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)  # OlmoMLP: the same gate/up/down ops
+        self.input_layernorm = OlmoLayerNorm(config.hidden_size)
+        self.post_attention_layernorm = OlmoLayerNorm(config.hidden_size)
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, past_key_values=None,
+                use_cache=False, cache_position=None, position_embeddings=None, **kwargs):
+        residual = hidden_states
+        hidden_states = self.input_layernorm(hidden_states)
+        hidden_states, _ = self.self_attn(hidden_states=hidden_states, attention_mask=attention_mask,
+                                          past_key_values=past_key_values, cache_position=cache_position,
+                                          position_embeddings=position_embeddings)
+        hidden_states = residual + hidden_states
+        residual = hidden_states
+        hidden_states = self.post_attention_layernorm(hidden_states)
+        hidden_states = self.mlp(hidden_states)
+        hidden_states = residual + hidden_states
+        return hidden_states
+
+
+class OlmoModel(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([OlmoDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = OlmoLayerNorm(config.hidden_size)
+        self.rotary_emb = RotaryEmbedding(config)
+        self.gradient_checkpointing = False
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        if use_cache is None:
+            use_cache = self.config.use_cache
+        if self.gradient_checkpointing and self.training and use_cache:
+            use_cache = False
+        inputs_embeds = self.embed_tokens(input_ids)
+        past_key_values = DynamicCache(self.config) if use_cache else None
+        cache_position = torch.arange(0, 0 + inputs_embeds.shape[1], device=inputs_embeds.device)
+        position_ids = cache_position.unsqueeze(0)
+        causal_mask = _eager_causal_mask(inputs_embeds, attention_mask, cache_position)
+        hidden_states = inputs_embeds
+        position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        for decoder_layer in self.layers[: self.config.num_hidden_layers]:
+            hidden_states = decoder_layer(hidden_states, attention_mask=causal_mask, position_ids=position_ids,
+                                          past_key_values=past_key_values, cache_position=cache_position,
+                                          position_embeddings=position_embeddings)
+        hidden_states = self.norm(hidden_states)
+        return Output(last_hidden_state=hidden_states, past_key_values=past_key_values)
+
+
+class OlmoForCausalLM(LlamaForCausalLM):
+    """OlmoForCausalLM.forward is LlamaForCausalLM's."""
+
+    def __init__(self, config):
+        nn.Module.__init__(self)
+        self.config = config
+        self.model = OlmoModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+
+_NEOX_CLASSES = {"gpt_neox": GPTNeoXForCausalLM, "falcon": FalconForCausalLM, "stablelm": StableLmForCausalLM,
+                 "olmo": OlmoForCausalLM}
+
+
+# ============================================================================================
 MODEL_CLASSES = {"llama": LlamaForCausalLM, "mistral": LlamaForCausalLM, "qwen2": LlamaForCausalLM,
                  "gpt2": GPT2LMHeadModel, "opt": OPTForCausalLM, "bloom": BloomForCausalLM,
                  "gpt_neo": GPTNeoForCausalLM, "gpt_bigcode": GPTBigCodeForCausalLM, "codegen": CodeGenForCausalLM,
                  "gemma": GemmaForCausalLM, "gemma2": GemmaForCausalLM,
                  "qwen3": Qwen3ForCausalLM, "phi3": Phi3ForCausalLM, "phi": PhiForCausalLM,
-                 "mixtral": MoeForCausalLM, "qwen2_moe": MoeForCausalLM}
+                 "mixtral": MoeForCausalLM, "qwen2_moe": MoeForCausalLM, **_NEOX_CLASSES}
 
 
 def _init_weights(model, config):

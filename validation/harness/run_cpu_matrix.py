@@ -39,7 +39,8 @@ EXTRA_COLS = ["peak_bytes", "peak_forward_bytes", "peak_loss_bytes", "peak_backw
 COLUMNS = PUBLISHED_COLS + EXTRA_COLS
 
 FAMILIES = ["llama", "mistral", "qwen2", "gpt2", "opt", "bloom", "gpt_neo", "gpt_bigcode", "codegen", "gemma", "gemma2",
-            "qwen3", "phi3", "phi", "mixtral", "qwen2_moe"]
+            "qwen3", "phi3", "phi", "mixtral", "qwen2_moe",
+            "gpt_neox", "falcon", "stablelm", "olmo"]
 LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "q_proj,k_proj,v_proj,o_proj",
                 "gpt2": "c_attn", "opt": "q_proj,v_proj",
                 # PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
@@ -50,7 +51,11 @@ LORA_TARGETS = {"llama": "q_proj,v_proj", "mistral": "q_proj,v_proj", "qwen2": "
                 "qwen3": "q_proj,v_proj", "phi": "q_proj,v_proj,fc1,fc2",
                 "phi3": "qkv_proj,o_proj,gate_up_proj,down_proj",
                 # mixtral: PEFT's; PEFT has no qwen2_moe entry, so its Qwen2 one (q_proj, v_proj)
-                "mixtral": "q_proj,v_proj", "qwen2_moe": "q_proj,v_proj"}
+                "mixtral": "q_proj,v_proj", "qwen2_moe": "q_proj,v_proj",
+                "gpt_neox": "query_key_value", "gpt_neox_seq": "query_key_value", "falcon": "query_key_value",
+                "falcon_newarch": "query_key_value",
+                "stablelm": "q_proj,v_proj", "stablelm_12b": "q_proj,v_proj",
+                "olmo": "q_proj,v_proj"}  # PEFT has no olmo default (target_modules required): llama's
 
 
 def cfg(fam):
@@ -83,6 +88,22 @@ def matrix():
             add(fam, "fp32", batch, seq)
             add(fam, "bf16-mixed", batch, seq, lora=True)
     add("gpt2", "bf16-mixed", 1, 96, lora=True)
+    # falcon's new_decoder_architecture (Falcon-40B/180B layout: grouped K/V broadcast to every head, two norms)
+    for precision, lora in (("fp32", False), ("bf16-mixed", True), ("bf16", False), ("bf16", True)):
+        for gc in ((False, True) if precision != "bf16" else (False,)):
+            add("falcon_newarch", precision, gc=gc, lora=lora)
+    # GPT-NeoX with use_parallel_residual=false (sequential: x + attn, then + mlp(ln2(.)))
+    add("gpt_neox_seq", "fp32")
+    add("gpt_neox_seq", "bf16-mixed", lora=True)
+    add("gpt_neox_seq", "bf16-mixed", gc=True, lora=True)
+    add("gpt_neox_seq", "bf16")
+    # StableLM in the stablelm-2-12b layout: per-head qk LayerNorms, parallel residual, GQA. No
+    # bf16-mixed: torch 1.13's CPU autocast leaves layer_norm alone, and the bf16 q/k projections
+    # meet the fp32 per-head LayerNorm weights ("expected scalar type BFloat16 but found Float").
+    for precision in ("fp32", "bf16"):
+        for lora in (False, True):
+            for gc in (False, True):
+                add("stablelm_12b", precision, gc=gc, lora=lora)
     add("qwen2", "bf16-mixed", 1, 96, lora=True)
     add("opt", "bf16-mixed", 1, 96, lora=True)
     # gemma2's sliding window (16 in tiny-gemma2) not cutting (seq 8) and cutting far (seq 96)

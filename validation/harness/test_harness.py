@@ -105,6 +105,7 @@ def family_cases(only=None):
               ("tiny-phi3", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4",
                              "--lora-targets", "qkv_proj,gate_up_proj")),
               ("tiny-mixtral", ("--precision", "bf16-mixed", "--grad-ckpt", "--lora-rank", "4"))]
+    cases += NEOX_CASES
     for cfg, extra in cases:
         if only is not None and cfg not in only:
             continue
@@ -474,6 +475,113 @@ def parallel_cases():
         os.chdir(cwd)
 
 
+# ============================================================================================
+# gpt_neox / falcon / stablelm / olmo (helper "neox"): the v4.57 details that decide memory
+NEOX_CASES = [("tiny-gpt-neox", ("--precision", "fp32")), ("tiny-falcon", ("--precision", "fp32")),
+              ("tiny-falcon-newarch", ("--precision", "bf16-mixed", "--lora-rank", "4")),
+              ("tiny-stablelm", ("--precision", "fp32")), ("tiny-stablelm-12b", ("--precision", "bf16", "--lora-rank", "4")),
+              ("tiny-olmo", ("--precision", "bf16", "--grad-ckpt"))]
+
+
+def neox_family_details():
+    import math
+    torch.set_num_threads(1)
+    for name in ("tiny-gpt-neox", "tiny-falcon", "tiny-falcon-newarch", "tiny-stablelm", "tiny-olmo"):
+        cfg = _load(name)
+        torch.manual_seed(0)
+        m = models.build_model(cfg).train()
+        out = _fwd(m)
+        lv = math.log(cfg["vocab_size"])
+        check(abs(out["loss"].item() - lv) < 0.5,
+              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
+        out["loss"].backward()
+        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+
+    # gpt_neox: per-head interleaved fused qkv ([b, s, heads, 3*hd]: q, k, v are views of it), rotary on 8 of 32
+    # dims, untied embed_out, KV cache built in training (keys fp32 under bf16 autocast: rope promotes them)
+    m = models.build_model(_load("tiny-gpt-neox")).train()
+    att = m.gpt_neox.layers[0].attention
+    check(att.query_key_value.out_features == 384 and att.query_key_value.bias is not None,
+          "gpt_neox: fused query_key_value 128 -> 384 with bias")
+    check(att.rotary_ndims == 8 and m.gpt_neox.rotary_emb.inv_freq.numel() == 4,
+          "gpt_neox: rotary_pct 0.25 -> 8 rotary dims, inv_freq of 4")
+    x = torch.randn(1, 8, 128)
+    with torch.no_grad():
+        qkv = att.query_key_value(x).view(1, 8, 4, 96).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        flat = att.query_key_value(x)
+    check(torch.equal(q[0, 1], flat[0, :, 96:128]) and torch.equal(v[0, 1], flat[0, :, 160:192]),
+          "gpt_neox: head 1's q / v are columns 96:128 / 160:192 of the fused output (per-head layout)")
+    check(q.data_ptr() == qkv.data_ptr() and not v.is_contiguous(), "gpt_neox: q, k, v are strided views")
+    check(m.embed_out.weight is not m.gpt_neox.embed_in.weight and m.embed_out.bias is None,
+          "gpt_neox: untied embed_out without bias")
+    check(m.gpt_neox.layers[0].use_parallel_residual, "gpt_neox: parallel residual")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _fwd(m)
+    kv = out["past_key_values"].layers[0]
+    check(tuple(kv.keys.shape) == (1, 4, 8, 32) and kv.keys.dtype == torch.float32 and kv.values.dtype == torch.float32,
+          "gpt_neox bf16-mixed: KV cache keys/values (1,4,8,32) fp32 (%s, %s)" % (kv.keys.dtype, kv.values.dtype))
+
+    # falcon: the 7B layout (multi-query: one K/V head, parallel attention, one LayerNorm) and the
+    # new_decoder_architecture one (grouped K/V broadcast to every head, ln_attn + ln_mlp)
+    m = models.build_model(_load("tiny-falcon")).train()
+    att = m.transformer.h[0].self_attention
+    check(att.query_key_value.out_features == 128 + 2 * 32 and att.query_key_value.bias is None,
+          "falcon 7B layout: query_key_value 128 -> 192, no bias")
+    check(hasattr(m.transformer.h[0], "input_layernorm") and not hasattr(m.transformer.h[0], "ln_mlp"),
+          "falcon 7B layout: one LayerNorm per layer")
+    check(m.lm_head.weight is m.transformer.word_embeddings.weight, "falcon: lm_head tied (PretrainedConfig default)")
+    out = _fwd(m)
+    check(tuple(out["past_key_values"].layers[0].keys.shape) == (1, 1, 8, 32), "falcon 7B layout: cached keys (1,1,8,32)")
+    m = models.build_model(_load("tiny-falcon-newarch")).train()
+    att = m.transformer.h[0].self_attention
+    check(att.query_key_value.out_features == (4 + 2 * 2) * 32, "falcon new arch: query_key_value 128 -> 256")
+    check(hasattr(m.transformer.h[0], "ln_attn") and hasattr(m.transformer.h[0], "ln_mlp"),
+          "falcon new arch: ln_attn and ln_mlp")
+    out = _fwd(m)
+    check(tuple(out["past_key_values"].layers[0].keys.shape) == (1, 4, 8, 32),
+          "falcon new arch: K/V broadcast to all 4 heads before the cache (1,4,8,32)")
+
+    # stablelm: partial rotary, q/k/v bias (stablelm-2-1_6b layout), an unused rotary module (inv_freq buffer) in
+    # every attention layer; the stablelm-2-12b options (per-head q/k LayerNorms without bias, GQA, parallel
+    # residual with one norm) in process only
+    m = models.build_model(_load("tiny-stablelm")).train()
+    layer = m.model.layers[0]
+    check(layer.self_attn.q_proj.bias is not None and layer.self_attn.o_proj.bias is None,
+          "stablelm: q/k/v bias, o_proj without")
+    check(layer.self_attn.rotary_ndims == 8 and layer.post_attention_layernorm is not None,
+          "stablelm: 8 rotary dims of 32, sequential residual with post_attention_layernorm")
+    check(sum(b.numel() for b in m.buffers()) == 3 * 4, "stablelm: 3 inv_freq buffers of 4 (model + 2 layers)")
+    cfg12 = dict(_load("tiny-stablelm"), qk_layernorm=True, use_parallel_residual=True, num_key_value_heads=2)
+    m = models.build_model(cfg12).train()
+    layer = m.model.layers[0]
+    out = _fwd(m)
+    out["loss"].backward()
+    check(all(p.grad is not None for p in m.parameters()), "stablelm 12b options: every parameter gets a gradient")
+    check(len(layer.self_attn.q_layernorm.norms) == 4 and len(layer.self_attn.k_layernorm.norms) == 2 and
+          not any("bias" in n for n, _ in layer.self_attn.q_layernorm.named_parameters()),
+          "stablelm: per-head LayerNorms (4 q, 2 k heads), weight only")
+    check(layer.post_attention_layernorm is None, "stablelm: parallel residual has no post_attention_layernorm")
+
+    # olmo: LayerNorms without parameters, clip_qkv clamps the projections in place
+    m = models.build_model(_load("tiny-olmo")).train()
+    check(not any("norm" in n for n, _ in m.named_parameters()), "olmo: non-parametric LayerNorms")
+    check(m.lm_head.weight is m.model.embed_tokens.weight, "olmo: tied lm_head")
+    seen = []
+    h = m.model.layers[0].self_attn.q_proj.register_forward_hook(lambda mod, i, o: seen.append(o))
+    with torch.no_grad():
+        m.model.layers[0].self_attn.q_proj.weight.mul_(1e4)
+        _fwd(m)
+    h.remove()
+    check(seen and seen[0].abs().max().item() <= 8.0, "olmo: clip_qkv 8 clamps q_proj's output in place")
+    m = models.build_model(_load("tiny-olmo")).train().to(torch.bfloat16)
+    rec = _OpDtypes()
+    with rec:
+        _fwd(m)
+    up = [sh for op, d, sh in rec.seen if op.startswith("aten._to_copy") and d == torch.float32 and sh == (1, 8, 128)]
+    check(len(up) >= 5, "olmo bf16: each of the 5 LayerNorms upcasts its input to fp32 (%d copies)" % len(up))
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--parallel"]:
         parallel_cases()
@@ -490,6 +598,7 @@ if __name__ == "__main__":
     gemma_details()
     phiqwen3_details()
     moe_details()
+    neox_family_details()
     family_cases()
     print("%d failure(s)" % len(FAILS))
     sys.exit(1 if FAILS else 0)

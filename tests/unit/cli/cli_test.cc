@@ -205,8 +205,7 @@ TEST(Cli, EstimateBadInput) {
   r = run_cli({"estimate", "--model", "facebook/opt-125m", "--batch", "abc"});
   EXPECT_EQ(r.code, kExitBadInput);
   r = run_cli({"estimate", "--model", LLMEM_TEST_DATA_DIR "/stablelm-parallel.json"});
-  EXPECT_EQ(r.code, kExitBadInput);
-  EXPECT_NE(r.err.find("not traced yet"), std::string::npos);
+  EXPECT_EQ(r.code, 0) << r.err;  // traced since the CPU tier measured the variant
   r = run_cli({"validate", "/nonexistent.csv"});
   EXPECT_EQ(r.code, kExitBadInput);
 }

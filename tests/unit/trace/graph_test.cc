@@ -211,6 +211,40 @@ TEST(Graph, TiedWeightGradientsAccumulateOutOfPlaceBeforeTorch2) {
   EXPECT_EQ(peak_of(true) - peak_of(false), 400 - 40 - 8);
 }
 
+// torch/utils/checkpoint.py: a checkpoint keeps torch.get_rng_state() (a
+// 5056-byte tensor on the CPU) from its forward to its backward, and fork_rng
+// takes one more while the block is recomputed.
+TEST(Graph, CheckpointKeepsTheRngStateUntilItsBackward) {
+  auto run = [](int64_t rng_bytes, int64_t* peak) {
+    std::vector<Event> ev;
+    Graph g(&ev);
+    g.set_checkpoint_rng_state_bytes(rng_bytes, true);  // reentrant: until the graph dies
+    Tid w = g.leaf(1000, 4, Component::kParameters, true);
+    Tid x = g.leaf(1000, 4, Component::kInputs, false);
+    Tid h = g.op(1000, 4, {x, w}, {x});
+    Tid out = g.checkpoint(h, [&g](Tid in) { return g.op(1000, 4, {in}, {in}); });
+    g.release(h);
+    Tid loss = g.op(1, 4, {out}, {});
+    g.release(out);
+    g.release(x);
+    int64_t forward_live = live_bytes(ev);
+    g.backward(loss);
+    g.release(loss);
+    g.clear_grad(w);
+    EXPECT_EQ(live_bytes(ev), 4000);  // the RNG states are gone with the checkpoint
+    *peak = peak_live(ev);
+    return forward_live;
+  };
+  int64_t peak0 = 0;
+  int64_t peak1 = 0;
+  EXPECT_EQ(run(0, &peak0), 4000 + 4000 + 4000 + 4);
+  EXPECT_EQ(run(5056, &peak1), 4000 + 4000 + 4000 + 4 + 5056);
+  // The backward peak (the recomputation, 20004 B without states: w, x, h,
+  // the loss, grad_out and the recomputed output) has both states alive.
+  EXPECT_EQ(peak0, 4000 * 5 + 4);
+  EXPECT_EQ(peak1 - peak0, 2 * 5056);
+}
+
 // torch.Tensor.register_post_accumulate_grad_hook runs in the leaf's
 // AccumulateGrad node, which the engine runs once all edges into it have
 // delivered (torch/csrc/autograd/engine.cpp dependency counts): a weight used
