@@ -104,6 +104,28 @@ void Graph::release(Tid id) {
     release(storage);
 }
 
+void Graph::push_edges_and_saved(Node* node, std::initializer_list<Tid> inputs,
+                                 std::initializer_list<Tid> saved) {
+  for (Tid i : inputs) {
+    if (i != kNone && requires_grad(i)) {
+      node_tids_.push_back(i);
+      count_edge(i);
+      ++node->num_inputs;
+    }
+  }
+  for (Tid t : saved) {
+    if (t == kNone)
+      continue;
+    retain(t);
+    node_tids_.push_back(t);
+    ++node->num_saved;
+  }
+  for (Tid e : scratch_) {
+    node_tids_.push_back(e);  // the node holds the only reference
+    ++node->num_saved;
+  }
+}
+
 Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
               std::initializer_list<Tid> saved, Component c,
               std::initializer_list<std::pair<int64_t, int>> saved_new, int64_t backward_temp,
@@ -129,24 +151,7 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
   Node node = new_node();
   node.output = out;
   node.backward_temp = backward_temp;
-  for (Tid i : inputs) {
-    if (i != kNone && requires_grad(i)) {
-      node_tids_.push_back(i);
-      count_edge(i);
-      ++node.num_inputs;
-    }
-  }
-  for (Tid s : saved) {
-    if (s == kNone)
-      continue;
-    retain(s);
-    node_tids_.push_back(s);
-    ++node.num_saved;
-  }
-  for (Tid e : scratch_) {
-    node_tids_.push_back(e);  // the node holds the only reference
-    ++node.num_saved;
-  }
+  push_edges_and_saved(&node, inputs, saved);
   if (save_output) {
     retain(out);
     node_tids_.push_back(out);
@@ -186,24 +191,7 @@ Tid Graph::inplace(Tid self, std::initializer_list<Tid> inputs, std::initializer
     ++node.num_inputs;
     node.grad_source = GradSource::kOutputGrad;
   }
-  for (Tid i : inputs) {
-    if (i != kNone && requires_grad(i)) {
-      node_tids_.push_back(i);
-      count_edge(i);
-      ++node.num_inputs;
-    }
-  }
-  for (Tid s : saved) {
-    if (s == kNone)
-      continue;
-    retain(s);
-    node_tids_.push_back(s);
-    ++node.num_saved;
-  }
-  for (Tid e : scratch_) {
-    node_tids_.push_back(e);
-    ++node.num_saved;
-  }
+  push_edges_and_saved(&node, inputs, saved);
   nodes_.push_back(node);
   return out;
 }

@@ -218,6 +218,10 @@ class Graph {
   };
 
   Node new_node() const;  // in the current layer, its tensors to be pushed next
+  /// Pushes a new node's inputs that require grad (one edge each), its saved
+  /// tensors (one more reference each) and the op's scratch_ tensors.
+  void push_edges_and_saved(Node* node, std::initializer_list<Tid> inputs,
+                            std::initializer_list<Tid> saved);
   // push_tensor and emit run for every tensor and event; declared inline (and
   // defined in graph.cc, their only user) so that GCC inlines them there.
   inline Tid push_tensor(int64_t numel, int elem, Component c);  // no event

@@ -2023,6 +2023,18 @@ class Program {
     cache_kv_.push_back(*v);
   }
 
+  /// Qwen2-MoE: F.sigmoid(shared_expert_gate(x)) * shared_expert(x) (the
+  /// sigmoid saves its output); consumes `shared`.
+  Tid gate_shared_expert(Tid x, const std::string& q, Tid shared) {
+    Tid gl = linear(x, q + "shared_expert_gate", m_.hidden_size, 1);
+    Tid gs = g_.op(g_.numel(gl), g_.elem(gl), {gl}, {}, Component::kActivations, {}, 0, true);
+    g_.release(gl);
+    Tid sg = mul(gs, shared);
+    g_.release(gs);
+    g_.release(shared);
+    return sg;
+  }
+
   void release_shared() {
     for (Tid* t : {&cos_, &sin_, &mask_, &mask2_, &alibi_}) {
       if (*t != kNone)
@@ -2562,15 +2574,8 @@ class Program {
     if (mlp.shared_intermediate_size > 0) {
       std::string sp = q + (m_.family == "qwen2_moe" ? "shared_expert." : "shared_experts.");
       Tid shared = gated_mlp(x, sp, mlp, mlp.shared_intermediate_size);
-      if (mlp.shared_expert_gate) {
-        Tid gl = linear(x, q + "shared_expert_gate", h, 1);
-        Tid gs = g_.op(g_.numel(gl), g_.elem(gl), {gl}, {}, Component::kActivations, {}, 0, true);
-        g_.release(gl);
-        Tid sg = mul(gs, shared);
-        g_.release(gs);
-        g_.release(shared);
-        shared = sg;
-      }
+      if (mlp.shared_expert_gate)
+        shared = gate_shared_expert(x, q, shared);
       Tid sum = plain(out, shared);
       g_.release(out);
       g_.release(shared);
@@ -2652,12 +2657,7 @@ class Program {
     if (w_router != kNone)
       g_.release(w_router);
     if (shared != kNone) {
-      Tid gl = linear(x, q + "shared_expert_gate", h, 1);
-      Tid gs = g_.op(g_.numel(gl), g_.elem(gl), {gl}, {}, Component::kActivations, {}, 0, true);
-      g_.release(gl);
-      Tid sg = mul(gs, shared);
-      g_.release(gs);
-      g_.release(shared);
+      Tid sg = gate_shared_expert(x, q, shared);
       // expert_output += shared_expert_output (in place; AddBackward saves nothing)
       Tid pc = g_.elem(sg) != g_.elem(out) ? promoted_copy(g_.numel(sg), g_.elem(out)) : kNone;
       Tid sum = g_.inplace(out, {sg}, {});

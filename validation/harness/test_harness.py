@@ -145,6 +145,22 @@ def _fwd(model, seq=8, batch=1):
     return model(input_ids=ids, attention_mask=torch.ones(batch, seq, dtype=torch.long), labels=ids)
 
 
+def _random_init_checks(name):
+    """Builds config `name` at random init (seed 0): the fp32 loss is near ln(vocab) and backward reaches
+    every parameter. Returns the model."""
+    import math
+    cfg = _load(name)
+    torch.manual_seed(0)
+    m = models.build_model(cfg).train()
+    out = _fwd(m)
+    lv = math.log(cfg["vocab_size"])
+    check(abs(out["loss"].item() - lv) < 0.5,
+          "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
+    out["loss"].backward()
+    check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+    return m
+
+
 class _OpDtypes(TorchDispatchMode):
     """records (op name, output dtype) of every aten op"""
     def __init__(self):
@@ -162,15 +178,7 @@ def new_family_details():
     import math
     torch.set_num_threads(1)
     for name in ("tiny-bloom", "tiny-gpt-neo", "tiny-gpt-bigcode", "tiny-codegen"):
-        cfg = _load(name)
-        torch.manual_seed(0)
-        m = models.build_model(cfg).train()
-        out = _fwd(m)
-        lv = math.log(cfg["vocab_size"])
-        check(abs(out["loss"].item() - lv) < 0.5,
-              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
-        out["loss"].backward()
-        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+        m = _random_init_checks(name)
 
     # bloom: ALiBi (B*heads, 1, S) in the dtype of the embedding-layernorm output; fused qkv; tied head
     m = models.build_model(_load("tiny-bloom")).train()
@@ -257,15 +265,7 @@ def phiqwen3_details():
     import math
     torch.set_num_threads(1)
     for name in ("tiny-qwen3", "tiny-phi3", "tiny-phi"):
-        cfg = _load(name)
-        torch.manual_seed(0)
-        m = models.build_model(cfg).train()
-        out = _fwd(m)
-        lv = math.log(cfg["vocab_size"])
-        check(abs(out["loss"].item() - lv) < 0.5,
-              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
-        out["loss"].backward()
-        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+        m = _random_init_checks(name)
 
     # qwen3: head_dim 64 from the config (hidden 128 / 4 heads would be 32); q_norm / k_norm over head_dim on the
     # (B, S, heads, head_dim) view, before the transpose; no q/k/v/o bias; tied head; rotary over head_dim
@@ -366,15 +366,7 @@ def gemma_details():
     import math
     torch.set_num_threads(1)
     for name in ("tiny-gemma", "tiny-gemma2"):
-        cfg = _load(name)
-        torch.manual_seed(0)
-        m = models.build_model(cfg).train()
-        out = _fwd(m)
-        lv = math.log(cfg["vocab_size"])
-        check(abs(out["loss"].item() - lv) < 0.5,
-              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
-        out["loss"].backward()
-        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+        m = _random_init_checks(name)
         check(m.lm_head.weight is m.model.embed_tokens.weight, name + ": lm_head tied (GemmaConfig default)")
         att = m.model.layers[0].self_attn
         check(att.q_proj.out_features == 4 * 64 and att.o_proj.in_features == 256 and att.head_dim == 64,
@@ -487,15 +479,7 @@ def neox_family_details():
     import math
     torch.set_num_threads(1)
     for name in ("tiny-gpt-neox", "tiny-falcon", "tiny-falcon-newarch", "tiny-stablelm", "tiny-olmo"):
-        cfg = _load(name)
-        torch.manual_seed(0)
-        m = models.build_model(cfg).train()
-        out = _fwd(m)
-        lv = math.log(cfg["vocab_size"])
-        check(abs(out["loss"].item() - lv) < 0.5,
-              "%s: fp32 loss at random init %.3f ~ ln(vocab) %.3f" % (name, out["loss"].item(), lv))
-        out["loss"].backward()
-        check(all(p.grad is not None for p in m.parameters()), name + ": every parameter gets a gradient")
+        m = _random_init_checks(name)
 
     # gpt_neox: per-head interleaved fused qkv ([b, s, heads, 3*hd]: q, k, v are views of it), rotary on 8 of 32
     # dims, untied embed_out, KV cache built in training (keys fp32 under bf16 autocast: rope promotes them)
