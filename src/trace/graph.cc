@@ -104,6 +104,25 @@ void Graph::release(Tid id) {
     release(storage);
 }
 
+bool Graph::any_requires_grad(std::initializer_list<Tid> inputs) const {
+  if (!grad_enabled_)
+    return false;
+  for (Tid i : inputs) {
+    if (i != kNone && requires_grad(i))
+      return true;
+  }
+  return false;
+}
+
+void Graph::make_scratch(bool needs_grad, std::initializer_list<std::pair<int64_t, int>> saved_new,
+                         Component c) {
+  scratch_.clear();
+  if (!needs_grad)
+    return;
+  for (const auto& [n, e] : saved_new)
+    scratch_.push_back(new_tensor(n, e, c));
+}
+
 void Graph::push_edges_and_saved(Node* node, std::initializer_list<Tid> inputs,
                                  std::initializer_list<Tid> saved) {
   for (Tid i : inputs) {
@@ -130,20 +149,10 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
               std::initializer_list<Tid> saved, Component c,
               std::initializer_list<std::pair<int64_t, int>> saved_new, int64_t backward_temp,
               bool save_output) {
-  bool needs_grad = false;
-  if (grad_enabled_) {
-    for (Tid i : inputs) {
-      if (i != kNone && requires_grad(i))
-        needs_grad = true;
-    }
-  }
+  bool needs_grad = any_requires_grad(inputs);
   // Buffers the op allocates for its own backward come first (mean/rstd are
   // produced alongside the output).
-  scratch_.clear();
-  if (needs_grad) {
-    for (const auto& [n, e] : saved_new)
-      scratch_.push_back(new_tensor(n, e, c));
-  }
+  make_scratch(needs_grad, saved_new, c);
   Tid out = new_tensor(numel, elem, c);
   if (!needs_grad)
     return out;
@@ -164,18 +173,8 @@ Tid Graph::op(int64_t numel, int elem, std::initializer_list<Tid> inputs,
 Tid Graph::inplace(Tid self, std::initializer_list<Tid> inputs, std::initializer_list<Tid> saved,
                    std::initializer_list<std::pair<int64_t, int>> saved_new) {
   bool self_grad = grad_enabled_ && requires_grad(self);
-  bool needs_grad = self_grad;
-  if (grad_enabled_) {
-    for (Tid i : inputs) {
-      if (i != kNone && requires_grad(i))
-        needs_grad = true;
-    }
-  }
-  scratch_.clear();
-  if (needs_grad) {
-    for (const auto& [n, e] : saved_new)
-      scratch_.push_back(new_tensor(n, e, tensors_[static_cast<size_t>(self)].component));
-  }
+  bool needs_grad = self_grad || any_requires_grad(inputs);
+  make_scratch(needs_grad, saved_new, tensors_[static_cast<size_t>(self)].component);
   Tid out = share(self);
   Tensor& o = tensors_[static_cast<size_t>(out)];
   o.is_leaf = false;

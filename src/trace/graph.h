@@ -222,6 +222,12 @@ class Graph {
   /// tensors (one more reference each) and the op's scratch_ tensors.
   void push_edges_and_saved(Node* node, std::initializer_list<Tid> inputs,
                             std::initializer_list<Tid> saved);
+  /// Grad mode is on and some input requires grad: the op records a node.
+  bool any_requires_grad(std::initializer_list<Tid> inputs) const;
+  /// scratch_ = the buffers an op allocates for its own backward (none
+  /// without a node).
+  void make_scratch(bool needs_grad, std::initializer_list<std::pair<int64_t, int>> saved_new,
+                    Component c);
   // push_tensor and emit run for every tensor and event; declared inline (and
   // defined in graph.cc, their only user) so that GCC inlines them there.
   inline Tid push_tensor(int64_t numel, int elem, Component c);  // no event

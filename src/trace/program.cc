@@ -1453,10 +1453,8 @@ class Program {
         bnb_ctx_.push_back(xc);
       }
       bool saved = keeps && recomputing && s_.checkpointing == CheckpointMode::kReentrant;
-      Tid y = saved ? g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {xc},
-                            Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)))
-                    : g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {},
-                            Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)));
+      Tid y = g_.op(rows * out, ce, {xc, deq, b != nullptr ? b->id : kNone}, {saved ? xc : kNone},
+                    Component::kActivations, {}, w.quantized * (ce + (fp16_copy ? 2 : 0)));
       g_.release(deq);
       g_.release(xc);
       Tid yo = cast(y, g_.elem(x));
@@ -4050,9 +4048,7 @@ Tid Program::in_model_causal_lm_loss(Tid* logits) {
                                               : (g_.retain(shift), shift);
   Tid lsm = g_.op(n, g_.elem(x), {x}, {}, Component::kLogitsLoss, {}, 0, true);
   g_.release(x);
-  Tid loss = shift_labels == kNone
-                 ? g_.op(1, g_.elem(lsm), {lsm}, {}, Component::kLogitsLoss)
-                 : g_.op(1, g_.elem(lsm), {lsm}, {shift_labels}, Component::kLogitsLoss);
+  Tid loss = g_.op(1, g_.elem(lsm), {lsm}, {shift_labels}, Component::kLogitsLoss);
   g_.release(lsm);
   if (shift_labels != kNone)
     g_.release(shift_labels);

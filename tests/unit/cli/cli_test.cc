@@ -122,6 +122,17 @@ TEST(Cli, LigerOutsideTheTrainersDataParallelLayoutsIsBadInput) {
       << r.err;
 }
 
+TEST(Cli, BadBitsandbytesVersionIsBadInput) {
+  Result r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--lora-rank", "8",
+                      "--quant", "nf4", "--bitsandbytes-version", "1.2"});
+  EXPECT_EQ(r.code, kExitBadInput);
+  EXPECT_NE(r.err.find("--bitsandbytes-version"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("expected 0.MINOR[.PATCH] such as 0.45.5"), std::string::npos) << r.err;
+  r = run_cli({"estimate", "--model", "meta-llama/Llama-3.2-1B", "--lora-rank", "8", "--quant",
+               "nf4", "--bitsandbytes-version", "0.42.0"});
+  EXPECT_EQ(r.code, 0) << r.err;
+}
+
 TEST(Cli, GeminiWithLoraIsBadInput) {
   // ColossalAI's GeminiPlugin does not support LoRA (gemini_plugin.py:
   // support_lora() False, enable_lora raises NotImplementedError).
